@@ -1,0 +1,1 @@
+"""The ``fcvit`` command: one module per subcommand, each with ``register(subparsers)``."""

@@ -1,0 +1,154 @@
+"""Reading FCViT weights from every form the published and timm-trained files take.
+
+Files are opened with ``weights_only=True`` (plus ``argparse.Namespace``, which timm-style training
+scripts store under ``'args'``): a file whose unpickling would run code is refused, never executed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import zipfile
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .fcvit import MODEL_CONFIGS
+
+__all__ = [
+    "read_checkpoint",
+    "extract_state_dict",
+    "normalize_state_dict",
+    "guess_variant",
+    "load_weights",
+]
+
+_STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+
+
+def read_checkpoint(path: str | os.PathLike) -> Dict[str, object]:
+    """Open a checkpoint file safely; ``.safetensors`` files give their tensors directly."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise UserError(f"Checkpoint '{path}' does not exist: check the path.")
+    if os.path.isdir(path):
+        raise UserError(f"Checkpoint '{path}' is a folder: pass the checkpoint file inside it.")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(path, device="cpu"))
+        except Exception as exc:  # safetensors raises its own error types
+            raise UserError(f"Checkpoint '{path}' is not a readable safetensors file ({exc}); "
+                            "it may be truncated: download or copy it again.") from None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(
+            f"Checkpoint '{path}' was refused because loading it would run code or build objects "
+            f"that are not plain weights ({str(exc).splitlines()[0][:200]}); re-save it as a plain state "
+            "dict or .safetensors from a trusted environment.") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"Checkpoint '{path}' could not be read ({str(exc).splitlines()[0][:200]}); "
+                        "it is probably truncated or not a PyTorch file: download or copy it again.") from None
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise UserError(f"Checkpoint '{path}' holds a {type(obj).__name__}, not a dict of weights: "
+                    "save model.state_dict() instead of the model object.")
+
+
+def extract_state_dict(checkpoint: Mapping[str, object], use_ema: bool = True) -> Dict[str, torch.Tensor]:
+    """The weights inside a checkpoint dict (EMA weights first when present and wanted)."""
+    order = _STATE_DICT_KEYS if use_ema else ("state_dict", "model", "state_dict_ema", "model_ema")
+    for key in order:
+        value = checkpoint.get(key)
+        if isinstance(value, Mapping) and value:
+            return normalize_state_dict(value)
+    tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UserError("The checkpoint holds no weights (no 'state_dict', 'model' or tensors at its top level).")
+    return normalize_state_dict(tensors)
+
+
+def normalize_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Strip DistributedDataParallel's ``module.`` and torch.compile's ``_orig_mod.`` prefixes."""
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def _shape_of(state_dict: Mapping[str, torch.Tensor]) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
+    """(blocks per stage, channels per stage) read off the key names, or None if not FCViT-like."""
+    depths: List[int] = []
+    dims: List[int] = []
+    for stage in range(4):
+        idx = 2 * stage
+        blocks = {int(k.split(".")[2]) for k in state_dict if k.startswith(f"network.{idx}.")
+                  and k.split(".")[2].isdigit()}
+        scale = state_dict.get(f"network.{idx}.0.layer_scale_1")
+        if not blocks or scale is None:
+            return None
+        depths.append(max(blocks) + 1)
+        dims.append(int(scale.shape[0]))
+    return tuple(depths), tuple(dims)
+
+
+def guess_variant(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The FCViT variant whose shape these weights have, or None."""
+    shape = _shape_of(state_dict)
+    for name, cfg in MODEL_CONFIGS.items():
+        if shape == (tuple(cfg.depths), tuple(cfg.dims)):
+            return name
+    return None
+
+
+def _describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> str:
+    own = model.state_dict()
+    variant = guess_variant(state_dict)
+    shape = _shape_of(state_dict)
+    if shape is None:
+        what = "does not look like FCViT weights (no 'network.N.j.layer_scale_1' keys)"
+    elif variant is not None:
+        what = f"looks like {variant} (blocks {list(shape[0])}, channels {list(shape[1])})"
+    else:
+        what = f"has an FCViT shape of its own (blocks {list(shape[0])}, channels {list(shape[1])})"
+    differing = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
+                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    detail = f"; differing shapes (file vs model): {', '.join(differing[:3])}" if differing else ""
+    if len(differing) > 3:
+        detail += f" and {len(differing) - 3} more"
+    suggestion = f"use --model {variant}" if variant and variant != name else "pass the checkpoint of this model"
+    return f"The checkpoint does not fit {name}: it {what}{detail}. {suggestion.capitalize()}."
+
+
+def load_weights(
+        model: nn.Module,
+        state_dict: Mapping[str, torch.Tensor],
+        model_name: str,
+        allow_partial: bool = False,
+) -> Tuple[List[str], List[str]]:
+    """Load weights with a one-sentence error on a mismatch.
+
+    With ``allow_partial`` (backbones from classification checkpoints) keys the model lacks are
+    skipped and keys the file lacks are left at their initial values; both lists are returned.
+    """
+    own = model.state_dict()
+    wrong_shape = [k for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if wrong_shape or (not allow_partial and missing):
+        raise UserError(_describe_mismatch(model, state_dict, model_name))
+    if not allow_partial and unexpected:
+        listed = ", ".join(unexpected[:3]) + (" ..." if len(unexpected) > 3 else "")
+        raise UserError(f"The checkpoint does not fit {model_name}: it has keys the model lacks ({listed}).")
+    if allow_partial and len(missing) == len(own):
+        raise UserError(_describe_mismatch(model, state_dict, model_name))
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=not allow_partial)
+    return missing, unexpected

@@ -20,7 +20,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .layers import ConvEmbed, FCViTBlock, GroupNorm1, init_weights
 
-__all__ = ["FCViT", "FCViTBackbone", "FCViTConfig", "MODEL_CONFIGS"]
+__all__ = ["FCViT", "FCViTBackbone", "FCViTStage", "FCViTConfig", "MODEL_CONFIGS"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _build_network(
     for stage_idx, depth in enumerate(depths):
         if stage_idx > 0:
             layers.append(ConvEmbed(dims[stage_idx - 1], dims[stage_idx], 3, 2, 1))
-        layers.append(nn.Sequential(*[
+        layers.append(FCViTStage(*[
             FCViTBlock(
                 dims[stage_idx],
                 mlp_ratio=mlp_ratios[stage_idx],
@@ -75,6 +75,21 @@ def _build_network(
         ]))
         cursor += depth
     return nn.Sequential(*layers)
+
+
+class FCViTStage(nn.Sequential):
+    """The blocks of one stage; a plain Sequential (keys ``network.N.j``) with optional grad checkpointing."""
+
+    def __init__(self, *blocks: nn.Module) -> None:
+        super().__init__(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self, x)
+        for block in self:
+            x = block(x)
+        return x
 
 
 class _FCViTTrunk(nn.Module):
@@ -99,7 +114,6 @@ class _FCViTTrunk(nn.Module):
         self.dims = tuple(dims)
         self.num_stages = len(depths)
         self.in_chans = in_chans
-        self.grad_checkpointing = False
         self.patch_embed = ConvEmbed(in_chans, dims[0], 7, 4, 3)
         self.network = _build_network(
             depths, dims, mlp_ratios, drop_path_rate, proj_drop_rate, layer_scale_init_value, act_layer, norm_layer)
@@ -107,18 +121,15 @@ class _FCViTTrunk(nn.Module):
             dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"network.{2 * i}") for i in range(self.num_stages)
         ]
 
-    def _run_layer(self, layer: nn.Module, x: torch.Tensor, is_stage: bool) -> torch.Tensor:
-        if is_stage and self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(layer, x)
-        return layer(x)
-
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         # channels-last from the stem on: see fcvit.models.layers for why
         return self.patch_embed(x.contiguous(memory_format=torch.channels_last))
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+        for layer in self.network:
+            if isinstance(layer, FCViTStage):
+                layer.grad_checkpointing = enable
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
@@ -202,7 +213,7 @@ class FCViT(_FCViTTrunk):
             is_stage = layer_idx % 2 == 0
             if stop_early and not torch.jit.is_scripting() and layer_idx > 2 * max_index:
                 break
-            x = self._run_layer(layer, x, is_stage)
+            x = layer(x)
             if is_stage:
                 stage_idx = layer_idx // 2
                 if stage_idx in take_indices:
@@ -228,9 +239,7 @@ class FCViT(_FCViTTrunk):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_stem(x)
-        for layer_idx, layer in enumerate(self.network):
-            x = self._run_layer(layer, x, layer_idx % 2 == 0)
+        x = self.network(self.forward_stem(x))
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -280,7 +289,7 @@ class FCViTBackbone(_FCViTTrunk):
         outs: List[torch.Tensor] = []
         for name, layer in self.network.named_children():
             layer_idx = int(name)
-            x = self._run_layer(layer, x, layer_idx % 2 == 0)
+            x = layer(x)
             if layer_idx % 2 == 0 and layer_idx // 2 in self.out_indices:
                 outs.append(getattr(self, f"norm{layer_idx}")(x))
         return outs

@@ -141,7 +141,7 @@ class _FCViTTrunk(nn.Module):
             stem=r"^patch_embed",
             blocks=r"^network\.(\d+)" if coarse else [
                 (r"^network\.(\d+)\.(\d+)\.", None),
-                (r"^network\.(\d+)\.(proj|norm)", (0,)),
+                (r"^network\.(\d+)\.(?:proj|norm)", (0,)),
             ],
         )
 

@@ -1,0 +1,100 @@
+"""Task-agnostic training engine shared by classification, detection and segmentation.
+
+A training script owns its model, data and ``train_one_epoch``/``evaluate``; the engine gives it the
+parts every task needs, written once: torchrun/DDP set-up, checkpoints that survive kills, clean
+stops, mixed precision and reporting. Typical loop::
+
+    ctx = init_distributed(args.device); setup_logging(ctx, out); seed_everything(args.seed, ctx.rank)
+    amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
+    saver = CheckpointSaver(out, metric="top1", mode="max", keep_best=3, ctx=ctx)
+    start = 0
+    if (path := resolve_resume(args.resume, out)):
+        state = load_train_state(path)
+        start = restore_train_state(state, model, optimizer, scheduler, amp.scaler, ema)["epoch"]
+        saver.load_state_dict(state.get("saver", {}))
+    with GracefulStop() as stop:
+        for epoch in range(start, epochs):
+            ...  # per step: loss -> check_finite(loss, step, ctx) -> backward_step(loss, opt, amp)
+            ...  # if stop.should_stop(ctx): save last and return
+            saver.save(build_train_state(model, optimizer, ..., epoch=epoch + 1, args=args), epoch, metrics)
+
+API (``from fcvit.engine import ...``):
+
+distributed
+- ``DistContext``: rank, world_size, local_rank, device; ``.is_main``, ``.distributed``.
+- ``init_distributed(device=None)``: join torchrun's group (NCCL on CUDA, gloo on CPU) or a world of one.
+- ``all_reduce(t, ctx, op='sum'|'max'|'min')`` / ``all_reduce_mean(t, ctx)``: reduced copy of a metric tensor.
+- ``barrier(ctx)``, ``broadcast_object(obj, ctx)``, ``cleanup_distributed()``.
+- ``wrap_ddp(model, ctx)``: DDP when distributed, else the model; ``unwrap_model(m)``: strip DDP/compile.
+
+checkpoints
+- ``atomic_save(obj, path)`` / ``atomic_copy(src, dst)``: temp file + fsync + os.replace, never a half file.
+- ``build_train_state(model, optimizer, scheduler, scaler, model_ema, epoch, global_step, args, **extra)``:
+  one dict of tensors/plain values incl. RNG states (python, numpy, torch, cuda); ``epoch`` = completed epochs.
+- ``restore_train_state(state, model, optimizer, scheduler, scaler, model_ema)``: load it all back,
+  returns {'epoch', 'global_step'}.
+- ``load_train_state(path)``: read with weights_only=True (argparse.Namespace allowed), clear UserError.
+- ``resolve_resume(resume, output_dir)``: 'auto' -> output_dir/last.pth.tar if present; a path; None.
+- ``CheckpointSaver(output_dir, metric, mode='max'|'min', keep_best=k, ctx)``: ``.save(state, tag,
+  metrics)`` writes last.pth.tar and keeps checkpoint-<tag>.pth.tar for the best k plus model_best.pth.tar
+  (main rank only; metrics=None for iteration saves); ``.state_dict()``/``.load_state_dict()`` for resume.
+- ``plain_args(args)``: a Namespace of plain values, safe for weights_only loading.
+- ``LAST_NAME``, ``BEST_NAME``: 'last.pth.tar', 'model_best.pth.tar'.
+
+control
+- ``GracefulStop()``: context manager; SIGTERM/SIGINT set ``.requested``; ``.should_stop(ctx)`` agrees over ranks.
+- ``check_finite(loss, step, ctx, checkpoint)``: float loss or ``NonFiniteLossError`` (a UserError naming
+  the global step and the kept checkpoint); call before optimizer.step().
+
+precision
+- ``resolve_amp(device, enabled, dtype='auto'|'bfloat16'|'float16')`` -> ``AmpSettings`` with
+  ``.autocast()``, ``.scaler`` (GradScaler for fp16 only), ``.describe()``.
+- ``backward_step(loss, optimizer, amp, clip_grad=None, clip_mode='norm')``: backward, clip, step (scaler-aware).
+
+reproducibility
+- ``seed_everything(seed, rank)``, ``get_rng_state()``, ``set_rng_state(state)``.
+
+reporting
+- ``setup_logging(ctx, output_dir)``: console INFO on the main rank only (+ output_dir/log.txt).
+- ``SummaryLog(path, ctx, tensorboard_dir=None, step_key='epoch')``: ``.append(row)`` to summary.csv
+  (flushed per row, widens the header if needed), ``.truncate(keep_below)`` on resume, optional TensorBoard.
+- ``ProgressBar(total_images, desc, ctx)``: tqdm on the main rank, ETA and img/s; ``.update(n, **postfix)``.
+"""
+from .amp import AmpSettings, backward_step, resolve_amp
+from .checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    CheckpointSaver,
+    atomic_copy,
+    atomic_save,
+    build_train_state,
+    load_train_state,
+    plain_args,
+    resolve_resume,
+    restore_train_state,
+)
+from .control import GracefulStop, NonFiniteLossError, check_finite
+from .distributed import (
+    DistContext,
+    all_reduce,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+    unwrap_model,
+    wrap_ddp,
+)
+from .logs import ProgressBar, SummaryLog, setup_logging
+from .rng import get_rng_state, seed_everything, set_rng_state
+
+__all__ = [
+    "AmpSettings", "backward_step", "resolve_amp",
+    "BEST_NAME", "LAST_NAME", "CheckpointSaver", "atomic_copy", "atomic_save", "build_train_state",
+    "load_train_state", "plain_args", "resolve_resume", "restore_train_state",
+    "GracefulStop", "NonFiniteLossError", "check_finite",
+    "DistContext", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object", "cleanup_distributed",
+    "init_distributed", "unwrap_model", "wrap_ddp",
+    "ProgressBar", "SummaryLog", "setup_logging",
+    "get_rng_state", "seed_everything", "set_rng_state",
+]

@@ -1,0 +1,287 @@
+"""Training checkpoints that survive kills: atomic writes, ``last`` plus the best k, full resume state.
+
+Layout of an output folder (timm's names)::
+
+    last.pth.tar               every epoch (or every N iterations); always a complete file
+    checkpoint-<tag>.pth.tar   the best ``keep_best`` by the saver's metric
+    model_best.pth.tar         the single best
+
+A checkpoint is a dict of tensors and plain values (``model``/``state_dict``, ``optimizer``,
+``scheduler``, ``scaler``, ``state_dict_ema``, ``epoch``, ``global_step``, ``rng``, ``args``, ``metric``,
+``saver`` and anything task-specific such as ``class_names``), so it loads with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .distributed import DistContext, unwrap_model
+from .rng import get_rng_state, set_rng_state
+
+__all__ = [
+    "LAST_NAME", "BEST_NAME", "atomic_save", "atomic_copy", "plain_args", "build_train_state",
+    "restore_train_state", "load_train_state", "resolve_resume", "CheckpointSaver",
+]
+
+_logger = logging.getLogger(__name__)
+
+LAST_NAME = "last.pth.tar"
+BEST_NAME = "model_best.pth.tar"
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _tmp_path(path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    return tmp
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
+
+    A kill at any moment leaves either the old complete file or the new complete file at ``path``.
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a finished file under a new name with the same all-or-nothing guarantee."""
+    dst = os.fspath(dst)
+    tmp = _tmp_path(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def plain_args(args: argparse.Namespace | Mapping[str, Any] | None) -> Optional[argparse.Namespace]:
+    """The run's arguments with every value reduced to plain types (callables and objects become text)."""
+    if args is None:
+        return None
+    items = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    return argparse.Namespace(**{k: _plain(v) for k, v in items.items() if k != "func"})
+
+
+def build_train_state(
+        model: nn.Module,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        model_ema: Optional[nn.Module] = None,
+        epoch: int = 0,
+        global_step: int = 0,
+        args: argparse.Namespace | Mapping[str, Any] | None = None,
+        **extra: Any,
+) -> Dict[str, Any]:
+    """Everything needed to continue a run exactly: weights, optimizer, schedule, scaler, EMA, counters, RNG.
+
+    ``epoch`` is the number of COMPLETED epochs (the epoch to start from on resume). ``extra`` holds
+    task-specific plain values (``class_names``, ``metric``, ...).
+    """
+    state: Dict[str, Any] = {
+        "state_dict": unwrap_model(model).state_dict(),
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "rng": get_rng_state(),
+        "args": plain_args(args),
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    if model_ema is not None:
+        state["state_dict_ema"] = unwrap_model(model_ema).state_dict()
+    for key, value in extra.items():
+        state[key] = value
+    return state
+
+
+def load_train_state(path: str | os.PathLike) -> Dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; a truncated or unsafe file gives one clear sentence."""
+    from ..models.checkpoint import read_checkpoint
+
+    return read_checkpoint(path)
+
+
+def restore_train_state(
+        state: Mapping[str, Any],
+        model: nn.Module,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        model_ema: Optional[nn.Module] = None,
+        restore_rng: bool = True,
+) -> Dict[str, int]:
+    """Load what :func:`build_train_state` stored into live objects; returns ``epoch`` and ``global_step``.
+
+    A file without optimizer or scheduler state (plain weights) still loads, with a warning, so a
+    run can start from someone else's weights; a file whose weights do not fit raises a UserError.
+    """
+    from ..models.checkpoint import extract_state_dict, load_weights
+
+    target = unwrap_model(model)
+    model_name = getattr(target, "default_cfg", {}).get("architecture", type(target).__name__)
+    load_weights(target, extract_state_dict(state, use_ema=False), model_name)
+    parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    for key, obj in parts.items():
+        if obj is None:
+            continue
+        if key in state and state[key] is not None:
+            obj.load_state_dict(state[key])
+        else:
+            _logger.warning("Checkpoint has no %s state: it starts fresh.", key)
+    if model_ema is not None:
+        ema_state = state.get("state_dict_ema")
+        if isinstance(ema_state, Mapping):
+            load_weights(unwrap_model(model_ema), extract_state_dict({"state_dict": ema_state}), model_name)
+        else:
+            _logger.warning("Checkpoint has no EMA weights: EMA restarts from the model's weights.")
+            unwrap_model(model_ema).load_state_dict(target.state_dict())
+    if restore_rng and isinstance(state.get("rng"), Mapping):
+        set_rng_state(state["rng"])
+    return {"epoch": int(state.get("epoch", 0)), "global_step": int(state.get("global_step", 0))}
+
+
+def resolve_resume(resume: Optional[str], output_dir: str | os.PathLike) -> Optional[str]:
+    """The checkpoint to resume from: ``'auto'`` means ``output_dir/last.pth.tar`` if it exists (else none);
+    any other value is a path that must exist; empty means start fresh."""
+    if not resume:
+        return None
+    if resume == "auto":
+        candidate = os.path.join(os.fspath(output_dir), LAST_NAME)
+        return candidate if os.path.isfile(candidate) else None
+    if not os.path.isfile(resume):
+        raise UserError(f"--resume '{resume}' does not exist: pass a checkpoint file, 'auto', or leave it out.")
+    return resume
+
+
+@dataclass
+class _Entry:
+    tag: int
+    value: float
+    path: str
+
+
+class CheckpointSaver:
+    """Writes ``last.pth.tar`` each time and keeps the best ``keep_best`` files by a named metric.
+
+    ``metric`` names the value the task ranks by (``top1``, ``bbox_mAP``, ``mIoU``, ``loss``) and
+    ``mode`` says whether higher ('max') or lower ('min') is better. Only the main rank writes; other
+    ranks return at once. ``state_dict``/``load_state_dict`` carry the ranking across a resume.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, metric: str, mode: str = "max", keep_best: int = 1,
+                 ctx: Optional[DistContext] = None) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
+        self.output_dir = os.fspath(output_dir)
+        self.metric = metric
+        self.mode = mode
+        self.keep_best = max(int(keep_best), 0)
+        self.ctx = ctx or DistContext()
+        self.best: List[_Entry] = []
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.output_dir, LAST_NAME)
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.output_dir, BEST_NAME)
+
+    def best_value(self) -> Optional[float]:
+        return self.best[0].value if self.best else None
+
+    def _better(self, a: float, b: float) -> bool:
+        return a > b if self.mode == "max" else a < b
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"metric": self.metric, "mode": self.mode,
+                "best": [{"tag": e.tag, "value": e.value, "path": os.path.basename(e.path)} for e in self.best]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("metric") != self.metric or state.get("mode") != self.mode:
+            return  # ranked by something else: start a new ranking, keep the files
+        self.best = [_Entry(int(e["tag"]), float(e["value"]), os.path.join(self.output_dir, e["path"]))
+                     for e in state.get("best", []) if os.path.exists(os.path.join(self.output_dir, e["path"]))]
+
+    def save(self, state: Dict[str, Any], tag: int, metrics: Optional[Mapping[str, float]] = None) -> Optional[str]:
+        """Write ``state`` as ``last`` and, if ``metrics[self.metric]`` ranks in the best k, as a best file.
+
+        ``tag`` is the epoch or iteration number used in the best files' names. Returns the path of
+        ``model_best.pth.tar`` when this save became the new best, else None.
+        """
+        if not self.ctx.is_main:
+            return None
+        value = None if metrics is None else metrics.get(self.metric)
+        if value is not None:
+            value = float(value)
+            if not math.isfinite(value):
+                value = None
+        qualifies = value is not None and self.keep_best > 0 and (
+            len(self.best) < self.keep_best or self._better(value, self.best[-1].value))
+        if qualifies:
+            # the ranking after this save, stored inside the file so a resume keeps it
+            entry = _Entry(int(tag), value, os.path.join(self.output_dir, f"checkpoint-{tag}.pth.tar"))
+            ranking = [e for e in self.best if e.tag != entry.tag] + [entry]
+            ranking.sort(key=lambda e: e.value, reverse=self.mode == "max")
+            dropped, ranking = ranking[self.keep_best:], ranking[:self.keep_best]
+        else:
+            ranking, dropped, entry = list(self.best), [], None
+        previous = self.best
+        self.best = ranking
+        state["saver"] = self.state_dict()
+        if value is not None:
+            state.setdefault("metric", value)
+        try:
+            atomic_save(state, self.last_path)
+            if entry is not None:
+                atomic_copy(self.last_path, entry.path)
+                if ranking[0] is entry:
+                    atomic_copy(self.last_path, self.best_path)
+        except BaseException:
+            self.best = previous
+            raise
+        for old in dropped:
+            if old.path != (entry.path if entry else None) and os.path.exists(old.path):
+                os.remove(old.path)
+        return self.best_path if entry is not None and ranking[0] is entry else None
+

@@ -1,0 +1,140 @@
+"""Distributed set-up from torchrun's environment, metric reduction and DDP wrapping.
+
+One code path for every scale: a plain ``python`` run gets a world of size 1 on CPU or the first GPU;
+``torchrun`` sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR and each process joins the group (NCCL on
+CUDA, gloo on CPU). Collective helpers are no-ops in a world of one, so callers never branch.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import UserError
+
+__all__ = [
+    "DistContext", "init_distributed", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object",
+    "cleanup_distributed", "wrap_ddp", "unwrap_model",
+]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits in the job and which device it drives."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main rank writes files and logs to the console."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _resolve_device(requested: Optional[str], local_rank: int) -> torch.device:
+    if requested in (None, "", "auto"):
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"Device '{requested}' was asked for but no CUDA GPU is visible: "
+                            "pass --device cpu or run on a GPU machine.")
+        if device.index is None:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(device: Optional[str] = None, timeout_minutes: float = 30.0) -> DistContext:
+    """Join the process group that torchrun describes, or return a single-process context.
+
+    ``device`` is 'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'; under torchrun each process
+    takes GPU ``LOCAL_RANK``. The backend is NCCL for CUDA and gloo for CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resolved = _resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if resolved.type == "cuda" else "gloo"
+        kwargs = dict(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        if backend == "nccl":
+            kwargs["device_id"] = resolved
+        dist.init_process_group(**kwargs)
+        _logger.debug("rank %d/%d joined with %s on %s", rank, world_size, backend, resolved)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved)
+
+
+def _active(ctx: DistContext) -> bool:
+    return ctx.distributed and dist.is_available() and dist.is_initialized()
+
+
+def all_reduce(tensor: torch.Tensor, ctx: DistContext, op: str = "sum") -> torch.Tensor:
+    """Reduce ``tensor`` over ranks ('sum', 'max' or 'min') and return it; a copy, the input is kept."""
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    out = tensor.detach().clone()
+    if _active(ctx):
+        out = out.to(ctx.device)
+        dist.all_reduce(out, op=ops[op])
+    return out
+
+
+def all_reduce_mean(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The mean over ranks (for per-rank averages with equal weight, such as a step's loss)."""
+    return all_reduce(tensor, ctx, "sum") / ctx.world_size
+
+
+def barrier(ctx: DistContext) -> None:
+    if _active(ctx):
+        if ctx.device.type == "cuda":
+            dist.barrier(device_ids=[ctx.device.index])
+        else:
+            dist.barrier()
+
+
+def broadcast_object(obj: object, ctx: DistContext, src: int = 0) -> object:
+    """Send a small picklable value (a path, a decision) from ``src`` to every rank."""
+    if not _active(ctx):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:
+    """DistributedDataParallel around a model already on ``ctx.device``; the model itself in a world of one."""
+    if not _active(ctx):
+        return model
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                               find_unused_parameters=find_unused_parameters)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under DDP, timm's ModelEma and torch.compile wrappers (its state dict has no prefixes)."""
+    while True:
+        if isinstance(getattr(model, "module", None), nn.Module):  # DDP, DataParallel, ModelEmaV2/V3
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model

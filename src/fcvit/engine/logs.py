@@ -1,0 +1,141 @@
+"""What a run reports: console logging on the main rank, ``summary.csv``, TensorBoard and a progress bar."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Mapping, Optional
+
+from .checkpoint import _tmp_path
+from .distributed import DistContext
+
+__all__ = ["setup_logging", "SummaryLog", "ProgressBar"]
+
+
+def setup_logging(ctx: DistContext, output_dir: Optional[str] = None, level: int = logging.INFO,
+                  log_name: str = "log.txt") -> None:
+    """INFO on the main rank (console, and ``output_dir/log_name`` if given); other ranks only warn."""
+    root = logging.getLogger()
+    root.setLevel(level if ctx.is_main else logging.WARNING)
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    if ctx.is_main and output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.abspath(os.path.join(output_dir, log_name))
+        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in root.handlers):
+            handler = logging.FileHandler(path)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+            root.addHandler(handler)
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+class SummaryLog:
+    """``summary.csv`` with one row per epoch or evaluation, flushed as it is written (main rank only).
+
+    A row with new columns rewrites the file (atomically) with the wider header, so nothing is lost;
+    :meth:`truncate` drops rows a resumed run is about to write again. ``tensorboard_dir`` mirrors
+    every numeric value to TensorBoard under ``step_key``.
+    """
+
+    def __init__(self, path: str, ctx: Optional[DistContext] = None, tensorboard_dir: Optional[str] = None,
+                 step_key: str = "epoch") -> None:
+        self.path = path
+        self.ctx = ctx or DistContext()
+        self.step_key = step_key
+        self._tb = None
+        if tensorboard_dir and self.ctx.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(tensorboard_dir)
+
+    def read(self) -> List[Dict[str, str]]:
+        if not os.path.isfile(self.path):
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _rewrite(self, rows: List[Mapping[str, Any]], fields: List[str]) -> None:
+        tmp = _tmp_path(self.path)
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        if not self.ctx.is_main:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        row = {k: _fmt(v) for k, v in row.items()}
+        fields: List[str] = []
+        if os.path.isfile(self.path):
+            with open(self.path, newline="") as f:
+                fields = next(csv.reader(f), [])
+        if not fields:
+            self._rewrite([row], list(row))
+        elif set(row) - set(fields):
+            self._rewrite(self.read(), fields + [k for k in row if k not in fields])
+            self.append(row)
+            return
+        else:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=fields).writerow(row)
+                f.flush()
+        if self._tb is not None and self.step_key in row:
+            step = int(float(row[self.step_key]))
+            for key, value in row.items():
+                if key != self.step_key:
+                    try:
+                        self._tb.add_scalar(key, float(value), step)
+                    except (TypeError, ValueError):
+                        pass
+            self._tb.flush()
+
+    def truncate(self, keep_below: float, key: Optional[str] = None) -> None:
+        """Keep only rows whose ``key`` (default ``step_key``) is below ``keep_below``, e.g. the resume epoch."""
+        if not self.ctx.is_main or not os.path.isfile(self.path):
+            return
+        key = key or self.step_key
+        rows = self.read()
+        kept = [r for r in rows if key not in r or not r[key] or float(r[key]) < keep_below]
+        if len(kept) != len(rows):
+            with open(self.path, newline="") as f:
+                fields = next(csv.reader(f), [])
+            self._rewrite(kept, fields)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class ProgressBar:
+    """A tqdm bar counted in images (so its rate reads img/s, with an ETA), shown on the main rank only."""
+
+    def __init__(self, total_images: int, desc: str, ctx: Optional[DistContext] = None,
+                 enabled: bool = True) -> None:
+        from tqdm.auto import tqdm
+
+        ctx = ctx or DistContext()
+        self._bar = tqdm(total=total_images, desc=desc, unit="img", unit_scale=True, dynamic_ncols=True,
+                         leave=False, disable=not (enabled and ctx.is_main), file=sys.stderr)
+
+    def update(self, images: int, **postfix: Any) -> None:
+        if postfix:
+            self._bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
+        self._bar.update(images)
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

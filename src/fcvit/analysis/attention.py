@@ -1,0 +1,123 @@
+"""Reading attention maps out of timm's ViT/DeiT models and FCViT's similarity maps, ready to draw or measure.
+
+timm computes attention with ``F.scaled_dot_product_attention`` when it can, which never forms the
+attention matrix. Each ``Attention`` module has a ``fused_attn`` switch for its explicit path
+(``q @ k.T``, softmax, ``attn_drop``); :class:`ViTAttention` turns it off and lets
+``timm.utils.AttentionExtract`` hook the ``attn_drop`` outputs, which in eval mode are the softmax
+probabilities themselves. The models' code is not changed and their outputs stay the same.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+__all__ = [
+    "ViTAttention",
+    "is_vit",
+    "split_prefix",
+    "patch_index",
+    "fcvit_similarity",
+    "resolve_block",
+]
+
+
+def is_vit(model: nn.Module) -> bool:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, VisionTransformer)
+
+
+def resolve_block(block: int, n: int) -> int:
+    """A block index (negative from the end) checked against ``n`` blocks."""
+    if not -n <= block < n:
+        raise UserError(f"Block {block} does not exist: the model has {n} blocks, so use 0..{n - 1} or -1 for the last.")
+    return block % n
+
+
+class ViTAttention:
+    """Attention probabilities of every block of a timm VisionTransformer (ViT, DeiT, DeiT-distilled).
+
+    ``reader(x)`` runs the model and returns ``{block: B x heads x N x N}`` over all N tokens, prefix
+    (class, distillation, register) tokens first, as the model orders them.
+    """
+
+    def __init__(self, model: nn.Module, blocks: Optional[Sequence[int]] = None) -> None:
+        from timm.utils import AttentionExtract
+
+        if not is_vit(model):
+            raise UserError(f"{type(model).__name__} is not one of timm's ViT/DeiT models (VisionTransformer): choose "
+                            "one such as vit_base_patch16_224 or deit_base_patch16_224, or FCViT for similarity maps.")
+        self.model = model
+        self.num_blocks = len(model.blocks)
+        wanted = range(self.num_blocks) if blocks is None else [resolve_block(b, self.num_blocks) for b in blocks]
+        self.blocks: List[int] = sorted(set(wanted))
+        names = [f"blocks.{i}.attn.attn_drop" for i in self.blocks]
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise UserError(f"{type(model).__name__} has no '{missing[0]}' module to read attention from: "
+                            "use a standard timm ViT/DeiT model.")
+        for i in self.blocks:
+            attn = model.blocks[i].attn
+            if hasattr(attn, "fused_attn"):
+                attn.fused_attn = False  # explicit softmax path: same result, attention matrix materialised
+        self.extractor = AttentionExtract(model, names=names, method="hook")
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+        self.patch_size: Tuple[int, int] = tuple(model.patch_embed.patch_size)
+
+    def grid(self, x: torch.Tensor) -> Tuple[int, int]:
+        """Patch rows and columns for an input ``x``."""
+        return x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
+        self.model.eval()
+        found = self.extractor(x)
+        maps = {i: found[f"blocks.{i}.attn.attn_drop"].float() for i in self.blocks}
+        for i, attn in maps.items():
+            row_sums = attn.sum(-1)
+            if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-3):
+                raise RuntimeError(f"Block {i}: the values read at attn_drop are not attention probabilities.")
+        return maps
+
+
+def split_prefix(attn: torch.Tensor, num_prefix_tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Patch queries over patch keys, renormalised, and the mass those queries gave to prefix tokens.
+
+    ``attn`` is ``... x N x N``; returns ``(... x P x P, ... x P)`` with ``P = N - num_prefix_tokens``.
+    The maps drawn and measured are spatial: the class and distillation tokens have no place on the
+    image, so their share is reported separately (``prefix_mass``) rather than hidden.
+    """
+    patch = attn[..., num_prefix_tokens:, :]
+    prefix_mass = patch[..., :num_prefix_tokens].sum(-1)
+    spatial = patch[..., num_prefix_tokens:]
+    spatial = spatial / spatial.sum(-1, keepdim=True).clamp_min(1e-12)
+    return spatial, prefix_mass
+
+
+def patch_index(x: float, y: float, image_size: Tuple[int, int], grid: Tuple[int, int]) -> int:
+    """Index (row-major) of the patch under pixel ``(x, y)`` of an image of ``(width, height)``."""
+    width, height = image_size
+    if not (0 <= x < width and 0 <= y < height):
+        raise UserError(f"Query point {x:g},{y:g} lies outside the {width}x{height} image: use X,Y pixel "
+                        "coordinates inside it (0,0 is the top left).")
+    rows, cols = grid
+    col = min(int(x * cols / width), cols - 1)
+    row = min(int(y * rows / height), rows - 1)
+    return row * cols + col
+
+
+def fcvit_similarity(model: nn.Module, x: torch.Tensor, block: int = -1) -> Tuple[int, Dict[str, torch.Tensor]]:
+    """FCViT's group similarity maps of one block as the model computes them: ``(index, {gc1, gc2: B x G x H x W})``."""
+    from ..models.similarity import fcvit_blocks, similarity_maps
+
+    n = len(fcvit_blocks(model))
+    if n == 0:
+        raise UserError(f"{type(model).__name__} is not an FCViT model: similarity maps exist only for fcvit_* models.")
+    index = resolve_block(block, n)
+    _, maps = similarity_maps(model, x, blocks=[index])
+    return index, {k: v.float() for k, v in maps[index].items()}

@@ -1,0 +1,148 @@
+"""Models and images for the analysis tools: local checkpoints, timm's hub, or random weights (said loudly)."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Optional, Tuple
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..errors import UserError
+
+__all__ = ["hub_reachable", "create_analysis_model", "input_size_of", "image_to_tensor", "is_fcvit"]
+
+_logger = logging.getLogger(__name__)
+
+HF_HOST = "huggingface.co"
+
+
+def hub_reachable(host: str = HF_HOST, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host:443`` opens within ``timeout`` seconds.
+
+    ``HF_HUB_OFFLINE=1`` answers no at once. The look-up runs in a daemon thread because name
+    resolution ignores socket time-outs, so an offline machine never waits longer than ``timeout``.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    result = {"ok": False}
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                result["ok"] = True
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result["ok"]
+
+
+def _cached_hub_file(hf_hub_id: str) -> Optional[str]:
+    """A copy of the model's weights already in the Hugging Face cache, if any."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(hf_hub_id, filename)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _create_pretrained(name: str, **kwargs) -> Tuple[nn.Module, str]:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hf_hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    url = getattr(cfg, "url", None) if cfg is not None else None
+    if not hf_hub_id and not url:
+        raise UserError(f"timm has no published weights for {name}: pass a local file with --checkpoint.")
+    if hf_hub_id:
+        cached = _cached_hub_file(hf_hub_id)
+        if cached:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs)
+            return model, f"pretrained {hf_hub_id} (from the local cache)"
+        host, source = HF_HOST, hf_hub_id
+    else:
+        host, source = urlparse(url).hostname or url, url
+    if not hub_reachable(host):
+        raise UserError(f"--pretrained needs to download {name} from {host}, which cannot be reached from this "
+                        "machine: download the weights where there is a network and pass the file with --checkpoint.")
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as exc:  # network and hub errors come in many types
+        raise UserError(f"Downloading the pretrained weights of {name} failed ({str(exc).splitlines()[0][:160]}): "
+                        "retry, or pass a local file with --checkpoint.") from None
+    return model, f"pretrained {source}"
+
+
+def create_analysis_model(
+        name: str,
+        checkpoint: Optional[str] = None,
+        pretrained: bool = False,
+        **kwargs,
+) -> Tuple[nn.Module, str]:
+    """The model in eval mode and a phrase naming its weights (shown in figures and results).
+
+    A local ``checkpoint`` always works offline; ``pretrained`` uses timm's hub (or its cache) and fails
+    at once, in one sentence, when the hub cannot be reached; with neither the weights are random and
+    a warning says that the maps then show an untrained network.
+    """
+    import timm
+
+    from ..models import check_model_name, create_classifier
+
+    check_model_name(name, allow_timm=True)
+    if checkpoint and pretrained:
+        raise UserError("Pass either --checkpoint or --pretrained, not both.")
+    if checkpoint:
+        model = create_classifier(name, checkpoint_path=checkpoint, **kwargs)
+        weights = f"checkpoint {os.path.basename(checkpoint)}"
+    elif pretrained:
+        model, weights = _create_pretrained(name, **kwargs)
+    else:
+        model = timm.create_model(name, **kwargs)
+        weights = "random, untrained weights"
+        _logger.warning("No --checkpoint or --pretrained given: %s has random weights, so its maps show an "
+                        "untrained network, not what a trained model sees.", name)
+    return model.eval(), weights
+
+
+def is_fcvit(model: nn.Module) -> bool:
+    from ..models.similarity import fcvit_blocks
+
+    return bool(fcvit_blocks(model))
+
+
+def input_size_of(model: nn.Module, img_size: Optional[int] = None) -> Tuple[int, int]:
+    """(height, width) the image is resized to: a ViT's own size; FCViT's default 224 or ``img_size``."""
+    patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is not None and getattr(patch_embed, "img_size", None) is not None and not is_fcvit(model):
+        return tuple(int(s) for s in patch_embed.img_size)
+    if img_size is not None:
+        return int(img_size), int(img_size)
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
+    return int(size[1]), int(size[2])
+
+
+def image_to_tensor(image: Image.Image, model: nn.Module, size: Tuple[int, int]) -> torch.Tensor:
+    """The whole image resized (not cropped) to ``size`` and normalised with the model's mean and std.
+
+    No crop, so that every pixel of the picture shown has a place on the maps; the maps are drawn
+    stretched back over the original image.
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
+    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)
+    resized = image.convert("RGB").resize((size[1], size[0]), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return ((x - mean[:, None, None]) / std[:, None, None]).unsqueeze(0)

@@ -1,0 +1,94 @@
+"""``fcvit analyze``: per-block measures of how query-dependent, head/group-diverse and sparse the maps are."""
+from __future__ import annotations
+
+import argparse
+import os
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "analyze", help="measure query-irrelevance, head/group diversity and sparsity per block",
+        description="Turn the pictures into numbers: per block, how alike the attention maps of different "
+                    "queries and heads are, and how concentrated they are (docs/analysis.md has the formulas). "
+                    "For FCViT models the same measures describe the group similarity maps.")
+    sub = p.add_subparsers(dest="what", metavar="WHAT")
+    sub.required = True
+    for what, text in (("attention", "ViT/DeiT attention maps (FCViT models: their group similarity maps)"),
+                       ("similarity", "FCViT's group similarity maps")):
+        s = sub.add_parser(what, help=text, description=f"Per-block measures of {text}.")
+        s.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+        s.add_argument("--model", default="deit_base_patch16_224" if what == "attention" else "fcvit_b12",
+                       help="model name")
+        s.add_argument("--checkpoint", metavar="FILE", help="local checkpoint (.pth, .pth.tar, .safetensors)")
+        s.add_argument("--pretrained", action="store_true",
+                       help="weights from timm's hub (needs a network; fails at once without one)")
+        s.add_argument("--img-size", type=int, default=224, help="FCViT input side (default 224; ViTs use their own)")
+        s.add_argument("--results-file", metavar="R.json", help="write the results as .json (everything) or .csv")
+        s.add_argument("--plot", metavar="F.png", help="plot every measure over depth to this figure")
+        s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+        s.set_defaults(func=run)
+
+
+def expand_images(paths) -> list:
+    """Files as given; folders replaced by the images directly inside them, sorted."""
+    from ..errors import UserError
+
+    out = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise UserError(f"Folder '{path}' holds no images ({', '.join(IMAGE_EXTENSIONS)}): pass image files.")
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..analysis import (ATTENTION_MEASURES, SIMILARITY_MEASURES, analyze_attention, analyze_similarity,
+                            create_analysis_model, image_to_tensor, input_size_of, is_fcvit, is_vit)
+    from ..analysis.pipeline import format_table, write_results
+    from ..analysis.plots import check_figure_path, draw_measures, save_figure
+    from ..data import load_image
+    from ..errors import UserError
+
+    if args.plot:
+        check_figure_path(args.plot)
+    if args.results_file and os.path.splitext(args.results_file)[1].lower() not in (".json", ".csv"):
+        raise UserError(f"--results-file '{args.results_file}' must end in .json or .csv.")
+    paths = expand_images(args.images)
+    images = [load_image(p) for p in paths]  # every file checked before the model is built
+    model, weights = create_analysis_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
+    model.to(args.device)
+    size = input_size_of(model, args.img_size)
+    inputs = [image_to_tensor(img, model, size).to(args.device) for img in images]
+    torch.set_grad_enabled(False)
+    if is_fcvit(model):
+        kind, measures = "similarity", SIMILARITY_MEASURES
+        rows = analyze_similarity(model, inputs)
+    elif args.what == "similarity":
+        raise UserError(f"{args.model} is not an FCViT model: use `fcvit analyze attention` for ViT/DeiT models.")
+    elif is_vit(model):
+        kind, measures = "attention", ATTENTION_MEASURES
+        rows = analyze_attention(model, inputs)
+    else:
+        raise UserError(f"{args.model} is neither an FCViT nor one of timm's ViT/DeiT models: choose one of those.")
+    names = [m for m in measures if any(m in r for r in rows)]
+    print(f"{args.model} ({weights}), {len(paths)} image(s) at {size[1]}x{size[0]}, {kind} maps:")
+    print(format_table(rows, names))
+    payload = dict(
+        model=args.model, weights=weights, kind=kind, images=paths, input_size=list(size),
+        num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)) if kind == "attention" else 0,
+        measures={m: measures[m] for m in names}, blocks=rows)
+    if args.results_file:
+        print(write_results(args.results_file, payload, names))
+    if args.plot:
+        fig = draw_measures(rows, names, title=f"{args.model} ({weights}): {kind} maps over depth, "
+                                               f"mean of {len(paths)} image(s)")
+        print(save_figure(fig, args.plot))
+    return 0

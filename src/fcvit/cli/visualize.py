@@ -1,0 +1,165 @@
+"""``fcvit visualize``: FCViT's group similarity maps, ViT attention maps per query, and both side by side."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+_logger = logging.getLogger(__name__)
+
+
+def _add_weights(p: argparse.ArgumentParser, prefix: str = "", default_model: str = "", what: str = "") -> None:
+    flag = f"--{prefix}-" if prefix else "--"
+    if not prefix:
+        p.add_argument("--model", default=default_model, help=f"{what} model name (default {default_model})")
+    p.add_argument(f"{flag}checkpoint", metavar="FILE", help=f"local {what} checkpoint (.pth, .pth.tar, .safetensors)")
+    p.add_argument(f"{flag}pretrained", action="store_true",
+                   help=f"{what} weights from timm's hub (needs a network; fails at once without one)")
+
+
+def _add_queries(p: argparse.ArgumentParser, default_random: int) -> None:
+    p.add_argument("--query", action="extend", nargs="+", default=[], metavar="X,Y",
+                   help="query points in pixels of the image (0,0 top left); several allowed")
+    p.add_argument("--random-queries", type=int, default=None, metavar="K",
+                   help=f"K random query patches (default {default_random} when no --query is given)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random queries (default 0)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "visualize", help="draw FCViT similarity maps and ViT attention maps on an image",
+        description="Draw what the models look at: FCViT's token-global similarity maps (one per group), "
+                    "ViT/DeiT attention maps per query point, or both side by side (Figure 3 of the paper).")
+    sub = p.add_subparsers(dest="what", metavar="WHAT")
+    sub.required = True
+
+    s = sub.add_parser("similarity", help="the 8 group maps of both global-context modules of an FCViT block",
+                       description="The image and the group similarity maps of gc1 and gc2 of one FCViT block.")
+    s.add_argument("image", metavar="IMAGE")
+    _add_weights(s, default_model="fcvit_b12", what="FCViT")
+    s.add_argument("--block", type=int, default=-1, help="block index over the whole network (default -1, the last)")
+    s.add_argument("--img-size", type=int, default=224, help="side the image is resized to (default 224)")
+    s.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    s.add_argument("--dpi", type=int, default=100, help="figure resolution in dots per inch (default 100)")
+    s.set_defaults(func=run_similarity)
+
+    a = sub.add_parser("attention", help="ViT/DeiT attention maps of query points",
+                       description="For each query point: the image with the point marked and its attention "
+                                   "map over the patch grid (class/distillation tokens left out and reported).")
+    a.add_argument("image", metavar="IMAGE")
+    _add_weights(a, default_model="deit_base_patch16_224", what="ViT/DeiT")
+    _add_queries(a, default_random=4)
+    a.add_argument("--block", type=int, default=-1, help="block index (default -1, the last)")
+    a.add_argument("--head", default="mean", help="mean (default), all (one column per head) or a head index")
+    a.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
+    a.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    a.add_argument("--dpi", type=int, default=100, help="figure resolution in dots per inch (default 100)")
+    a.set_defaults(func=run_attention)
+
+    c = sub.add_parser("compare", help="ViT attention per query and FCViT group maps side by side",
+                       description="Figure 3 of the paper for any image: ViT attention maps of several query "
+                                   "points above FCViT's group similarity maps.")
+    c.add_argument("image", metavar="IMAGE")
+    c.add_argument("--fcvit", default="fcvit_b12", metavar="MODEL", help="FCViT model (default fcvit_b12)")
+    _add_weights(c, prefix="fcvit", what="FCViT")
+    c.add_argument("--vit", default="deit_base_patch16_224", metavar="MODEL",
+                   help="ViT/DeiT model (default deit_base_patch16_224)")
+    _add_weights(c, prefix="vit", what="ViT/DeiT")
+    _add_queries(c, default_random=8)
+    c.add_argument("--block", type=int, default=-1, help="FCViT block (default -1)")
+    c.add_argument("--vit-block", type=int, default=-1, help="ViT block (default -1)")
+    c.add_argument("--module", choices=("gc1", "gc2"), default="gc2", help="FCViT global-context module (default gc2)")
+    c.add_argument("--img-size", type=int, default=224, help="FCViT input side (default 224)")
+    c.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
+    c.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    c.add_argument("--dpi", type=int, default=100, help="figure resolution in dots per inch (default 100)")
+    c.set_defaults(func=run_compare)
+
+
+def _load(name: str, checkpoint, pretrained: bool, device: str):
+    from ..analysis import create_analysis_model
+
+    model, weights = create_analysis_model(name, checkpoint=checkpoint, pretrained=pretrained)
+    return model.to(device), weights
+
+
+def _fcvit_maps(args, name: str, checkpoint, pretrained: bool, image):
+    from ..analysis import fcvit_similarity, image_to_tensor, input_size_of
+
+    model, weights = _load(name, checkpoint, pretrained, args.device)
+    x = image_to_tensor(image, model, input_size_of(model, args.img_size)).to(args.device)
+    block, maps = fcvit_similarity(model, x, args.block)
+    return block, {k: v[0].cpu() for k, v in maps.items()}, weights
+
+
+def _vit_maps(args, name: str, checkpoint, pretrained: bool, image, block_arg: int, head):
+    from ..analysis import ViTAttention, image_to_tensor, input_size_of, query_attention
+    from ..analysis.pipeline import parse_query
+
+    model, weights = _load(name, checkpoint, pretrained, args.device)
+    reader = ViTAttention(model, blocks=[block_arg])
+    x = image_to_tensor(image, model, input_size_of(model)).to(args.device)
+    points = [parse_query(q) for q in args.query]
+    k = args.random_queries if args.random_queries is not None else (0 if points else args.default_random)
+    points, maps, labels, prefix = query_attention(reader, x, reader.blocks[0], image.size, points, k, head, args.seed)
+    return reader.blocks[0], points, [m.cpu() for m in maps], labels, prefix, weights
+
+
+def run_similarity(args: argparse.Namespace) -> int:
+    from ..analysis.plots import check_figure_path, display_image, draw_similarity, save_figure
+    from ..data import load_image
+
+    check_figure_path(args.output)
+    image = load_image(args.image)
+    block, maps, weights = _fcvit_maps(args, args.model, args.checkpoint, args.pretrained, image)
+    fig = draw_similarity(display_image(image), maps,
+                          title=f"{args.model}, block {block}: token-global similarity per group — weights: {weights}")
+    print(save_figure(fig, args.output, dpi=args.dpi))
+    return 0
+
+
+def _scale_points(points, image, shown):
+    sx, sy = shown.shape[1] / image.width, shown.shape[0] / image.height
+    return [(x * sx, y * sy) for x, y in points]
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    from ..analysis.pipeline import parse_head
+    from ..analysis.plots import check_figure_path, display_image, draw_attention, save_figure
+    from ..data import load_image
+
+    head = parse_head(args.head)
+    check_figure_path(args.output)
+    image = load_image(args.image)
+    args.default_random = 4
+    block, points, maps, labels, prefix, weights = _vit_maps(args, args.model, args.checkpoint, args.pretrained,
+                                                             image, args.block, head)
+    shown = display_image(image)
+    title = f"{args.model}, block {block}: attention of each query over the patches — weights: {weights}"
+    if prefix:
+        title += f"\n({prefix * 100:.0f}% of these queries' attention goes to class/distillation tokens, not drawn)"
+    fig = draw_attention(shown, _scale_points(points, image, shown), maps, labels, title=title)
+    print(save_figure(fig, args.output, dpi=args.dpi))
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..analysis.plots import check_figure_path, display_image, draw_compare, save_figure
+    from ..data import load_image
+
+    check_figure_path(args.output)
+    image = load_image(args.image)
+    args.default_random = 8
+    vit_block, points, maps, _, _, vit_weights = _vit_maps(args, args.vit, args.vit_checkpoint, args.vit_pretrained,
+                                                           image, args.vit_block, "mean")
+    fc_block, fc_maps, fc_weights = _fcvit_maps(args, args.fcvit, args.fcvit_checkpoint, args.fcvit_pretrained, image)
+    shown = display_image(image)
+    fig = draw_compare(
+        shown, _scale_points(points, image, shown), torch.cat(maps), fc_maps[args.module],
+        vit_label=f"{args.vit} block {vit_block}\nattention per query",
+        fcvit_label=f"{args.fcvit} block {fc_block} {args.module}\nsimilarity per group",
+        title=f"weights: {args.vit}: {vit_weights}; {args.fcvit}: {fc_weights}")
+    print(save_figure(fig, args.output, dpi=args.dpi))
+    return 0

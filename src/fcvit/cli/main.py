@@ -20,8 +20,6 @@ COMMAND_MODULES = [
     "predict",
     "visualize",
     "analyze",
-    "segment",
-    "detect",
 ]
 
 

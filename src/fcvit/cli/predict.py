@@ -25,8 +25,7 @@ def class_names_for(num_classes: int, checkpoint: dict | None = None) -> list[st
     if num_classes == 1000:
         from timm.data import ImageNetInfo
 
-        info = ImageNetInfo()
-        return [info.index_to_description(i) for i in range(1000)]
+        return list(ImageNetInfo().label_descriptions())
     return [f"class {i}" for i in range(num_classes)]
 
 

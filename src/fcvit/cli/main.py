@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "predict",
     "visualize",
     "analyze",
+    "segment",
 ]
 
 

@@ -1,0 +1,136 @@
+"""Whole-image evaluation: mIoU, mAcc and aAcc over a split, shared by training and ``fcvit segment eval``."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ...engine import AmpSettings, DistContext, ProgressBar, all_reduce, unwrap_model
+from ...errors import UserError
+from ...models import extract_state_dict, load_weights, read_checkpoint
+from .metrics import ConfusionMatrix
+from .model import SemanticFPN, create_segmenter
+
+__all__ = ["CONFIG_KEY", "iterate_batches", "infer_logits", "evaluate", "load_segmenter", "eval_loader",
+           "class_names_from", "atomic_save_json"]
+
+_logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "segmenter"  # checkpoint entry with create_segmenter()'s arguments
+
+
+def iterate_batches(loader: Iterable) -> Iterator[Any]:
+    """Iterate a DataLoader, turning a UserError raised in a worker back into its one-sentence message.
+
+    DataLoader re-raises worker exceptions with the worker's traceback folded into the message; the
+    user only needs the last line, which is the original sentence.
+    """
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except UserError as exc:
+            text = str(exc)
+            marker = "UserError: "
+            if "Traceback" in text and marker in text:
+                raise UserError(text.rsplit(marker, 1)[1].strip()) from None
+            raise
+        yield batch
+
+
+def infer_logits(model: nn.Module, image: torch.Tensor, output_size: Tuple[int, int]) -> torch.Tensor:
+    """Class scores for a batch of (resized, normalised) images, resized bilinearly to ``output_size``."""
+    logits = model(image)
+    return F.interpolate(logits.float(), size=tuple(output_size), mode="bilinear", align_corners=False)
+
+
+def eval_loader(dataset: Dataset, ctx: DistContext, workers: int = 2) -> DataLoader:
+    """One image per batch (sizes differ); each rank takes every world_size-th image, none twice."""
+    shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
+    return DataLoader(shard, batch_size=1, shuffle=False, num_workers=workers,
+                      pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+
+
+@torch.inference_mode()
+def evaluate(
+        model: nn.Module,
+        loader: DataLoader,
+        num_classes: int,
+        ctx: Optional[DistContext] = None,
+        amp: Optional[AmpSettings] = None,
+        progress: bool = True,
+) -> Dict[str, Any]:
+    """Scores over everything ``loader`` yields on all ranks (confusion matrices summed across ranks)."""
+    ctx = ctx or DistContext()
+    net = unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    confusion = ConfusionMatrix(num_classes, device=ctx.device)
+    started = time.perf_counter()
+    with ProgressBar(len(loader), "eval", ctx, enabled=progress) as bar:
+        for image, mask in iterate_batches(loader):
+            image = image.to(ctx.device, non_blocking=True)
+            mask = mask.to(ctx.device, non_blocking=True)
+            with amp.autocast() if amp is not None else contextlib.nullcontext():
+                logits = infer_logits(net, image, mask.shape[-2:])
+            confusion.update(logits.argmax(dim=1), mask)
+            bar.update(image.shape[0])
+    confusion.matrix = all_reduce(confusion.matrix, ctx, "sum")
+    net.train(was_training)
+    scores = confusion.compute()
+    scores["eval_time"] = time.perf_counter() - started
+    return scores
+
+
+def load_segmenter(path: str | os.PathLike, device: torch.device | str = "cpu") -> Tuple[SemanticFPN, Dict[str, Any]]:
+    """Rebuild a Semantic FPN from a checkpoint written by ``fcvit segment train``; returns (model, checkpoint)."""
+    checkpoint = read_checkpoint(path)
+    config = checkpoint.get(CONFIG_KEY)
+    if not isinstance(config, Mapping):
+        raise UserError(f"Checkpoint '{path}' has no '{CONFIG_KEY}' entry, so it was not written by "
+                        "'fcvit segment train': pass a segmentation checkpoint (last.pth.tar or model_best.pth.tar).")
+    config = dict(config)
+    config["backbone_kwargs"] = dict(config.get("backbone_kwargs") or {})
+    model = create_segmenter(**config)
+    load_weights(model, extract_state_dict(checkpoint, use_ema=False), f"Semantic FPN ({config['backbone']})")
+    model.to(device).eval()
+    return model, checkpoint
+
+
+def class_names_from(checkpoint: Mapping[str, Any], num_classes: int) -> List[str]:
+    """Names stored at training time, else ADE20K's (150 classes) or numbers."""
+    from .data import default_class_names
+
+    names = checkpoint.get("class_names")
+    if isinstance(names, (list, tuple)) and len(names) == num_classes:
+        return [str(n) for n in names]
+    return default_class_names(num_classes)
+
+
+def atomic_save_json(obj: Any, path: str) -> None:
+    """JSON through a temporary file and ``os.replace`` (NaN written as null)."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(clean(obj), f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,103 @@
+"""Segmenting image files: colour-coded class masks and overlays written as PNG."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import tv_tensors
+
+from ...data import load_image
+from .evaluate import infer_logits
+from .transforms import IGNORE_INDEX, eval_transforms
+
+__all__ = ["color_palette", "colorize", "overlay", "segment_image", "predict_images"]
+
+
+def color_palette(num_colors: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map (bit-interleaved RGB): distinct, fixed colours for any class count.
+
+    Colour 0 is black, so class ``c`` is drawn with colour ``c + 1``; ignored pixels stay black.
+    """
+    palette = np.zeros((num_colors, 3), dtype=np.uint8)
+    for index in range(num_colors):
+        value, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (value & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+def colorize(classes: np.ndarray, num_classes: int) -> Image.Image:
+    """A palette ('P') PNG image: pixel values are class indices + 1 (0 = ignored), shown in colour."""
+    if num_classes > 254:
+        raise ValueError("colour masks hold at most 254 classes")
+    values = np.where(classes == IGNORE_INDEX, 0, classes.astype(np.int64) + 1).astype(np.uint8)
+    mask = Image.fromarray(values)
+    mask = mask.convert("P") if mask.mode != "P" else mask
+    mask.putpalette(color_palette(256).flatten().tolist())
+    return mask
+
+
+def overlay(image: Image.Image, mask: Image.Image, alpha: float = 0.5) -> Image.Image:
+    """The image with the colour mask blended over it (``alpha`` = weight of the mask)."""
+    return Image.blend(image.convert("RGB"), mask.convert("RGB"), alpha)
+
+
+@torch.inference_mode()
+def segment_image(model: nn.Module, image: Image.Image, device: torch.device | str = "cpu",
+                  short_side: int = 512) -> np.ndarray:
+    """Class index per pixel at the image's own size (the evaluation resize, then back)."""
+    pixels = tv_tensors.Image(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1))
+    batch = eval_transforms(short_side, 4 * short_side)(pixels).unsqueeze(0).to(device)
+    logits = infer_logits(model, batch, (image.height, image.width))
+    return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Write through a temporary file so an interrupted run never leaves a half PNG."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def predict_images(model: nn.Module, paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
+                   class_names: Sequence[str], device: torch.device | str = "cpu",
+                   alpha: float = 0.5, short_side: int = 512) -> List[Dict[str, object]]:
+    """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` per image; return the classes found in each.
+
+    All images are decoded first, so a bad file fails before any output is written.
+    """
+    images = [load_image(p) for p in paths]
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    stems: Dict[str, int] = {}
+    results = []
+    for path, image in zip(paths, images):
+        stem = Path(path).stem
+        stems[stem] = stems.get(stem, 0) + 1
+        if stems[stem] > 1:  # two inputs with the same name from different folders
+            stem = f"{stem}_{stems[stem]}"
+        classes = segment_image(model, image, device, short_side)
+        mask = colorize(classes, len(class_names))
+        mask_path, overlay_path = output_dir / f"{stem}_mask.png", output_dir / f"{stem}_overlay.png"
+        _save_png(mask, mask_path)
+        _save_png(overlay(image, mask, alpha), overlay_path)
+        ids, counts = np.unique(classes, return_counts=True)
+        order = np.argsort(-counts)
+        found = [dict(index=int(ids[i]), name=class_names[int(ids[i])], fraction=float(counts[i] / classes.size))
+                 for i in order]
+        results.append(dict(image=os.fspath(path), mask=str(mask_path), overlay=str(overlay_path), classes=found))
+    return results

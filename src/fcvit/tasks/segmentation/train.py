@@ -1,0 +1,274 @@
+"""Iteration-based Semantic FPN training on the shared engine (torchrun/DDP, AMP, checkpoints, clean stops).
+
+The published recipe: AdamW (lr 2e-4, weight decay 1e-4), poly decay with power 0.9 to 0 over 40,000
+iterations, 32 images per step overall, 512x512 crops; evaluation every 4,000 iterations. ``-b`` is the
+GLOBAL batch, split evenly over the processes, so the recipe holds on any number of GPUs.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ...engine import (
+    AmpSettings,
+    CheckpointSaver,
+    DistContext,
+    GracefulStop,
+    SummaryLog,
+    backward_step,
+    build_train_state,
+    check_finite,
+    cleanup_distributed,
+    init_distributed,
+    load_train_state,
+    resolve_amp,
+    resolve_resume,
+    restore_train_state,
+    seed_everything,
+    setup_logging,
+    unwrap_model,
+    wrap_ddp,
+)
+from ...errors import UserError
+from .data import SegmentationFolder, default_class_names, read_class_names
+from .evaluate import CONFIG_KEY, atomic_save_json, eval_loader, evaluate, iterate_batches
+from .metrics import format_class_table
+from .model import SemanticFPN, create_segmenter
+from .transforms import IGNORE_INDEX, eval_transforms, train_transforms
+
+__all__ = ["segmentation_loss", "build_model", "train_steps", "train"]
+
+_logger = logging.getLogger(__name__)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-pixel cross-entropy averaged over ALL pixels of the batch, ignored ones counting 0.
+
+    This is MMSegmentation 0.x's default (the published runs): a crop that is entirely "other" gives
+    a loss of 0 instead of the NaN a mean over labelled pixels only would give.
+    """
+    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none").mean()
+
+
+def resolve_classes(args: argparse.Namespace) -> Tuple[int, List[str]]:
+    """``--num-classes`` and ``--class-names`` reconciled (either may give the count; default 150)."""
+    if args.class_names:
+        names = read_class_names(args.class_names, args.num_classes)
+        return len(names), names
+    num_classes = args.num_classes or 150
+    if not 1 <= num_classes <= 254:
+        raise UserError(f"--num-classes {num_classes} is out of range: use 1..254 (255 is the ignore label).")
+    return num_classes, default_class_names(num_classes)
+
+
+def build_model(args: argparse.Namespace, num_classes: int) -> SemanticFPN:
+    backbone_kwargs: Dict[str, Any] = {}
+    if args.backbone_depths:
+        backbone_kwargs["depths"] = tuple(args.backbone_depths)
+    if args.backbone_dims:
+        backbone_kwargs["dims"] = tuple(args.backbone_dims)
+    if len(backbone_kwargs) == 1 or (backbone_kwargs and len(backbone_kwargs["depths"]) != len(backbone_kwargs["dims"])):
+        raise UserError("--backbone-depths and --backbone-dims go together, with one value per stage each.")
+    if args.pretrained_backbone and backbone_kwargs:
+        raise UserError("--pretrained-backbone loads a published variant's weights: drop --backbone-depths/--backbone-dims.")
+    return create_segmenter(args.backbone, num_classes, backbone_checkpoint=args.pretrained_backbone,
+                            drop_path_rate=args.drop_path, head_channels=args.head_channels,
+                            fpn_channels=args.fpn_channels, norm=args.head_norm, backbone_kwargs=backbone_kwargs)
+
+
+def _per_process_batch(batch_size: int, ctx: DistContext) -> int:
+    if batch_size < 1 or batch_size % ctx.world_size:
+        raise UserError(f"-b {batch_size} images per step cannot be split evenly over {ctx.world_size} processes: "
+                        f"pass a multiple of {ctx.world_size}.")
+    return batch_size // ctx.world_size
+
+
+def infinite_batches(loader: DataLoader, sampler: Optional[DistributedSampler], epoch: int
+                     ) -> Iterator[Tuple[int, Tuple[torch.Tensor, torch.Tensor]]]:
+    """(data epoch, batch) forever; the sampler reshuffles each pass."""
+    while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for batch in iterate_batches(loader):
+            yield epoch, batch
+        epoch += 1
+
+
+def train_steps(
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        batches: Iterator[Tuple[int, Tuple[torch.Tensor, torch.Tensor]]],
+        amp: AmpSettings,
+        ctx: DistContext,
+        step: int,
+        until: int,
+        stop: GracefulStop,
+        clip_grad: Optional[float] = None,
+        log_interval: int = 50,
+        last_checkpoint: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Run optimizer steps from global step ``step`` up to ``until`` (or an earlier stop request).
+
+    Returns the step reached, the data epoch, the mean training loss and whether a stop was requested.
+    """
+    model.train()
+    losses: List[float] = []
+    epoch = 0
+    window_start, window_images = time.perf_counter(), 0
+    while step < until:
+        epoch, (images, masks) = next(batches)
+        images = images.to(ctx.device, non_blocking=True)
+        masks = masks.to(ctx.device, non_blocking=True)
+        try:
+            with amp.autocast():
+                logits = model(images)
+            loss = segmentation_loss(logits, masks)
+            value = check_finite(loss, step + 1, ctx, last_checkpoint)
+            optimizer.zero_grad(set_to_none=True)
+            backward_step(loss, optimizer, amp, clip_grad)
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"Out of GPU memory with {images.shape[0]} images of {images.shape[-2]}x{images.shape[-1]} "
+                            "per process: pass a smaller -b or --crop-size, or add --amp.") from None
+        step += 1
+        scheduler.step_update(num_updates=step)
+        losses.append(value)
+        window_images += images.shape[0] * ctx.world_size
+        if log_interval and (step % log_interval == 0 or step == until):
+            elapsed = time.perf_counter() - window_start
+            _logger.info("iter %d: loss %.4f (mean of last %d %.4f), lr %.3g, %.1f img/s", step, value,
+                         min(len(losses), log_interval), sum(losses[-log_interval:]) / min(len(losses), log_interval),
+                         optimizer.param_groups[0]["lr"], window_images / max(elapsed, 1e-9))
+            window_start, window_images = time.perf_counter(), 0
+        if stop.should_stop(ctx):
+            return dict(step=step, epoch=epoch, loss=_mean(losses), stopped=True)
+    return dict(step=step, epoch=epoch, loss=_mean(losses), stopped=False)
+
+
+def _mean(values: List[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def train(args: argparse.Namespace) -> Dict[str, Any]:
+    """The whole run; returns the last evaluation's scores (empty if it stopped before one)."""
+    from timm.scheduler import PolyLRScheduler
+
+    ctx = init_distributed(args.device)
+    try:
+        return _train(args, ctx, PolyLRScheduler)
+    finally:
+        cleanup_distributed()
+
+
+def _train(args: argparse.Namespace, ctx: DistContext, scheduler_cls: Any) -> Dict[str, Any]:
+    out = args.output
+    setup_logging(ctx, out)
+    seed_everything(args.seed, ctx.rank)
+    if args.iters < 1:
+        raise UserError(f"--iters {args.iters} must be at least 1.")
+    num_classes, class_names = resolve_classes(args)
+    crop = (args.crop_size, args.crop_size)
+    per_process = _per_process_batch(args.batch_size, ctx)
+    reduce_zero = not args.no_reduce_zero_label
+    train_set = SegmentationFolder(args.data, "train", num_classes, reduce_zero,
+                                   train_transforms(crop_size=crop, scale=(4 * args.crop_size, args.crop_size)))
+    val_set = SegmentationFolder(args.data, "val", num_classes, reduce_zero,
+                                 eval_transforms(short_side=args.crop_size, max_long_side=4 * args.crop_size))
+    if len(train_set) < args.batch_size:
+        raise UserError(f"The training split has {len(train_set)} images, fewer than one step of -b {args.batch_size}: "
+                        "pass a smaller -b.")
+    sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed, drop_last=True) if ctx.distributed else None
+    loader = DataLoader(train_set, batch_size=per_process, shuffle=sampler is None, sampler=sampler,
+                        num_workers=args.workers, pin_memory=ctx.device.type == "cuda", drop_last=True,
+                        persistent_workers=args.workers > 0)
+    val_loader = eval_loader(val_set, ctx, args.workers)
+
+    model = build_model(args, num_classes)
+    if not args.pretrained_backbone:
+        _logger.warning("No --pretrained-backbone: the backbone starts from random weights, so mIoU will stay far "
+                        "below the published numbers, which start from ImageNet checkpoints.")
+    if ctx.distributed and args.head_norm == "bn":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(ctx.device)
+    config = dict(unwrap_model(model).config) if hasattr(unwrap_model(model), "config") else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = scheduler_cls(optimizer, t_initial=args.iters, power=args.power, lr_min=0.0, t_in_epochs=False)
+    amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
+    saver = CheckpointSaver(out, metric="mIoU", mode="max", keep_best=args.keep_best, ctx=ctx)
+    summary = SummaryLog(os.path.join(out, "summary.csv"), ctx,
+                         tensorboard_dir=os.path.join(out, "tensorboard") if args.tensorboard else None,
+                         step_key="iter")
+
+    step, epoch = 0, 0
+    resume_path = resolve_resume(args.resume, out)
+    if resume_path:
+        state = load_train_state(resume_path)
+        if state.get(CONFIG_KEY) and dict(state[CONFIG_KEY]) != config:
+            raise UserError(f"--resume '{resume_path}' holds another model ({state[CONFIG_KEY]}): resume with the "
+                            "same --backbone and class options, or use another --output.")
+        counters = restore_train_state(state, model, optimizer, scheduler, amp.scaler)
+        step, epoch = counters["global_step"], counters["epoch"]
+        if scheduler.t_initial != args.iters:  # the poly decay follows this run's --iters
+            _logger.warning("--iters %d differs from the checkpoint's %d: the poly decay now ends at %d.",
+                            args.iters, scheduler.t_initial, args.iters)
+            scheduler.t_initial = args.iters
+            scheduler.step_update(num_updates=step)
+        saver.load_state_dict(state.get("saver", {}))
+        summary.truncate(step + 1)
+        _logger.info("Resumed from '%s' at iteration %d.", resume_path, step)
+    if step >= args.iters:
+        _logger.info("Already trained for %d of %d iterations: nothing to do.", step, args.iters)
+    model = wrap_ddp(model, ctx)
+    _logger.info("Semantic FPN on %s: %d classes, %d train / %d val images, %d iterations of %d images "
+                 "(%d per process x %d), %s.", args.backbone, num_classes, len(train_set), len(val_set), args.iters,
+                 args.batch_size, per_process, ctx.world_size, amp.describe())
+
+    def state_at(step_done: int, data_epoch: int) -> Dict[str, Any]:
+        return build_train_state(model, optimizer, scheduler, amp.scaler, epoch=data_epoch, global_step=step_done,
+                                 args=args, class_names=class_names, arch=f"semantic_fpn_{args.backbone}",
+                                 eval_short_side=args.crop_size,
+                                 **{CONFIG_KEY: config})
+
+    eval_every = args.eval_interval if args.eval_interval > 0 else args.iters
+    save_every = args.save_interval if args.save_interval > 0 else eval_every
+    batches = infinite_batches(loader, sampler, epoch)
+    scores: Dict[str, Any] = {}
+    try:
+        with GracefulStop() as stop:
+            while step < args.iters:
+                boundary = min(args.iters, (step // eval_every + 1) * eval_every, (step // save_every + 1) * save_every)
+                last = saver.last_path if os.path.isfile(saver.last_path) else None
+                result = train_steps(model, optimizer, scheduler, batches, amp, ctx, step, boundary, stop,
+                                     args.clip_grad, args.log_interval, last)
+                step, epoch = result["step"], result["epoch"] + 1
+                if result["stopped"]:
+                    saver.save(state_at(step, epoch), step, None)
+                    _logger.warning("Stopped at iteration %d; '%s' holds it: continue with --resume auto.",
+                                    step, saver.last_path)
+                    return scores
+                if step % eval_every == 0 or step == args.iters:
+                    scores = evaluate(model, val_loader, num_classes, ctx, amp, progress=sys.stderr.isatty())
+                    summary.append(dict(iter=step, train_loss=result["loss"], lr=optimizer.param_groups[0]["lr"],
+                                        mIoU=scores["mIoU"], mAcc=scores["mAcc"], aAcc=scores["aAcc"]))
+                    best = saver.save(state_at(step, epoch), step, scores)
+                    _logger.info("iter %d: mIoU %.2f, mAcc %.2f, aAcc %.2f%s", step, scores["mIoU"],
+                                 scores["mAcc"], scores["aAcc"], " (new best)" if best else "")
+                else:
+                    saver.save(state_at(step, epoch), step, None)
+    finally:
+        summary.close()
+    if scores and ctx.is_main:
+        _logger.info("%s", format_class_table(scores, class_names))
+        atomic_save_json(dict(iter=step, backbone=args.backbone, **{k: scores[k] for k in ("mIoU", "mAcc", "aAcc")},
+                              IoU=dict(zip(class_names, scores["IoU"]))), os.path.join(out, "results.json"))
+    return scores
+

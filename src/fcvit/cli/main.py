@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "visualize",
     "analyze",
     "segment",
+    "detect",
 ]
 
 

@@ -1,0 +1,131 @@
+"""COCO box and mask AP with pycocotools' COCOeval, from torchvision Mask R-CNN outputs.
+
+Predictions are turned into COCO result entries (``[x, y, w, h]`` boxes in original image pixels,
+RLE masks, the file's own category ids) per image; under torchrun every rank collects its share and
+the main rank merges them, keeping one entry per image (a ``DistributedSampler`` repeats a few images
+to even out the ranks) before running COCOeval once.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pycocotools import mask as coco_mask
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from .dataset import Category
+
+__all__ = ["CocoEvaluator", "AP_FIELDS", "IOU_TYPES", "to_coco_results"]
+
+_logger = logging.getLogger(__name__)
+
+IOU_TYPES = ("bbox", "segm")
+# the first six numbers of COCOeval.stats, in order
+AP_FIELDS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def to_coco_results(image_id: int, prediction: Mapping[str, torch.Tensor], categories: Sequence[Category],
+                    mask_threshold: float = 0.5) -> List[Dict[str, Any]]:
+    """COCO result entries for one image; ``prediction`` is one item of ``MaskRCNN``'s eval output."""
+    boxes = prediction["boxes"].detach().float().cpu()
+    if boxes.numel() == 0:
+        return []
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    scores = prediction["scores"].detach().float().cpu().tolist()
+    labels = prediction["labels"].detach().cpu().tolist()
+    rles: List[Optional[Dict[str, Any]]] = [None] * len(scores)
+    if "masks" in prediction:
+        binary = (prediction["masks"].detach()[:, 0] > mask_threshold).cpu().numpy().astype(np.uint8)
+        rles = coco_mask.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+        for rle in rles:
+            rle["counts"] = rle["counts"].decode("ascii")  # JSON-serialisable
+    results = []
+    for box, score, label, rle in zip(xywh, scores, labels, rles):
+        entry = {"image_id": int(image_id), "category_id": categories[label - 1].id, "bbox": box,
+                 "score": float(score)}
+        if rle is not None:
+            entry["segmentation"] = rle
+        results.append(entry)
+    return results
+
+
+class CocoEvaluator:
+    """Collects Mask R-CNN predictions for a ground-truth ``COCO`` index and computes COCO AP."""
+
+    def __init__(self, coco_gt: COCO, categories: Sequence[Category], iou_types: Iterable[str] = IOU_TYPES) -> None:
+        self.coco_gt = coco_gt
+        self.categories = list(categories)
+        self.iou_types = tuple(iou_types)
+        self.results: Dict[int, List[Dict[str, Any]]] = {}
+
+    def update(self, predictions: Sequence[Mapping[str, torch.Tensor]], image_ids: Sequence[int]) -> None:
+        for image_id, prediction in zip(image_ids, predictions):
+            self.results[int(image_id)] = to_coco_results(image_id, prediction, self.categories)
+
+    def gather(self) -> None:
+        """Merge the results of every rank into each rank's ``results`` (one entry per image)."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        parts: List[Optional[Dict[int, List[Dict[str, Any]]]]] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, self.results)
+        merged: Dict[int, List[Dict[str, Any]]] = {}
+        for part in parts:
+            merged.update(part or {})
+        self.results = merged
+
+    def detections(self) -> List[Dict[str, Any]]:
+        return [entry for image_id in sorted(self.results) for entry in self.results[image_id]]
+
+    def write_results(self, path: str | os.PathLike) -> None:
+        """Detections as a COCO results JSON (the file the COCO test server takes), written atomically."""
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.detections(), f)
+        os.replace(tmp, path)
+
+    def _load_detections(self, iou_type: str) -> COCO:
+        entries = self.detections()
+        if iou_type == "segm":
+            entries = [e for e in entries if "segmentation" in e]
+        if entries:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return self.coco_gt.loadRes(copy.deepcopy(entries))
+        # loadRes cannot take an empty list; no detections is a valid outcome and scores 0 AP
+        empty = COCO()
+        empty.dataset = {"images": list(self.coco_gt.dataset["images"]),
+                         "categories": copy.deepcopy(self.coco_gt.dataset["categories"]), "annotations": []}
+        with contextlib.redirect_stdout(io.StringIO()):
+            empty.createIndex()
+        return empty
+
+    def summarize(self, image_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
+        """COCOeval over the collected images: ``{'bbox_AP': ..., 'segm_APl': ...}`` in [0, 1].
+
+        A field is -1 where COCO defines none (e.g. APs when no ground-truth object is small).
+        """
+        metrics: Dict[str, float] = {}
+        ids = sorted(self.results) if image_ids is None else list(image_ids)
+        for iou_type in self.iou_types:
+            coco_dt = self._load_detections(iou_type)
+            evaluator = COCOeval(self.coco_gt, coco_dt, iouType=iou_type)
+            evaluator.params.imgIds = ids
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                evaluator.evaluate()
+                evaluator.accumulate()
+                evaluator.summarize()
+            _logger.debug("COCO %s:\n%s", iou_type, printed.getvalue().rstrip())
+            for name, value in zip(AP_FIELDS, evaluator.stats[:len(AP_FIELDS)]):
+                metrics[f"{iou_type}_{name}"] = float(value)
+        return metrics

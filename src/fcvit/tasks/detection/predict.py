@@ -1,0 +1,147 @@
+"""Loading a trained detector and drawing its boxes, masks and class names on images."""
+from __future__ import annotations
+
+import colorsys
+import json
+import logging
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+from ...data import load_image
+from ...errors import UserError
+from ...models import extract_state_dict, read_checkpoint
+from .dataset import Category
+from .model import build_mask_rcnn
+
+__all__ = ["load_detector", "categories_from", "detect", "draw_detections", "predict_images", "class_colours"]
+
+_logger = logging.getLogger(__name__)
+
+
+def categories_from(checkpoint: Mapping[str, Any]) -> List[Category]:
+    return [Category(int(c["id"]), str(c["name"])) for c in checkpoint["categories"]]
+
+
+def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu",
+                  min_size: Optional[int] = None, max_size: Optional[int] = None
+                  ) -> Tuple[MaskRCNN, List[Category], Dict[str, Any]]:
+    """The Mask R-CNN a ``fcvit detect train`` checkpoint describes, with its weights and categories.
+
+    ``min_size``/``max_size`` override the test-time resizing stored in the checkpoint.
+    """
+    checkpoint = read_checkpoint(path)
+    config = checkpoint.get("model_config")
+    if not isinstance(config, Mapping) or not isinstance(checkpoint.get("categories"), list):
+        raise UserError(f"Checkpoint '{path}' was not written by 'fcvit detect train' (it has no model_config "
+                        "and categories): pass a detection checkpoint, such as OUTPUT/model_best.pth.tar.")
+    categories = categories_from(checkpoint)
+    config = dict(config)
+    if min_size:
+        config["min_size"] = min_size
+    if max_size:
+        config["max_size"] = max_size
+    model = build_mask_rcnn(**config)
+    try:
+        model.load_state_dict(extract_state_dict(checkpoint, use_ema=False))
+    except RuntimeError as exc:
+        raise UserError(f"Checkpoint '{path}' holds weights that do not fit the Mask R-CNN its model_config "
+                        f"describes ({str(exc).splitlines()[0][:160]}): the file was altered; use the file "
+                        "that training wrote.") from None
+    return model.eval().to(device), categories, checkpoint
+
+
+@torch.inference_mode()
+def detect(model: nn.Module, images: Sequence[torch.Tensor], device: torch.device | str = "cpu"
+           ) -> List[Dict[str, torch.Tensor]]:
+    """Mask R-CNN outputs (on the CPU) for float images in [0, 1]; boxes are in the images' own pixels."""
+    outputs = model([img.to(device) for img in images])
+    return [{k: v.cpu() for k, v in out.items()} for out in outputs]
+
+
+def class_colours(num_classes: int) -> List[Tuple[int, int, int]]:
+    """Well-separated colours, one per label (0 = background unused), the same in every run."""
+    golden = 0.618033988749895
+    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * golden) % 1.0, 0.75, 0.95))
+            for i in range(num_classes + 1)]
+
+
+def draw_detections(image: torch.Tensor, prediction: Mapping[str, torch.Tensor], names: Sequence[str],
+                    score_threshold: float = 0.5, mask_threshold: float = 0.5) -> torch.Tensor:
+    """``image`` (uint8, 3 x H x W) with the masks, boxes and "name score" labels of confident detections.
+
+    ``names`` are indexed by model label (0 = background).
+    """
+    keep = prediction["scores"] >= score_threshold
+    boxes, labels, scores = prediction["boxes"][keep], prediction["labels"][keep], prediction["scores"][keep]
+    colours = class_colours(len(names) - 1)
+    drawn = image
+    if "masks" in prediction and keep.any():
+        masks = prediction["masks"][keep][:, 0] > mask_threshold
+        drawn = draw_segmentation_masks(drawn, masks, alpha=0.45, colors=[colours[int(i)] for i in labels])
+    if len(boxes):
+        captions = [f"{names[int(i)]} {float(s):.2f}" for i, s in zip(labels, scores)]
+        width = max(1, round(min(image.shape[-2:]) / 300))
+        drawn = draw_bounding_boxes(drawn, boxes, labels=captions, colors=[colours[int(i)] for i in labels],
+                                    width=width)
+    return drawn
+
+
+def _output_names(paths: Sequence[str]) -> List[str]:
+    """``NAME.png`` per input; inputs that share a name (from different folders) get ``NAME_2.png`` etc."""
+    seen: Dict[str, int] = {}
+    names = []
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png")
+    return names
+
+
+def _save_png(array: np.ndarray, path: str) -> None:
+    tmp = f"{path}.tmp"
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def predict_images(model: nn.Module, categories: Sequence[Category], paths: Sequence[str | os.PathLike],
+                   output_dir: str | os.PathLike, score_threshold: float = 0.5,
+                   device: torch.device | str = "cpu") -> List[Dict[str, Any]]:
+    """Draw detections on each image into ``output_dir`` and return them (file ids and names) per image.
+
+    Every image is opened before the first is processed, so a bad path fails at once. A
+    ``detections.json`` with all results at or above the threshold is written alongside the PNGs.
+    """
+    if not 0.0 <= score_threshold <= 1.0:
+        raise UserError(f"--score-threshold {score_threshold} is outside [0, 1]: pass a value such as 0.5.")
+    paths = [os.fspath(p) for p in paths]
+    images = [load_image(p) for p in paths]
+    output_dir = os.fspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    names = ["background"] + [c.name for c in categories]
+    results = []
+    for path, image, out_name in zip(paths, images, _output_names(paths)):
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+        prediction = detect(model, [pixels.float() / 255.0], device)[0]
+        drawn = draw_detections(pixels, prediction, names, score_threshold)
+        out_path = os.path.join(output_dir, out_name)
+        _save_png(drawn.permute(1, 2, 0).numpy(), out_path)
+        keep = prediction["scores"] >= score_threshold
+        detections = [
+            {"category_id": categories[int(label) - 1].id, "name": names[int(label)], "score": round(float(score), 4),
+             "bbox_xyxy": [round(float(v), 2) for v in box]}
+            for box, label, score in zip(prediction["boxes"][keep], prediction["labels"][keep],
+                                         prediction["scores"][keep])]
+        results.append({"image": path, "output": out_path, "detections": detections})
+        _logger.info("%s: %d detections at score >= %.2f -> %s", path, len(detections), score_threshold, out_path)
+    tmp = os.path.join(output_dir, "detections.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, os.path.join(output_dir, "detections.json"))
+    return results

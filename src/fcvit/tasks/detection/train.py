@@ -1,0 +1,420 @@
+"""Mask R-CNN training and COCO evaluation on the shared engine (torchrun/DDP, AMP, checkpoints, clean stops).
+
+The published 1x recipe: 12 epochs, AdamW (lr 2e-4, weight decay 1e-4 on every parameter, as the
+MMDetection config had it), a linear warmup over 500 iterations from 0.001x, the learning rate times
+0.1 after epochs 8 and 11; 16 images per step overall; shorter side 800, longer at most 1333; flips
+with probability 0.5; batches grouped by aspect ratio. ``-b`` is the GLOBAL batch, split evenly over
+the processes, so the recipe holds on any number of GPUs.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections import defaultdict
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ...engine import (
+    AmpSettings,
+    CheckpointSaver,
+    DistContext,
+    GracefulStop,
+    ProgressBar,
+    SummaryLog,
+    all_reduce_mean,
+    backward_step,
+    broadcast_object,
+    build_train_state,
+    check_finite,
+    cleanup_distributed,
+    init_distributed,
+    load_train_state,
+    resolve_amp,
+    resolve_resume,
+    restore_train_state,
+    seed_everything,
+    setup_logging,
+    unwrap_model,
+    wrap_ddp,
+)
+from ...errors import UserError
+from .coco_eval import CocoEvaluator
+from .dataset import (
+    Category,
+    CocoInstances,
+    coco_split_paths,
+    collate_detection,
+    eval_transforms,
+    train_transforms,
+)
+from .model import build_mask_rcnn
+from .sampler import AspectRatioBatchSampler, aspect_ratio_groups
+
+__all__ = [
+    "resolve_data_paths", "model_config", "build_optimizer", "build_scheduler", "train_one_epoch", "evaluate",
+    "train", "detection_loaders", "freeze_batchnorm_stats",
+]
+
+_logger = logging.getLogger(__name__)
+
+Targets = List[Dict[str, Any]]
+
+
+# -- data ---------------------------------------------------------------------------------------------
+def resolve_data_paths(args: argparse.Namespace, splits: Sequence[str] = ("train", "val")) -> Dict[str, Tuple[str, str]]:
+    """(annotation file, image folder) per split: ``--data`` in the COCO layout, overridden by the
+    explicit ``--train-ann/--train-images/--val-ann/--val-images`` options."""
+    paths: Dict[str, Tuple[str, str]] = {}
+    for split in splits:
+        ann = getattr(args, f"{split}_ann", None)
+        images = getattr(args, f"{split}_images", None)
+        if args.data:
+            default_ann, default_images = coco_split_paths(args.data, split)
+            ann, images = ann or default_ann, images or default_images
+        if not ann or not images:
+            raise UserError(f"No {split} data: pass --data ROOT (COCO layout) or both --{split}-ann and "
+                            f"--{split}-images.")
+        paths[split] = (ann, images)
+    return paths
+
+
+def _device_targets(targets: Targets, device: torch.device) -> Targets:
+    """Plain tensors on ``device`` (the tv_tensors subclasses are only needed by the transforms)."""
+    out = []
+    for t in targets:
+        out.append({k: v.as_subclass(torch.Tensor).to(device, non_blocking=True) if isinstance(v, torch.Tensor)
+                    else v for k, v in t.items()})
+    return out
+
+
+def detection_loaders(train_set: Optional[CocoInstances], val_set: Optional[CocoInstances], per_process: int,
+                      ctx: DistContext, workers: int = 4, seed: int = 0
+                      ) -> Tuple[Optional[DataLoader], Optional[DataLoader]]:
+    """Training batches grouped by aspect ratio from a seeded per-rank shuffle; evaluation in file order.
+
+    The training sampler is a ``DistributedSampler`` even in a world of one: its order depends only
+    on the seed and the epoch, so a run resumed inside an epoch sees exactly the batches it missed.
+    """
+    pin = ctx.device.type == "cuda"
+    train_loader = val_loader = None
+    if train_set is not None:
+        sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+        batches = AspectRatioBatchSampler(sampler, aspect_ratio_groups(train_set.aspect_ratios()), per_process)
+        train_loader = DataLoader(train_set, batch_sampler=batches, num_workers=workers, pin_memory=pin,
+                                  collate_fn=collate_detection, persistent_workers=workers > 0)
+    if val_set is not None:
+        sampler = (DistributedSampler(val_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
+                   if ctx.distributed else None)
+        val_loader = DataLoader(val_set, batch_size=per_process, sampler=sampler, shuffle=False,
+                                num_workers=workers, pin_memory=pin, collate_fn=collate_detection)
+    return train_loader, val_loader
+
+
+# -- model and optimisation ---------------------------------------------------------------------------
+def model_config(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
+    """The arguments of ``build_mask_rcnn`` that fix the architecture; stored in every checkpoint."""
+    backbone_kwargs = {}
+    if args.backbone_depths:
+        backbone_kwargs["depths"] = list(args.backbone_depths)
+    if args.backbone_dims:
+        backbone_kwargs["dims"] = list(args.backbone_dims)
+    if backbone_kwargs and len(set(len(v) for v in backbone_kwargs.values()) | {4}) != 1:
+        raise UserError("--backbone-depths and --backbone-dims need four values each (one per stage).")
+    if "depths" in backbone_kwargs and "dims" not in backbone_kwargs:
+        raise UserError("--backbone-depths needs --backbone-dims as well (four channel counts).")
+    return dict(backbone=args.backbone, num_classes=num_classes, min_size=args.min_size, max_size=args.max_size,
+                fpn_channels=args.fpn_channels, representation_size=args.representation_size,
+                backbone_kwargs=backbone_kwargs or None)
+
+
+def freeze_batchnorm_stats(model: nn.Module) -> None:
+    """Keep BatchNorm running statistics fixed (their affine weights still train).
+
+    FCViT's stem and downsampling layers use BatchNorm; with two padded images per GPU the batch
+    statistics are poor, so a backbone started from ImageNet keeps ImageNet's, like ``norm_eval`` in
+    MMDetection and the frozen BatchNorm of torchvision's detection backbones.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+
+    # the published config decays every parameter (no bias/norm exemption)
+    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay, filter_bias_and_bn=False)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, iters_per_epoch: int, lr_steps: Sequence[int],
+                    warmup_iters: int, warmup_factor: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-iteration schedule: linear warmup from ``warmup_factor`` x lr, times 0.1 at each epoch in ``lr_steps``.
+
+    The two schedules multiply (``ChainedScheduler``), as MMDetection's warmup does on top of its step
+    policy; the first iteration runs at ``warmup_factor`` x lr.
+    """
+    from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR
+
+    schedules: List[torch.optim.lr_scheduler.LRScheduler] = [
+        MultiStepLR(optimizer, milestones=[e * iters_per_epoch for e in lr_steps], gamma=0.1)]
+    if warmup_iters > 0:
+        schedules.insert(0, LinearLR(optimizer, start_factor=warmup_factor, end_factor=1.0, total_iters=warmup_iters))
+    return ChainedScheduler(schedules, optimizer=optimizer)
+
+
+# -- the two loops --------------------------------------------------------------------------------------
+def train_one_epoch(
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loader: DataLoader,
+        amp: AmpSettings,
+        ctx: DistContext,
+        epoch: int,
+        global_step: int,
+        stop: Optional[GracefulStop] = None,
+        clip_grad: Optional[float] = None,
+        freeze_bn_stats: bool = False,
+        log_interval: int = 20,
+        on_step: Optional[Callable[[int], None]] = None,
+        last_checkpoint: Optional[Callable[[], Optional[str]]] = None,
+        progress: bool = False,
+) -> Dict[str, Any]:
+    """One pass over ``loader``; returns the mean losses (averaged over ranks), the global step reached
+    and whether a stop (SIGTERM/SIGINT) cut the epoch short.
+
+    ``on_step(global_step)`` runs after every optimizer step (iteration checkpoints). A loss that is not
+    finite stops the run before it reaches the weights, naming the last good checkpoint.
+    """
+    model.train()
+    if freeze_bn_stats:
+        freeze_batchnorm_stats(model)
+    sums: Dict[str, float] = defaultdict(float)
+    steps = 0
+    stopped = False
+    window_start, window_images = time.perf_counter(), 0
+    bar = ProgressBar(len(loader.batch_sampler.sampler), f"epoch {epoch + 1}", ctx, enabled=progress)
+    for images, targets in loader:
+        images = [img.to(ctx.device, non_blocking=True) for img in images]
+        targets = _device_targets(targets, ctx.device)
+        try:
+            with amp.autocast():
+                loss_dict = model(images, targets)
+            loss = sum(loss_dict.values())
+            value = check_finite(loss, global_step + 1, ctx, last_checkpoint() if last_checkpoint else None)
+            optimizer.zero_grad(set_to_none=True)
+            backward_step(loss, optimizer, amp, clip_grad)
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"Out of GPU memory with {len(images)} images per process: pass a smaller -b or "
+                            "--min-size/--max-size, or add --amp.") from None
+        scheduler.step()
+        global_step += 1
+        steps += 1
+        sums["loss"] += value
+        for name, part in loss_dict.items():
+            sums[name] += float(part.detach())
+        window_images += len(images) * ctx.world_size
+        bar.update(len(images), loss=value)
+        if log_interval and global_step % log_interval == 0:
+            elapsed = time.perf_counter() - window_start
+            parts = ", ".join(f"{k.replace('loss_', '')} {float(v.detach()):.3f}" for k, v in loss_dict.items())
+            _logger.info("epoch %d iter %d: loss %.4f (%s), lr %.3g, %.1f img/s", epoch + 1, global_step, value,
+                         parts, optimizer.param_groups[0]["lr"], window_images / max(elapsed, 1e-9))
+            window_start, window_images = time.perf_counter(), 0
+        if on_step is not None:
+            on_step(global_step)
+        if stop is not None and stop.should_stop(ctx):
+            stopped = True
+            break
+    bar.close()
+    names = sorted(sums)
+    means = torch.tensor([sums[k] / max(steps, 1) for k in names], dtype=torch.float64)
+    means = all_reduce_mean(means.to(ctx.device), ctx).cpu().tolist() if steps else [float("nan")] * len(names)
+    return dict(zip(names, means), global_step=global_step, steps=steps, stopped=stopped)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, dataset: CocoInstances, ctx: DistContext,
+             amp: Optional[AmpSettings] = None, results_file: Optional[str] = None,
+             progress: bool = False) -> Dict[str, float]:
+    """COCO bbox and segm AP, AP50, AP75, APs, APm, APl (in [0, 1]) of ``model`` on ``dataset``.
+
+    Every rank predicts its share; the main rank runs COCOeval and sends the numbers to all ranks.
+    ``results_file`` gets the detections in the COCO results format.
+    """
+    model = unwrap_model(model)
+    was_training = model.training
+    model.eval()
+    evaluator = CocoEvaluator(dataset.coco, dataset.categories)
+    bar = ProgressBar(len(loader.dataset), "eval", ctx, enabled=progress)
+    for images, targets in loader:
+        images = [img.to(ctx.device, non_blocking=True) for img in images]
+        if amp is not None:
+            with amp.autocast():
+                outputs = model(images)
+        else:
+            outputs = model(images)
+        evaluator.update(outputs, [t["image_id"] for t in targets])
+        bar.update(len(images))
+    bar.close()
+    evaluator.gather()
+    metrics: Dict[str, float] = {}
+    if ctx.is_main:
+        metrics = evaluator.summarize(image_ids=dataset.ids)
+        if results_file:
+            evaluator.write_results(results_file)
+    metrics = broadcast_object(metrics, ctx)
+    model.train(was_training)
+    return metrics
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+def _per_process_batch(batch_size: int, ctx: DistContext) -> int:
+    if batch_size < 1 or batch_size % ctx.world_size:
+        raise UserError(f"-b {batch_size} images per step cannot be split evenly over {ctx.world_size} processes: "
+                        f"pass a multiple of {ctx.world_size}.")
+    return batch_size // ctx.world_size
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs} must be at least 1.")
+    if args.min_size < 32 or args.max_size < args.min_size:
+        raise UserError(f"--min-size {args.min_size} / --max-size {args.max_size}: the shorter side must be at "
+                        "least 32 and the longer side limit at least the shorter side.")
+    bad_steps = [s for s in args.lr_steps if not 0 < s <= args.epochs]
+    if bad_steps:
+        raise UserError(f"--lr-steps {bad_steps[0]} is outside 1..{args.epochs} (--epochs): pass epochs within the run.")
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """One line per IoU type, AP fields in percent ('n/a' where COCO defines none, e.g. no small objects)."""
+    lines = []
+    for iou in ("bbox", "segm"):
+        fields = [(k.split("_", 1)[1], v) for k, v in metrics.items() if k.startswith(f"{iou}_")]
+        if fields:
+            lines.append(f"{iou}: " + "  ".join(f"{name} {100 * v:5.1f}" if v >= 0 else f"{name}   n/a"
+                                                 for name, v in fields))
+    return "\n".join(lines)
+
+
+def train(args: argparse.Namespace) -> Dict[str, float]:
+    """The whole run; returns the last evaluation's metrics (empty if it stopped before one)."""
+    ctx = init_distributed(args.device)
+    try:
+        return _train(args, ctx)
+    finally:
+        cleanup_distributed()
+
+
+def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
+    out = args.output
+    setup_logging(ctx, out)
+    seed_everything(args.seed, ctx.rank)
+    _check_args(args)
+    per_process = _per_process_batch(args.batch_size, ctx)
+    paths = resolve_data_paths(args)
+    train_set = CocoInstances(*paths["train"], train=True, transforms=train_transforms(args.flip_prob))
+    categories = train_set.categories
+    val_set = CocoInstances(*paths["val"], train=False, categories=categories, transforms=eval_transforms())
+    if len(train_set) < args.batch_size:
+        raise UserError(f"The training set has {len(train_set)} annotated images, fewer than one step of "
+                        f"-b {args.batch_size}: pass a smaller -b.")
+    train_loader, val_loader = detection_loaders(train_set, val_set, per_process, ctx, args.workers, args.seed)
+    assert train_loader is not None and val_loader is not None
+    batch_sampler: AspectRatioBatchSampler = train_loader.batch_sampler  # type: ignore[assignment]
+    iters_per_epoch = len(train_loader)
+
+    config = model_config(args, len(categories))
+    model = build_mask_rcnn(pretrained_backbone=args.pretrained_backbone, drop_path_rate=args.drop_path, **config)
+    if not args.pretrained_backbone:
+        _logger.warning("No --pretrained-backbone: the backbone starts from random weights, so AP will stay far "
+                        "below the published numbers, which start from ImageNet checkpoints.")
+    freeze_bn = bool(args.pretrained_backbone) if args.freeze_bn_stats is None else args.freeze_bn_stats
+    if ctx.distributed and ctx.device.type == "cuda" and not freeze_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(ctx.device)
+    optimizer = build_optimizer(model, args.lr, args.weight_decay)
+    scheduler = build_scheduler(optimizer, iters_per_epoch, args.lr_steps, args.warmup_iters, args.warmup_factor)
+    amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
+    saver = CheckpointSaver(out, metric="bbox_AP", mode="max", keep_best=args.keep_best, ctx=ctx)
+    summary = SummaryLog(os.path.join(out, "summary.csv"), ctx,
+                         tensorboard_dir=os.path.join(out, "tensorboard") if args.tensorboard else None)
+
+    epoch, global_step = 0, 0
+    resume_path = resolve_resume(args.resume, out)
+    if resume_path:
+        state = load_train_state(resume_path)
+        if state.get("model_config") is not None and dict(state["model_config"]) != config:
+            raise UserError(f"--resume '{resume_path}' holds another model ({state['model_config']}): resume with "
+                            "the same --backbone, data and size options, or use another --output.")
+        counters = restore_train_state(state, model, optimizer, scheduler, amp.scaler)
+        epoch, global_step = counters["epoch"], counters["global_step"]
+        saver.load_state_dict(state.get("saver", {}))
+        summary.truncate(epoch + 1)
+        done_in_epoch = global_step - epoch * iters_per_epoch
+        if 0 < done_in_epoch < iters_per_epoch:
+            batch_sampler.skip_next(done_in_epoch)
+        _logger.info("Resumed from '%s' after %d epochs and %d iterations.", resume_path, epoch, global_step)
+    if epoch >= args.epochs:
+        _logger.info("Already trained for %d of %d epochs: nothing to do.", epoch, args.epochs)
+    model = wrap_ddp(model, ctx)
+    _logger.info("Mask R-CNN on %s: %d classes, %d train / %d val images, %d epochs of %d iterations, %d images "
+                 "per step (%d per process x %d), sizes %d/%d, %s%s.", args.backbone, len(categories), len(train_set),
+                 len(val_set), args.epochs, iters_per_epoch, args.batch_size, per_process, ctx.world_size,
+                 args.min_size, args.max_size, amp.describe(), ", BatchNorm statistics frozen" if freeze_bn else "")
+    category_list = [{"id": c.id, "name": c.name} for c in categories]
+
+    def state_at(completed_epochs: int, step: int) -> Dict[str, Any]:
+        return build_train_state(model, optimizer, scheduler, amp.scaler, epoch=completed_epochs, global_step=step,
+                                 args=args, model_config=config, categories=category_list,
+                                 class_names=[c.name for c in categories], arch=f"mask_rcnn_{args.backbone}",
+                                 task="detection")
+
+    def last_checkpoint() -> Optional[str]:
+        return saver.last_path if os.path.isfile(saver.last_path) else None
+
+    metrics: Dict[str, float] = {}
+    progress = sys.stderr.isatty()
+    with GracefulStop() as stop:
+        for epoch in range(epoch, args.epochs):
+            batch_sampler.set_epoch(epoch)
+            current = epoch
+
+            def save_every(step: int) -> None:
+                if args.save_interval and step % args.save_interval == 0:
+                    saver.save(state_at(current, step), step, None)
+
+            start = time.perf_counter()
+            result = train_one_epoch(model, optimizer, scheduler, train_loader, amp, ctx, epoch, global_step, stop,
+                                     args.clip_grad, freeze_bn, args.log_interval, save_every, last_checkpoint,
+                                     progress)
+            global_step = result["global_step"]
+            if result["stopped"]:
+                saver.save(state_at(epoch, global_step), global_step, None)
+                _logger.warning("Stopped in epoch %d at iteration %d; '%s' holds it: continue with --resume auto.",
+                                epoch + 1, global_step, saver.last_path)
+                summary.close()
+                return metrics
+            row: Dict[str, Any] = dict(epoch=epoch + 1, iters=global_step, lr=optimizer.param_groups[0]["lr"],
+                                       **{("train_" + k if k == "loss" else k): v for k, v in result.items()
+                                          if k not in ("global_step", "steps", "stopped")})
+            row["epoch_time_s"] = time.perf_counter() - start
+            last_epoch = epoch + 1 == args.epochs
+            if last_epoch or (args.eval_interval and (epoch + 1) % args.eval_interval == 0):
+                metrics = evaluate(model, val_loader, val_set, ctx, amp, progress=progress)
+                row.update(metrics)
+                best = saver.save(state_at(epoch + 1, global_step), epoch + 1, metrics)
+                _logger.info("epoch %d: box AP %.1f, mask AP %.1f%s\n%s", epoch + 1, 100 * metrics["bbox_AP"],
+                             100 * metrics["segm_AP"], " (new best)" if best else "", format_metrics(metrics))
+            else:
+                saver.save(state_at(epoch + 1, global_step), epoch + 1, None)
+            summary.append(row)
+    summary.close()
+    return metrics

@@ -48,7 +48,7 @@ def test_visualize_similarity_on_the_cat_warns_about_random_weights(cat, tmp_pat
     out = tmp_path / "sim.png"
     with caplog.at_level(logging.WARNING):
         code = run_cli(["visualize", "similarity", cat, "--model", "fcvit_tiny", "--img-size", "96",
-                        "--block", "-2", "--output", out, "--dpi", "60"])
+                        "--block", "-2", "--output", out, "--dpi", "50"])
     assert code == 0
     assert "random weights" in caplog.text
     assert_real_figure(out)
@@ -110,10 +110,10 @@ def test_user_errors_are_one_sentence(cat, tmp_path, capsys, argv, message):
     assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_analyze_attention_writes_json_csv_and_plot(cat, vit_checkpoint, tmp_path, capsys):
+def test_analyze_attention_writes_json_and_plot(cat, vit_checkpoint, tmp_path, capsys):
     results, plot = tmp_path / "r.json", tmp_path / "depth.png"
     code = run_cli(["analyze", "attention", cat, cat, "--model", "test_vit", "--checkpoint",
-                    vit_checkpoint, "--results-file", results, "--plot", plot, "--img-size", "64"])
+                    vit_checkpoint, "--results-file", results, "--plot", plot])
     assert code == 0
     data = json.loads(results.read_text())
     assert data["kind"] == "attention" and data["num_prefix_tokens"] == 1 and len(data["images"]) == 2
@@ -125,18 +125,18 @@ def test_analyze_attention_writes_json_csv_and_plot(cat, vit_checkpoint, tmp_pat
     assert "query_irrelevance" in capsys.readouterr().out
     pixels = np.asarray(Image.open(plot).convert("L"))
     assert pixels.shape[1] > 1000 and (pixels < 200).mean() > 0.01  # axes, lines and labels drawn
-    csv_path = tmp_path / "r.csv"
-    assert run_cli(["analyze", "attention", cat, "--model", "test_vit", "--checkpoint",
-                    vit_checkpoint, "--results-file", csv_path]) == 0
-    rows = list(csv.DictReader(csv_path.open()))
-    assert len(rows) == 6 and "top1pct_mass" in rows[0]
 
 
 def test_analyze_fcvit_measures_its_group_similarity_maps(cat, tmp_path):
-    results = tmp_path / "f.json"
+    results, table = tmp_path / "f.json", tmp_path / "f.csv"
     assert run_cli(["analyze", "attention", cat, "--model", "fcvit_tiny", "--img-size", "64",
                     "--results-file", results]) == 0
     data = json.loads(results.read_text())
+    assert run_cli(["analyze", "similarity", cat, "--model", "fcvit_tiny", "--img-size", "64",
+                    "--results-file", table]) == 0
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == 26 and rows[1]["module"] == "gc2" and rows[25]["stage"] == "3"
+    assert 0.0 < float(rows[0]["entropy"]) <= 1.0
     assert data["kind"] == "similarity" and data["weights"] == "random, untrained weights"
     assert len(data["blocks"]) == 2 * 13  # fcvit_tiny has 13 blocks, two global-context modules each
     assert {"group_irrelevance", "group_correlation", "top1pct_mass", "top5pct_mass", "entropy"} <= set(data["measures"])

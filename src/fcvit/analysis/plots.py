@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -86,9 +87,17 @@ def draw_similarity(image: np.ndarray, maps: Dict[str, torch.Tensor], title: str
                 axes[r, g + 1].set_title(f"group {g + 1}", fontsize=9)
     axes[0, 0].set_title("image", fontsize=9)
     fig.colorbar(mappable, ax=axes, shrink=0.9, label="similarity (normalised)")
-    if title:
-        fig.suptitle(title, fontsize=10)
+    _title(fig, title)
     return fig
+
+
+def _title(fig: Figure, text: str, fontsize: int = 10) -> None:
+    """A figure title wrapped to the figure's width, so that narrow figures do not cut it off."""
+    if not text:
+        return
+    chars = max(30, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))
+    lines = [textwrap.fill(line, chars) for line in text.splitlines()]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
 
 
 def _mark(ax, x: float, y: float) -> None:
@@ -125,8 +134,7 @@ def draw_attention(
                 axes[r, c + 1].set_title(column_labels[c], fontsize=9)
     axes[0, 0].set_title("image", fontsize=9)
     fig.colorbar(mappable, ax=axes, shrink=0.9, label="attention weight")
-    if title:
-        fig.suptitle(title, fontsize=10)
+    _title(fig, title)
     return fig
 
 
@@ -170,8 +178,7 @@ def draw_compare(
             axes[1, c + 1].set_title(f"group {c + 1}", fontsize=9)
     fig.colorbar(vit_mappable, ax=axes[0, :], shrink=0.9, label="attention")
     fig.colorbar(fc_mappable, ax=axes[1, :], shrink=0.9, label="similarity")
-    if title:
-        fig.suptitle(title, fontsize=10)
+    _title(fig, title)
     return fig
 
 
@@ -193,8 +200,7 @@ def draw_measures(rows: List[dict], measures: Sequence[str], title: str = "") ->
             ax.set_ylim(-0.02, 1.02)
         if modules != [""]:
             ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    _title(fig, title)
     return fig
 
 

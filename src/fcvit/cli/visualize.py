@@ -158,8 +158,8 @@ def run_compare(args: argparse.Namespace) -> int:
     shown = display_image(image)
     fig = draw_compare(
         shown, _scale_points(points, image, shown), torch.cat(maps), fc_maps[args.module],
-        vit_label=f"{args.vit} block {vit_block}\nattention per query",
-        fcvit_label=f"{args.fcvit} block {fc_block} {args.module}\nsimilarity per group",
-        title=f"weights: {args.vit}: {vit_weights}; {args.fcvit}: {fc_weights}")
+        vit_label=f"ViT attention per query\n(block {vit_block})",
+        fcvit_label=f"FCViT {args.module} similarity\nper group (block {fc_block})",
+        title=f"top: {args.vit} ({vit_weights}); bottom: {args.fcvit} ({fc_weights})")
     print(save_figure(fig, args.output, dpi=args.dpi))
     return 0

@@ -293,3 +293,62 @@ def test_predict_writes_masks_and_overlays(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         predict_images(model, [tmp_path / "missing.jpg"], tmp_path / "out2", ["a", "b", "c"])
     assert not (tmp_path / "out2").exists()
+
+
+# ---------------------------------------------------------------- distributed evaluation
+
+def _eval_rank(rank: int, port: int, root: str, state: dict, results: "multiprocessing.Queue") -> None:
+    import os
+
+    from fcvit.engine import cleanup_distributed, init_distributed
+    from fcvit.tasks.segmentation.evaluate import eval_loader, evaluate
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    ctx = init_distributed("cpu")
+    model = create_segmenter("fcvit_tiny", num_classes=3, backbone_kwargs=TINY_BACKBONE)
+    model.load_state_dict(state)
+    if rank == 1:  # BatchNorm statistics that drifted on this rank must not count
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.add_(3.0)
+    dataset = SegmentationFolder(root, "val", num_classes=3, transforms=eval_transforms(64, 256))
+    scores = evaluate(model, eval_loader(dataset, ctx, workers=0), 3, ctx, progress=False)
+    results.put((rank, len(eval_loader(dataset, ctx, workers=0)), scores["mIoU"], scores["aAcc"]))
+    cleanup_distributed()
+
+
+def test_evaluation_over_two_processes_equals_one_process(tmp_path):
+    """Each rank scores a disjoint shard; summed confusion matrices give the single-process numbers."""
+    import multiprocessing
+    import socket
+
+    from fcvit.tasks.segmentation.evaluate import eval_loader, evaluate
+
+    root = make_synthetic_dataset(tmp_path / "data", num_train=0, num_val=5, size=(40, 56), num_classes=3)
+    torch.manual_seed(0)
+    model = create_segmenter("fcvit_tiny", num_classes=3, backbone_kwargs=TINY_BACKBONE)
+    with torch.no_grad():
+        for module in model.modules():  # non-trivial statistics, shared through the state dict
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.uniform_(0.5, 2.0)
+    dataset = SegmentationFolder(root, "val", num_classes=3, transforms=eval_transforms(64, 256))
+    single = evaluate(model, DataLoader(dataset, batch_size=1), 3, progress=False)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = multiprocessing.get_context("fork")  # children reuse the imported modules: no start-up cost
+    results = context.Queue()
+    processes = [context.Process(target=_eval_rank, args=(rank, port, str(root), model.state_dict(), results))
+                 for rank in range(2)]
+    for p in processes:
+        p.start()
+    outputs = sorted(results.get(timeout=120) for _ in processes)
+    for p in processes:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert [o[1] for o in outputs] == [3, 2]  # images 0, 2, 4 and 1, 3: none twice, none dropped
+    for _, _, miou, aacc in outputs:
+        assert miou == pytest.approx(single["mIoU"], abs=1e-9) and aacc == pytest.approx(single["aAcc"], abs=1e-9)

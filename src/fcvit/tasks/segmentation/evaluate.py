@@ -10,6 +10,7 @@ import time
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -74,6 +75,11 @@ def evaluate(
     """Scores over everything ``loader`` yields on all ranks (confusion matrices summed across ranks)."""
     ctx = ctx or DistContext()
     net = unwrap_model(model)
+    if ctx.distributed and dist.is_initialized():
+        # every rank scores with rank 0's BatchNorm statistics (the ones its checkpoint holds); without
+        # SyncBN each rank's running statistics drift apart after the last training forward
+        for buffer in net.buffers():
+            dist.broadcast(buffer, src=0)
     was_training = net.training
     net.eval()
     confusion = ConfusionMatrix(num_classes, device=ctx.device)

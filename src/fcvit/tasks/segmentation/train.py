@@ -193,10 +193,11 @@ def _train(args: argparse.Namespace, ctx: DistContext, scheduler_cls: Any) -> Di
     val_loader = eval_loader(val_set, ctx, args.workers)
 
     model = build_model(args, num_classes)
-    if not args.pretrained_backbone:
+    if not args.pretrained_backbone and ctx.is_main:
         _logger.warning("No --pretrained-backbone: the backbone starts from random weights, so mIoU will stay far "
                         "below the published numbers, which start from ImageNet checkpoints.")
-    if ctx.distributed and args.head_norm == "bn":
+    if ctx.distributed and ctx.device.type == "cuda":
+        # batch statistics over all GPUs, as the published SyncBN runs (torch's SyncBN is GPU-only)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(ctx.device)
     config = dict(unwrap_model(model).config) if hasattr(unwrap_model(model), "config") else {}

@@ -288,9 +288,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.min_size < 32 or args.max_size < args.min_size:
         raise UserError(f"--min-size {args.min_size} / --max-size {args.max_size}: the shorter side must be at "
                         "least 32 and the longer side limit at least the shorter side.")
-    bad_steps = [s for s in args.lr_steps if not 0 < s <= args.epochs]
+    bad_steps = [s for s in args.lr_steps if s < 1]
     if bad_steps:
-        raise UserError(f"--lr-steps {bad_steps[0]} is outside 1..{args.epochs} (--epochs): pass epochs within the run.")
+        raise UserError(f"--lr-steps {bad_steps[0]} is not an epoch number: pass epochs counted from 1 (default 8 11).")
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:
@@ -354,12 +354,16 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
         if state.get("model_config") is not None and dict(state["model_config"]) != config:
             raise UserError(f"--resume '{resume_path}' holds another model ({state['model_config']}): resume with "
                             "the same --backbone, data and size options, or use another --output.")
+        stored_iters = state.get("iters_per_epoch")
+        if stored_iters is not None and int(stored_iters) != iters_per_epoch:
+            raise UserError(f"--resume '{resume_path}' was trained with {stored_iters} iterations per epoch, this run "
+                            f"has {iters_per_epoch}: resume with the same -b and training data, or use another --output.")
         counters = restore_train_state(state, model, optimizer, scheduler, amp.scaler)
         epoch, global_step = counters["epoch"], counters["global_step"]
         saver.load_state_dict(state.get("saver", {}))
         summary.truncate(epoch + 1)
         done_in_epoch = global_step - epoch * iters_per_epoch
-        if 0 < done_in_epoch < iters_per_epoch:
+        if 0 < done_in_epoch < iters_per_epoch:  # stopped inside an epoch: run only the batches it missed
             batch_sampler.skip_next(done_in_epoch)
         _logger.info("Resumed from '%s' after %d epochs and %d iterations.", resume_path, epoch, global_step)
     if epoch >= args.epochs:
@@ -375,7 +379,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
         return build_train_state(model, optimizer, scheduler, amp.scaler, epoch=completed_epochs, global_step=step,
                                  args=args, model_config=config, categories=category_list,
                                  class_names=[c.name for c in categories], arch=f"mask_rcnn_{args.backbone}",
-                                 task="detection")
+                                 task="detection", iters_per_epoch=iters_per_epoch)
 
     def last_checkpoint() -> Optional[str]:
         return saver.last_path if os.path.isfile(saver.last_path) else None
@@ -396,18 +400,17 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
                                      args.clip_grad, freeze_bn, args.log_interval, save_every, last_checkpoint,
                                      progress)
             global_step = result["global_step"]
-            if result["stopped"]:
+            if result["stopped"] and global_step < (epoch + 1) * iters_per_epoch:
                 saver.save(state_at(epoch, global_step), global_step, None)
                 _logger.warning("Stopped in epoch %d at iteration %d; '%s' holds it: continue with --resume auto.",
                                 epoch + 1, global_step, saver.last_path)
-                summary.close()
-                return metrics
+                break
             row: Dict[str, Any] = dict(epoch=epoch + 1, iters=global_step, lr=optimizer.param_groups[0]["lr"],
                                        **{("train_" + k if k == "loss" else k): v for k, v in result.items()
                                           if k not in ("global_step", "steps", "stopped")})
             row["epoch_time_s"] = time.perf_counter() - start
-            last_epoch = epoch + 1 == args.epochs
-            if last_epoch or (args.eval_interval and (epoch + 1) % args.eval_interval == 0):
+            due = epoch + 1 == args.epochs or (args.eval_interval and (epoch + 1) % args.eval_interval == 0)
+            if due and not result["stopped"]:  # a stop in an epoch's last step skips the (long) evaluation
                 metrics = evaluate(model, val_loader, val_set, ctx, amp, progress=progress)
                 row.update(metrics)
                 best = saver.save(state_at(epoch + 1, global_step), epoch + 1, metrics)
@@ -416,5 +419,9 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
             else:
                 saver.save(state_at(epoch + 1, global_step), epoch + 1, None)
             summary.append(row)
+            if result["stopped"]:
+                _logger.warning("Stopped after epoch %d; '%s' holds it: continue with --resume auto.", epoch + 1,
+                                saver.last_path)
+                break
     summary.close()
     return metrics

@@ -149,3 +149,15 @@ def test_figures_have_content_and_are_written_atomically(tmp_path, micro_fcvit):
     out = save_figure(draw_measures(rows, ["group_correlation", "entropy"]), str(tmp_path / "m.png"))
     assert Image.open(out).size[0] > 300
     assert [p.name for p in tmp_path.iterdir()] == ["m.png"]  # no temporary file left behind
+
+
+def test_fcvit_keeps_the_aspect_ratio_and_vits_take_their_own_size(micro_fcvit):
+    from fcvit.analysis import image_to_tensor, input_size_of
+
+    assert input_size_of(micro_fcvit, 224, (451, 300)) == (224, 352)  # the cat: 451 x 300, sides multiple of 32
+    assert input_size_of(micro_fcvit, 96, (300, 451)) == (160, 96)
+    assert input_size_of(micro_fcvit, 64) == (64, 64)
+    assert input_size_of(tiny_vit(), 224, (451, 300)) == (64, 64)
+    x = image_to_tensor(Image.new("RGB", (451, 300), (255, 255, 255)), micro_fcvit, (224, 352))
+    assert x.shape == (1, 3, 224, 352)
+    torch.testing.assert_close(x[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))

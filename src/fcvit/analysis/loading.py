@@ -123,15 +123,28 @@ def is_fcvit(model: nn.Module) -> bool:
     return bool(fcvit_blocks(model))
 
 
-def input_size_of(model: nn.Module, img_size: Optional[int] = None) -> Tuple[int, int]:
-    """(height, width) the image is resized to: a ViT's own size; FCViT's default 224 or ``img_size``."""
+def input_size_of(
+        model: nn.Module,
+        img_size: Optional[int] = None,
+        image_size: Optional[Tuple[int, int]] = None,
+) -> Tuple[int, int]:
+    """(height, width) the image is resized to.
+
+    A ViT takes its own fixed size. FCViT is fully convolutional, so with the photograph's
+    ``image_size`` (width, height) it keeps the aspect ratio: the shorter side becomes ``img_size``
+    (default: the model's 224) and both sides are rounded to multiples of its stride of 32.
+    """
     patch_embed = getattr(model, "patch_embed", None)
     if patch_embed is not None and getattr(patch_embed, "img_size", None) is not None and not is_fcvit(model):
         return tuple(int(s) for s in patch_embed.img_size)
-    if img_size is not None:
+    if img_size is None:
+        size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
+        img_size = min(int(size[1]), int(size[2]))
+    if image_size is None or not is_fcvit(model):
         return int(img_size), int(img_size)
-    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
-    return int(size[1]), int(size[2])
+    width, height = image_size
+    scale = img_size / min(width, height)
+    return (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
 
 
 def image_to_tensor(image: Image.Image, model: nn.Module, size: Tuple[int, int]) -> torch.Tensor:

@@ -6,7 +6,7 @@ import io
 import json
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -122,7 +122,7 @@ def _mean_rows(per_image: List[List[dict]], keys: Sequence[str]) -> List[dict]:
 
 
 @torch.no_grad()
-def analyze_attention(model: nn.Module, inputs: Sequence[torch.Tensor]) -> List[dict]:
+def analyze_attention(model: nn.Module, inputs: Iterable[torch.Tensor]) -> List[dict]:
     """Per block of a ViT/DeiT: the attention measures, averaged over the images (each ``1 x 3 x H x W``)."""
     reader = ViTAttention(model)
     per_image = []
@@ -138,7 +138,7 @@ def analyze_attention(model: nn.Module, inputs: Sequence[torch.Tensor]) -> List[
 
 
 @torch.no_grad()
-def analyze_similarity(model: nn.Module, inputs: Sequence[torch.Tensor]) -> List[dict]:
+def analyze_similarity(model: nn.Module, inputs: Iterable[torch.Tensor]) -> List[dict]:
     """Per FCViT block and global-context module: the group measures, averaged over the images."""
     from ..models.similarity import similarity_maps
     from ..models.layers import FCViTBlock

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s.add_argument("--checkpoint", metavar="FILE", help="local checkpoint (.pth, .pth.tar, .safetensors)")
         s.add_argument("--pretrained", action="store_true",
                        help="weights from timm's hub (needs a network; fails at once without one)")
-        s.add_argument("--img-size", type=int, default=224, help="FCViT input side (default 224; ViTs use their own)")
+        s.add_argument("--img-size", type=int, default=224, help="FCViT input: shorter side, aspect ratio kept (default 224; ViTs use their own size)")
         s.add_argument("--results-file", metavar="R.json", help="write the results as .json (everything) or .csv")
         s.add_argument("--plot", metavar="F.png", help="plot every measure over depth to this figure")
         s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -49,6 +49,7 @@ def expand_images(paths) -> list:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+    from tqdm import tqdm
 
     from ..analysis import (ATTENTION_MEASURES, SIMILARITY_MEASURES, analyze_attention, analyze_similarity,
                             create_analysis_model, image_to_tensor, input_size_of, is_fcvit, is_vit)
@@ -62,11 +63,19 @@ def run(args: argparse.Namespace) -> int:
     if args.results_file and os.path.splitext(args.results_file)[1].lower() not in (".json", ".csv"):
         raise UserError(f"--results-file '{args.results_file}' must end in .json or .csv.")
     paths = expand_images(args.images)
-    images = [load_image(p) for p in paths]  # every file checked before the model is built
+    for path in paths:  # a wrong path fails before the model is built; decoding errors name their file
+        if not os.path.isfile(path):
+            load_image(path)
     model, weights = create_analysis_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
     model.to(args.device)
     size = input_size_of(model, args.img_size)
-    inputs = [image_to_tensor(img, model, size).to(args.device) for img in images]
+
+    def to_input(path: str):
+        image = load_image(path)
+        return image_to_tensor(image, model, input_size_of(model, args.img_size, image.size)).to(args.device)
+
+    # one image at a time, decoded when needed, so that thousands of photographs fit in memory
+    inputs = (to_input(p) for p in tqdm(paths, desc="images", unit="img", disable=len(paths) < 10))
     torch.set_grad_enabled(False)
     if is_fcvit(model):
         kind, measures = "similarity", SIMILARITY_MEASURES
@@ -79,10 +88,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise UserError(f"{args.model} is neither an FCViT nor one of timm's ViT/DeiT models: choose one of those.")
     names = [m for m in measures if any(m in r for r in rows)]
-    print(f"{args.model} ({weights}), {len(paths)} image(s) at {size[1]}x{size[0]}, {kind} maps:")
+    at = (f"shorter side {args.img_size}, aspect ratio kept" if kind == "similarity" else f"{size[1]}x{size[0]}")
+    print(f"{args.model} ({weights}), {len(paths)} image(s) at {at}, {kind} maps:")
     print(format_table(rows, names))
     payload = dict(
-        model=args.model, weights=weights, kind=kind, images=paths, input_size=list(size),
+        model=args.model, weights=weights, kind=kind, images=paths,
+        input_size=list(size) if kind == "attention" else dict(shorter_side=args.img_size, aspect_ratio="kept"),
         num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)) if kind == "attention" else 0,
         measures={m: measures[m] for m in names}, blocks=rows)
     if args.results_file:

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("image", metavar="IMAGE")
     _add_weights(s, default_model="fcvit_b12", what="FCViT")
     s.add_argument("--block", type=int, default=-1, help="block index over the whole network (default -1, the last)")
-    s.add_argument("--img-size", type=int, default=224, help="side the image is resized to (default 224)")
+    s.add_argument("--img-size", type=int, default=224, help="shorter side the image is resized to, keeping its aspect ratio (default 224)")
     s.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     s.add_argument("--dpi", type=int, default=100, help="figure resolution in dots per inch (default 100)")
@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--block", type=int, default=-1, help="FCViT block (default -1)")
     c.add_argument("--vit-block", type=int, default=-1, help="ViT block (default -1)")
     c.add_argument("--module", choices=("gc1", "gc2"), default="gc2", help="FCViT global-context module (default gc2)")
-    c.add_argument("--img-size", type=int, default=224, help="FCViT input side (default 224)")
+    c.add_argument("--img-size", type=int, default=224, help="FCViT input: shorter side, aspect ratio kept (default 224)")
     c.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
     c.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     c.add_argument("--dpi", type=int, default=100, help="figure resolution in dots per inch (default 100)")
@@ -87,7 +87,7 @@ def _fcvit_maps(args, name: str, checkpoint, pretrained: bool, image):
     from ..analysis import fcvit_similarity, image_to_tensor, input_size_of
 
     model, weights = _load(name, checkpoint, pretrained, args.device)
-    x = image_to_tensor(image, model, input_size_of(model, args.img_size)).to(args.device)
+    x = image_to_tensor(image, model, input_size_of(model, args.img_size, image.size)).to(args.device)
     block, maps = fcvit_similarity(model, x, args.block)
     return block, {k: v[0].cpu() for k, v in maps.items()}, weights
 

@@ -10,8 +10,9 @@ from .models import (
     create_classifier,
     similarity_maps,
 )
+from .models.fuse import fuse
 
 __version__ = "0.1.0"
 
 __all__ = ["FCViT", "FCViTBackbone", "UserError", "create_backbone", "create_classifier", "similarity_maps",
-           "__version__"]
+           "fuse", "__version__"]

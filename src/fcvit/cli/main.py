@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "analyze",
     "segment",
     "detect",
+    "benchmark",
+    "export",
 ]
 
 

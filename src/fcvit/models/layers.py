@@ -3,12 +3,19 @@
 Tensors flow through the network as logical NCHW tensors stored channels-last (NHWC in memory). That
 lets the depth-wise convolutions run on oneDNN/cuDNN's channels-last kernels while every 1x1
 convolution becomes a plain matrix product over the channel dimension (``F.linear`` on a free
-``permute`` view), which is markedly faster than a 1x1 ``conv2d`` on either layout.
+``permute`` view), which is markedly faster than a 1x1 ``conv2d`` on either layout. The global
+context's per-group products are batched matrix products, and the second layer scale rides on the
+channel mixer's last 1x1 convolution.
+
+For float32 inference on the CPU (eval mode, autograd off, eager) the blocks switch to
+``forward_fused``: the same function computed with oneDNN kernels that apply the GELU inside the
+preceding convolution or matrix product, so the large hidden activations are written once instead
+of three times. Training, CUDA, autocast, TorchScript, FX, torch.compile and ONNX export see only
+the plain PyTorch ops. docs/benchmarks.md has the measurements behind these choices.
 """
-from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Type
+from typing import Callable, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +31,8 @@ __all__ = [
     "TokenMixer",
     "ChannelMixer",
     "FCViTBlock",
+    "set_fused_inference",
+    "fused_inference_enabled",
 ]
 
 
@@ -75,6 +84,11 @@ class GlobalContext(nn.Module):
     similarity then scales a global vector that was squeezed through a competitive (max-of-two)
     bottleneck. The similarity maps, shaped ``B x groups x H x W``, pass through ``self.similarity``
     (an identity) so that forward hooks can read them without changing the output.
+
+    Both per-group products are batched matrix products with a block-diagonal ``C x groups``
+    operand (the global token, or the context vector, spread over a one-hot group mask), so neither
+    the ``B x HW x C`` broadcast product nor its per-group sum is materialised, and
+    :meth:`add_context` adds the context to its input inside the same ``baddbmm``.
     """
 
     def __init__(self, dim: int, num_groups: int = 8, reduction: int = 8, eps: float = 1e-5) -> None:
@@ -92,28 +106,51 @@ class GlobalContext(nn.Module):
         self.fc1 = nn.Linear(dim, 2 * self.hidden)
         self.fc2 = nn.Linear(self.hidden, dim)
         self.similarity = nn.Identity()
+        # channel c belongs to group c // group_dim; not saved: checkpoints keep the published keys
+        group_mask = torch.eye(num_groups).repeat_interleave(self.group_dim, dim=0)  # C x G
+        self.register_buffer("group_mask", group_mask, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w = x.shape[0], x.shape[2], x.shape[3]
-        x_nhwc = x.permute(0, 2, 3, 1)  # free view on a channels-last tensor
-        g = x_nhwc.mean(dim=(1, 2))  # B x C: the global token
+    def _tokens_similarity_context(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens ``B x HW x C``, normalised similarity ``B x HW x G`` and the context spread ``B x G x C``."""
+        b, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+        tokens = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a free view on a channels-last tensor
+        g = tokens.mean(dim=1)  # B x C: the global token
 
-        # token-global similarity per group: B x H x W x G
-        sim = (x_nhwc * g[:, None, None, :]).unflatten(-1, (self.num_groups, self.group_dim)).sum(-1)
-        sim = sim * self.scale
-        flat = sim.reshape(b, -1)
-        mean = flat.mean(dim=1)
-        std = flat.std(dim=1)  # unbiased, as the original
-        sim = (sim - mean[:, None, None, None]) / (std[:, None, None, None] + self.eps)
-        sim = sim * self.rescale_weight + self.rescale_bias
-        sim = self.similarity(sim.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        # token-global similarity per group as one product with a block-diagonal C x G matrix
+        sim = torch.bmm(tokens, (g * self.scale).unsqueeze(-1) * self.group_mask)
+        # (sim - mean) / (std + eps) * w + b as one pass over sim: sim * a + (b - mean * a)
+        std, mean = torch.std_mean(sim, dim=[1, 2], keepdim=True)  # unbiased std, as the original
+        a = self.rescale_weight / (std + self.eps)  # B x 1 x G
+        sim = torch.addcmul(self.rescale_bias - mean * a, sim, a)
+        sim_map = self.similarity(sim.reshape(b, h, w, self.num_groups).permute(0, 3, 1, 2))
+        sim = sim_map.permute(0, 2, 3, 1).reshape(b, h * w, self.num_groups)
 
         # competitive information bottleneck on the global token
         gc = self.fc1(g).unflatten(-1, (2, self.hidden)).amax(dim=1)
         gc = self.fc2(gc)
+        spread = gc.unsqueeze(1) * self.group_mask.t()  # B x G x C, block-diagonal per sample
+        return tokens, sim, spread
 
-        out = sim.unsqueeze(-1) * gc.reshape(b, 1, 1, self.num_groups, self.group_dim)
-        return out.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The context alone: ``out[b, c, p] = sim[b, group(c), p] * gc[b, c]``."""
+        tokens, sim, spread = self._tokens_similarity_context(x)
+        out = torch.bmm(sim, spread)
+        return out.reshape(x.shape[0], x.shape[2], x.shape[3], self.dim).permute(0, 3, 1, 2)
+
+    def add_context(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + self(x)``, with the addition done by the output product itself."""
+        tokens, sim, spread = self._tokens_similarity_context(x)
+        out = torch.baddbmm(tokens, sim, spread)
+        return out.reshape(x.shape[0], x.shape[2], x.shape[3], self.dim).permute(0, 3, 1, 2)
+
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """A 1x1 convolution with a 2-D weight as a matrix product on the NHWC view of ``x``."""
+    return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+
+
+def _is_exact_gelu(module: nn.Module) -> bool:
+    return type(module) is nn.GELU and module.approximate == "none"
 
 
 class TokenMixer(nn.Module):
@@ -136,17 +173,32 @@ class TokenMixer(nn.Module):
         self.dw2 = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         self.fc2 = nn.Sequential(PointwiseConv(dim, hidden), act_layer(), PointwiseConv(hidden, dim))
         self.act2 = act_layer()
+        self.fusable = all(_is_exact_gelu(m) for m in (self.fc1[1], self.act1, self.fc2[1], self.act2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.gc1(x)
+        x = self.gc1.add_context(x)
         x = self.act1(self.fc1(self.dw1(x)))
-        x = x + self.gc2(x)
+        x = self.gc2.add_context(x)
         x = self.act2(self.fc2(self.dw2(x)))
+        return x
+
+    @torch.jit.unused
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference on CPU with oneDNN: each 1x1 convolution carries its GELU as a post-op."""
+        for gc, dw, fc in ((self.gc1, self.dw1, self.fc1), (self.gc2, self.dw2, self.fc2)):
+            x = gc.add_context(x)
+            x = _onednn_conv(x, dw.weight, dw.bias, dw.padding, dw.groups, "none")
+            x = _onednn_pointwise(x, fc[0].weight.flatten(1), fc[0].bias, "gelu")
+            x = _onednn_pointwise(x, fc[2].weight.flatten(1), fc[2].bias, "gelu")
         return x
 
 
 class ChannelMixer(nn.Module):
-    """Inverted-bottleneck MLP with a 3x3 depth-wise conv in its hidden layer."""
+    """Inverted-bottleneck MLP with a 3x3 depth-wise conv in its hidden layer.
+
+    ``layer_scale`` (the block's per-channel scale) is folded into the last 1x1 convolution, which is
+    exact and saves a pass over the output.
+    """
 
     def __init__(
             self,
@@ -163,14 +215,32 @@ class ChannelMixer(nn.Module):
         self.drop1 = nn.Dropout(drop)
         self.fc2 = PointwiseConv(hidden, dim)
         self.drop2 = nn.Dropout(drop)
+        self.fusable = _is_exact_gelu(self.act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layer_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.drop1(self.act(self.dwconv(self.fc1(x))))
-        return self.drop2(self.fc2(x))
+        weight, bias = self.fc2.weight.flatten(1), self.fc2.bias
+        if layer_scale is not None:
+            weight, bias = weight * layer_scale[:, None], bias * layer_scale
+        return self.drop2(_pointwise(x, weight, bias))
+
+    @torch.jit.unused
+    def forward_fused(self, x: torch.Tensor, layer_scale: torch.Tensor) -> torch.Tensor:
+        """Inference on CPU with oneDNN: the GELU rides on the depth-wise conv as a post-op."""
+        x = _onednn_pointwise(x, self.fc1.weight.flatten(1), self.fc1.bias, "none")
+        x = _onednn_conv(x, self.dwconv.weight, self.dwconv.bias, self.dwconv.padding, self.dwconv.groups, "gelu")
+        weight = self.fc2.weight.flatten(1) * layer_scale[:, None]
+        return _onednn_pointwise(x, weight, self.fc2.bias * layer_scale, "none")
 
 
 class FCViTBlock(nn.Module):
-    """MetaFormer block: norm -> token mixer -> scaled residual, norm -> channel mixer -> scaled residual."""
+    """MetaFormer block: norm -> token mixer -> scaled residual, norm -> channel mixer -> scaled residual.
+
+    In CPU float32 inference (eval mode, no autograd, eager) the block runs :meth:`forward_fused`,
+    which computes the same function with fused oneDNN kernels and fewer temporaries; everywhere
+    else (training, CUDA, autocast, TorchScript, FX, torch.compile, ONNX export) it runs the plain
+    PyTorch ops of :meth:`forward`.
+    """
 
     def __init__(
             self,
@@ -188,14 +258,94 @@ class FCViTBlock(nn.Module):
         self.norm2 = norm_layer(dim)
         self.channel_mixer = ChannelMixer(dim, mlp_ratio, act_layer=act_layer, drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.has_drop_path = drop_path > 0.0
         init = 1.0 if layer_scale_init_value is None else layer_scale_init_value
         self.layer_scale_1 = nn.Parameter(init * torch.ones(dim))
         self.layer_scale_2 = nn.Parameter(init * torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.token_mixer(self.norm1(x)))
-        x = x + self.drop_path(self.layer_scale_2[:, None, None] * self.channel_mixer(self.norm2(x)))
-        return x
+        if not torch.jit.is_scripting() and self._use_fused(x):
+            return self.forward_fused(x)
+        scale1 = self.layer_scale_1.reshape(-1, 1, 1)
+        if self.training and self.has_drop_path:
+            x = x + self.drop_path(scale1 * self.token_mixer(self.norm1(x)))
+        else:
+            x = torch.addcmul(x, scale1, self.token_mixer(self.norm1(x)))
+        return x + self.drop_path(self.channel_mixer(self.norm2(x), self.layer_scale_2))
+
+    @torch.jit.unused
+    def _use_fused(self, x: torch.Tensor) -> bool:
+        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return False
+        return (
+            _FUSED_INFERENCE[0]
+            and not self.training
+            and not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and x.dim() == 4
+            and not _cpu_autocast_enabled()
+            and self.token_mixer.fusable
+            and self.channel_mixer.fusable
+        )
+
+    @torch.jit.unused
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's inference function with fused oneDNN kernels; equal to :meth:`forward` in eval mode."""
+        y = self.token_mixer.forward_fused(self.norm1(x))
+        x = torch.addcmul(x, self.layer_scale_1.reshape(-1, 1, 1), y)
+        y = self.channel_mixer.forward_fused(self.norm2(x), self.layer_scale_2)
+        return y.add_(x)  # y is a fresh temporary: adding in place saves allocating the output
+
+
+# ---------------------------------------------------------------------------------------------------
+# fused CPU inference kernels (oneDNN post-ops)
+
+_FUSED_OPS_AVAILABLE = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+)
+_FUSED_INFERENCE = [_FUSED_OPS_AVAILABLE]
+
+
+def set_fused_inference(enabled: bool) -> bool:
+    """Switch the fused CPU inference path of :class:`FCViTBlock` on or off; returns the previous setting.
+
+    It is on by default where PyTorch has oneDNN. Turning it off runs the plain PyTorch ops everywhere
+    (the benchmarks use this to show what the fusion is worth).
+    """
+    previous = _FUSED_INFERENCE[0]
+    _FUSED_INFERENCE[0] = bool(enabled) and _FUSED_OPS_AVAILABLE
+    return previous
+
+
+def fused_inference_enabled() -> bool:
+    return _FUSED_INFERENCE[0]
+
+
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def _onednn_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], attr: str) -> torch.Tensor:
+    """1x1 convolution (2-D weight) on an NCHW-shaped tensor through oneDNN, with ``attr`` ('none' or
+    'gelu', the exact erf GELU) applied inside the kernel."""
+    b, c, h, w = x.shape
+    y = torch.ops.mkldnn._linear_pointwise(
+        x.permute(0, 2, 3, 1).reshape(b * h * w, c), weight, bias, attr, [], "none" if attr == "gelu" else "")
+    return y.view(b, h, w, weight.shape[0]).permute(0, 3, 1, 2)
+
+
+def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: Tuple[int, ...],
+                 groups: int, attr: str) -> torch.Tensor:
+    """Stride-1 convolution through oneDNN with ``attr`` ('none' or 'gelu') fused; keeps channels-last."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x.contiguous(memory_format=torch.channels_last), weight, bias, list(padding), [1, 1], [1, 1], groups,
+        attr, [], "none" if attr == "gelu" else "")
 
 
 def init_weights(module: nn.Module) -> None:

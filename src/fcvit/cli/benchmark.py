@@ -1,0 +1,74 @@
+"""``fcvit benchmark``: images/s of FCViT models and timm peers, measured interleaved in one process."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "benchmark", help="images/s, ms/step, memory of models against timm peers",
+        description="Measure inference or training throughput of FCViT models and timm peers, round-robin in "
+                    "one process (warm-up, several rounds, median), with the ratio to the first peer.")
+    p.add_argument("--model", default="fcvit_tiny", help="comma-separated models (default fcvit_tiny)")
+    p.add_argument("--compare", default="convnext_atto",
+                   help="comma-separated timm peers; ratios are to the first (default convnext_atto; '' for none)")
+    p.add_argument("--mode", choices=["infer", "train"], default="infer",
+                   help="infer: eval forward in inference mode; train: forward, cross-entropy, backward, AdamW")
+    p.add_argument("-b", "--batch-size", type=int, default=16, help="batch size (default 16)")
+    p.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs for all models")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model (compile time is reported)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's choice)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up steps per model (default 2)")
+    p.add_argument("--iters", type=int, default=3, help="timed steps per model per round (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported (default 5)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+
+    from ..benchmark import format_table, run_benchmark, timm_candidate
+    from ..errors import UserError
+
+    models = _names(args.model)
+    peers = [p for p in _names(args.compare) if p not in models]
+    if not models:
+        raise UserError("--model is empty: name at least one model, e.g. --model fcvit_tiny.")
+    candidates = [timm_candidate(n) for n in peers + models]
+    peer = _names(args.compare)[0] if _names(args.compare) else None
+    log = logging.getLogger("fcvit.benchmark").info
+    results = run_benchmark(
+        candidates, mode=args.mode, batch_size=args.batch_size, img_size=args.img_size, device=args.device,
+        amp=args.amp, channels_last=args.channels_last, compile_model=args.compile, warmup=args.warmup,
+        iters=args.iters, rounds=args.rounds, threads=args.threads, peer=peer, measure_memory=not args.no_memory,
+        log=log)
+    import torch
+
+    print(f"# {args.mode}, batch {args.batch_size}, {args.img_size}px, {args.device}, "
+          f"{'bf16 autocast' if args.amp else 'fp32'}, {'compiled' if args.compile else 'eager'}, "
+          f"{'channels-last' if args.channels_last else 'default memory format'}, "
+          f"{torch.get_num_threads()} threads, median of {args.rounds} rounds x {args.iters} steps")
+    print(format_table(results))
+    if args.json:
+        payload = dict(command=" ".join(["fcvit"] + sys.argv[1:]), torch=torch.__version__,
+                       results=[r.to_dict() for r in results])
+        tmp = f"{args.json}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(payload, f, indent=2)
+            os.replace(tmp, args.json)
+        except OSError as exc:
+            raise UserError(f"Cannot write {args.json} ({exc.strerror}): choose a writable path for --json.") from exc
+    return 0

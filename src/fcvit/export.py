@@ -1,0 +1,116 @@
+"""Exporting a model to ONNX, TorchScript or safetensors, each checked against PyTorch after writing.
+
+Every file is written to a temporary name beside the target and moved into place only when complete,
+so an interrupted export never leaves a half-written file under the requested name.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+__all__ = ["FORMATS", "export_onnx", "export_torchscript", "export_safetensors", "check_onnx", "default_suffix"]
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+
+
+def default_suffix(fmt: str) -> str:
+    return _SUFFIX[fmt]
+
+
+def _temp_path_beside(path: Path) -> Path:
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise UserError(f"The output folder '{directory}' does not exist: create it or choose another --output.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = _temp_path_beside(path)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates owner-only files; give the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, img_size: int = 224, opset: int = 17,
+                in_chans: int = 3) -> Path:
+    """ONNX with a dynamic batch dimension (input ``images``, output ``output``), weights inside the file."""
+    path = Path(path)
+    model = model.eval()
+    example = torch.randn(1, in_chans, img_size, img_size)
+
+    def write(tmp: Path) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
+            torch.onnx.export(
+                model, (example,), str(tmp), dynamo=False, opset_version=opset, input_names=["images"],
+                output_names=["output"], dynamic_axes={"images": {0: "batch"}, "output": {0: "batch"}},
+                do_constant_folding=True)
+
+    _atomic_write(path, write)
+    return path
+
+
+def check_onnx(model: nn.Module, path: str | os.PathLike, inputs: torch.Tensor) -> float:
+    """Largest absolute difference between onnxruntime's and PyTorch's outputs for ``inputs``."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise UserError("Checking the ONNX file needs onnxruntime: pip install onnxruntime, "
+                        "or pass --no-check.") from exc
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (ort_out,) = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
+    with torch.no_grad():
+        expected = model.eval()(inputs)
+    return float((torch.from_numpy(ort_out) - expected).abs().max())
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:
+    """A scripted model (``torch.jit.load`` runs it without fcvit installed), any input size and batch."""
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script announces its deprecation
+        scripted = torch.jit.script(model.eval())
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(scripted, str(tmp))
+
+    _atomic_write(path, write)
+    return path
+
+
+def check_torchscript(model: nn.Module, path: str | os.PathLike, inputs: torch.Tensor) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        return float((loaded(inputs) - model.eval()(inputs)).abs().max())
+
+
+def export_safetensors(model: nn.Module, path: str | os.PathLike,
+                       metadata: Optional[Dict[str, str]] = None) -> Path:
+    """The state dict as safetensors (what ``--checkpoint`` and ``timm.create_model`` load back)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
+    return path

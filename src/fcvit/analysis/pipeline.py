@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import UserError
 from .io import atomic_write
-from .attention import ViTAttention, fcvit_similarity, patch_index, split_prefix
+from .attention import ViTAttention, patch_index, split_prefix
 from .measures import ATTENTION_MEASURES, SIMILARITY_MEASURES, attention_measures, similarity_measures
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import textwrap
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -222,7 +222,6 @@ def save_figure(fig: Figure, path: str, dpi: int = 100) -> str:
     """Write the figure to ``path`` (format from its extension) through a temporary file and a rename."""
     path = os.fspath(path)
     ext = check_figure_path(path)
-    folder = os.path.dirname(os.path.abspath(path))
     buffer = io.BytesIO()
     fig.savefig(buffer, format=ext, dpi=dpi)
     atomic_write(path, buffer.getvalue())

@@ -92,15 +92,26 @@ def _fcvit_maps(args, name: str, checkpoint, pretrained: bool, image):
     return block, {k: v[0].cpu() for k, v in maps.items()}, weights
 
 
-def _vit_maps(args, name: str, checkpoint, pretrained: bool, image, block_arg: int, head):
-    from ..analysis import ViTAttention, image_to_tensor, input_size_of, query_attention
+def _query_points(args, default_random: int):
+    """The --query points and the number of random queries, checked before any model is built."""
     from ..analysis.pipeline import parse_query
+    from ..errors import UserError
+
+    points = [parse_query(q) for q in args.query]
+    if args.random_queries is not None and args.random_queries < 0:
+        raise UserError(f"--random-queries {args.random_queries} is negative: give a count such as 4.")
+    k = args.random_queries if args.random_queries is not None else (0 if points else default_random)
+    if not points and not k:
+        raise UserError("No query points: give --query X,Y (pixels) or --random-queries K.")
+    return points, k
+
+
+def _vit_maps(args, name: str, checkpoint, pretrained: bool, image, block_arg: int, head, points, k):
+    from ..analysis import ViTAttention, image_to_tensor, input_size_of, query_attention
 
     model, weights = _load(name, checkpoint, pretrained, args.device)
     reader = ViTAttention(model, blocks=[block_arg])
     x = image_to_tensor(image, model, input_size_of(model)).to(args.device)
-    points = [parse_query(q) for q in args.query]
-    k = args.random_queries if args.random_queries is not None else (0 if points else args.default_random)
     points, maps, labels, prefix = query_attention(reader, x, reader.blocks[0], image.size, points, k, head, args.seed)
     return reader.blocks[0], points, [m.cpu() for m in maps], labels, prefix, weights
 
@@ -129,11 +140,11 @@ def run_attention(args: argparse.Namespace) -> int:
     from ..data import load_image
 
     head = parse_head(args.head)
+    points, k = _query_points(args, default_random=4)
     check_figure_path(args.output)
     image = load_image(args.image)
-    args.default_random = 4
     block, points, maps, labels, prefix, weights = _vit_maps(args, args.model, args.checkpoint, args.pretrained,
-                                                             image, args.block, head)
+                                                             image, args.block, head, points, k)
     shown = display_image(image)
     title = f"{args.model}, block {block}: attention of each query over the patches — weights: {weights}"
     if prefix:
@@ -149,11 +160,11 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..analysis.plots import check_figure_path, display_image, draw_compare, save_figure
     from ..data import load_image
 
+    points, k = _query_points(args, default_random=8)
     check_figure_path(args.output)
     image = load_image(args.image)
-    args.default_random = 8
     vit_block, points, maps, _, _, vit_weights = _vit_maps(args, args.vit, args.vit_checkpoint, args.vit_pretrained,
-                                                           image, args.vit_block, "mean")
+                                                           image, args.vit_block, "mean", points, k)
     fc_block, fc_maps, fc_weights = _fcvit_maps(args, args.fcvit, args.fcvit_checkpoint, args.fcvit_pretrained, image)
     shown = display_image(image)
     fig = draw_compare(

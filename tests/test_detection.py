@@ -408,3 +408,36 @@ def test_predict_rejects_a_classification_checkpoint(tmp_path, capsys):
         main(["detect", "predict", str(image), "--checkpoint", str(ckpt), "--output", str(tmp_path / "o")])
     assert exit_info.value.code == 2
     assert "was not written by 'fcvit detect train'" in capsys.readouterr().err
+
+
+def test_resume_after_sigterm_matches_an_uninterrupted_run(shapes, tmp_path):
+    """Same weights, bit for bit, whether or not the run was stopped in the middle of epoch 2 and resumed."""
+    ann, images = coco_split_paths(shapes, "train")
+
+    def run(out, terminate_at=None):
+        args = ["detect", "train", "--train-ann", ann, "--train-images", images, "--val-ann", ann, "--val-images",
+                images, "--output", str(out), *TINY, "--min-size", "64", "--max-size", "64", "-b", "2", "--epochs",
+                "2", "--warmup-iters", "2", "--lr-steps", "2", "--eval-interval", "0", "--workers", "0", "--device",
+                "cpu", "--log-interval", "0", "--resume", "auto"]
+        real_check = train_module.check_finite
+
+        def check(loss, step, *rest):
+            if step == terminate_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real_check(loss, step, *rest)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(train_module, "check_finite", check)
+            with pytest.raises(SystemExit) as exit_info:
+                main(args)
+        assert exit_info.value.code == 0
+
+    run(tmp_path / "straight")
+    run(tmp_path / "stopped", terminate_at=3)
+    assert read_checkpoint(tmp_path / "stopped" / "last.pth.tar")["global_step"] == 3
+    run(tmp_path / "stopped")
+    straight = read_checkpoint(tmp_path / "straight" / "last.pth.tar")
+    resumed = read_checkpoint(tmp_path / "stopped" / "last.pth.tar")
+    assert resumed["global_step"] == straight["global_step"] == 4
+    assert straight["state_dict"].keys() == resumed["state_dict"].keys()
+    assert all(torch.equal(straight["state_dict"][k], resumed["state_dict"][k]) for k in straight["state_dict"])

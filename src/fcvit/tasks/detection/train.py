@@ -106,8 +106,11 @@ def detection_loaders(train_set: Optional[CocoInstances], val_set: Optional[Coco
     if train_set is not None:
         sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
         batches = AspectRatioBatchSampler(sampler, aspect_ratio_groups(train_set.aspect_ratios()), per_process)
+        # a generator of its own: starting an epoch's iterator then draws nothing from the global RNG, whose
+        # state a checkpoint restores (so a run resumed inside an epoch continues its random stream exactly)
         train_loader = DataLoader(train_set, batch_sampler=batches, num_workers=workers, pin_memory=pin,
-                                  collate_fn=collate_detection, persistent_workers=workers > 0)
+                                  collate_fn=collate_detection, persistent_workers=workers > 0,
+                                  generator=torch.Generator().manual_seed(seed))
     if val_set is not None:
         sampler = (DistributedSampler(val_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
                    if ctx.distributed else None)
@@ -389,6 +392,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
     with GracefulStop() as stop:
         for epoch in range(epoch, args.epochs):
             batch_sampler.set_epoch(epoch)
+            train_loader.generator.manual_seed(args.seed + epoch)  # worker seeds: the same on resume
             current = epoch
 
             def save_every(step: int) -> None:

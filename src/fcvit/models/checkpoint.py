@@ -111,19 +111,25 @@ def guess_variant(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
 
 def _describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> str:
     own = model.state_dict()
-    variant = guess_variant(state_dict)
+    differing = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
+                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    detail = f"differing shapes (file vs model): {', '.join(differing[:3])}" if differing else ""
+    if len(differing) > 3:
+        detail += f" and {len(differing) - 3} more"
     shape = _shape_of(state_dict)
+    if _shape_of(own) is None:  # not an FCViT model (e.g. a timm ViT): describe keys and shapes only
+        missing = [k for k in own if k not in state_dict]
+        if not detail:
+            detail = f"it lacks {len(missing)} of the model's keys ({', '.join(missing[:3])})"
+        return f"The checkpoint does not fit {name}: {detail}. Pass a checkpoint saved from {name}."
+    variant = guess_variant(state_dict)
     if shape is None:
         what = "does not look like FCViT weights (no 'network.N.j.layer_scale_1' keys)"
     elif variant is not None:
         what = f"looks like {variant} (blocks {list(shape[0])}, channels {list(shape[1])})"
     else:
         what = f"has an FCViT shape of its own (blocks {list(shape[0])}, channels {list(shape[1])})"
-    differing = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
-                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    detail = f"; differing shapes (file vs model): {', '.join(differing[:3])}" if differing else ""
-    if len(differing) > 3:
-        detail += f" and {len(differing) - 3} more"
+    detail = f"; {detail}" if detail else ""
     suggestion = f"use --model {variant}" if variant and variant != name else "pass the checkpoint of this model"
     return f"The checkpoint does not fit {name}: it {what}{detail}. {suggestion.capitalize()}."
 

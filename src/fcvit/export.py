@@ -50,7 +50,7 @@ def _atomic_write(path: Path, write) -> None:
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, img_size: int = 224, opset: int = 17,
                 in_chans: int = 3) -> Path:
-    """ONNX with a dynamic batch dimension (input ``images``, output ``output``), weights inside the file."""
+    """ONNX with dynamic batch size and image size (input ``images``, output ``output``), weights inside."""
     path = Path(path)
     model = model.eval()
     example = torch.randn(1, in_chans, img_size, img_size)
@@ -60,8 +60,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, img_size: int = 224, 
             warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
             torch.onnx.export(
                 model, (example,), str(tmp), dynamo=False, opset_version=opset, input_names=["images"],
-                output_names=["output"], dynamic_axes={"images": {0: "batch"}, "output": {0: "batch"}},
-                do_constant_folding=True)
+                output_names=["output"], do_constant_folding=True,
+                dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}})
 
     _atomic_write(path, write)
     return path

@@ -11,8 +11,8 @@ TOLERANCE = 1e-4
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "export", help="export to ONNX (dynamic batch), TorchScript or safetensors",
-        description="Export a model with its checkpoint to ONNX (dynamic batch size), TorchScript or "
+        "export", help="export to ONNX (dynamic batch and size), TorchScript or safetensors",
+        description="Export a model with its checkpoint to ONNX (dynamic batch and image size), TorchScript or "
                     "safetensors, then check that the file gives PyTorch's outputs (to 1e-4).")
     p.add_argument("--model", default="fcvit_tiny", help="model name (default fcvit_tiny)")
     p.add_argument("--checkpoint", help="checkpoint file; without one the random initial weights are exported")

@@ -22,13 +22,15 @@ def setup_logging(ctx: DistContext, output_dir: Optional[str] = None, level: int
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
+    for old in [h for h in root.handlers if getattr(h, "_fcvit_run_log", False)]:
+        root.removeHandler(old)  # a second run in the same process logs to its own folder only
+        old.close()
     if ctx.is_main and output_dir:
         os.makedirs(output_dir, exist_ok=True)
-        path = os.path.abspath(os.path.join(output_dir, log_name))
-        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in root.handlers):
-            handler = logging.FileHandler(path)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-            root.addHandler(handler)
+        handler = logging.FileHandler(os.path.join(output_dir, log_name))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler._fcvit_run_log = True
+        root.addHandler(handler)
 
 
 def _fmt(value: Any) -> Any:

@@ -1,0 +1,250 @@
+"""``fcvit train``: the published ImageNet recipe as defaults, timm ``train.py`` flag names, torchrun-ready.
+
+Precedence of values: command line > ``-c/--config`` YAML file > dataset preset (``--dataset digits``)
+> the recipe defaults below.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Dict, List, Optional
+
+# Small-data preset for the built-in digits (8x8 images): the ImageNet recipe's mixup, random erasing,
+# flips and 300 epochs would only slow it down. Any flag given on the command line still wins.
+DATASET_PRESETS: Dict[str, Dict[str, Any]] = {
+    "digits": dict(
+        model="fcvit_tiny", img_size=32, crop_pct=1.0, batch_size=64, lr=2e-3, epochs=30, warmup_epochs=2,
+        cooldown_epochs=0, warmup_lr=1e-4, min_lr=1e-5, drop_path=0.05, mixup=0.0, cutmix=0.0, reprob=0.0,
+        hflip=0.0, aa=None, color_jitter=0.0, scale=[0.75, 1.0], ratio=[0.85, 1.15], smoothing=0.1,
+        train_interpolation="bicubic", output="output/train/digits-fcvit_tiny",
+    ),
+}
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """Data flags shared by train and validate (timm's names)."""
+    g = p.add_argument_group("data")
+    g.add_argument("data", nargs="?", metavar="DATA",
+                   help="folder holding train/<class>/* and val/<class>/* (or the root timm's --dataset expects)")
+    g.add_argument("--data-dir", dest="data_dir", help="same as DATA (timm's spelling)")
+    g.add_argument("--dataset", "-d", default="",
+                   help="'' (image folder, default), 'digits' (built-in), or any timm.data.create_dataset name")
+    g.add_argument("--model", "-m", default="fcvit_tiny", help="model name (default fcvit_tiny)")
+    g.add_argument("--img-size", type=int, default=None, help="input image size (default: the model's 224)")
+    g.add_argument("--input-size", nargs=3, type=int, default=None, metavar="N", help="C H W, overrides --img-size")
+    g.add_argument("--crop-pct", type=float, default=None, help="eval center-crop fraction (default: the model's)")
+    g.add_argument("--mean", type=float, nargs="+", default=None, metavar="MEAN")
+    g.add_argument("--std", type=float, nargs="+", default=None, metavar="STD")
+    g.add_argument("--interpolation", default="", help="eval resize interpolation (default: the model's bicubic)")
+    g.add_argument("-j", "--workers", type=int, default=4, help="data loading processes per GPU/process (default 4)")
+    g.add_argument("--pin-mem", action="store_true", default=True, help=argparse.SUPPRESS)
+    g.add_argument("--no-pin-mem", dest="pin_mem", action="store_false", help="do not pin host memory")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="log and skip images that cannot be decoded instead of stopping")
+    g.add_argument("--num-classes", type=int, default=None, help="classes (default: from the data)")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    g.add_argument("--amp", action="store_true", help="mixed precision (bf16 where supported)")
+    g.add_argument("--amp-dtype", default="auto", help="auto, bfloat16 or float16 (float16 uses a GradScaler)")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="fcvit train")
+    p.add_argument("-c", "--config", default="", metavar="FILE", help="YAML file of flag values (keys as dest names)")
+    add_data_arguments(p)
+    g = p.add_argument_group("splits and model")
+    g.add_argument("--train-split", default="train", help="training split folder (default train)")
+    g.add_argument("--val-split", default="val", help="validation split folder (default val; 'validation' also found)")
+    g.add_argument("--drop", type=float, default=0.0, help="dropout before the classifier (default 0)")
+    g.add_argument("--drop-path", type=float, default=None,
+                   help="stochastic depth (default 0.1 for fcvit_tiny/b12/b24, 0.2 for b48)")
+    g.add_argument("--model-kwargs", nargs="*", default={}, action=_ParseKwargs, metavar="KEY=VALUE",
+                   help="extra model constructor arguments, e.g. depths='(1,1,1,1)'")
+    g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
+    g.add_argument("--compile", "--torchcompile", dest="compile", action="store_true", help="torch.compile the model")
+    g = p.add_argument_group("optimization")
+    g.add_argument("-b", "--batch-size", type=int, default=128, help="batch size per process (default 128)")
+    g.add_argument("-vb", "--validation-batch-size", type=int, default=None, help="eval batch size (default -b)")
+    g.add_argument("--opt", default="adamw", help="timm optimizer name (default adamw)")
+    g.add_argument("--opt-eps", type=float, default=None)
+    g.add_argument("--opt-betas", type=float, nargs="+", default=None)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--clip-grad", type=float, default=None, help="gradient clipping threshold (default off)")
+    g.add_argument("--clip-mode", default="norm", help="norm, value or agc")
+    g.add_argument("--sched", default="cosine", help="timm scheduler name (default cosine)")
+    g.add_argument("--sched-on-updates", action="store_true", help="step the schedule per update, not per epoch")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (default lr-base x global batch / lr-base-size)")
+    g.add_argument("--lr-base", type=float, default=1e-3, help="lr for a global batch of --lr-base-size (default 1e-3)")
+    g.add_argument("--lr-base-size", type=int, default=1024)
+    g.add_argument("--lr-base-scale", default="linear", help="linear or sqrt")
+    g.add_argument("--warmup-lr", type=float, default=1e-6)
+    g.add_argument("--min-lr", type=float, default=1e-6)
+    g.add_argument("--epochs", type=int, default=300)
+    g.add_argument("--start-epoch", type=int, default=None)
+    g.add_argument("--decay-epochs", type=float, default=90, help="step schedulers' period")
+    g.add_argument("--decay-rate", "--dr", type=float, default=0.1)
+    g.add_argument("--warmup-epochs", type=int, default=5)
+    g.add_argument("--cooldown-epochs", type=int, default=10)
+    g = p.add_argument_group("augmentation and regularization")
+    g.add_argument("--no-aug", action="store_true")
+    g.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], metavar="PCT")
+    g.add_argument("--ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], metavar="RATIO")
+    g.add_argument("--hflip", type=float, default=0.5)
+    g.add_argument("--vflip", type=float, default=0.0)
+    g.add_argument("--color-jitter", type=float, default=0.4)
+    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy ('' to disable)")
+    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    g.add_argument("--remode", default="pixel")
+    g.add_argument("--recount", type=int, default=1)
+    g.add_argument("--mixup", type=float, default=0.8)
+    g.add_argument("--cutmix", type=float, default=1.0)
+    g.add_argument("--cutmix-minmax", type=float, nargs="+", default=None)
+    g.add_argument("--mixup-prob", type=float, default=1.0)
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g.add_argument("--mixup-mode", default="batch")
+    g.add_argument("--mixup-off-epoch", type=int, default=0)
+    g.add_argument("--smoothing", type=float, default=0.1)
+    g.add_argument("--train-interpolation", default="random")
+    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (evaluated and ranked)")
+    g.add_argument("--model-ema-decay", type=float, default=0.9998)
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--output", default="", help="output folder (default output/train/<model>)")
+    g.add_argument("--resume", default="auto", help="'auto' (OUTPUT/last.pth.tar if present), a path, or '' for fresh")
+    g.add_argument("--checkpoint-hist", type=int, default=3, help="best checkpoints to keep (default 3)")
+    g.add_argument("--eval-metric", default="top1", help="metric ranking the best checkpoints (top1, top5, loss)")
+    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to OUTPUT/tensorboard")
+    return p
+
+
+class _ParseKwargs(argparse.Action):
+    """``KEY=VALUE`` pairs with Python literals (timm's --model-kwargs)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        import ast
+
+        out = {}
+        for item in values:
+            key, _, value = item.partition("=")
+            try:
+                out[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                out[key] = value
+        setattr(namespace, self.dest, out)
+
+
+_TRACKED: Dict[type, type] = {}
+
+
+def track_explicit(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make the parser record which flags the command line gave (in ``namespace._explicit``), so that a
+    preset or config file fills only the others, also when the parser is a subcommand of ``fcvit``."""
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)) or action.dest == argparse.SUPPRESS:
+            continue
+        base = type(action)
+        if base not in _TRACKED:
+            def __call__(self, parser, namespace, values, option_string=None, _base=base):  # noqa: N807
+                explicit = set(getattr(namespace, "_explicit", set()))
+                explicit.add(self.dest)
+                setattr(namespace, "_explicit", explicit)
+                return _base.__call__(self, parser, namespace, values, option_string)
+            _TRACKED[base] = type(f"Tracked{base.__name__}", (base,), {"__call__": __call__})
+        action.__class__ = _TRACKED[base]
+    return parser
+
+
+def apply_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Fill flags not given on the command line from the dataset preset, then from ``--config``."""
+    explicit = set(getattr(args, "_explicit", set()))
+    layered: Dict[str, Any] = dict(DATASET_PRESETS.get(args.dataset, {}))
+    if args.config:
+        layered.update(load_config(args.config, parser))
+    for key, value in layered.items():
+        if key not in explicit:
+            setattr(args, key, value)
+    return args
+
+
+def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
+    import yaml
+
+    from ..errors import UserError
+
+    if not os.path.isfile(path):
+        raise UserError(f"Config file '{path}' does not exist: check the path.")
+    with open(path) as f:
+        try:
+            values = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"Config file '{path}' is not valid YAML ({str(exc).splitlines()[0]}): fix it.") from None
+    if not isinstance(values, dict):
+        raise UserError(f"Config file '{path}' must map flag names to values.")
+    known = {a.dest for a in parser._actions}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(k for k in values if k not in known)
+    if unknown:
+        raise UserError(f"Config file '{path}' has unknown keys ({', '.join(unknown)}): use the flag names, "
+                        "e.g. batch_size or weight_decay.")
+    return values
+
+
+def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill values derived from others (DATA spelling, output folder) and reject impossible ones."""
+    from ..errors import UserError
+
+    args.data = args.data or args.data_dir
+    if args.dataset in ("", "folder", "imagefolder") and not args.data:
+        raise UserError("No DATA folder given: pass a folder holding train/<class>/* and val/<class>/*, "
+                        "or --dataset digits for the built-in dataset.")
+    if not args.output:
+        args.output = os.path.join("output", "train", args.model)
+    if args.batch_size < 1:
+        raise UserError(f"-b {args.batch_size} is not a batch size: pass a positive number.")
+    if args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs} must be at least 1.")
+    if args.aa in ("", "none", "None"):
+        args.aa = None
+    args.resume = "" if args.resume in ("", "none", "None") else args.resume
+    return args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a classifier (image folder, timm dataset or built-in digits); torchrun-ready",
+        description="Train with the published FCViT recipe (AdamW, cosine, RandAugment, mixup/cutmix, ...). "
+                    "Run under torchrun for DDP. Killed runs continue with --resume auto.")
+    track_explicit(build_parser(p))
+    p.set_defaults(func=run, _parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    args = finalize_args(apply_defaults(args, args._parser))
+    return report(train_from_args(args))
+
+
+def train_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    from ..engine.classification import train
+
+    for key in ("func", "_parser", "_explicit"):
+        if hasattr(args, key):
+            delattr(args, key)
+    return train(args)
+
+
+def report(result: Dict[str, Any]) -> int:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    metrics = result.get("metrics") or {}
+    if result.get("interrupted"):
+        print(f"Stopped early; resume with --resume auto. Last checkpoint: {result['last']}")
+        return 0
+    if metrics:
+        print(f"val top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
+    best = result.get("best_value")
+    if best is not None:
+        print(f"best {result['metric']} {best:.2f} -> {result['best']}")
+    print(f"outputs in {result['output']} (last.pth.tar, summary.csv)")
+    return 0

@@ -1,0 +1,106 @@
+"""``fcvit validate``: top-1, top-5, loss and images/s of a checkpoint on a validation split (torchrun-ready)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Dict
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from .train import add_data_arguments, track_explicit
+
+    p = subparsers.add_parser(
+        "validate", help="evaluate a checkpoint: top-1, top-5, loss, images/s",
+        description="Evaluate a classifier on DATA/val (or --dataset digits) with the model's crop_pct and "
+                    "interpolation unless overridden. Runs under torchrun too.")
+    add_data_arguments(p)
+    p.add_argument("--split", default="val", help="split to evaluate (default val; 'validation' also found)")
+    p.add_argument("--checkpoint", default="", help="checkpoint file (a training run's .pth.tar or published weights)")
+    p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
+    p.add_argument("-b", "--batch-size", type=int, default=128, help="batch size per process (default 128)")
+    p.add_argument("--results-file", default="", help="also write the results as JSON to this file")
+    track_explicit(p)
+    p.set_defaults(func=run)
+
+
+def _image_size_from(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+    """Eval settings a training run stored (``data_config``), used where the command line is silent."""
+    stored = checkpoint.get("data_config") or {}
+    out: Dict[str, Any] = {}
+    if stored.get("input_size"):
+        out["input_size"] = list(stored["input_size"])
+    for key in ("crop_pct", "interpolation", "mean", "std"):
+        if stored.get(key) is not None:
+            out[key] = list(stored[key]) if isinstance(stored[key], (list, tuple)) else stored[key]
+    return out
+
+
+def validate(args: argparse.Namespace) -> Dict[str, Any]:
+    """Evaluate and return the metrics; only the main rank writes the results file."""
+    import torch
+
+    from ..engine import cleanup_distributed, init_distributed, resolve_amp, setup_logging, unwrap_model
+    from ..engine.classification import build_eval_loader, check_classes, create_model, evaluate
+    from ..errors import UserError
+    from ..models import extract_state_dict, load_weights, read_checkpoint
+
+    args.data = args.data or args.data_dir
+    if args.dataset in ("", "folder", "imagefolder") and not args.data:
+        raise UserError("No DATA folder given: pass a folder holding val/<class>/*, or --dataset digits.")
+    if not args.checkpoint:
+        raise UserError("No --checkpoint given: pass the weights to evaluate (random weights would score chance).")
+    checkpoint = read_checkpoint(args.checkpoint)
+    explicit = getattr(args, "_explicit", set())
+    for key, value in _image_size_from(checkpoint).items():
+        if key not in explicit and not (key == "input_size" and "img_size" in explicit):
+            setattr(args, key, value)
+    if "model" not in explicit and isinstance(checkpoint.get("arch"), str):
+        args.model = checkpoint["arch"]
+    state_dict = extract_state_dict(checkpoint, use_ema=args.use_ema)
+    num_classes = int(state_dict["head.weight"].shape[0]) if "head.weight" in state_dict else 1000
+
+    ctx = init_distributed(args.device)
+    try:
+        setup_logging(ctx)
+        args.drop_path = 0.0
+        stored = checkpoint.get("args")  # a run trained with --model-kwargs needs them to rebuild its shape
+        same_model = getattr(stored, "model", None) == args.model
+        args.model_kwargs = dict(getattr(stored, "model_kwargs", None) or {}) if same_model else {}
+        model = create_model(args, num_classes)
+        load_weights(model, state_dict, args.model)
+        model.to(ctx.device)
+        if args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        class_names = checkpoint.get("class_names")
+        loader, dataset, tf_args = build_eval_loader(args, model, ctx, args.split, None)
+        data_classes = getattr(dataset, "classes", None)
+        check_classes(data_classes, checkpoint, num_classes, f"the '{args.split}' split")
+        amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
+        metrics = evaluate(unwrap_model(model), loader, amp, ctx, args.channels_last, "validate")
+    finally:
+        cleanup_distributed()
+    result = dict(model=args.model, checkpoint=args.checkpoint, split=args.split, top1=metrics["top1"],
+                  top5=metrics["top5"], loss=metrics["loss"], img_per_sec=metrics["img_per_sec"],
+                  images=metrics["images"], img_size=list(tf_args["input_size"]), crop_pct=tf_args["crop_pct"],
+                  interpolation=tf_args["interpolation"], classes=len(class_names or data_classes or []) or num_classes,
+                  amp=amp.describe(), world_size=ctx.world_size)
+    if ctx.is_main and args.results_file:
+        directory = os.path.dirname(os.path.abspath(args.results_file))
+        os.makedirs(directory, exist_ok=True)
+        tmp = args.results_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, args.results_file)
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    result = validate(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{result['model']} on {result['images']} images ({result['split']}): top-1 {result['top1']:.2f}%  "
+              f"top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  {result['img_per_sec']:.1f} img/s  "
+              f"({result['img_size'][-1]} px, crop_pct {result['crop_pct']}, {result['interpolation']}, {result['amp']})")
+        if args.results_file:
+            print(f"results written to {args.results_file}")
+    return 0

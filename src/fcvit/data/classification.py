@@ -1,0 +1,289 @@
+"""Image classification data: folder datasets checked up front, timm's other dataset forms, the built-in
+digits dataset, and a sampler that makes every sample's augmentation reproducible.
+
+Reproducibility: :class:`EpochShardSampler` yields ``(index, sample_seed)`` pairs and
+:class:`SeededSamples` seeds python/numpy/torch from ``sample_seed`` before loading and transforming
+that sample. The augmentation a sample gets then depends only on (seed, epoch, position), not on the
+number of workers or on where a run was interrupted, so a resumed run sees exactly the batches an
+uninterrupted one would.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import UserError
+from .images import load_image
+
+__all__ = [
+    "DIGITS_CLASSES", "BadImageError", "DigitsDataset", "CheckedImageFolder", "create_classification_dataset",
+    "EpochShardSampler", "ShardSampler", "SeededSamples", "find_split_dir",
+]
+
+_logger = logging.getLogger(__name__)
+
+DIGITS_CLASSES = [str(i) for i in range(10)]
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_SPLIT_SYNONYMS = {"train": ("train", "training"), "val": ("val", "validation", "valid", "eval", "evaluation", "test")}
+
+
+class BadImageError(UserError):
+    """A sample that cannot be decoded. DataLoader workers re-raise it as ``BadImageError(long text)``;
+    the constructor keeps only the original one-sentence message."""
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            last = message.strip().splitlines()[-1]
+            message = last.split("BadImageError: ", 1)[-1]
+        super().__init__(message)
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes) as RGB PIL images.
+
+    The split is stratified and fixed by ``split_seed`` (80% train, 20% val by default), so every run,
+    machine and process sees the same 1,437 / 360 images.
+    """
+
+    classes = DIGITS_CLASSES
+
+    def __init__(self, split: str = "train", transform: Optional[Callable] = None, val_fraction: float = 0.2,
+                 split_seed: int = 0) -> None:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        split = _canonical_split(split)
+        if split is None:
+            raise UserError("The digits dataset has the splits 'train' and 'val': pass one of those.")
+        digits = load_digits()
+        images = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+        train_idx, val_idx = train_test_split(np.arange(len(images)), test_size=val_fraction,
+                                              random_state=split_seed, stratify=digits.target)
+        idx = np.sort(train_idx if split == "train" else val_idx)
+        self.images = images[idx]
+        self.targets = digits.target[idx].astype(np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        img = Image.fromarray(self.images[index], mode="L").convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[index])
+
+
+def _canonical_split(split: str) -> Optional[str]:
+    for canonical, names in _SPLIT_SYNONYMS.items():
+        if split in names:
+            return canonical
+    return None
+
+
+def find_split_dir(root: str, split: str) -> str:
+    """``root/split`` or a usual synonym (val <-> validation); a clear error if none exists."""
+    if not os.path.isdir(root):
+        raise UserError(f"Data folder '{root}' does not exist: pass a folder holding train/<class>/* and "
+                        "val/<class>/*, or --dataset digits for the built-in dataset.")
+    canonical = _canonical_split(split)
+    for name in (split,) + (_SPLIT_SYNONYMS[canonical] if canonical else ()):
+        path = os.path.join(root, name)
+        if os.path.isdir(path):
+            return path
+    raise UserError(f"Data folder '{root}' has no '{split}' split: create '{os.path.join(root, split)}' with "
+                    "one sub-folder of images per class.")
+
+
+def _has_image(folder: str) -> bool:
+    for _, _, files in os.walk(folder):
+        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
+            return True
+    return False
+
+
+class CheckedImageFolder(Dataset):
+    """``<split>/<class>/<image>`` read with timm's folder reader, with one-sentence errors.
+
+    Class folders are checked when the dataset is built (an empty one would silently shift every
+    class index); an undecodable image raises :class:`BadImageError` naming the file, or with
+    ``skip_bad_images`` is logged and replaced by the next readable sample.
+    """
+
+    def __init__(self, split_dir: str, transform: Optional[Callable] = None, skip_bad_images: bool = False,
+                 class_names: Optional[Sequence[str]] = None) -> None:
+        from timm.data.readers.reader_image_folder import ReaderImageFolder
+
+        folders = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+        if not folders:
+            raise UserError(f"'{split_dir}' has no class folders: put the images of each class in "
+                            f"'{split_dir}/<class name>/'.")
+        for name in folders:
+            if not _has_image(os.path.join(split_dir, name)):
+                raise UserError(f"Class folder '{os.path.join(split_dir, name)}' has no images: add images "
+                                "or remove the folder.")
+        class_map = {name: i for i, name in enumerate(class_names)} if class_names is not None else ""
+        if class_names is not None:
+            extra = [f for f in folders if f not in class_map]
+            if extra:
+                raise UserError(f"'{split_dir}' has classes the training split lacks ({', '.join(extra[:5])}): "
+                                "use the same class folders in every split.")
+        self.reader = ReaderImageFolder(split_dir, class_map=class_map)
+        self.classes = list(class_names) if class_names is not None else sorted(
+            self.reader.class_to_idx, key=self.reader.class_to_idx.get)
+        self.transform = transform
+        self.skip_bad_images = skip_bad_images
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def _load(self, index: int) -> Tuple[Image.Image, int]:
+        path = self.reader.filename(index, absolute=True)
+        try:
+            img = load_image(path)
+        except UserError as exc:
+            raise BadImageError(f"{exc} (or pass --skip-bad-images to go on without it)") from None
+        return img, int(self.reader[index][1])
+
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        for attempt in range(len(self)):
+            try:
+                img, target = self._load((index + attempt) % len(self))
+                break
+            except BadImageError as exc:
+                if not self.skip_bad_images:
+                    raise
+                _logger.warning("Skipping unreadable image: %s", exc)
+        else:
+            raise UserError("No image in the dataset could be decoded: check the data folder.")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
+
+
+def create_classification_dataset(
+        name: str,
+        root: Optional[str],
+        split: str,
+        transform: Optional[Callable] = None,
+        skip_bad_images: bool = False,
+        class_names: Optional[Sequence[str]] = None,
+) -> Dataset:
+    """The dataset for ``--dataset name`` and ``DATA``: 'digits', an image folder (empty name or
+    'folder'), or any other name ``timm.data.create_dataset`` accepts ('torch/cifar10', 'hfds/...').
+
+    The result has ``.classes`` (names in label order) where the source knows them.
+    """
+    if name == "digits":
+        return DigitsDataset(split, transform=transform)
+    if not root:
+        raise UserError("No DATA folder given: pass a folder holding train/<class>/* and val/<class>/*, "
+                        "or --dataset digits for the built-in dataset.")
+    if name in ("", "folder", "imagefolder"):
+        return CheckedImageFolder(find_split_dir(root, split), transform, skip_bad_images, class_names)
+    from timm.data import create_dataset
+
+    try:
+        dataset = create_dataset(name, root=root, split=split, is_training=False)
+    except (RuntimeError, ValueError, AssertionError, FileNotFoundError, ImportError) as exc:
+        raise UserError(f"timm could not open dataset '{name}' at '{root}' split '{split}' "
+                        f"({str(exc).splitlines()[0][:200]}): check --dataset, DATA and the split names.") from None
+    dataset.transform = transform
+    reader = getattr(dataset, "reader", None)
+    classes = getattr(dataset, "classes", None)
+    if classes is None and reader is not None and hasattr(reader, "class_to_idx"):
+        classes = sorted(reader.class_to_idx, key=reader.class_to_idx.get)
+    if classes is None and hasattr(getattr(dataset, "parser", None), "class_to_idx"):
+        classes = sorted(dataset.parser.class_to_idx, key=dataset.parser.class_to_idx.get)
+    dataset.classes = list(classes) if classes is not None else None
+    return dataset
+
+
+def _sample_seed(seed: int, epoch: int, position: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
+
+
+class EpochShardSampler(Sampler):
+    """Training order: a permutation fixed by (seed, epoch), split over ranks, resumable mid-epoch.
+
+    Like DistributedSampler it pads to equal per-rank counts so all ranks take the same number of
+    steps; it yields ``(index, sample_seed)`` for :class:`SeededSamples`. ``set_epoch(epoch,
+    skip=n)`` starts the epoch after ``n`` already-consumed samples of this rank.
+    """
+
+    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+        self.num_samples_total = num_samples
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self.per_rank = math.ceil(num_samples / world_size)
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch = epoch
+        self.skip = skip
+
+    def __len__(self) -> int:
+        return self.per_rank - self.skip
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + 7919 * self.epoch)
+            order = torch.randperm(self.num_samples_total, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples_total))
+        total = self.per_rank * self.world_size
+        order += order[: total - len(order)]
+        mine = order[self.rank:total:self.world_size]
+        for position in range(self.skip, len(mine)):
+            yield mine[position], _sample_seed(self.seed, self.epoch, position * self.world_size + self.rank)
+
+
+class ShardSampler(Sampler):
+    """Evaluation order: every sample exactly once over all ranks (no padding), so summed metrics are exact."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, num_samples, world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that item ``(index, seed)`` is loaded and augmented with all RNGs seeded by ``seed``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: Tuple[int, int]) -> Any:
+        index, seed = item
+        in_main_process = torch.utils.data.get_worker_info() is None
+        if in_main_process:  # -j 0: keep the training loop's own random streams untouched
+            saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        torch.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            if in_main_process:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.set_rng_state(saved[2])

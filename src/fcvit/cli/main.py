@@ -18,6 +18,10 @@ from ..errors import UserError
 COMMAND_MODULES = [
     "models",
     "predict",
+    "train",
+    "validate",
+    "plot",
+    "demo",
     "visualize",
     "analyze",
     "segment",

@@ -24,7 +24,7 @@ from fcvit.tasks.segmentation import (
     read_class_names,
     train_transforms,
 )
-from fcvit.tasks.segmentation.evaluate import iterate_batches
+from fcvit.engine.workers import ignore_stop_signals, user_errors_from_workers
 from fcvit.tasks.segmentation.predict import color_palette, colorize, predict_images
 from fcvit.tasks.segmentation.synthetic import make_synthetic_dataset
 from fcvit.tasks.segmentation.transforms import CatMaxRatioCrop, PadTo, RandomRescale, eval_size, eval_transforms
@@ -133,8 +133,49 @@ def test_worker_user_error_comes_back_as_one_sentence(tmp_path):
     _write_pair(tmp_path, "training", "a", labels=np.full((30, 40), 9, dtype=np.uint8))
     loader = DataLoader(SegmentationFolder(tmp_path, "train", num_classes=3), batch_size=1, num_workers=1)
     with pytest.raises(UserError) as info:
-        list(iterate_batches(loader))
+        list(user_errors_from_workers(loader))
     assert str(info.value).startswith("Annotation '") and "\n" not in str(info.value)
+
+
+def test_workers_that_ignore_stop_signals_are_shut_down_when_iteration_fails(tmp_path):
+    """Otherwise the error's traceback keeps them alive and the process hangs at exit waiting for them."""
+    import multiprocessing
+
+    _write_pair(tmp_path, "training", "a", labels=np.full((30, 40), 9, dtype=np.uint8))
+    loader = DataLoader(SegmentationFolder(tmp_path, "train", num_classes=3), batch_size=1, num_workers=1,
+                        persistent_workers=True, worker_init_fn=ignore_stop_signals)
+    before = set(multiprocessing.active_children())
+    with pytest.raises(UserError) as info:
+        list(user_errors_from_workers(loader))
+    assert info.value is not None  # the traceback is still held here
+    assert not [p for p in multiprocessing.active_children() if p not in before and p.is_alive()]
+
+
+class _WorkerPids(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        import os
+
+        return os.getpid()
+
+
+@pytest.mark.parametrize("protected", [True, False])
+def test_workers_survive_a_stop_signal_sent_to_the_whole_group(protected):
+    import os
+    import signal
+
+    loader = DataLoader(_WorkerPids(), batch_size=1, num_workers=1,
+                        worker_init_fn=ignore_stop_signals if protected else None)
+    iterator = iter(loader)
+    worker = int(next(iterator))
+    os.kill(worker, signal.SIGTERM)
+    if protected:  # the main process decides when to stop; the batches keep coming
+        assert [int(b) for b in iterator] == [worker] * 3
+    else:
+        with pytest.raises((RuntimeError, EOFError, OSError)):  # how the loss surfaces varies
+            list(iterator)
 
 
 # ---------------------------------------------------------------- transforms

@@ -31,18 +31,32 @@ def user_errors_from_workers(loader: Iterable[T]) -> Iterator[T]:
     """Iterate ``loader``; a UserError raised in a worker comes back as its original one sentence.
 
     DataLoader re-raises worker exceptions with the worker's traceback folded into the message; the
-    user needs only the last line.
+    user needs only the last line. When the iteration ends early (an error, or the consumer stops),
+    the workers are shut down here, at once: workers that ignore SIGTERM (``ignore_stop_signals``)
+    would otherwise outlive an iterator kept alive by the exception's traceback, and the main
+    process would wait for them forever at exit.
     """
     iterator = iter(loader)
     marker = "UserError: "
-    while True:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except UserError as exc:
-            text = str(exc)
-            if "Traceback" in text and marker in text:
-                raise UserError(text.rsplit(marker, 1)[1].strip()) from None
-            raise
-        yield batch
+    finished = False
+    try:
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                finished = True
+                return
+            except UserError as exc:
+                text = str(exc)
+                if "Traceback" in text and marker in text:
+                    raise UserError(text.rsplit(marker, 1)[1].strip()) from None
+                raise
+            yield batch
+    finally:
+        if not finished:
+            # torch's own clean shutdown: ask each worker to exit, join, then terminate stragglers
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            if getattr(loader, "_iterator", None) is iterator:  # persistent workers: start afresh next time
+                loader._iterator = None  # type: ignore[attr-defined]

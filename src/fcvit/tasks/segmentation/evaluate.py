@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -16,38 +16,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ...engine import AmpSettings, DistContext, ProgressBar, all_reduce, unwrap_model
+from ...engine.workers import ignore_stop_signals, user_errors_from_workers
 from ...errors import UserError
 from ...models import extract_state_dict, load_weights, read_checkpoint
 from .metrics import ConfusionMatrix
 from .model import SemanticFPN, create_segmenter
 
-__all__ = ["CONFIG_KEY", "iterate_batches", "infer_logits", "evaluate", "load_segmenter", "eval_loader",
+__all__ = ["CONFIG_KEY", "infer_logits", "evaluate", "load_segmenter", "eval_loader",
            "class_names_from", "atomic_save_json"]
 
 _logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "segmenter"  # checkpoint entry with create_segmenter()'s arguments
-
-
-def iterate_batches(loader: Iterable) -> Iterator[Any]:
-    """Iterate a DataLoader, turning a UserError raised in a worker back into its one-sentence message.
-
-    DataLoader re-raises worker exceptions with the worker's traceback folded into the message; the
-    user only needs the last line, which is the original sentence.
-    """
-    iterator = iter(loader)
-    while True:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except UserError as exc:
-            text = str(exc)
-            marker = "UserError: "
-            if "Traceback" in text and marker in text:
-                raise UserError(text.rsplit(marker, 1)[1].strip()) from None
-            raise
-        yield batch
 
 
 def infer_logits(model: nn.Module, image: torch.Tensor, output_size: Tuple[int, int]) -> torch.Tensor:
@@ -59,8 +39,8 @@ def infer_logits(model: nn.Module, image: torch.Tensor, output_size: Tuple[int, 
 def eval_loader(dataset: Dataset, ctx: DistContext, workers: int = 2) -> DataLoader:
     """One image per batch (sizes differ); each rank takes every world_size-th image, none twice."""
     shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
-    return DataLoader(shard, batch_size=1, shuffle=False, num_workers=workers,
-                      pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+    return DataLoader(shard, batch_size=1, shuffle=False, num_workers=workers, pin_memory=ctx.device.type == "cuda",
+                      worker_init_fn=ignore_stop_signals if workers else None)
 
 
 @torch.inference_mode()
@@ -85,7 +65,7 @@ def evaluate(
     confusion = ConfusionMatrix(num_classes, device=ctx.device)
     started = time.perf_counter()
     with ProgressBar(len(loader), "eval", ctx, enabled=progress) as bar:
-        for image, mask in iterate_batches(loader):
+        for image, mask in user_errors_from_workers(loader):
             image = image.to(ctx.device, non_blocking=True)
             mask = mask.to(ctx.device, non_blocking=True)
             with amp.autocast() if amp is not None else contextlib.nullcontext():

@@ -40,7 +40,8 @@ from ...engine import (
 )
 from ...errors import UserError
 from .data import SegmentationFolder, default_class_names, read_class_names
-from .evaluate import CONFIG_KEY, atomic_save_json, eval_loader, evaluate, iterate_batches
+from ...engine.workers import ignore_stop_signals, user_errors_from_workers
+from .evaluate import CONFIG_KEY, atomic_save_json, eval_loader, evaluate
 from .metrics import format_class_table
 from .model import SemanticFPN, create_segmenter
 from .transforms import IGNORE_INDEX, eval_transforms, train_transforms
@@ -98,7 +99,7 @@ def infinite_batches(loader: DataLoader, sampler: Optional[DistributedSampler], 
     while True:
         if sampler is not None:
             sampler.set_epoch(epoch)
-        for batch in iterate_batches(loader):
+        for batch in user_errors_from_workers(loader):
             yield epoch, batch
         epoch += 1
 
@@ -189,7 +190,8 @@ def _train(args: argparse.Namespace, ctx: DistContext, scheduler_cls: Any) -> Di
     sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed, drop_last=True) if ctx.distributed else None
     loader = DataLoader(train_set, batch_size=per_process, shuffle=sampler is None, sampler=sampler,
                         num_workers=args.workers, pin_memory=ctx.device.type == "cuda", drop_last=True,
-                        persistent_workers=args.workers > 0)
+                        persistent_workers=args.workers > 0,
+                        worker_init_fn=ignore_stop_signals if args.workers else None)
     val_loader = eval_loader(val_set, ctx, args.workers)
 
     model = build_model(args, num_classes)

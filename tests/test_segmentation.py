@@ -238,7 +238,9 @@ def test_train_pipeline_gives_crops_with_aligned_masks():
 
 def test_eval_size_short_side_and_multiples_of_32():
     assert eval_size(512, 683) == (512, 704)
-    assert eval_size(375, 500) == (512, 704)  # 512 x 682.7 rounded up
+    assert eval_size(375, 500) == (512, 704)  # 512 x 682.7 -> 683 -> 704
+    assert eval_size(1000, 1001) == (512, 544)  # 512 x 512.5 -> 513 -> 544
+    assert eval_size(1100, 1101) == (512, 512)  # 512 x 512.47 -> 512 stays 512
     h, w = eval_size(100, 2000)  # long side capped at 2048
     assert w == 2048 and h % 32 == 0
     image = tv_tensors.Image(torch.zeros(3, 50, 70, dtype=torch.uint8))

@@ -19,7 +19,7 @@ from fcvit.tasks.segmentation.synthetic import make_synthetic_dataset
 
 NUM_CLASSES = 4
 SMALL = ["--backbone", "fcvit_tiny", "--backbone-depths", "1", "1", "1", "1", "--backbone-dims", "16", "32", "64",
-         "128", "--fpn-channels", "64", "--head-channels", "32", "--crop-size", "64", "-b", "4", "--lr", "1e-3",
+         "128", "--fpn-channels", "64", "--head-channels", "32", "--crop-size", "64", "-b", "4", "--lr", "2e-3",
          "--workers", "0", "--device", "cpu", "--log-interval", "10"]
 
 
@@ -70,7 +70,7 @@ def test_training_reduces_the_loss_and_learns_the_regions(trained):
     assert losses[-1] < losses[0] * 0.75, losses
     assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-12)  # poly decay ends at 0
     miou = float(rows[-1]["mIoU"])
-    assert miou > 40.0, rows  # 4 classes; chance is about 10
+    assert miou > 40.0, rows  # predicting background everywhere scores 19.8 here
     assert float(rows[-1]["aAcc"]) > 70.0
     for name in ("last.pth.tar", "model_best.pth.tar", "log.txt", "results.json"):
         assert (trained / name).is_file(), name

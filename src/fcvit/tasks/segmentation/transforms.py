@@ -168,11 +168,14 @@ def train_transforms(
 def eval_size(height: int, width: int, short_side: int = 512, max_long_side: int = 2048,
               size_divisor: int = 32) -> Tuple[int, int]:
     """Evaluation input size: shorter side ``short_side`` (long side at most ``max_long_side``), ratio kept,
-    both sides rounded up to multiples of ``size_divisor`` so every FPN level aligns."""
+    then both sides rounded up to multiples of ``size_divisor`` so every FPN level aligns.
+
+    The same two roundings as the published configs' ``AlignedResize``: to whole pixels first, then up.
+    """
     factor = keep_ratio_scale(height, width, (max_long_side, short_side))
-    new_h, new_w = height * factor, width * factor
-    return (max(size_divisor, int(math.ceil(new_h / size_divisor - 1e-6)) * size_divisor),
-            max(size_divisor, int(math.ceil(new_w / size_divisor - 1e-6)) * size_divisor))
+    new_h, new_w = int(height * factor + 0.5), int(width * factor + 0.5)
+    return (max(size_divisor, math.ceil(new_h / size_divisor) * size_divisor),
+            max(size_divisor, math.ceil(new_w / size_divisor) * size_divisor))
 
 
 class EvalResize(v2.Transform):

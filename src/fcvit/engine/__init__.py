@@ -51,6 +51,10 @@ precision
   ``.autocast()``, ``.scaler`` (GradScaler for fp16 only), ``.describe()``.
 - ``backward_step(loss, optimizer, amp, clip_grad=None, clip_mode='norm')``: backward, clip, step (scaler-aware).
 
+data loader workers (``fcvit.engine.workers``)
+- ``ignore_stop_signals``: ``worker_init_fn`` so SIGTERM/SIGINT reach only the main process (clean stop).
+- ``user_errors_from_workers(loader)``: iterate a loader; a worker's UserError comes back as one sentence.
+
 reproducibility
 - ``seed_everything(seed, rank)``, ``get_rng_state()``, ``set_rng_state(state)``.
 
@@ -87,6 +91,7 @@ from .distributed import (
 )
 from .logs import ProgressBar, SummaryLog, setup_logging
 from .rng import get_rng_state, seed_everything, set_rng_state
+from .workers import ignore_stop_signals, user_errors_from_workers
 
 __all__ = [
     "AmpSettings", "backward_step", "resolve_amp",
@@ -97,4 +102,5 @@ __all__ = [
     "init_distributed", "unwrap_model", "wrap_ddp",
     "ProgressBar", "SummaryLog", "setup_logging",
     "get_rng_state", "seed_everything", "set_rng_state",
+    "ignore_stop_signals", "user_errors_from_workers",
 ]

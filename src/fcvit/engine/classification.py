@@ -31,6 +31,7 @@ from .control import GracefulStop, check_finite
 from .distributed import DistContext, all_reduce, barrier, cleanup_distributed, init_distributed, unwrap_model, wrap_ddp
 from .logs import ProgressBar, SummaryLog, setup_logging
 from .rng import seed_everything
+from .workers import ignore_stop_signals, user_errors_from_workers
 
 __all__ = ["train_one_epoch", "evaluate", "train", "create_model", "build_eval_loader", "check_classes",
            "EpochResult", "out_of_memory_message"]
@@ -104,21 +105,12 @@ def _transform_args(args: argparse.Namespace, model: nn.Module, training: bool) 
     return kwargs
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Workers leave SIGTERM/SIGINT to the main process, which finishes the step and saves; a scheduler
-    that signals the whole process group must not kill the workers under it first."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def _loader(dataset: Dataset, batch_size: int, sampler: Any, workers: int, pin_memory: bool,
             drop_last: bool) -> DataLoader:
     # a private generator: creating an iterator must not consume the training RNG (exact resume)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=drop_last, persistent_workers=workers > 0,
-                      generator=torch.Generator(), worker_init_fn=_ignore_stop_signals if workers else None)
+                      generator=torch.Generator(), worker_init_fn=ignore_stop_signals if workers else None)
 
 
 def build_eval_loader(args: argparse.Namespace, model: nn.Module, ctx: DistContext, split: str,
@@ -204,7 +196,7 @@ def train_one_epoch(
     result = EpochResult(global_step=global_step)
     start = tick = time.perf_counter()
     batch_size = loader.batch_size or 1
-    for images, targets in loader:
+    for images, targets in user_errors_from_workers(loader):
         result.data_seconds += time.perf_counter() - tick
         images = images.to(ctx.device, non_blocking=True)
         targets = targets.to(ctx.device, non_blocking=True)
@@ -251,7 +243,7 @@ def evaluate(model: nn.Module, loader: DataLoader, amp: AmpSettings, ctx: DistCo
     start = time.perf_counter()
     total = len(loader.sampler) * ctx.world_size if hasattr(loader.sampler, "__len__") else 0
     with ProgressBar(total, desc, ctx) as bar:
-        for images, targets in loader:
+        for images, targets in user_errors_from_workers(loader):
             images = images.to(ctx.device, non_blocking=True)
             targets = targets.to(ctx.device, non_blocking=True)
             if channels_last:
@@ -279,6 +271,19 @@ def evaluate(model: nn.Module, loader: DataLoader, amp: AmpSettings, ctx: DistCo
     return {"loss": sums[0].item() / count, "top1": 100.0 * sums[1].item() / count,
             "top5": 100.0 * sums[2].item() / count, "img_per_sec": count / max(seconds, 1e-9),
             "images": int(sums[3].item())}
+
+
+def _cpu_threads(ctx: DistContext, workers: int) -> None:
+    """On CPU, leave the loader workers their cores: intra-op threads competing with workers (or with the
+    other ranks) for the same cores spin and can run several times slower. OMP_NUM_THREADS wins."""
+    if ctx.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+    threads = min(torch.get_num_threads(), max(1, (os.cpu_count() or 1) // max(local_procs, 1) - workers))
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        _logger.info("Using %d CPU thread(s) per process next to %d loader worker(s); set OMP_NUM_THREADS to "
+                     "choose.", threads, workers)
 
 
 def _resolve_lr(args: argparse.Namespace, world_size: int) -> float:
@@ -332,6 +337,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     if ctx.is_main:
         os.makedirs(output_dir, exist_ok=True)
     setup_logging(ctx, output_dir)
+    _cpu_threads(ctx, args.workers)
     seed_everything(args.seed, ctx.rank)
 
     # data: training split first, its classes define the label order for every other split

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from ...engine import (
     AmpSettings,
@@ -40,6 +40,7 @@ from ...engine import (
 )
 from ...errors import UserError
 from .data import SegmentationFolder, default_class_names, read_class_names
+from ...data.classification import EpochShardSampler, SeededSamples
 from ...engine.workers import ignore_stop_signals, user_errors_from_workers
 from .evaluate import CONFIG_KEY, atomic_save_json, eval_loader, evaluate
 from .metrics import format_class_table
@@ -93,22 +94,28 @@ def _per_process_batch(batch_size: int, ctx: DistContext) -> int:
     return batch_size // ctx.world_size
 
 
-def infinite_batches(loader: DataLoader, sampler: Optional[DistributedSampler], epoch: int
-                     ) -> Iterator[Tuple[int, Tuple[torch.Tensor, torch.Tensor]]]:
-    """(data epoch, batch) forever; the sampler reshuffles each pass."""
+def infinite_batches(loader: DataLoader, sampler: EpochShardSampler, epoch: int, done: int = 0
+                     ) -> Iterator[Tuple[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]]]:
+    """((data epoch, batches of it done), batch) forever, starting after ``done`` batches of ``epoch``.
+
+    The order is fixed by (seed, epoch) and every sample's augmentation by (seed, epoch, position), so a
+    run resumed mid-epoch continues with exactly the batches an uninterrupted run would see.
+    """
+    batch_size = loader.batch_size or 1
     while True:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        if done >= sampler.per_rank // batch_size:  # that epoch was complete
+            epoch, done = epoch + 1, 0
+        sampler.set_epoch(epoch, skip=done * batch_size)
         for batch in user_errors_from_workers(loader):
-            yield epoch, batch
-        epoch += 1
+            done += 1
+            yield (epoch, done), batch
 
 
 def train_steps(
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
-        batches: Iterator[Tuple[int, Tuple[torch.Tensor, torch.Tensor]]],
+        batches: Iterator[Tuple[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]]],
         amp: AmpSettings,
         ctx: DistContext,
         step: int,
@@ -120,14 +127,15 @@ def train_steps(
 ) -> Dict[str, Any]:
     """Run optimizer steps from global step ``step`` up to ``until`` (or an earlier stop request).
 
-    Returns the step reached, the data epoch, the mean training loss and whether a stop was requested.
+    Returns the step reached, the data position ((epoch, batches of it done)), the mean training loss
+    and whether a stop was requested.
     """
     model.train()
     losses: List[float] = []
-    epoch = 0
+    position = (0, 0)
     window_start, window_images = time.perf_counter(), 0
     while step < until:
-        epoch, (images, masks) = next(batches)
+        position, (images, masks) = next(batches)
         images = images.to(ctx.device, non_blocking=True)
         masks = masks.to(ctx.device, non_blocking=True)
         try:
@@ -151,8 +159,8 @@ def train_steps(
                          optimizer.param_groups[0]["lr"], window_images / max(elapsed, 1e-9))
             window_start, window_images = time.perf_counter(), 0
         if stop.should_stop(ctx):
-            return dict(step=step, epoch=epoch, loss=_mean(losses), stopped=True)
-    return dict(step=step, epoch=epoch, loss=_mean(losses), stopped=False)
+            return dict(step=step, position=position, loss=_mean(losses), stopped=True)
+    return dict(step=step, position=position, loss=_mean(losses), stopped=False)
 
 
 def _mean(values: List[float]) -> float:
@@ -187,11 +195,11 @@ def _train(args: argparse.Namespace, ctx: DistContext, scheduler_cls: Any) -> Di
     if len(train_set) < args.batch_size:
         raise UserError(f"The training split has {len(train_set)} images, fewer than one step of -b {args.batch_size}: "
                         "pass a smaller -b.")
-    sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed, drop_last=True) if ctx.distributed else None
-    loader = DataLoader(train_set, batch_size=per_process, shuffle=sampler is None, sampler=sampler,
-                        num_workers=args.workers, pin_memory=ctx.device.type == "cuda", drop_last=True,
-                        persistent_workers=args.workers > 0,
-                        worker_init_fn=ignore_stop_signals if args.workers else None)
+    sampler = EpochShardSampler(len(train_set), args.seed, ctx.rank, ctx.world_size)
+    # a private generator: creating an iterator must not draw from the training RNG (exact resume)
+    loader = DataLoader(SeededSamples(train_set), batch_size=per_process, sampler=sampler, num_workers=args.workers,
+                        pin_memory=ctx.device.type == "cuda", drop_last=True, persistent_workers=args.workers > 0,
+                        worker_init_fn=ignore_stop_signals if args.workers else None, generator=torch.Generator())
     val_loader = eval_loader(val_set, ctx, args.workers)
 
     model = build_model(args, num_classes)
@@ -211,7 +219,7 @@ def _train(args: argparse.Namespace, ctx: DistContext, scheduler_cls: Any) -> Di
                          tensorboard_dir=os.path.join(out, "tensorboard") if args.tensorboard else None,
                          step_key="iter")
 
-    step, epoch = 0, 0
+    step, position = 0, (0, 0)
     resume_path = resolve_resume(args.resume, out)
     if resume_path:
         state = load_train_state(resume_path)
@@ -219,7 +227,7 @@ def _train(args: argparse.Namespace, ctx: DistContext, scheduler_cls: Any) -> Di
             raise UserError(f"--resume '{resume_path}' holds another model ({state[CONFIG_KEY]}): resume with the "
                             "same --backbone and class options, or use another --output.")
         counters = restore_train_state(state, model, optimizer, scheduler, amp.scaler)
-        step, epoch = counters["global_step"], counters["epoch"]
+        step, position = counters["global_step"], (counters["epoch"], int(state.get("epoch_batches_done", 0)))
         if scheduler.t_initial != args.iters:  # the poly decay follows this run's --iters
             _logger.warning("--iters %d differs from the checkpoint's %d: the poly decay now ends at %d.",
                             args.iters, scheduler.t_initial, args.iters)
@@ -235,15 +243,17 @@ def _train(args: argparse.Namespace, ctx: DistContext, scheduler_cls: Any) -> Di
                  "(%d per process x %d), %s.", args.backbone, num_classes, len(train_set), len(val_set), args.iters,
                  args.batch_size, per_process, ctx.world_size, amp.describe())
 
-    def state_at(step_done: int, data_epoch: int) -> Dict[str, Any]:
-        return build_train_state(model, optimizer, scheduler, amp.scaler, epoch=data_epoch, global_step=step_done,
+    def state_at(step_done: int, data_position: Tuple[int, int]) -> Dict[str, Any]:
+        # ``epoch`` is the data epoch in progress and ``epoch_batches_done`` how far into it
+        return build_train_state(model, optimizer, scheduler, amp.scaler, epoch=data_position[0],
+                                 epoch_batches_done=data_position[1], global_step=step_done,
                                  args=args, class_names=class_names, arch=f"semantic_fpn_{args.backbone}",
                                  eval_short_side=args.crop_size,
                                  **{CONFIG_KEY: config})
 
     eval_every = args.eval_interval if args.eval_interval > 0 else args.iters
     save_every = args.save_interval if args.save_interval > 0 else eval_every
-    batches = infinite_batches(loader, sampler, epoch)
+    batches = infinite_batches(loader, sampler, *position)
     scores: Dict[str, Any] = {}
     try:
         with GracefulStop() as stop:
@@ -252,9 +262,9 @@ def _train(args: argparse.Namespace, ctx: DistContext, scheduler_cls: Any) -> Di
                 last = saver.last_path if os.path.isfile(saver.last_path) else None
                 result = train_steps(model, optimizer, scheduler, batches, amp, ctx, step, boundary, stop,
                                      args.clip_grad, args.log_interval, last)
-                step, epoch = result["step"], result["epoch"] + 1
+                step, position = result["step"], result["position"]
                 if result["stopped"]:
-                    saver.save(state_at(step, epoch), step, None)
+                    saver.save(state_at(step, position), step, None)
                     _logger.warning("Stopped at iteration %d; '%s' holds it: continue with --resume auto.",
                                     step, saver.last_path)
                     return scores
@@ -262,11 +272,11 @@ def _train(args: argparse.Namespace, ctx: DistContext, scheduler_cls: Any) -> Di
                     scores = evaluate(model, val_loader, num_classes, ctx, amp, progress=sys.stderr.isatty())
                     summary.append(dict(iter=step, train_loss=result["loss"], lr=optimizer.param_groups[0]["lr"],
                                         mIoU=scores["mIoU"], mAcc=scores["mAcc"], aAcc=scores["aAcc"]))
-                    best = saver.save(state_at(step, epoch), step, scores)
+                    best = saver.save(state_at(step, position), step, scores)
                     _logger.info("iter %d: mIoU %.2f, mAcc %.2f, aAcc %.2f%s", step, scores["mIoU"],
                                  scores["mAcc"], scores["aAcc"], " (new best)" if best else "")
                 else:
-                    saver.save(state_at(step, epoch), step, None)
+                    saver.save(state_at(step, position), step, None)
     finally:
         summary.close()
     if scores and ctx.is_main:

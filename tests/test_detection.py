@@ -32,7 +32,7 @@ from fcvit.tasks.detection.dataset import (
 )
 from fcvit.tasks.detection.model import build_mask_rcnn, count_parameters
 from fcvit.tasks.detection.sampler import AspectRatioBatchSampler, aspect_ratio_groups
-from fcvit.tasks.detection.synthetic import make_shapes_coco, write_shapes_split
+from fcvit.tasks.detection.synthetic import make_shapes_coco
 import fcvit.tasks.detection.train as train_module
 from fcvit.tasks.detection.train import build_scheduler, train_one_epoch
 from fcvit.engine import DistContext, GracefulStop, NonFiniteLossError, resolve_amp
@@ -441,3 +441,36 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(shapes, tmp_path):
     assert resumed["global_step"] == straight["global_step"] == 4
     assert straight["state_dict"].keys() == resumed["state_dict"].keys()
     assert all(torch.equal(straight["state_dict"][k], resumed["state_dict"][k]) for k in straight["state_dict"])
+
+
+class _AsInAWorker(torch.utils.data.Dataset):
+    """Raises as a DataLoader worker does (the error re-built with the worker's traceback in its message),
+    without forking a process inside the test run."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        from torch._utils import ExceptionWrapper
+
+        try:
+            return self.dataset[index]
+        except Exception:
+            ExceptionWrapper(where="in DataLoader worker process 0").reraise()
+
+
+def test_a_corrupt_image_read_in_a_worker_is_one_sentence(tmp_path, shapes):
+    images = tmp_path / "images"
+    shutil.copytree(coco_split_paths(shapes, "val")[1], images)
+    (images / "shapes_0001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    dataset = CocoInstances(coco_split_paths(shapes, "val")[0], images, transforms=eval_transforms())
+    model = build_mask_rcnn("fcvit_tiny", 3, min_size=64, max_size=64, **TINY_KWARGS)
+    loader = torch.utils.data.DataLoader(_AsInAWorker(dataset), batch_size=1, collate_fn=collate_detection)
+    with pytest.raises(UserError) as info:
+        train_module.evaluate(model, loader, dataset, DistContext())
+    message = str(info.value)
+    assert "shapes_0001.png" in message and "cannot be decoded" in message
+    assert "\n" not in message and "Traceback" not in message

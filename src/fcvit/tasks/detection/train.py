@@ -43,10 +43,10 @@ from ...engine import (
     unwrap_model,
     wrap_ddp,
 )
+from ...engine.workers import ignore_stop_signals, user_errors_from_workers
 from ...errors import UserError
 from .coco_eval import CocoEvaluator
 from .dataset import (
-    Category,
     CocoInstances,
     coco_split_paths,
     collate_detection,
@@ -102,6 +102,7 @@ def detection_loaders(train_set: Optional[CocoInstances], val_set: Optional[Coco
     on the seed and the epoch, so a run resumed inside an epoch sees exactly the batches it missed.
     """
     pin = ctx.device.type == "cuda"
+    init = ignore_stop_signals if workers > 0 else None  # a SIGTERM to the process group stops the run cleanly
     train_loader = val_loader = None
     if train_set is not None:
         sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
@@ -110,12 +111,13 @@ def detection_loaders(train_set: Optional[CocoInstances], val_set: Optional[Coco
         # state a checkpoint restores (so a run resumed inside an epoch continues its random stream exactly)
         train_loader = DataLoader(train_set, batch_sampler=batches, num_workers=workers, pin_memory=pin,
                                   collate_fn=collate_detection, persistent_workers=workers > 0,
-                                  generator=torch.Generator().manual_seed(seed))
+                                  worker_init_fn=init, generator=torch.Generator().manual_seed(seed))
     if val_set is not None:
         sampler = (DistributedSampler(val_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
                    if ctx.distributed else None)
         val_loader = DataLoader(val_set, batch_size=per_process, sampler=sampler, shuffle=False,
-                                num_workers=workers, pin_memory=pin, collate_fn=collate_detection)
+                                num_workers=workers, pin_memory=pin, collate_fn=collate_detection,
+                                worker_init_fn=init)
     return train_loader, val_loader
 
 
@@ -203,7 +205,7 @@ def train_one_epoch(
     stopped = False
     window_start, window_images = time.perf_counter(), 0
     bar = ProgressBar(len(loader.batch_sampler.sampler), f"epoch {epoch + 1}", ctx, enabled=progress)
-    for images, targets in loader:
+    for images, targets in user_errors_from_workers(loader):
         images = [img.to(ctx.device, non_blocking=True) for img in images]
         targets = _device_targets(targets, ctx.device)
         try:
@@ -256,7 +258,7 @@ def evaluate(model: nn.Module, loader: DataLoader, dataset: CocoInstances, ctx: 
     model.eval()
     evaluator = CocoEvaluator(dataset.coco, dataset.categories)
     bar = ProgressBar(len(loader.dataset), "eval", ctx, enabled=progress)
-    for images, targets in loader:
+    for images, targets in user_errors_from_workers(loader):
         images = [img.to(ctx.device, non_blocking=True) for img in images]
         if amp is not None:
             with amp.autocast():

@@ -24,6 +24,7 @@ from ...engine import (
     DistContext,
     GracefulStop,
     SummaryLog,
+    all_reduce_mean,
     backward_step,
     build_train_state,
     check_finite,
@@ -152,19 +153,22 @@ def train_steps(
         scheduler.step_update(num_updates=step)
         losses.append(value)
         window_images += images.shape[0] * ctx.world_size
-        if log_interval and (step % log_interval == 0 or step == until):
+        if log_interval and (step % log_interval == 0 or step == until):  # the same steps on every rank
             elapsed = time.perf_counter() - window_start
-            _logger.info("iter %d: loss %.4f (mean of last %d %.4f), lr %.3g, %.1f img/s", step, value,
-                         min(len(losses), log_interval), sum(losses[-log_interval:]) / min(len(losses), log_interval),
-                         optimizer.param_groups[0]["lr"], window_images / max(elapsed, 1e-9))
+            window = min(len(losses), log_interval)
+            _logger.info("iter %d: loss %.4f (mean of the last %d iterations over all ranks), lr %.3g, %.1f img/s",
+                         step, _mean_over_ranks(losses[-window:], ctx), window, optimizer.param_groups[0]["lr"],
+                         window_images / max(elapsed, 1e-9))
             window_start, window_images = time.perf_counter(), 0
         if stop.should_stop(ctx):
-            return dict(step=step, position=position, loss=_mean(losses), stopped=True)
-    return dict(step=step, position=position, loss=_mean(losses), stopped=False)
+            return dict(step=step, position=position, loss=_mean_over_ranks(losses, ctx), stopped=True)
+    return dict(step=step, position=position, loss=_mean_over_ranks(losses, ctx), stopped=False)
 
 
-def _mean(values: List[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
+def _mean_over_ranks(values: List[float], ctx: DistContext) -> float:
+    """The mean of this rank's values, averaged over ranks (each rank holds as many)."""
+    mean = sum(values) / len(values) if values else float("nan")
+    return float(all_reduce_mean(torch.tensor([mean], dtype=torch.float64, device=ctx.device), ctx).item())
 
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:

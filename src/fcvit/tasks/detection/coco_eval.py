@@ -2,7 +2,7 @@
 
 Predictions are turned into COCO result entries (``[x, y, w, h]`` boxes in original image pixels,
 RLE masks, the file's own category ids) per image; under torchrun every rank collects its share and
-the main rank merges them, keeping one entry per image (a ``DistributedSampler`` repeats a few images
+the main rank gathers them, keeping one entry per image (a ``DistributedSampler`` repeats a few images
 to even out the ranks) before running COCOeval once.
 """
 from __future__ import annotations
@@ -71,16 +71,23 @@ class CocoEvaluator:
         for image_id, prediction in zip(image_ids, predictions):
             self.results[int(image_id)] = to_coco_results(image_id, prediction, self.categories)
 
-    def gather(self) -> None:
-        """Merge the results of every rank into each rank's ``results`` (one entry per image)."""
+    def gather(self, dst: int = 0) -> None:
+        """Merge the results of every rank into rank ``dst``'s ``results`` (one entry per image).
+
+        Only ``dst`` receives them: COCO-sized results (RLE masks) are large and the other ranks do not
+        need them.
+        """
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return
-        parts: List[Optional[Dict[int, List[Dict[str, Any]]]]] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, self.results)
-        merged: Dict[int, List[Dict[str, Any]]] = {}
-        for part in parts:
-            merged.update(part or {})
-        self.results = merged
+        is_dst = dist.get_rank() == dst
+        parts: Optional[List[Optional[Dict[int, List[Dict[str, Any]]]]]] = (
+            [None] * dist.get_world_size() if is_dst else None)
+        dist.gather_object(self.results, parts, dst=dst)
+        if is_dst:
+            merged: Dict[int, List[Dict[str, Any]]] = {}
+            for part in parts or []:
+                merged.update(part or {})
+            self.results = merged
 
     def detections(self) -> List[Dict[str, Any]]:
         return [entry for image_id in sorted(self.results) for entry in self.results[image_id]]

@@ -256,6 +256,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         results["finite"] = str(exc)
     model = wrap_ddp(nn.Linear(2, 1), ctx)
     results["ddp"] = type(model).__name__
+    seed_everything(0, rank)  # each rank its own stream, saved and restored per rank
+    state = build_train_state(model, ctx=ctx)
+    draw = torch.rand(1)
+    restore_train_state(state, model, ctx=ctx)
+    results.update(per_rank=len(state["rng_per_rank"]), draw=draw.item(), redraw=torch.rand(1).item())
     CheckpointSaver(out_dir, "top1", ctx=ctx).save({"rank": rank}, 0, {"top1": 1.0})
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     cleanup_distributed()
@@ -270,4 +275,6 @@ def test_two_gloo_processes_agree(tmp_path):
         r = torch.load(tmp_path / f"rank{rank}.pt")
         assert r["sum"] == 3.0 and r["stop"] is True and r["ddp"] == "DistributedDataParallel"
         assert "global step 5" in r["finite"]
+        assert r["per_rank"] == 2 and r["draw"] == r["redraw"]
+    assert torch.load(tmp_path / "rank0.pt")["draw"] != torch.load(tmp_path / "rank1.pt")["draw"]
     assert load_train_state(tmp_path / LAST_NAME)["rank"] == 0  # only the main rank wrote

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 # flips and 300 epochs would only slow it down. Any flag given on the command line still wins.
 DATASET_PRESETS: Dict[str, Dict[str, Any]] = {
     "digits": dict(
-        model="fcvit_tiny", img_size=32, crop_pct=1.0, batch_size=64, lr=2e-3, epochs=30, warmup_epochs=2,
+        model="fcvit_tiny", img_size=32, crop_pct=1.0, batch_size=64, lr=2e-3, epochs=10, warmup_epochs=2,
         cooldown_epochs=0, warmup_lr=1e-4, min_lr=1e-5, drop_path=0.05, mixup=0.0, cutmix=0.0, reprob=0.0,
         hflip=0.0, aa=None, color_jitter=0.0, scale=[0.75, 1.0], ratio=[0.85, 1.15], smoothing=0.1,
         train_interpolation="bicubic", workers=1, output="output/train/digits-fcvit_tiny",

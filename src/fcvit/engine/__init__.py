@@ -24,15 +24,16 @@ distributed
 - ``DistContext``: rank, world_size, local_rank, device; ``.is_main``, ``.distributed``.
 - ``init_distributed(device=None)``: join torchrun's group (NCCL on CUDA, gloo on CPU) or a world of one.
 - ``all_reduce(t, ctx, op='sum'|'max'|'min')`` / ``all_reduce_mean(t, ctx)``: reduced copy of a metric tensor.
-- ``barrier(ctx)``, ``broadcast_object(obj, ctx)``, ``cleanup_distributed()``.
+- ``barrier(ctx)``, ``broadcast_object(obj, ctx)``, ``gather_objects(obj, ctx)``, ``cleanup_distributed()``.
 - ``wrap_ddp(model, ctx)``: DDP when distributed, else the model; ``unwrap_model(m)``: strip DDP/compile.
 
 checkpoints
 - ``atomic_save(obj, path)`` / ``atomic_copy(src, dst)``: temp file + fsync + os.replace, never a half file.
-- ``build_train_state(model, optimizer, scheduler, scaler, model_ema, epoch, global_step, args, **extra)``:
-  one dict of tensors/plain values incl. RNG states (python, numpy, torch, cuda); ``epoch`` = completed epochs.
-- ``restore_train_state(state, model, optimizer, scheduler, scaler, model_ema)``: load it all back,
-  returns {'epoch', 'global_step'}.
+- ``build_train_state(model, optimizer, scheduler, scaler, model_ema, epoch, global_step, args, ctx, **extra)``:
+  one dict of tensors/plain values incl. RNG states (python, numpy, torch, cuda; every rank's when ``ctx``
+  is distributed, so all ranks call it); ``epoch`` = completed epochs.
+- ``restore_train_state(state, model, optimizer, scheduler, scaler, model_ema, ctx=ctx)``: load it all
+  back (each rank its own RNG), returns {'epoch', 'global_step'}.
 - ``load_train_state(path)``: read with weights_only=True (argparse.Namespace allowed), clear UserError.
 - ``resolve_resume(resume, output_dir)``: 'auto' -> output_dir/last.pth.tar if present; a path; None.
 - ``CheckpointSaver(output_dir, metric, mode='max'|'min', keep_best=k, ctx)``: ``.save(state, tag,
@@ -85,6 +86,7 @@ from .distributed import (
     barrier,
     broadcast_object,
     cleanup_distributed,
+    gather_objects,
     init_distributed,
     unwrap_model,
     wrap_ddp,
@@ -99,6 +101,7 @@ __all__ = [
     "load_train_state", "plain_args", "resolve_resume", "restore_train_state",
     "GracefulStop", "NonFiniteLossError", "check_finite",
     "DistContext", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object", "cleanup_distributed",
+    "gather_objects",
     "init_distributed", "unwrap_model", "wrap_ddp",
     "ProgressBar", "SummaryLog", "setup_logging",
     "get_rng_state", "seed_everything", "set_rng_state",

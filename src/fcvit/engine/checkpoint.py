@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .distributed import DistContext, unwrap_model
+from .distributed import DistContext, gather_objects, unwrap_model
 from .rng import get_rng_state, set_rng_state
 
 __all__ = [
@@ -107,12 +107,15 @@ def build_train_state(
         epoch: int = 0,
         global_step: int = 0,
         args: argparse.Namespace | Mapping[str, Any] | None = None,
+        ctx: Optional[DistContext] = None,
         **extra: Any,
 ) -> Dict[str, Any]:
     """Everything needed to continue a run exactly: weights, optimizer, schedule, scaler, EMA, counters, RNG.
 
     ``epoch`` is the number of COMPLETED epochs (the epoch to start from on resume). ``extra`` holds
-    task-specific plain values (``class_names``, ``metric``, ...).
+    task-specific plain values (``class_names``, ``metric``, ...). With a distributed ``ctx`` every rank
+    must call this together: the RNG states of all ranks are gathered (``rng_per_rank``), so each
+    rank's random stream (drop path, mixup) continues exactly on resume.
     """
     state: Dict[str, Any] = {
         "state_dict": unwrap_model(model).state_dict(),
@@ -121,6 +124,8 @@ def build_train_state(
         "rng": get_rng_state(),
         "args": plain_args(args),
     }
+    if ctx is not None and ctx.distributed:
+        state["rng_per_rank"] = gather_objects(state["rng"], ctx)
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
@@ -149,6 +154,7 @@ def restore_train_state(
         scaler: Any = None,
         model_ema: Optional[nn.Module] = None,
         restore_rng: bool = True,
+        ctx: Optional[DistContext] = None,
 ) -> Dict[str, int]:
     """Load what :func:`build_train_state` stored into live objects; returns ``epoch`` and ``global_step``.
 
@@ -175,8 +181,18 @@ def restore_train_state(
         else:
             _logger.warning("Checkpoint has no EMA weights: EMA restarts from the model's weights.")
             unwrap_model(model_ema).load_state_dict(target.state_dict())
-    if restore_rng and isinstance(state.get("rng"), Mapping):
-        set_rng_state(state["rng"])
+    if restore_rng:
+        per_rank = state.get("rng_per_rank")
+        world_size = ctx.world_size if ctx is not None else 1
+        rank = ctx.rank if ctx is not None else 0
+        if isinstance(per_rank, (list, tuple)) and len(per_rank) == world_size:
+            set_rng_state(per_rank[rank])
+        elif isinstance(state.get("rng"), Mapping):
+            if isinstance(per_rank, (list, tuple)) or world_size > 1:
+                _logger.warning("The checkpoint was written by %s process(es), this run has %d: random streams "
+                                "continue from rank 0's, so the run will not repeat the original exactly.",
+                                len(per_rank) if isinstance(per_rank, (list, tuple)) else 1, world_size)
+            set_rng_state(state["rng"])
     return {"epoch": int(state.get("epoch", 0)), "global_step": int(state.get("global_step", 0))}
 
 

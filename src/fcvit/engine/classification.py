@@ -396,7 +396,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     if resume_path:
         state = load_train_state(resume_path)
         check_classes(class_names, state, num_classes, "the training data")
-        counters = restore_train_state(state, model, optimizer, scheduler, amp.scaler, model_ema)
+        counters = restore_train_state(state, model, optimizer, scheduler, amp.scaler, model_ema, ctx=ctx)
         start_epoch, global_step = counters["epoch"], counters["global_step"]
         skip_steps = int(state.get("step_in_epoch", 0))
         carried.update(state.get("epoch_progress") or {})
@@ -419,7 +419,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
 
     def state_for(epoch: int, step_in_epoch: int, progress: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
         return build_train_state(
-            model, optimizer, scheduler, amp.scaler, model_ema, epoch=epoch, global_step=global_step, args=args,
+            model, optimizer, scheduler, amp.scaler, model_ema, epoch=epoch, global_step=global_step, args=args, ctx=ctx,
             arch=args.model, num_classes=num_classes, class_names=list(class_names) if class_names else None,
             data_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in eval_tf.items()},
             step_in_epoch=step_in_epoch, epoch_progress=progress or {})

@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import UserError
 
 __all__ = [
-    "DistContext", "init_distributed", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object",
+    "DistContext", "init_distributed", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object", "gather_objects",
     "cleanup_distributed", "wrap_ddp", "unwrap_model",
 ]
 
@@ -113,6 +113,15 @@ def broadcast_object(obj: object, ctx: DistContext, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def gather_objects(obj: object, ctx: DistContext) -> list:
+    """Every rank's value of a small picklable object, in rank order, on every rank."""
+    if not _active(ctx):
+        return [obj]
+    out: list = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def cleanup_distributed() -> None:

@@ -10,7 +10,6 @@ import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 
 from .transforms import IGNORE_INDEX
 
@@ -18,7 +17,7 @@ __all__ = ["ConfusionMatrix", "scores_from_confusion", "format_class_table"]
 
 
 class ConfusionMatrix:
-    """``matrix[label, prediction]`` pixel counts; add batches, sum across processes, then score."""
+    """``matrix[label, prediction]`` pixel counts; add batches (and sum ``matrix`` over ranks), then score."""
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str = "cpu"):
         self.num_classes = num_classes
@@ -34,11 +33,6 @@ class ConfusionMatrix:
         index = target[valid].long() * self.num_classes + prediction[valid].long().to(target.device)
         counts = torch.bincount(index, minlength=self.num_classes ** 2)
         self.matrix += counts.reshape(self.num_classes, self.num_classes).to(self.matrix.device)
-
-    def all_reduce(self) -> None:
-        """Sum the matrices of all processes (no-op outside torch.distributed)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
 
     def compute(self) -> Dict[str, object]:
         return scores_from_confusion(self.matrix)

@@ -36,13 +36,12 @@ from ...engine import (
     restore_train_state,
     seed_everything,
     setup_logging,
-    unwrap_model,
     wrap_ddp,
 )
-from ...errors import UserError
-from .data import SegmentationFolder, default_class_names, read_class_names
 from ...data.classification import EpochShardSampler, SeededSamples
 from ...engine.workers import ignore_stop_signals, user_errors_from_workers
+from ...errors import UserError
+from .data import SegmentationFolder, default_class_names, read_class_names
 from .evaluate import CONFIG_KEY, atomic_save_json, eval_loader, evaluate
 from .metrics import format_class_table
 from .model import SemanticFPN, create_segmenter
@@ -173,16 +172,16 @@ def _mean_over_ranks(values: List[float], ctx: DistContext) -> float:
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """The whole run; returns the last evaluation's scores (empty if it stopped before one)."""
-    from timm.scheduler import PolyLRScheduler
-
     ctx = init_distributed(args.device)
     try:
-        return _train(args, ctx, PolyLRScheduler)
+        return _train(args, ctx)
     finally:
         cleanup_distributed()
 
 
-def _train(args: argparse.Namespace, ctx: DistContext, scheduler_cls: Any) -> Dict[str, Any]:
+def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
+    from timm.scheduler import PolyLRScheduler
+
     out = args.output
     setup_logging(ctx, out)
     seed_everything(args.seed, ctx.rank)
@@ -214,9 +213,9 @@ def _train(args: argparse.Namespace, ctx: DistContext, scheduler_cls: Any) -> Di
         # batch statistics over all GPUs, as the published SyncBN runs (torch's SyncBN is GPU-only)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(ctx.device)
-    config = dict(unwrap_model(model).config) if hasattr(unwrap_model(model), "config") else {}
+    config = dict(model.config)  # create_segmenter()'s arguments, stored so eval/predict can rebuild the model
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = scheduler_cls(optimizer, t_initial=args.iters, power=args.power, lr_min=0.0, t_in_epochs=False)
+    scheduler = PolyLRScheduler(optimizer, t_initial=args.iters, power=args.power, lr_min=0.0, t_in_epochs=False)
     amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
     saver = CheckpointSaver(out, metric="mIoU", mode="max", keep_best=args.keep_best, ctx=ctx)
     summary = SummaryLog(os.path.join(out, "summary.csv"), ctx,

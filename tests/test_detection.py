@@ -97,6 +97,32 @@ def test_fpn_gives_five_levels_of_256_channels():
     assert model.roi_heads.box_predictor.cls_score.out_features == 4  # 3 classes + background
 
 
+def test_backbone_starts_from_an_imagenet_checkpoint_and_keeps_its_bn_statistics(tmp_path, shapes):
+    import timm
+
+    classifier = timm.create_model("fcvit_tiny", depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
+    classifier.patch_embed.norm.running_mean.uniform_()  # ImageNet statistics stand-in
+    torch.save({"state_dict": classifier.state_dict()}, tmp_path / "imagenet.pth")
+    model = build_mask_rcnn("fcvit_tiny", 3, pretrained_backbone=tmp_path / "imagenet.pth", min_size=64,
+                            max_size=64, **TINY_KWARGS)
+    body = model.backbone.body
+    assert torch.equal(body.network[2][0].token_mixer.dw1.weight, classifier.network[2][0].token_mixer.dw1.weight)
+    stats = body.patch_embed.norm.running_mean.clone()
+    assert torch.equal(stats, classifier.patch_embed.norm.running_mean)
+
+    dataset = CocoInstances(*coco_split_paths(shapes, "train"), train=True, transforms=train_transforms())
+    loader, _ = train_module.detection_loaders(dataset, None, 2, DistContext(), workers=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scheduler = build_scheduler(optimizer, len(loader), [10], 0, 1.0)
+    amp = resolve_amp(torch.device("cpu"), False)
+    train_one_epoch(model, optimizer, scheduler, loader, amp, DistContext(), 0, 0, freeze_bn_stats=True,
+                    log_interval=0)
+    assert torch.equal(body.patch_embed.norm.running_mean, stats)  # frozen statistics...
+    assert not torch.equal(body.patch_embed.norm.weight, classifier.patch_embed.norm.weight)  # ...trained affine
+    train_one_epoch(model, optimizer, scheduler, loader, amp, DistContext(), 1, 2, log_interval=0)
+    assert not torch.equal(body.patch_embed.norm.running_mean, stats)
+
+
 # -- data --------------------------------------------------------------------------------------------------
 def test_dataset_maps_noncontiguous_ids_and_builds_masks(shapes):
     ds = CocoInstances(*coco_split_paths(shapes, "train"), train=True, transforms=eval_transforms())

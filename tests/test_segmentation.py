@@ -395,3 +395,19 @@ def test_evaluation_over_two_processes_equals_one_process(tmp_path):
     assert [o[1] for o in outputs] == [3, 2]  # images 0, 2, 4 and 1, 3: none twice, none dropped
     for _, _, miou, aacc in outputs:
         assert miou == pytest.approx(single["mIoU"], abs=1e-9) and aacc == pytest.approx(single["aAcc"], abs=1e-9)
+
+
+def test_backbone_starts_from_an_imagenet_classification_checkpoint(tmp_path):
+    import timm
+
+    import fcvit  # noqa: F401  (registers the models in timm)
+
+    classifier = timm.create_model("fcvit_tiny", num_classes=10)
+    torch.save({"state_dict": classifier.state_dict(), "epoch": 3}, tmp_path / "tiny.pth.tar")
+    model = create_segmenter("fcvit_tiny", num_classes=3, backbone_checkpoint=tmp_path / "tiny.pth.tar")
+    source, loaded = classifier.state_dict(), model.backbone.state_dict()
+    shared = [k for k in loaded if k in source]
+    assert "patch_embed.proj.weight" in shared and len(shared) > 100
+    assert all(torch.equal(loaded[k], source[k]) for k in shared)
+    assert "head.weight" in model.backbone.skipped_keys
+    assert model.config["backbone"] == "fcvit_tiny" and model.config["num_classes"] == 3

@@ -219,3 +219,13 @@ def test_labels_beyond_the_classes_are_one_sentence_even_from_a_worker(dataset, 
     argv = ["segment", "train", "--data", root, "--output", tmp_path / "o", "--num-classes", NUM_CLASSES,
             "--iters", "2", *SMALL, "--workers", "1"]
     _expect_one_sentence(argv, capsys, "label values 7 beyond the 4 classes", "--num-classes")
+
+
+def test_option_mistakes_are_one_sentence(dataset, tmp_path, capsys):
+    base = ["segment", "train", "--data", dataset, "--output", tmp_path / "o", "--num-classes", NUM_CLASSES]
+    _expect_one_sentence([*base, *SMALL, "--pretrained-backbone", tmp_path / "x.pth"], capsys,
+                         "--pretrained-backbone", "--backbone-depths")
+    _expect_one_sentence([*base, *SMALL, "-b", "3", "--batch-size", "100"], capsys, "fewer than one step", "-b 100")
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")
+    _expect_one_sentence([*base, *SMALL, "--class-names", names], capsys, "2 names but --num-classes is 4")

@@ -175,14 +175,18 @@ def test_zero_size_boxes_are_dropped_counted_and_reported(tmp_path, shapes, capl
     data = _load_ann(shapes)
     data["annotations"][0]["bbox"][2] = 0.0  # zero width
     data["annotations"][1]["bbox"][3] = 0.0  # zero height
+    data["annotations"][2]["bbox"][0] = 70.0  # right of the 64 px wide image: empty once clipped
     ann = _write(tmp_path / "degenerate.json", data)
     with caplog.at_level(logging.WARNING):
-        ds = CocoInstances(ann, coco_split_paths(shapes, "train")[1])
-    assert ds.report.degenerate_boxes_dropped == 2
-    assert ds.report.annotations == len(data["annotations"]) - 2
-    assert "dropped 2 annotations whose box has zero width or height" in caplog.text
+        ds = CocoInstances(ann, coco_split_paths(shapes, "train")[1], train=True)
+    assert ds.report.degenerate_boxes_dropped == 3
+    assert ds.report.annotations == len(data["annotations"]) - 3
+    assert "dropped 3 annotations whose box has zero width or height" in caplog.text
     kept_ids = {a["id"] for a in ds.coco.dataset["annotations"]}
-    assert data["annotations"][0]["id"] not in kept_ids and data["annotations"][1]["id"] not in kept_ids
+    assert not kept_ids & {a["id"] for a in data["annotations"][:3]}
+    for i in range(len(ds)):  # what remains is valid for Mask R-CNN: positive width and height
+        boxes = ds[i][1]["boxes"]
+        assert (boxes[:, 2:] > boxes[:, :2]).all()
 
 
 def test_images_without_annotations_kept_for_eval_skipped_for_training(tmp_path, shapes, caplog):

@@ -61,7 +61,8 @@ class DatasetReport:
         _logger.info("%s: %d images, %d annotations.", self.annotation_file, self.images, self.annotations)
         if self.degenerate_boxes_dropped:
             _logger.warning(
-                "%s: dropped %d annotations whose box has zero width or height (annotation ids %s%s).",
+                "%s: dropped %d annotations whose box has zero width or height, or lies outside its image "
+                "(annotation ids %s%s).",
                 self.annotation_file, self.degenerate_boxes_dropped,
                 ", ".join(map(str, self.degenerate_examples)),
                 ", ..." if self.degenerate_boxes_dropped > len(self.degenerate_examples) else "")
@@ -164,14 +165,14 @@ class CocoInstances(torch.utils.data.Dataset):
         if missing:
             raise UserError(f"{len(missing)} of {len(images)} images listed in '{path}' are missing from "
                             f"'{self.image_dir}' (first: {missing[0]}): check the image folder or download them.")
-        image_ids = {img["id"] for img in images}
+        sizes = {img["id"]: (float(img["height"]), float(img["width"])) for img in images}
         known_in_file = {c["id"] for c in data["categories"] if isinstance(c, dict) and "id" in c}
         kept = []
         for ann in data["annotations"]:
             if not all(k in ann for k in ("image_id", "category_id", "bbox")):
                 raise UserError(f"Annotation file '{path}' has an annotation without 'image_id', 'category_id' "
                                 "and 'bbox': re-export it in COCO format.")
-            if ann["image_id"] not in image_ids:
+            if ann["image_id"] not in sizes:
                 raise UserError(f"Annotation {ann.get('id')} in '{path}' refers to image id {ann['image_id']}, "
                                 "which is not under 'images': fix or re-export the file.")
             cat = ann["category_id"]
@@ -183,8 +184,14 @@ class CocoInstances(torch.utils.data.Dataset):
                 raise UserError(f"Category id {cat} used in '{path}' is unknown to the model, which knows "
                                 f"{len(self.categories)} categories ({known}{', ...' if len(self.categories) > 12 else ''}): "
                                 "use annotations with the training categories or train a model on these.")
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            if w <= 0 or h <= 0:
+            try:
+                x, y, w, h = (float(v) for v in ann["bbox"])
+            except (TypeError, ValueError):
+                raise UserError(f"Annotation {ann.get('id')} in '{path}' has bbox {ann['bbox']!r}, not four numbers "
+                                "[x, y, width, height]: fix or re-export the file.") from None
+            info = sizes[ann["image_id"]]
+            # zero width or height, in the file or once clipped to the image (a box outside it)
+            if min(x + w, info[1]) <= max(x, 0.0) or min(y + h, info[0]) <= max(y, 0.0):
                 self.report.degenerate_boxes_dropped += 1
                 if len(self.report.degenerate_examples) < 5:
                     self.report.degenerate_examples.append(ann.get("id"))

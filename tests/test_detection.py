@@ -329,8 +329,9 @@ TRAIN_EPOCHS = 12
 def trained(shapes, tmp_path_factory):
     """Overfit the 4 training images (validated on themselves): 12 epochs of 2 steps of 2 images.
 
-    A SIGTERM arrives during global step 7 (the first step of epoch 4): the run saves and stops; a
-    second run with --resume auto finishes the other 17 steps.
+    A SIGTERM arrives during global step 7 (the first step of epoch 4): the run saves and stops inside
+    the epoch. The second run (--resume auto) gets one during step 12, the last of epoch 6: that epoch
+    counts as completed. A third run finishes the remaining 12 steps.
     """
     out = tmp_path_factory.mktemp("run")
     ann, images = coco_split_paths(shapes, "train")
@@ -339,22 +340,21 @@ def trained(shapes, tmp_path_factory):
             str(TRAIN_EPOCHS), "--lr", "1e-3", "--warmup-iters", "3", "--lr-steps", str(TRAIN_EPOCHS),
             "--eval-interval", "0", "--workers", "0", "--device", "cpu", "--log-interval", "0", "--resume", "auto"]
     real_check = train_module.check_finite
+    for terminate_at, saved in ((7, (3, 7)), (12, (6, 12)), (None, None)):
 
-    def terminate_at_step_7(loss, step, *rest):
-        if step == 7:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_check(loss, step, *rest)
+        def check(loss, step, *rest):
+            if step == terminate_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real_check(loss, step, *rest)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_module, "check_finite", terminate_at_step_7)
-        with pytest.raises(SystemExit) as exit_info:
-            main(args)
-    assert exit_info.value.code == 0
-    stopped = read_checkpoint(out / "last.pth.tar")
-    assert (stopped["epoch"], stopped["global_step"]) == (3, 7)
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 0
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(train_module, "check_finite", check)
+            with pytest.raises(SystemExit) as exit_info:
+                main(args)
+        assert exit_info.value.code == 0
+        if saved:
+            stopped = read_checkpoint(out / "last.pth.tar")
+            assert (stopped["epoch"], stopped["global_step"]) == saved
     return out
 
 

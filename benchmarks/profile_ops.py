@@ -44,9 +44,11 @@ def op_table(model: torch.nn.Module, x: torch.Tensor, mode: str, rows: int) -> s
         step()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    lines = ["| operator | self CPU % | calls |", "|---|---|---|"]
+    lines = [f"Profiled total: {total / 2e3:.0f} ms per step (self CPU time, profiler overhead included).", "",
+             "| operator | self CPU % | ms per step | calls per step |", "|---|---|---|---|"]
     for e in events[:rows]:
-        lines.append(f"| `{e.key}` | {100 * e.self_cpu_time_total / total:.1f} | {e.count // 2} |")
+        lines.append(f"| `{e.key}` | {100 * e.self_cpu_time_total / total:.1f} | "
+                     f"{e.self_cpu_time_total / 2e3:.0f} | {e.count // 2} |")
     return "\n".join(lines)
 
 

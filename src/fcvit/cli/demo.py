@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = result["best"] or result["last"]
     results_file = os.path.join(args.output, "validate.json")
     val_args = sub.choices["validate"].parse_args(
-        ["--dataset", "digits", "--checkpoint", checkpoint, "--results-file", results_file, "--device", args.device])
+        ["--dataset", "digits", "--checkpoint", checkpoint, "--results-file", results_file, "--device", args.device,
+         "-j", str(train_args.workers), "-b", "120"])
     from .validate import validate
 
     metrics = validate(val_args)
@@ -55,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
           f"(training took {train_seconds / 60:.1f} min).")
     print(f"Outputs in {args.output}: {os.path.basename(checkpoint)} (best), last.pth.tar, summary.csv, "
           f"summary.png, validate.json, log.txt")
-    print(f"Try: fcvit predict IMAGE --model {train_args.model} --checkpoint {checkpoint}")
+    print(f"Curves: fcvit plot {args.output}; again with more epochs: fcvit train --dataset digits --epochs N")
     return 0

@@ -457,8 +457,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
             if model_ema is not None:
                 ema_metrics = evaluate(model_ema.module, eval_loader, amp, ctx, args.channels_last, "eval ema")
             ranked = ema_metrics if ema_metrics is not None else metrics
+            lr_now = optimizer.param_groups[0]["lr"]  # the lr this epoch trained with (its last step's)
             scheduler.step(epoch + 1, ranked.get(args.eval_metric))
-            lr_now = optimizer.param_groups[0]["lr"]
             row = _epoch_row(epoch, result, lr_now, metrics, ema_metrics)
             saver.save(state_for(epoch + 1, 0), epoch, {args.eval_metric: ranked[args.eval_metric]})
             summary.append(row)

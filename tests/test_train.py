@@ -151,8 +151,14 @@ def test_two_process_torchrun_gloo(data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [fcvit_cmd()[0], "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "fcvit", *train_argv(data, out, 1)[:-2], "--output", str(out)]
-    proc = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     assert sorted(os.listdir(out)) == sorted([LAST_NAME, "model_best.pth.tar", "checkpoint-0.pth.tar",
                                               "summary.csv", "log.txt"])
     state = load_train_state(out / LAST_NAME)

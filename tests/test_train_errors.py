@@ -181,3 +181,14 @@ def test_recipe_files_use_known_flags():
     defaults = vars(parser.parse_args(["x"]))
     assert all(defaults[k] == v or k in ("model", "img_size", "workers", "drop_path")
                for k, v in tiny.items()), "the tiny recipe file drifted from the defaults"
+
+
+def test_fp16_grad_scaler_channels_last_and_grad_checkpointing(capsys, data, tmp_path):
+    """The memory/speed options train and store the grad scaler's state for resume."""
+    out = tmp_path / "out"
+    code, _, err = train(capsys, data, out, "--amp", "--amp-dtype", "float16", "--channels-last",
+                         "--grad-checkpointing", "--clip-grad", "1.0")
+    assert code == 0, err
+    state = load_train_state(out / LAST_NAME)
+    assert state["scaler"]["scale"] > 0 and state["args"].amp_dtype == "float16"
+    assert "float16 autocast + GradScaler" in (out / "log.txt").read_text()

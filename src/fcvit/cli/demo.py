@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if result.get("interrupted"):
         print(f"Stopped early; run `fcvit demo` again to continue from {result['last']}.")
         return 0
+    if not result.get("metrics"):
+        print(f"{args.output} already holds a finished run (pass --fresh to train again); validating it.")
 
     sub = argparse.ArgumentParser(prog="fcvit").add_subparsers()
     register_validate(sub)

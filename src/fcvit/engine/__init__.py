@@ -10,13 +10,16 @@ stops, mixed precision and reporting. Typical loop::
     start = 0
     if (path := resolve_resume(args.resume, out)):
         state = load_train_state(path)
-        start = restore_train_state(state, model, optimizer, scheduler, amp.scaler, ema)["epoch"]
+        start = restore_train_state(state, model, optimizer, scheduler, amp.scaler, ema, ctx=ctx)["epoch"]
         saver.load_state_dict(state.get("saver", {}))
     with GracefulStop() as stop:
         for epoch in range(start, epochs):
             ...  # per step: loss -> check_finite(loss, step, ctx) -> backward_step(loss, opt, amp)
             ...  # if stop.should_stop(ctx): save last and return
-            saver.save(build_train_state(model, optimizer, ..., epoch=epoch + 1, args=args), epoch, metrics)
+            saver.save(build_train_state(model, optimizer, ..., epoch=epoch + 1, args=args, ctx=ctx), epoch, metrics)
+
+``fcvit.engine.classification`` is the worked example (image classification with timm), including
+mid-epoch resume (``step_in_epoch`` plus a sampler that skips what was done).
 
 API (``from fcvit.engine import ...``):
 

@@ -187,8 +187,9 @@ def test_fp16_grad_scaler_channels_last_and_grad_checkpointing(capsys, data, tmp
     """The memory/speed options train and store the grad scaler's state for resume."""
     out = tmp_path / "out"
     code, _, err = train(capsys, data, out, "--amp", "--amp-dtype", "float16", "--channels-last",
-                         "--grad-checkpointing", "--clip-grad", "1.0")
+                         "--grad-checkpointing", "--clip-grad", "1.0", "--tensorboard")
     assert code == 0, err
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     state = load_train_state(out / LAST_NAME)
     assert state["scaler"]["scale"] > 0 and state["args"].amp_dtype == "float16"
     assert "float16 autocast + GradScaler" in (out / "log.txt").read_text()

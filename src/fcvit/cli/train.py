@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
+
+from timm.utils import ParseKwargs  # KEY=VALUE pairs with Python literals, as timm's --model-kwargs
 
 # Small-data preset for the built-in digits (8x8 images): the ImageNet recipe's mixup, random erasing,
 # flips and 300 epochs would only slow it down. Any flag given on the command line still wins.
@@ -58,7 +60,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--drop", type=float, default=0.0, help="dropout before the classifier (default 0)")
     g.add_argument("--drop-path", type=float, default=None,
                    help="stochastic depth (default 0.1 for fcvit_tiny/b12/b24, 0.2 for b48)")
-    g.add_argument("--model-kwargs", nargs="*", default={}, action=_ParseKwargs, metavar="KEY=VALUE",
+    g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
                    help="extra model constructor arguments, e.g. depths='(1,1,1,1)'")
     g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
     g.add_argument("--compile", "--torchcompile", dest="compile", action="store_true", help="torch.compile the model")
@@ -116,23 +118,6 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--eval-metric", default="top1", help="metric ranking the best checkpoints (top1, top5, loss)")
     g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to OUTPUT/tensorboard")
     return p
-
-
-class _ParseKwargs(argparse.Action):
-    """``KEY=VALUE`` pairs with Python literals (timm's --model-kwargs)."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: Optional[str] = None) -> None:
-        import ast
-
-        out = {}
-        for item in values:
-            key, _, value = item.partition("=")
-            try:
-                out[key] = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                out[key] = value
-        setattr(namespace, self.dest, out)
 
 
 _TRACKED: Dict[type, type] = {}

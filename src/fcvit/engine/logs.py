@@ -52,7 +52,13 @@ class SummaryLog:
         self.step_key = step_key
         self._tb = None
         if tensorboard_dir and self.ctx.is_main:
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from ..errors import UserError
+
+                raise UserError("TensorBoard logging needs the tensorboard package: pip install tensorboard, "
+                                "or leave out --tensorboard.") from None
 
             self._tb = SummaryWriter(tensorboard_dir)
 

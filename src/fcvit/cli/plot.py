@@ -5,7 +5,7 @@ import argparse
 import csv
 import math
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

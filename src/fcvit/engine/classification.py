@@ -11,7 +11,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import UserError
 from .amp import AmpSettings, backward_step, resolve_amp
 from .checkpoint import (
-    LAST_NAME,
     CheckpointSaver,
     build_train_state,
     load_train_state,

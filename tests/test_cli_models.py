@@ -111,3 +111,27 @@ def test_console_command_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "cannot be decoded" in proc.stderr
+
+
+def test_predict_follows_the_training_runs_arch_and_data_config(capsys, images, tmp_path, monkeypatch):
+    import timm.data
+
+    torch.manual_seed(0)
+    model = timm.create_model("fcvit_tiny", num_classes=3)
+    path = tmp_path / "digits_like.pth.tar"
+    torch.save({"state_dict": model.state_dict(), "arch": "fcvit_tiny", "class_names": ["a", "b", "c"],
+                "data_config": {"input_size": [3, 32, 32], "crop_pct": 1.0, "interpolation": "bilinear",
+                                "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}, path)
+    seen = {}
+    original = timm.data.create_transform
+
+    def recording(**kwargs):
+        seen.update(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(timm.data, "create_transform", recording)
+    code, out, _ = run_cli(capsys, "predict", images["rgb"], "--checkpoint", str(path), "--json")  # no --model
+    assert code == 0
+    assert {t["name"] for t in json.loads(out)[0]["top"]} == {"a", "b", "c"}
+    assert tuple(seen["input_size"]) == (3, 32, 32) and seen["interpolation"] == "bilinear"
+    assert tuple(seen["mean"]) == (0.5, 0.5, 0.5)

@@ -9,7 +9,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="classify images: top-5 classes with names",
                               description="Classify images and print the top-5 classes with their names.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--model", default="fcvit_b12", help="model name (default fcvit_b12)")
+    p.add_argument("--model", default=None,
+                   help="model name (default: the checkpoint's 'arch' when it has one, else fcvit_b12)")
     p.add_argument("--checkpoint", help="checkpoint file (.pth, .pth.tar or .safetensors)")
     p.add_argument("--topk", type=int, default=5, help="classes to print per image (default 5)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -39,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_image
     from ..models import check_model_name, extract_state_dict, load_weights, read_checkpoint
 
-    check_model_name(args.model, allow_timm=True)
+    from .validate import stored_data_config
+
+    if args.model is not None:
+        check_model_name(args.model, allow_timm=True)
     images = [load_image(path) for path in args.images]  # fail on a bad file before the slow part
     checkpoint = None
     kwargs = {}
@@ -48,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
         state_dict = extract_state_dict(checkpoint)
         if "head.weight" in state_dict:
             kwargs["num_classes"] = int(state_dict["head.weight"].shape[0])
+    if args.model is None:
+        arch = (checkpoint or {}).get("arch")
+        args.model = check_model_name(arch, allow_timm=True) if isinstance(arch, str) else "fcvit_b12"
     model = timm.create_model(args.model, **kwargs)
     if checkpoint is not None:
         load_weights(model, state_dict, args.model)
@@ -55,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning(
             "No --checkpoint given: %s has random weights, so its predictions mean nothing.", args.model)
     model.eval().to(args.device)
-    transform = create_transform(**resolve_data_config(model=model))
+    # a training run's own eval settings (image size, crop, normalisation) win over the model's defaults
+    transform = create_transform(**resolve_data_config(stored_data_config(checkpoint or {}), model=model))
     names = class_names_for(model.num_classes, checkpoint)
     k = min(args.topk, model.num_classes)
     results = []

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _image_size_from(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+def stored_data_config(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
     """Eval settings a training run stored (``data_config``), used where the command line is silent."""
     stored = checkpoint.get("data_config") or {}
     out: Dict[str, Any] = {}
@@ -52,7 +52,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError("No --checkpoint given: pass the weights to evaluate (random weights would score chance).")
     checkpoint = read_checkpoint(args.checkpoint)
     explicit = getattr(args, "_explicit", set())
-    for key, value in _image_size_from(checkpoint).items():
+    for key, value in stored_data_config(checkpoint).items():
         if key not in explicit and not (key == "input_size" and "img_size" in explicit):
             setattr(args, key, value)
     if "model" not in explicit and isinstance(checkpoint.get("arch"), str):

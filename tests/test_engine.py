@@ -279,3 +279,17 @@ def test_two_gloo_processes_agree(tmp_path):
         assert r["per_rank"] == 2 and r["draw"] == r["redraw"]
     assert torch.load(tmp_path / "rank0.pt")["draw"] != torch.load(tmp_path / "rank1.pt")["draw"]
     assert load_train_state(tmp_path / LAST_NAME)["rank"] == 0  # only the main rank wrote
+
+
+def test_atomic_save_gives_the_users_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from fcvit.engine import atomic_save
+
+    umask = os.umask(0o022)
+    try:
+        atomic_save({"w": torch.zeros(1)}, tmp_path / "last.pth.tar")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "last.pth.tar").stat().st_mode) == 0o644

@@ -113,6 +113,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--output", default="", help="output folder (default output/train/<model>)")
+    g.add_argument("--initial-checkpoint", default="",
+                   help="start from these weights (e.g. a published ImageNet checkpoint); a classifier for "
+                        "another number of classes is re-initialised")
     g.add_argument("--resume", default="auto", help="'auto' (OUTPUT/last.pth.tar if present), a path, or '' for fresh")
     g.add_argument("--checkpoint-hist", type=int, default=3, help="best checkpoints to keep (default 3)")
     g.add_argument("--eval-metric", default="top1", help="metric ranking the best checkpoints (top1, top5, loss)")

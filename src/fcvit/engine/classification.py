@@ -54,7 +54,27 @@ def create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     if drop_path is not None:
         kwargs["drop_path_rate"] = drop_path
     kwargs.update(getattr(args, "model_kwargs", None) or {})
-    return timm.create_model(args.model, **kwargs)
+    model = timm.create_model(args.model, **kwargs)
+    if getattr(args, "initial_checkpoint", None):
+        load_initial_weights(model, args.initial_checkpoint, args.model)
+    return model
+
+
+def load_initial_weights(model: nn.Module, path: str, model_name: str) -> None:
+    """Start from a checkpoint's weights (fine-tuning); a classifier for other classes is left new."""
+    from ..models import extract_state_dict, load_weights, read_checkpoint
+
+    state_dict = extract_state_dict(read_checkpoint(path))
+    own = model.state_dict()
+    head_keys = [k for k in state_dict if k.startswith("head.")]
+    if any(k in own and tuple(state_dict[k].shape) != tuple(own[k].shape) for k in head_keys):
+        for k in head_keys:
+            del state_dict[k]
+        _logger.info("Initial weights from '%s': classifier of %s is for other classes, starting it new.",
+                     path, model_name)
+        load_weights(model, state_dict, model_name, allow_partial=True)
+    else:
+        load_weights(model, state_dict, model_name)
 
 
 def out_of_memory_message(batch_size: int, device: torch.device) -> str:

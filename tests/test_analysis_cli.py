@@ -145,3 +145,16 @@ def test_analyze_fcvit_measures_its_group_similarity_maps(cat, tmp_path):
     assert len(data["blocks"]) == 2 * 13  # fcvit_tiny has 13 blocks, two global-context modules each
     assert {"group_irrelevance", "group_correlation", "top1pct_mass", "top5pct_mass", "entropy"} <= set(data["measures"])
     assert all(-1.0 <= r["group_correlation"] <= 1.0 for r in data["blocks"])
+
+
+def test_analyze_leaves_autograd_on(tmp_path):
+    import torch
+    from PIL import Image
+
+    from fcvit.cli.main import main
+
+    image = tmp_path / "img.png"
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(image)
+    with pytest.raises(SystemExit):
+        main(["analyze", "similarity", str(image), "--model", "fcvit_tiny", "--img-size", "64"])
+    assert torch.is_grad_enabled()

@@ -76,17 +76,18 @@ def run(args: argparse.Namespace) -> int:
 
     # one image at a time, decoded when needed, so that thousands of photographs fit in memory
     inputs = (to_input(p) for p in tqdm(paths, desc="images", unit="img", disable=len(paths) < 10))
-    torch.set_grad_enabled(False)
-    if is_fcvit(model):
-        kind, measures = "similarity", SIMILARITY_MEASURES
-        rows = analyze_similarity(model, inputs)
-    elif args.what == "similarity":
-        raise UserError(f"{args.model} is not an FCViT model: use `fcvit analyze attention` for ViT/DeiT models.")
-    elif is_vit(model):
-        kind, measures = "attention", ATTENTION_MEASURES
-        rows = analyze_attention(model, inputs)
-    else:
-        raise UserError(f"{args.model} is neither an FCViT nor one of timm's ViT/DeiT models: choose one of those.")
+    with torch.no_grad():  # scoped: the command also runs inside other programs and tests
+        if is_fcvit(model):
+            kind, measures = "similarity", SIMILARITY_MEASURES
+            rows = analyze_similarity(model, inputs)
+        elif args.what == "similarity":
+            raise UserError(f"{args.model} is not an FCViT model: use `fcvit analyze attention` for ViT/DeiT models.")
+        elif is_vit(model):
+            kind, measures = "attention", ATTENTION_MEASURES
+            rows = analyze_attention(model, inputs)
+        else:
+            raise UserError(f"{args.model} is neither an FCViT nor one of timm's ViT/DeiT models: "
+                            "choose one of those.")
     names = [m for m in measures if any(m in r for r in rows)]
     at = (f"shorter side {args.img_size}, aspect ratio kept" if kind == "similarity" else f"{size[1]}x{size[0]}")
     print(f"{args.model} ({weights}), {len(paths)} image(s) at {at}, {kind} maps:")

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from .options import add_runtime_options
+
 _DATA_HELP = ("dataset root in the COCO layout (annotations/instances_{train,val}2017.json, {train,val}2017/); "
               "or give the files with the --*-ann/--*-images options")
 
@@ -67,14 +69,7 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
                    help="also write last.pth.tar every N iterations (default 1000; 0 = at epoch ends only)")
     p.add_argument("--keep-best", type=int, default=1, help="best checkpoints to keep by box AP (default 1)")
     p.add_argument("--log-interval", type=int, default=50, help="log the losses every N iterations (default 50)")
-    p.add_argument("--resume", default=None, metavar="CKPT|auto",
-                   help="continue from a checkpoint; 'auto' = OUTPUT/last.pth.tar if it exists")
-    p.add_argument("--amp", action="store_true", help="mixed precision (bf16 where supported, else fp16)")
-    p.add_argument("--amp-dtype", default="auto", help="auto, bfloat16 or float16 (default auto)")
-    p.add_argument("--workers", type=int, default=4, help="data loading processes per GPU (default 4)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to OUTPUT/tensorboard")
+    add_runtime_options(p, training=True)
     p.set_defaults(func=run_train)
 
 
@@ -89,10 +84,7 @@ def _add_eval(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--min-size", type=int, default=None, help="shorter side (default: the checkpoint's)")
     p.add_argument("--max-size", type=int, default=None, help="longer side limit (default: the checkpoint's)")
     p.add_argument("-b", "--batch-size", type=int, default=2, help="images per step per process (default 2)")
-    p.add_argument("--amp", action="store_true", help="mixed precision inference")
-    p.add_argument("--amp-dtype", default="auto", help="auto, bfloat16 or float16 (default auto)")
-    p.add_argument("--workers", type=int, default=4, help="data loading processes (default 4)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_runtime_options(p, training=False)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run_eval)
 

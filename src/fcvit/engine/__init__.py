@@ -27,7 +27,8 @@ distributed
 - ``DistContext``: rank, world_size, local_rank, device; ``.is_main``, ``.distributed``.
 - ``init_distributed(device=None)``: join torchrun's group (NCCL on CUDA, gloo on CPU) or a world of one.
 - ``all_reduce(t, ctx, op='sum'|'max'|'min')`` / ``all_reduce_mean(t, ctx)``: reduced copy of a metric tensor.
-- ``barrier(ctx)``, ``broadcast_object(obj, ctx)``, ``gather_objects(obj, ctx)``, ``cleanup_distributed()``.
+- ``barrier(ctx)``, ``broadcast_object(obj, ctx)``, ``gather_objects(obj, ctx)``, ``cleanup_distributed()``;
+  ``run_distributed(main, args)``: ``main(args, ctx)`` inside the process group, always cleaned up.
 - ``wrap_ddp(model, ctx)``: DDP when distributed, else the model; ``unwrap_model(m)``: strip DDP/compile.
 
 checkpoints
@@ -89,6 +90,7 @@ from .distributed import (
     barrier,
     broadcast_object,
     cleanup_distributed,
+    run_distributed,
     gather_objects,
     init_distributed,
     unwrap_model,
@@ -103,7 +105,7 @@ __all__ = [
     "BEST_NAME", "LAST_NAME", "CheckpointSaver", "atomic_copy", "atomic_save", "build_train_state",
     "load_train_state", "plain_args", "resolve_resume", "restore_train_state",
     "GracefulStop", "NonFiniteLossError", "check_finite",
-    "DistContext", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object", "cleanup_distributed",
+    "DistContext", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object", "cleanup_distributed", "run_distributed",
     "gather_objects",
     "init_distributed", "unwrap_model", "wrap_ddp",
     "ProgressBar", "SummaryLog", "setup_logging",

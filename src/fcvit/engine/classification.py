@@ -27,7 +27,7 @@ from .checkpoint import (
     restore_train_state,
 )
 from .control import GracefulStop, check_finite
-from .distributed import DistContext, all_reduce, barrier, cleanup_distributed, init_distributed, unwrap_model, wrap_ddp
+from .distributed import DistContext, all_reduce, barrier, run_distributed, unwrap_model, wrap_ddp
 from .logs import ProgressBar, SummaryLog, setup_logging
 from .rng import seed_everything
 from .workers import ignore_stop_signals, user_errors_from_workers
@@ -337,11 +337,7 @@ def _epoch_row(epoch: int, result: EpochResult, lr: float, metrics: Dict[str, fl
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """The full run behind ``fcvit train``: returns the final metrics and where the outputs are."""
-    ctx = init_distributed(args.device)
-    try:
-        return _train(args, ctx)
-    finally:
-        cleanup_distributed()
+    return run_distributed(_train, args)
 
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:

@@ -10,7 +10,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -43,6 +43,9 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+T = TypeVar("T")
 
 
 def _resolve_device(requested: Optional[str], local_rank: int) -> torch.device:
@@ -127,6 +130,15 @@ def gather_objects(obj: object, ctx: DistContext) -> list:
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_distributed(main: Callable[[Any, DistContext], T], args: Any) -> T:
+    """Call ``main(args, ctx)`` inside torchrun's process group (or a world of one), always leaving it."""
+    ctx = init_distributed(args.device)
+    try:
+        return main(args, ctx)
+    finally:
+        cleanup_distributed()
 
 
 def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:

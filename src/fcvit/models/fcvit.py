@@ -12,7 +12,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Ty
 import torch
 from torch import nn
 
-from timm.layers import trunc_normal_  # noqa: F401  (kept for users extending the model)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq

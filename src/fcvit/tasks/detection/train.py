@@ -32,8 +32,7 @@ from ...engine import (
     broadcast_object,
     build_train_state,
     check_finite,
-    cleanup_distributed,
-    init_distributed,
+    run_distributed,
     load_train_state,
     resolve_amp,
     resolve_resume,
@@ -311,11 +310,7 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
 
 def train(args: argparse.Namespace) -> Dict[str, float]:
     """The whole run; returns the last evaluation's metrics (empty if it stopped before one)."""
-    ctx = init_distributed(args.device)
-    try:
-        return _train(args, ctx)
-    finally:
-        cleanup_distributed()
+    return run_distributed(_train, args)
 
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:

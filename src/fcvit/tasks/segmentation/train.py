@@ -28,8 +28,7 @@ from ...engine import (
     backward_step,
     build_train_state,
     check_finite,
-    cleanup_distributed,
-    init_distributed,
+    run_distributed,
     load_train_state,
     resolve_amp,
     resolve_resume,
@@ -172,11 +171,7 @@ def _mean_over_ranks(values: List[float], ctx: DistContext) -> float:
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """The whole run; returns the last evaluation's scores (empty if it stopped before one)."""
-    ctx = init_distributed(args.device)
-    try:
-        return _train(args, ctx)
-    finally:
-        cleanup_distributed()
+    return run_distributed(_train, args)
 
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:

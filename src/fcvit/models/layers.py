@@ -23,6 +23,8 @@ from torch import nn
 
 from timm.layers import DropPath
 
+from .depthwise import DepthwiseConv2d, _cpu_autocast_enabled
+
 __all__ = [
     "ConvEmbed",
     "PointwiseConv",
@@ -33,6 +35,7 @@ __all__ = [
     "FCViTBlock",
     "set_fused_inference",
     "fused_inference_enabled",
+    "set_cpu_slice_bytes",
 ]
 
 
@@ -60,7 +63,14 @@ class PointwiseConv(nn.Module):
         self.in_channels = in_chs
         self.out_channels = out_chs
         self.weight = nn.Parameter(torch.empty(out_chs, in_chs, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(out_chs))
+        self.bias = nn.Parameter(torch.empty(out_chs))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Conv2d``'s default initialisation, so the layer is usable on its own (FCViT re-initialises)."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1.0 / math.sqrt(self.in_channels)
+        nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
@@ -166,11 +176,11 @@ class TokenMixer(nn.Module):
         super().__init__()
         hidden = max(dim // 8, 16)
         self.gc1 = GlobalContext(dim, num_groups)
-        self.dw1 = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.dw1 = DepthwiseConv2d(dim, kernel_size)
         self.fc1 = nn.Sequential(PointwiseConv(dim, hidden), act_layer(), PointwiseConv(hidden, dim))
         self.act1 = act_layer()
         self.gc2 = GlobalContext(dim, num_groups)
-        self.dw2 = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.dw2 = DepthwiseConv2d(dim, kernel_size)
         self.fc2 = nn.Sequential(PointwiseConv(dim, hidden), act_layer(), PointwiseConv(hidden, dim))
         self.act2 = act_layer()
         self.fusable = all(_is_exact_gelu(m) for m in (self.fc1[1], self.act1, self.fc2[1], self.act2))
@@ -218,6 +228,24 @@ class ChannelMixer(nn.Module):
         self.fusable = _is_exact_gelu(self.act)
 
     def forward(self, x: torch.Tensor, layer_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            slices = self._batch_slices(x)
+            if slices > 1:
+                return torch.cat([self._mix(part, layer_scale) for part in x.tensor_split(slices)])
+        return self._mix(x, layer_scale)
+
+    @torch.jit.unused
+    def _batch_slices(self, x: torch.Tensor) -> int:
+        """How many batch slices keep the hidden activation under :data:`CPU_SLICE_BYTES` (1 off the CPU)."""
+        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return 1
+        if CPU_SLICE_BYTES[0] <= 0 or x.device.type != "cpu" or x.dim() != 4 or x.shape[0] < 2:
+            return 1
+        sample_bytes = x[0].numel() // x.shape[1] * self.fc1.out_channels * x.element_size()
+        per_slice = max(1, CPU_SLICE_BYTES[0] // sample_bytes)
+        return -(-x.shape[0] // per_slice)
+
+    def _mix(self, x: torch.Tensor, layer_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.drop1(self.act(self.dwconv(self.fc1(x))))
         weight, bias = self.fc2.weight.flatten(1), self.fc2.bias
         if layer_scale is not None:
@@ -227,6 +255,13 @@ class ChannelMixer(nn.Module):
     @torch.jit.unused
     def forward_fused(self, x: torch.Tensor, layer_scale: torch.Tensor) -> torch.Tensor:
         """Inference on CPU with oneDNN: the GELU rides on the depth-wise conv as a post-op."""
+        slices = self._batch_slices(x)
+        if slices > 1:
+            return torch.cat([self._mix_fused(part, layer_scale) for part in x.tensor_split(slices)])
+        return self._mix_fused(x, layer_scale)
+
+    @torch.jit.unused
+    def _mix_fused(self, x: torch.Tensor, layer_scale: torch.Tensor) -> torch.Tensor:
         x = _onednn_pointwise(x, self.fc1.weight.flatten(1), self.fc1.bias, "none")
         x = _onednn_conv(x, self.dwconv.weight, self.dwconv.bias, self.dwconv.padding, self.dwconv.groups, "gelu")
         weight = self.fc2.weight.flatten(1) * layer_scale[:, None]
@@ -298,6 +333,23 @@ class FCViTBlock(nn.Module):
         return y.add_(x)  # y is a fresh temporary: adding in place saves allocating the output
 
 
+# glibc's malloc hands allocations above 32 MiB straight back to the kernel when they are freed, so
+# every such tensor is page-faulted in again on each step (about 2 ms per 4 MiB here). On the CPU the
+# channel mixer therefore runs its batch in slices whose hidden activation stays below this size;
+# 0 turns the slicing off.
+CPU_SLICE_BYTES = [32 * 1024 * 1024 - 4096]
+
+
+def set_cpu_slice_bytes(limit: int) -> int:
+    """Largest hidden activation (bytes) the CPU channel mixer makes in one piece; 0 turns slicing off.
+
+    Returns the previous limit.
+    """
+    previous = CPU_SLICE_BYTES[0]
+    CPU_SLICE_BYTES[0] = max(0, int(limit))
+    return previous
+
+
 # ---------------------------------------------------------------------------------------------------
 # fused CPU inference kernels (oneDNN post-ops)
 
@@ -324,11 +376,6 @@ def fused_inference_enabled() -> bool:
     return _FUSED_INFERENCE[0]
 
 
-def _cpu_autocast_enabled() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
 
 
 def _onednn_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], attr: str) -> torch.Tensor:

@@ -1,0 +1,142 @@
+"""CPU training shortcuts: the depth-wise weight gradient and the channel mixer's batch slices."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from fcvit.models import FCViT
+from fcvit.models import depthwise
+from fcvit.models import layers
+from fcvit.models.depthwise import DepthwiseConv2d, depthwise_weight_grad, set_weight_grad_method
+from fcvit.models.layers import ChannelMixer
+
+from conftest import micro_kwargs
+
+
+def _native_grads(x, weight, bias, padding, grad):
+    groups = weight.shape[0]
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, [weight.shape[0]], [1, 1], list(padding), [1, 1], False, [0, 0], groups,
+        [True, True, True])
+
+
+@pytest.mark.parametrize("method", ["fft", "depthwise", "auto"])
+@pytest.mark.parametrize("shape,kernel", [
+    ((3, 8, 14, 14), 11), ((2, 16, 7, 9), 11), ((2, 8, 30, 26), 11), ((2, 8, 5, 5), 11), ((2, 4, 12, 10), 3),
+])
+def test_weight_grad_equals_the_native_backward(method, shape, kernel):
+    torch.manual_seed(0)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(shape[1], 1, kernel, kernel)
+    padding = (kernel // 2, kernel // 2)
+    grad = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    expected = _native_grads(x, weight, None, padding, grad)[1]
+    got = depthwise_weight_grad(x, grad, weight, padding, method)
+    assert got.shape == weight.shape
+    torch.testing.assert_close(got, expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
+
+
+def test_depthwise_function_passes_gradcheck():
+    """The autograd function in float64: every method against finite differences."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    for method in ("fft", "depthwise"):
+        previous = set_weight_grad_method(method)
+        try:
+            assert torch.autograd.gradcheck(
+                lambda a, w, b: depthwise._DepthwiseConvFunction.apply(a, w, b, (2, 2)), (x, weight, bias))
+        finally:
+            set_weight_grad_method(previous)
+
+
+def test_module_forward_and_backward_equal_nn_conv2d():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 11, padding=5, groups=16)
+    fast = DepthwiseConv2d(16, 11)
+    fast.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 16, 20, 20).contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = conv(xa), fast(xb)
+    assert yb.grad_fn is not None and "DepthwiseConv" in type(yb.grad_fn).__name__  # the fast backward ran
+    torch.testing.assert_close(yb, ya, atol=0, rtol=0)  # the forward is the same op
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xb.grad, xa.grad, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fast.bias.grad, conv.bias.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, conv.weight.grad,
+                               atol=1e-5 * conv.weight.grad.abs().max().item(), rtol=0)
+
+
+def test_module_uses_the_plain_op_where_the_shortcut_does_not_apply():
+    fast = DepthwiseConv2d(8, 3)
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        assert fast(x).grad_fn is None
+    fast.weight.requires_grad_(False)
+    fast.bias.requires_grad_(False)
+    assert fast(x.requires_grad_()).grad_fn.name().startswith("Convolution")
+    assert list(fast.state_dict()) == ["weight", "bias"]  # the keys of the nn.Conv2d it replaces
+    with pytest.raises(ValueError, match="Unknown depth-wise"):
+        set_weight_grad_method("winograd")
+
+
+def test_model_gradients_do_not_depend_on_the_method(micro_reference):
+    model = FCViT(**micro_kwargs(micro_reference["config"]))
+    model.load_state_dict(micro_reference["state_dict"])
+    model.train()
+    x, target = micro_reference["input"], torch.tensor([3, 7])
+    grads = {}
+    for method in ("native", "auto"):
+        previous = set_weight_grad_method(method)
+        try:
+            model.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), target).backward()
+        finally:
+            set_weight_grad_method(previous)
+        grads[method] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for name, ref in grads["native"].items():
+        torch.testing.assert_close(grads["auto"][name], ref, atol=1e-6 + 1e-4 * ref.abs().max().item(), rtol=0,
+                                   msg=name)
+
+
+@pytest.fixture
+def restore_slice_bytes():
+    previous = layers.set_cpu_slice_bytes(layers.CPU_SLICE_BYTES[0])
+    yield
+    layers.set_cpu_slice_bytes(previous)
+
+
+def test_channel_mixer_batch_slices_change_nothing(restore_slice_bytes):
+    torch.manual_seed(0)
+    mixer = ChannelMixer(8, mlp_ratio=4)
+    x = torch.randn(5, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    scale = torch.rand(8)
+    hidden_bytes = 5 * 32 * 6 * 6 * 4
+    layers.set_cpu_slice_bytes(0)
+    xa = x.clone().requires_grad_()
+    whole = mixer(xa, scale)
+    assert mixer._batch_slices(x) == 1
+    whole.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in mixer.named_parameters()}
+
+    sliced_mixer = copy.deepcopy(mixer)
+    sliced_mixer.zero_grad(set_to_none=True)
+    layers.set_cpu_slice_bytes(hidden_bytes // 2)
+    assert sliced_mixer._batch_slices(x) == 3  # 2 would leave slices of 3 samples, above the limit
+    xb = x.clone().requires_grad_()
+    sliced = sliced_mixer(xb, scale)
+    torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=0)
+    assert sliced.is_contiguous(memory_format=torch.channels_last)
+    sliced.square().sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, atol=1e-5, rtol=0)
+    for name, p in sliced_mixer.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], atol=1e-4, rtol=1e-5, msg=name)
+    with torch.inference_mode():  # the fused inference path slices the same way
+        if layers.fused_inference_enabled():
+            torch.testing.assert_close(sliced_mixer.forward_fused(x, scale), whole, atol=1e-5, rtol=1e-4)

@@ -161,21 +161,21 @@ class _WorkerPids(torch.utils.data.Dataset):
         return os.getpid()
 
 
-@pytest.mark.parametrize("protected", [True, False])
-def test_workers_survive_a_stop_signal_sent_to_the_whole_group(protected):
+def test_workers_survive_a_stop_signal_sent_to_the_whole_group():
+    """The main process decides when to stop; the batches keep coming.
+
+    (Without ``ignore_stop_signals`` the worker dies; depending on what it held at that moment the
+    main process then either raises or waits forever on a lock the dead worker owned, so that case
+    is not run here.)
+    """
     import os
     import signal
 
-    loader = DataLoader(_WorkerPids(), batch_size=1, num_workers=1,
-                        worker_init_fn=ignore_stop_signals if protected else None)
+    loader = DataLoader(_WorkerPids(), batch_size=1, num_workers=1, worker_init_fn=ignore_stop_signals)
     iterator = iter(loader)
     worker = int(next(iterator))
     os.kill(worker, signal.SIGTERM)
-    if protected:  # the main process decides when to stop; the batches keep coming
-        assert [int(b) for b in iterator] == [worker] * 3
-    else:
-        with pytest.raises((RuntimeError, EOFError, OSError)):  # how the loss surfaces varies
-            list(iterator)
+    assert [int(b) for b in iterator] == [worker] * 3
 
 
 # ---------------------------------------------------------------- transforms

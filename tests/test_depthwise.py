@@ -107,9 +107,9 @@ def test_model_gradients_do_not_depend_on_the_method(micro_reference):
 
 @pytest.fixture
 def restore_slice_bytes():
-    previous = layers.set_cpu_slice_bytes(layers.CPU_SLICE_BYTES[0])
+    previous = layers.set_cpu_slice_bytes()
     yield
-    layers.set_cpu_slice_bytes(previous)
+    layers.set_cpu_slice_bytes(**previous)
 
 
 def test_channel_mixer_batch_slices_change_nothing(restore_slice_bytes):
@@ -118,7 +118,7 @@ def test_channel_mixer_batch_slices_change_nothing(restore_slice_bytes):
     x = torch.randn(5, 8, 6, 6).contiguous(memory_format=torch.channels_last)
     scale = torch.rand(8)
     hidden_bytes = 5 * 32 * 6 * 6 * 4
-    layers.set_cpu_slice_bytes(0)
+    layers.set_cpu_slice_bytes(grad=0, no_grad=0)
     xa = x.clone().requires_grad_()
     whole = mixer(xa, scale)
     assert mixer._batch_slices(x) == 1
@@ -127,7 +127,7 @@ def test_channel_mixer_batch_slices_change_nothing(restore_slice_bytes):
 
     sliced_mixer = copy.deepcopy(mixer)
     sliced_mixer.zero_grad(set_to_none=True)
-    layers.set_cpu_slice_bytes(hidden_bytes // 2)
+    layers.set_cpu_slice_bytes(grad=hidden_bytes // 2, no_grad=hidden_bytes // 2)
     assert sliced_mixer._batch_slices(x) == 3  # 2 would leave slices of 3 samples, above the limit
     xb = x.clone().requires_grad_()
     sliced = sliced_mixer(xb, scale)
@@ -140,3 +140,25 @@ def test_channel_mixer_batch_slices_change_nothing(restore_slice_bytes):
     with torch.inference_mode():  # the fused inference path slices the same way
         if layers.fused_inference_enabled():
             torch.testing.assert_close(sliced_mixer.forward_fused(x, scale), whole, atol=1e-5, rtol=1e-4)
+
+
+def test_slice_limits_follow_autograd(restore_slice_bytes):
+    mixer = ChannelMixer(8, mlp_ratio=4)
+    x = torch.randn(4, 8, 6, 6)
+    sample_bytes = 32 * 6 * 6 * 4
+    layers.set_cpu_slice_bytes(grad=4 * sample_bytes, no_grad=sample_bytes)
+    assert mixer._batch_slices(x) == 1
+    with torch.no_grad():
+        assert mixer._batch_slices(x) == 4
+
+
+def test_sliced_model_still_matches_the_fixture(micro_reference, restore_slice_bytes):
+    """Whole micro model with one sample per slice everywhere, on the fused and the plain path."""
+    model = FCViT(**micro_kwargs(micro_reference["config"])).eval()
+    model.load_state_dict(micro_reference["state_dict"])
+    layers.set_cpu_slice_bytes(grad=1, no_grad=1)
+    x = micro_reference["input"]
+    assert x.shape[0] > 1
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), micro_reference["logits"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(model(x), micro_reference["logits"], atol=1e-4, rtol=0)

@@ -15,7 +15,7 @@ the plain PyTorch ops. docs/benchmarks.md has the measurements behind these choi
 """
 
 import math
-from typing import Callable, Optional, Tuple, Type
+from typing import Callable, Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -239,10 +239,11 @@ class ChannelMixer(nn.Module):
         """How many batch slices keep the hidden activation under :data:`CPU_SLICE_BYTES` (1 off the CPU)."""
         if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return 1
-        if CPU_SLICE_BYTES[0] <= 0 or x.device.type != "cpu" or x.dim() != 4 or x.shape[0] < 2:
+        limit = CPU_SLICE_BYTES["grad" if torch.is_grad_enabled() else "no_grad"]
+        if limit <= 0 or x.device.type != "cpu" or x.dim() != 4 or x.shape[0] < 2:
             return 1
         sample_bytes = x[0].numel() // x.shape[1] * self.fc1.out_channels * x.element_size()
-        per_slice = max(1, CPU_SLICE_BYTES[0] // sample_bytes)
+        per_slice = max(1, limit // sample_bytes)
         return -(-x.shape[0] // per_slice)
 
     def _mix(self, x: torch.Tensor, layer_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -333,20 +334,22 @@ class FCViTBlock(nn.Module):
         return y.add_(x)  # y is a fresh temporary: adding in place saves allocating the output
 
 
-# glibc's malloc hands allocations above 32 MiB straight back to the kernel when they are freed, so
-# every such tensor is page-faulted in again on each step (about 2 ms per 4 MiB here). On the CPU the
-# channel mixer therefore runs its batch in slices whose hidden activation stays below this size;
-# 0 turns the slicing off.
-CPU_SLICE_BYTES = [32 * 1024 * 1024 - 4096]
+# The largest hidden activation (bytes) the channel mixer makes at once on the CPU; it runs its batch in
+# slices above that. With autograd on, the limit sits under glibc's mmap threshold (32 MiB): larger
+# blocks go back to the kernel when freed and are page-faulted in again on every step (about 2 ms
+# per 4 MiB on the machine of docs/benchmarks.md). Without autograd nothing is kept for a backward
+# pass, and slices small enough for the last-level cache let the depth-wise conv read the first 1x1's
+# output, and the second 1x1 the conv's, from cache instead of memory. 0 turns slicing off.
+CPU_SLICE_BYTES = {"grad": 32 * 1024 * 1024 - 4096, "no_grad": 4 * 1024 * 1024}
 
 
-def set_cpu_slice_bytes(limit: int) -> int:
-    """Largest hidden activation (bytes) the CPU channel mixer makes in one piece; 0 turns slicing off.
-
-    Returns the previous limit.
-    """
-    previous = CPU_SLICE_BYTES[0]
-    CPU_SLICE_BYTES[0] = max(0, int(limit))
+def set_cpu_slice_bytes(grad: Optional[int] = None, no_grad: Optional[int] = None) -> Dict[str, int]:
+    """Set the channel mixer's CPU slice limits (with / without autograd); returns the previous ones."""
+    previous = dict(CPU_SLICE_BYTES)
+    if grad is not None:
+        CPU_SLICE_BYTES["grad"] = max(0, int(grad))
+    if no_grad is not None:
+        CPU_SLICE_BYTES["no_grad"] = max(0, int(no_grad))
     return previous
 
 

@@ -218,6 +218,31 @@ def test_run_benchmark_train_mode_updates_weights():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_candidate_without_cpu_shortcuts_runs_the_previous_model():
+    from fcvit.models import depthwise, layers
+
+    seen: dict = {"previous": [], "default": []}
+
+    def probe(label: str):
+        class Probe(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.head = nn.Linear(3, 10)
+
+            def forward(self, x):
+                seen[label].append((depthwise._METHOD[0], dict(layers.CPU_SLICE_BYTES)))
+                return self.head(x.mean((2, 3)))
+        return Probe
+
+    before = (depthwise._METHOD[0], dict(layers.CPU_SLICE_BYTES))
+    run_benchmark([Candidate("previous", probe("previous"), cpu_shortcuts=False), Candidate("default", probe("default"))],
+                  mode="train", batch_size=2, img_size=8, warmup=0, iters=1, rounds=1, measure_memory=False,
+                  num_classes=10)
+    assert ("native", {"grad": 0, "no_grad": 0}) in seen["previous"]  # the timed step
+    assert seen["default"] and set(map(str, seen["default"])) == {str(before)}
+    assert (depthwise._METHOD[0], dict(layers.CPU_SLICE_BYTES)) == before  # restored
+
+
 def test_benchmark_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     with pytest.raises(SystemExit) as exc:

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .models.layers import set_fused_inference
+from .models.depthwise import set_weight_grad_method
+from .models.layers import set_cpu_slice_bytes, set_fused_inference
 from .models.profile import count_gmacs, count_params
 
 __all__ = ["BenchmarkResult", "Candidate", "timm_candidate", "run_benchmark", "format_table", "resolve_device"]
@@ -33,12 +34,15 @@ class Candidate:
     """A model to measure: a label and how to build it (called once, before the rounds).
 
     ``fused_inference`` pins FCViT's fused CPU inference path on or off while this model runs
-    (``None`` leaves the global setting alone).
+    (``None`` leaves the global setting alone); ``cpu_shortcuts=False`` runs FCViT without its other CPU
+    shortcuts (the channel mixer's batch slices and the faster depth-wise weight gradient), which is
+    how the benchmarks show what they are worth.
     """
 
     label: str
     build: Callable[[], nn.Module]
     fused_inference: Optional[bool] = None
+    cpu_shortcuts: Optional[bool] = None
 
 
 @dataclass
@@ -102,6 +106,20 @@ def _fused_setting(value: Optional[bool]) -> Iterator[None]:
         set_fused_inference(previous)
 
 
+@contextlib.contextmanager
+def _cpu_shortcuts_setting(value: Optional[bool]) -> Iterator[None]:
+    if value is None or value:
+        yield
+        return
+    slices = set_cpu_slice_bytes(grad=0, no_grad=0)
+    method = set_weight_grad_method("native")
+    try:
+        yield
+    finally:
+        set_cpu_slice_bytes(**slices)
+        set_weight_grad_method(method)
+
+
 class _Runner:
     """One candidate ready to run: model on the device, fixed inputs, and a ``step`` closure."""
 
@@ -130,7 +148,7 @@ class _Runner:
             model.eval()
 
     def step(self) -> None:
-        with _fused_setting(self.candidate.fused_inference):
+        with _fused_setting(self.candidate.fused_inference), _cpu_shortcuts_setting(self.candidate.cpu_shortcuts):
             if self.mode == "infer":
                 with torch.inference_mode(), self.autocast():
                     self.model(self.inputs)

@@ -26,6 +26,7 @@ def _native_grads(x, weight, bias, padding, grad):
 @pytest.mark.parametrize("method", ["fft", "depthwise", "auto"])
 @pytest.mark.parametrize("shape,kernel", [
     ((3, 8, 14, 14), 11), ((2, 16, 7, 9), 11), ((2, 8, 30, 26), 11), ((2, 8, 5, 5), 11), ((2, 4, 12, 10), 3),
+    ((4, 8, 1, 1), 11), ((2, 8, 1, 6), 11),
 ])
 def test_weight_grad_equals_the_native_backward(method, shape, kernel):
     torch.manual_seed(0)
@@ -37,6 +38,14 @@ def test_weight_grad_equals_the_native_backward(method, shape, kernel):
     got = depthwise_weight_grad(x, grad, weight, padding, method)
     assert got.shape == weight.shape
     torch.testing.assert_close(got, expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
+
+
+def test_auto_picks_by_map_size():
+    def pick(h, w):
+        return depthwise._pick_method(torch.empty(2, 8, h, w))
+
+    assert [pick(56, 56), pick(28, 28), pick(14, 14), pick(7, 7), pick(1, 1), pick(1, 7)] == [
+        "fft", "fft", "depthwise", "depthwise", "pixel", "native"]
 
 
 def test_depthwise_function_passes_gradcheck():

@@ -10,7 +10,10 @@ are much faster on the shapes FCViT has:
   products over the batch before the one inverse transform per channel. Best on large maps.
 - ``"depthwise"``: run the correlation as a *forward* depth-wise convolution over ``batch x channels``
   planes whose kernel is the output gradient, then sum over the batch. Best on small maps, where
-  the forward kernels are efficient and the whole problem stays in cache.
+  the forward kernels are efficient and the whole problem stays in cache (but not on maps one pixel
+  high or wide, where oneDNN declines the shape and PyTorch's per-group fallback is very slow).
+
+``"auto"`` chooses by map size from measurements on FCViT's shapes (docs/benchmarks.md).
 
 The forward pass and the input gradient are the ordinary ones, so outputs do not change; the weight
 gradient agrees with oneDNN's to float32 rounding (relative 1e-5, tests/test_depthwise.py). Only
@@ -87,6 +90,10 @@ def _pick_method(x: torch.Tensor) -> str:
     if method != "auto":
         return method
     h, w = x.shape[-2:]
+    if h == 1 and w == 1:
+        return "pixel"
+    if h == 1 or w == 1:  # a 1-wide "kernel" sends the forward-conv trick to PyTorch's slow per-group path
+        return "native"
     if h * w >= 24 * 24:
         return "fft"
     return "depthwise"
@@ -104,6 +111,11 @@ def depthwise_weight_grad(
         return _weight_grad_fft(x, grad, kh, kw, ph, pw).to(weight.dtype)
     if method == "depthwise":
         return _weight_grad_depthwise(x, grad, kh, kw, ph, pw).to(weight.dtype)
+    if method == "pixel" and x.shape[-2:] == (1, 1) and ph < kh and pw < kw:
+        # a 1x1 map only ever meets the kernel's tap at (ph, pw): the rest of the gradient is zero
+        grad_w = weight.new_zeros(weight.shape)
+        grad_w[:, 0, ph, pw] = (x * grad).sum(dim=(0, 2, 3)).to(weight.dtype)
+        return grad_w
     return _weight_grad_native(x, grad, weight, padding)
 
 

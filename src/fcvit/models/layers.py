@@ -11,7 +11,11 @@ For float32 inference on the CPU (eval mode, autograd off, eager) the blocks swi
 ``forward_fused``: the same function computed with oneDNN kernels that apply the GELU inside the
 preceding convolution or matrix product, so the large hidden activations are written once instead
 of three times. Training, CUDA, autocast, TorchScript, FX, torch.compile and ONNX export see only
-the plain PyTorch ops. docs/benchmarks.md has the measurements behind these choices.
+the plain PyTorch ops. Two more CPU measures apply in eager mode: the channel mixer runs its batch in
+slices (:data:`CPU_SLICE_BYTES`) so its wide hidden activation stays in cache (inference) or under
+the allocator's mmap threshold (training), and the 11x11 depth-wise convolutions compute their
+weight gradient faster (:mod:`fcvit.models.depthwise`). docs/benchmarks.md has the measurements
+behind these choices.
 """
 
 import math
@@ -377,8 +381,6 @@ def set_fused_inference(enabled: bool) -> bool:
 
 def fused_inference_enabled() -> bool:
     return _FUSED_INFERENCE[0]
-
-
 
 
 def _onednn_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], attr: str) -> torch.Tensor:

@@ -171,3 +171,14 @@ def test_sliced_model_still_matches_the_fixture(micro_reference, restore_slice_b
     with torch.inference_mode():
         torch.testing.assert_close(model(x), micro_reference["logits"], atol=1e-4, rtol=0)
     torch.testing.assert_close(model(x), micro_reference["logits"], atol=1e-4, rtol=0)
+
+
+def test_pointwise_conv_is_initialised_when_built_alone():
+    """Like nn.Conv2d: kaiming-uniform weight and a uniform bias within 1/sqrt(fan_in), not torch.empty."""
+    from fcvit.models.layers import PointwiseConv
+
+    torch.manual_seed(0)
+    layer = PointwiseConv(64, 32)
+    bound = 1.0 / 64 ** 0.5
+    for p in (layer.weight, layer.bias):
+        assert torch.isfinite(p).all() and p.abs().max() <= bound + 1e-6 and p.std() > bound / 4

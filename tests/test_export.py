@@ -6,7 +6,7 @@ import torch
 
 import fcvit
 from fcvit.errors import UserError
-from fcvit.export import check_onnx, export_onnx, export_safetensors, export_torchscript
+from fcvit.tools.export import check_onnx, export_onnx, export_safetensors, export_torchscript
 from fcvit.cli.main import main
 from fcvit.models import FCViT, read_checkpoint, extract_state_dict
 

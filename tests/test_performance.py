@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import fcvit
-from fcvit.benchmark import Candidate, format_table, run_benchmark
+from fcvit.tools.benchmark import Candidate, format_table, run_benchmark
 from fcvit.cli.main import main
 from fcvit.models import FCViT, similarity_maps
 from fcvit.models.layers import FCViTBlock, GlobalContext, fused_inference_enabled, set_fused_inference

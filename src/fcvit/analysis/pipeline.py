@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .io import atomic_write
+from ..files import atomic_write
 from .attention import ViTAttention, patch_index, split_prefix
 from .measures import ATTENTION_MEASURES, SIMILARITY_MEASURES, attention_measures, similarity_measures
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..errors import UserError
-from .io import atomic_write
+from ..files import atomic_write
 
 __all__ = [
     "draw_similarity",

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import sys
 
-    from ..benchmark import format_table, run_benchmark, timm_candidate
+    from ..tools.benchmark import format_table, run_benchmark, timm_candidate
     from ..errors import UserError
 
     models = _names(args.model)

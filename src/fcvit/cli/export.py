@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import UserError
-    from ..export import (check_onnx, check_torchscript, default_suffix, export_onnx, export_safetensors,
+    from ..tools.export import (check_onnx, check_torchscript, default_suffix, export_onnx, export_safetensors,
                           export_torchscript)
     from ..models import create_classifier
     from ..models.fuse import fuse

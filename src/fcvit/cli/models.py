@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     import timm
 
     from ..models import MODEL_CONFIGS
-    from ..models.profile import count_gmacs, count_params
+    from ..tools.profile import count_gmacs, count_params
 
     rows = []
     for name, cfg in MODEL_CONFIGS.items():

@@ -16,8 +16,6 @@ import argparse
 import logging
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..files import atomic_copy, atomic_save, remove_stale_temporaries
 from .distributed import DistContext, gather_objects, unwrap_model
 from .rng import get_rng_state, set_rng_state
 
@@ -38,49 +37,6 @@ _logger = logging.getLogger(__name__)
 LAST_NAME = "last.pth.tar"
 BEST_NAME = "model_best.pth.tar"
 _PLAIN = (str, int, float, bool, type(None))
-
-
-def _tmp_path(path: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the user's usual permissions
-    return tmp
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
-
-    A kill at any moment leaves either the old complete file or the new complete file at ``path``.
-    """
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copy a finished file under a new name with the same all-or-nothing guarantee."""
-    dst = os.fspath(dst)
-    tmp = _tmp_path(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _plain(value: Any) -> Any:
@@ -237,6 +193,11 @@ class CheckpointSaver:
         self.keep_best = max(int(keep_best), 0)
         self.ctx = ctx or DistContext()
         self.best: List[_Entry] = []
+        if self.ctx.is_main and os.path.isdir(self.output_dir):
+            removed = remove_stale_temporaries(self.output_dir)  # what a killed writer left
+            if removed:
+                _logger.info("Removed %d unfinished temporary file(s) a stopped run left in %s.", removed,
+                             self.output_dir)
 
     @property
     def last_path(self) -> str:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import sys
 from typing import Any, Dict, List, Mapping, Optional
 
-from .checkpoint import _tmp_path
+from ..files import atomic_write
 from .distributed import DistContext
 
 __all__ = ["setup_logging", "SummaryLog", "ProgressBar"]
@@ -69,12 +70,11 @@ class SummaryLog:
             return list(csv.DictReader(f))
 
     def _rewrite(self, rows: List[Mapping[str, Any]], fields: List[str]) -> None:
-        tmp = _tmp_path(self.path)
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.path, text.getvalue())
 
     def append(self, row: Mapping[str, Any]) -> None:
         if not self.ctx.is_main:

@@ -6,15 +6,15 @@ so an interrupted export never leaves a half-written file under the requested na
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
+from typing import BinaryIO, Callable, Dict, Optional
 
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
+from ..files import atomic_write
 
 __all__ = ["FORMATS", "export_onnx", "export_torchscript", "export_safetensors", "check_onnx", "default_suffix"]
 
@@ -26,26 +26,10 @@ def default_suffix(fmt: str) -> str:
     return _SUFFIX[fmt]
 
 
-def _temp_path_beside(path: Path) -> Path:
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise UserError(f"The output folder '{directory}' does not exist: create it or choose another --output.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = _temp_path_beside(path)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates owner-only files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _checked_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    if not path.parent.is_dir():
+        raise UserError(f"The output folder '{path.parent}' does not exist: create it or choose another --output.")
+    atomic_write(path, write)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, img_size: int = 224, opset: int = 17,
@@ -55,15 +39,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, img_size: int = 224, 
     model = model.eval()
     example = torch.randn(1, in_chans, img_size, img_size)
 
-    def write(tmp: Path) -> None:
+    def write(f: BinaryIO) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
             torch.onnx.export(
-                model, (example,), str(tmp), dynamo=False, opset_version=opset, input_names=["images"],
+                model, (example,), f, dynamo=False, opset_version=opset, input_names=["images"],
                 output_names=["output"], do_constant_folding=True,
                 dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}})
 
-    _atomic_write(path, write)
+    _checked_write(path, write)
     return path
 
 
@@ -88,12 +72,12 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:
         warnings.simplefilter("ignore")  # torch.jit.script announces its deprecation
         scripted = torch.jit.script(model.eval())
 
-    def write(tmp: Path) -> None:
+    def write(f: BinaryIO) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.jit.save(scripted, str(tmp))
+            torch.jit.save(scripted, f)
 
-    _atomic_write(path, write)
+    _checked_write(path, write)
     return path
 
 
@@ -108,9 +92,9 @@ def check_torchscript(model: nn.Module, path: str | os.PathLike, inputs: torch.T
 def export_safetensors(model: nn.Module, path: str | os.PathLike,
                        metadata: Optional[Dict[str, str]] = None) -> Path:
     """The state dict as safetensors (what ``--checkpoint`` and ``timm.create_model`` load back)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
+    _checked_write(path, lambda f: f.write(save(tensors, metadata=metadata or {})))
     return path

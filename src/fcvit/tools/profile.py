@@ -50,7 +50,7 @@ def count_gmacs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 22
     Counted from the layers' shapes rather than from the operators that happen to run, so the figure
     describes the architecture (as the papers' tables do) and not one implementation of it.
     """
-    from .layers import FCViTBlock
+    from ..models.layers import FCViTBlock
 
     totals: List[int] = []
     inside_blocks = {id(sub) for m in model.modules() if isinstance(m, FCViTBlock) for sub in m.modules()}

@@ -19,10 +19,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .errors import UserError
-from .models.depthwise import set_weight_grad_method
-from .models.layers import set_cpu_slice_bytes, set_fused_inference
-from .models.profile import count_gmacs, count_params
+from ..errors import UserError
+from ..models.depthwise import set_weight_grad_method
+from ..models.layers import set_cpu_slice_bytes, set_fused_inference
+from .profile import count_gmacs, count_params
 
 __all__ = ["BenchmarkResult", "Candidate", "timm_candidate", "run_benchmark", "format_table", "resolve_device"]
 
@@ -75,7 +75,7 @@ def timm_candidate(name: str, num_classes: int = 1000) -> Candidate:
     """Any timm model by name (FCViT models register on ``import fcvit``)."""
     import timm
 
-    from .models.factory import check_model_name
+    from ..models.factory import check_model_name
 
     check_model_name(name, allow_timm=True)
     return Candidate(name, lambda: timm.create_model(name, num_classes=num_classes))

@@ -81,6 +81,30 @@ def test_atomic_save_killed_midway_keeps_previous_file(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == [LAST_NAME]  # no temp file left behind
 
 
+def test_atomic_write_text_bytes_and_writer_leave_no_temporary(tmp_path):
+    from fcvit.files import atomic_write
+
+    atomic_write(tmp_path / "a.txt", "text")
+    atomic_write(tmp_path / "b.bin", b"\x00\x01")
+    atomic_write(tmp_path / "c.bin", lambda f: f.write(b"written"))
+    with pytest.raises(ValueError):
+        atomic_write(tmp_path / "a.txt", lambda f: (f.write(b"half"), int("not a number")))
+    assert (tmp_path / "a.txt").read_text() == "text"  # the old file survives a failed write
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01" and (tmp_path / "c.bin").read_bytes() == b"written"
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.bin", "c.bin"]
+    with pytest.raises(UserError, match="does not exist"):
+        atomic_write(tmp_path / "missing" / "x.txt", "text")
+
+
+def test_saver_removes_temporaries_a_killed_run_left(tmp_path):
+    stale = tmp_path / f".{LAST_NAME}.k1ll3d00.tmp"
+    stale.write_bytes(b"")  # what SIGKILL during a checkpoint write leaves
+    (tmp_path / "notes.tmp").write_text("a user's file, not ours")
+    CheckpointSaver(tmp_path, metric="top1")
+    assert not stale.exists()
+    assert (tmp_path / "notes.tmp").exists()
+
+
 def test_saver_keeps_best_k_by_named_metric(tmp_path):
     saver = CheckpointSaver(tmp_path, metric="top1", mode="max", keep_best=2)
     values = {0: 50.0, 1: 70.0, 2: 60.0, 3: 65.0, 4: 10.0}

@@ -341,12 +341,12 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
-    from timm.data import create_transform
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
 
     from ..data.classification import EpochShardSampler, SeededSamples, create_classification_dataset
+    from ..data.transforms import create_train_transform
 
     output_dir = args.output
     if ctx.is_main:
@@ -375,7 +375,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    train_set.transform = create_transform(**_transform_args(args, model, training=True))
+    train_set.transform = create_train_transform(**_transform_args(args, model, training=True))
     global_batch = args.batch_size * ctx.world_size
     if len(train_set) < global_batch:
         raise UserError(f"The training split has {len(train_set)} images, fewer than one global batch of "

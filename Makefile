@@ -1,9 +1,10 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create .venv in the repo root.
+# `make test` skips the tests marked slow; `make test-full` runs them too (the real-settings tier).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test test-full clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ demo: $(VENV)/.installed
 	$(BIN)/fcvit demo
 
 test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-full: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 clean:

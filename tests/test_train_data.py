@@ -6,7 +6,8 @@ import random
 import numpy as np
 import torch
 
-from fcvit.data.classification import DigitsDataset, EpochShardSampler, SeededSamples, ShardSampler
+from fcvit.data.classification import DigitsDataset
+from fcvit.data.samplers import EpochShardSampler, SeededSamples, ShardSampler
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint():

@@ -1,18 +1,10 @@
-"""Image classification data: folder datasets checked up front, timm's other dataset forms, the built-in
-digits dataset, and a sampler that makes every sample's augmentation reproducible.
-
-Reproducibility: :class:`EpochShardSampler` yields ``(index, sample_seed)`` pairs and
-:class:`SeededSamples` seeds python/numpy/torch from ``sample_seed`` before loading and transforming
-that sample. The augmentation a sample gets then depends only on (seed, epoch, position), not on the
-number of workers or on where a run was interrupted, so a resumed run sees exactly the batches an
-uninterrupted one would.
+"""Image classification data: folder datasets checked up front, timm's other dataset forms and the
+built-in digits dataset. The samplers that make training resumable live in :mod:`fcvit.data.samplers`.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
-import random
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,10 +14,11 @@ from torch.utils.data import Dataset, Sampler
 
 from ..errors import UserError
 from .images import load_image
+from .samplers import EpochShardSampler, SeededSamples, ShardSampler  # noqa: F401  (moved; importers move next)
 
 __all__ = [
     "DIGITS_CLASSES", "BadImageError", "DigitsDataset", "CheckedImageFolder", "create_classification_dataset",
-    "EpochShardSampler", "ShardSampler", "SeededSamples", "find_split_dir",
+    "find_split_dir",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -205,85 +198,3 @@ def create_classification_dataset(
         classes = sorted(dataset.parser.class_to_idx, key=dataset.parser.class_to_idx.get)
     dataset.classes = list(classes) if classes is not None else None
     return dataset
-
-
-def _sample_seed(seed: int, epoch: int, position: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
-
-
-class EpochShardSampler(Sampler):
-    """Training order: a permutation fixed by (seed, epoch), split over ranks, resumable mid-epoch.
-
-    Like DistributedSampler it pads to equal per-rank counts so all ranks take the same number of
-    steps; it yields ``(index, sample_seed)`` for :class:`SeededSamples`. ``set_epoch(epoch,
-    skip=n)`` starts the epoch after ``n`` already-consumed samples of this rank.
-    """
-
-    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
-        self.num_samples_total = num_samples
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.shuffle = shuffle
-        self.per_rank = math.ceil(num_samples / world_size)
-        self.epoch = 0
-        self.skip = 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch = epoch
-        self.skip = skip
-
-    def __len__(self) -> int:
-        return self.per_rank - self.skip
-
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + 7919 * self.epoch)
-            order = torch.randperm(self.num_samples_total, generator=g).tolist()
-        else:
-            order = list(range(self.num_samples_total))
-        total = self.per_rank * self.world_size
-        order += order[: total - len(order)]
-        mine = order[self.rank:total:self.world_size]
-        for position in range(self.skip, len(mine)):
-            yield mine[position], _sample_seed(self.seed, self.epoch, position * self.world_size + self.rank)
-
-
-class ShardSampler(Sampler):
-    """Evaluation order: every sample exactly once over all ranks (no padding), so summed metrics are exact."""
-
-    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
-        self.indices = list(range(rank, num_samples, world_size))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-
-class SeededSamples(Dataset):
-    """Wraps a dataset so that item ``(index, seed)`` is loaded and augmented with all RNGs seeded by ``seed``."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: Tuple[int, int]) -> Any:
-        index, seed = item
-        in_main_process = torch.utils.data.get_worker_info() is None
-        if in_main_process:  # -j 0: keep the training loop's own random streams untouched
-            saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        random.seed(seed)
-        np.random.seed(seed % 2 ** 32)
-        torch.manual_seed(seed)
-        try:
-            return self.dataset[index]
-        finally:
-            if in_main_process:
-                random.setstate(saved[0])
-                np.random.set_state(saved[1])
-                torch.set_rng_state(saved[2])

@@ -133,6 +133,7 @@ class ProgressBar:
         ctx = ctx or DistContext()
         self._bar = tqdm(total=total_images, desc=desc, unit="img", unit_scale=True, dynamic_ncols=True,
                          leave=False, disable=not (enabled and ctx.is_main), file=sys.stderr)
+        self.closed = False
 
     def update(self, images: int, **postfix: Any) -> None:
         if postfix:
@@ -141,6 +142,7 @@ class ProgressBar:
 
     def close(self) -> None:
         self._bar.close()
+        self.closed = True
 
     def __enter__(self) -> "ProgressBar":
         return self

@@ -1,0 +1,352 @@
+"""The one training loop: classification, detection and segmentation each hand it a :class:`TrainSpec`.
+
+The loop owns what every run needs and what used to drift between three copies: the exact data
+position (resume inside an epoch, with any number of loader workers), stop and save cadence,
+evaluation cadence, ranking of the best checkpoints, the non-finite-loss stop, out-of-memory messages,
+throughput and ``summary.csv`` rows, the learning-rate schedule's stepping, and every rank's own
+random state in checkpoints. A task gives only what is its own: data, model, optimizer and scheduler,
+the loss of one batch, its evaluation and the fields its checkpoints carry.
+
+Runs are counted in epochs (classification, detection) or in iterations (segmentation); either way a
+checkpoint records the data epoch in progress and how many of its batches are done, so a resumed run
+continues with exactly the batches, augmentations and random streams an uninterrupted run would use.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..errors import UserError
+from .amp import AmpSettings, backward_step
+from .checkpoint import CheckpointSaver, build_train_state, load_train_state, resolve_resume, restore_train_state
+from .control import GracefulStop, check_finite
+from .distributed import DistContext, all_reduce_mean, barrier, unwrap_model, wrap_ddp
+from .logs import ProgressBar, SummaryLog
+from .workers import user_errors_from_workers
+
+__all__ = ["TrainSpec", "LoopSettings", "run_training", "is_out_of_memory"]
+
+_logger = logging.getLogger(__name__)
+
+#: (loss, {part name: value}, images in the batch on this rank)
+StepOutput = Tuple[torch.Tensor, Mapping[str, torch.Tensor], int]
+
+
+@dataclass
+class TrainSpec:
+    """What a task gives the loop.
+
+    ``train_loader`` must use a batch sampler with ``set_position(epoch, batches_done)`` and
+    ``batches_per_epoch`` (:class:`fcvit.data.samplers.SeekableBatches` or the detection sampler).
+    ``step(model, batch)`` computes the loss of one batch under autocast; ``evaluate(model)`` returns
+    ``(ranking, row)``: the metrics the best checkpoints are ranked by (must hold ``metric``) and the
+    fields its summary row gets. ``checkpoint_fields`` go into every checkpoint (architecture, classes);
+    ``check_resume(state)`` refuses a checkpoint of another model or data.
+    """
+
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: DataLoader
+    step: Callable[[nn.Module, Any], StepOutput]
+    evaluate: Callable[[nn.Module], Tuple[Dict[str, float], Dict[str, Any]]]
+    metric: str
+    mode: str = "max"
+    unit: str = "epoch"
+    length: int = 1
+    checkpoint_fields: Dict[str, Any] = field(default_factory=dict)
+    check_resume: Optional[Callable[[Mapping[str, Any]], None]] = None
+    after_update: Optional[Callable[[nn.Module, int], None]] = None
+    before_evaluate: Optional[Callable[[nn.Module], None]] = None
+    model_ema: Optional[nn.Module] = None
+    oom_hint: str = "or add --amp"
+    describe: str = ""
+
+
+@dataclass
+class LoopSettings:
+    """The run options every task shares (one vocabulary: see ``fcvit.cli.options``)."""
+
+    output: str
+    amp: AmpSettings
+    args: Any = None
+    resume: Optional[str] = "auto"
+    resume_optimizer: bool = True
+    keep_best: int = 1
+    eval_interval: int = 1
+    save_interval: int = 0
+    log_interval: int = 50
+    clip_grad: Optional[float] = None
+    clip_mode: str = "norm"
+    tensorboard: bool = False
+    start_epoch: Optional[int] = None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+class _Window:
+    """Sums over the steps since the last summary row; saved in a checkpoint written mid-window."""
+
+    def __init__(self, saved: Optional[Mapping[str, Any]] = None) -> None:
+        saved = dict(saved or {})
+        self.steps = int(saved.pop("steps", 0))
+        self.images = int(saved.pop("images", 0))
+        self.seconds = float(saved.pop("seconds", 0.0))
+        self.data_seconds = float(saved.pop("data_seconds", 0.0))
+        self.losses: Dict[str, float] = defaultdict(float, {k: float(v) for k, v in saved.items()})
+
+    def state(self) -> Dict[str, float]:
+        return dict(self.losses, steps=self.steps, images=self.images, seconds=self.seconds,
+                    data_seconds=self.data_seconds)
+
+    def add(self, loss: float, parts: Mapping[str, torch.Tensor], images: int) -> None:
+        self.steps += 1
+        self.images += images
+        self.losses["loss"] += loss
+        for name, part in parts.items():
+            self.losses[name] += float(part.detach())
+
+    def row(self, ctx: DistContext) -> Dict[str, float]:
+        """Mean losses over ranks, throughput with and without waiting for data, the data-wait share."""
+        names = sorted(self.losses)
+        means = torch.tensor([self.losses[k] / max(self.steps, 1) for k in names], dtype=torch.float64)
+        if names:
+            means = all_reduce_mean(means.to(ctx.device), ctx).cpu()
+        row: Dict[str, float] = {("train_loss" if k == "loss" else k): float(v) for k, v in zip(names, means)}
+        compute = max(self.seconds - self.data_seconds, 1e-9)
+        row.update(train_img_per_sec=self.images / max(self.seconds, 1e-9),
+                   model_img_per_sec=self.images / compute,
+                   data_wait_share=self.data_seconds / max(self.seconds, 1e-9),
+                   seconds=self.seconds)
+        return row
+
+
+def _batches(loader: DataLoader, epoch: int, done: int) -> Iterator[Tuple[int, int, Any]]:
+    """(data epoch, batches of it done after this one, batch) forever, starting after ``done`` of ``epoch``."""
+    sampler = loader.batch_sampler
+    while True:
+        if done >= sampler.batches_per_epoch:
+            epoch, done = epoch + 1, 0
+        sampler.set_position(epoch, done)
+        for batch in user_errors_from_workers(loader):
+            done += 1
+            yield epoch, done, batch
+
+
+def _step_schedule(scheduler: Any, global_step: int) -> None:
+    if hasattr(scheduler, "step_update"):  # timm: per-update values (a no-op for per-epoch schedules)
+        scheduler.step_update(num_updates=global_step)
+    else:  # torch: one step per optimizer update
+        scheduler.step()
+
+
+def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> Dict[str, Any]:
+    """Train ``spec`` to its end or to a stop request; returns the outputs and the last evaluation."""
+    if spec.unit not in ("epoch", "iter"):
+        raise ValueError(f"unit must be 'epoch' or 'iter', not {spec.unit!r}")
+    out = settings.output
+    amp = settings.amp
+    sampler = spec.train_loader.batch_sampler
+    per_epoch, batch_size = sampler.batches_per_epoch, sampler.batch_size
+    if per_epoch < 1:
+        raise UserError("The training data gives no full batch on each process: use a smaller -b or more images.")
+    total_steps = spec.length * per_epoch if spec.unit == "epoch" else spec.length
+    saver = CheckpointSaver(out, metric=spec.metric, mode=spec.mode, keep_best=settings.keep_best, ctx=ctx)
+    step_key = "epoch" if spec.unit == "epoch" else "iter"
+    summary = SummaryLog(os.path.join(out, "summary.csv"), ctx, step_key=step_key,
+                         tensorboard_dir=os.path.join(out, "tensorboard") if settings.tensorboard else None)
+
+    global_step, epoch, done, window_state = 0, 0, 0, None
+    resume_path = resolve_resume(settings.resume, out)
+    if resume_path:
+        state = load_train_state(resume_path)
+        if spec.check_resume is not None:
+            spec.check_resume(state)
+        counters = restore_train_state(
+            state, spec.model, spec.optimizer if settings.resume_optimizer else None,
+            spec.scheduler if settings.resume_optimizer else None, amp.scaler, spec.model_ema, ctx=ctx)
+        global_step = counters["global_step"]
+        epoch = int(state.get("data_epoch", counters["epoch"]))
+        done = int(state.get("batches_done", state.get("step_in_epoch", state.get("epoch_batches_done", 0))))
+        window_state = state.get("window")
+        saver.load_state_dict(state.get("saver") or {})
+        _logger.info("Resumed from %s: data epoch %d, %d of its %d batches done, step %d.", resume_path, epoch, done,
+                     per_epoch, global_step)
+    elif settings.start_epoch:
+        epoch = settings.start_epoch
+        global_step = epoch * per_epoch
+    # rows at or after the resume point are about to be written again
+    summary.truncate(epoch if spec.unit == "epoch" else global_step + 1)
+    if global_step:  # put the learning rate where the resumed run left it
+        if hasattr(spec.scheduler, "step_update"):
+            spec.scheduler.step(epoch)
+            spec.scheduler.step_update(num_updates=global_step)
+
+    train_model = wrap_ddp(spec.model, ctx)
+    if global_step >= total_steps:
+        _logger.info("Already trained for %d of %d %s: nothing to do.", global_step if spec.unit == "iter" else epoch,
+                     spec.length, "iterations" if spec.unit == "iter" else "epochs")
+    length = f"{spec.length} epochs of {per_epoch} steps" if spec.unit == "epoch" else f"{spec.length} iterations"
+    _logger.info("%s%s: %s, global batch %d (%d per process x %d processes on %s), %s.", spec.name,
+                 f" ({spec.describe})" if spec.describe else "", length, batch_size * ctx.world_size, batch_size,
+                 ctx.world_size, ctx.device, amp.describe())
+
+    def state_at(step: int, data_epoch: int, batches_done: int, window: Optional[_Window]) -> Dict[str, Any]:
+        completed_epochs = data_epoch + (1 if batches_done >= per_epoch else 0)
+        if batches_done >= per_epoch:
+            data_epoch, batches_done = data_epoch + 1, 0
+        return build_train_state(
+            spec.model, spec.optimizer, spec.scheduler, amp.scaler, spec.model_ema, epoch=completed_epochs,
+            global_step=step, args=settings.args, ctx=ctx, data_epoch=data_epoch, batches_done=batches_done,
+            window=window.state() if window is not None else None, task=spec.name, **spec.checkpoint_fields)
+
+    def last_checkpoint() -> Optional[str]:
+        return saver.last_path if os.path.isfile(saver.last_path) else None
+
+    def evaluation_due(step: int, epoch_end: bool) -> bool:
+        if step >= total_steps:
+            return True
+        if spec.unit == "epoch":
+            return epoch_end and settings.eval_interval > 0 and (step // per_epoch) % settings.eval_interval == 0
+        return settings.eval_interval > 0 and step % settings.eval_interval == 0
+
+    ranking: Dict[str, float] = {}
+    interrupted = False
+    window = _Window(window_state)
+    batches = _batches(spec.train_loader, epoch, done)
+    bar = _epoch_bar(ctx, epoch, done, per_epoch, batch_size)
+    log_start, log_images = time.perf_counter(), 0
+    try:
+        with GracefulStop() as stop:
+            tick = time.perf_counter()
+            while global_step < total_steps:
+                epoch, done, batch = next(batches)
+                window.data_seconds += time.perf_counter() - tick
+                spec.model.train()
+                value, parts, images = _one_step(spec, train_model, batch, amp, settings, ctx, global_step,
+                                                 last_checkpoint())
+                global_step += 1
+                _step_schedule(spec.scheduler, global_step)
+                if spec.after_update is not None:
+                    spec.after_update(spec.model, global_step)
+                window.add(value, parts, images * ctx.world_size)
+                log_images += images * ctx.world_size
+                bar.update(images * ctx.world_size, loss=value, lr=_lr(spec))
+                if settings.log_interval and global_step % settings.log_interval == 0:
+                    _logger.info("step %d (epoch %d, batch %d/%d): loss %.4f, lr %.3g, %.1f img/s", global_step, epoch,
+                                 done, per_epoch, value, _lr(spec),
+                                 log_images / max(time.perf_counter() - log_start, 1e-9))
+                    log_start, log_images = time.perf_counter(), 0
+                window.seconds += time.perf_counter() - tick
+
+                # boundaries: evaluation, end of an epoch, periodic save; the summary row before the checkpoint
+                epoch_end = done >= per_epoch
+                saved = True
+                if evaluation_due(global_step, epoch_end):
+                    bar.close()
+                    if spec.before_evaluate is not None:
+                        spec.before_evaluate(spec.model)
+                    train_row, lr = window.row(ctx), _lr(spec)
+                    ranking, eval_row = spec.evaluate(spec.model)
+                    _step_epoch_schedule(spec, epoch_end, epoch, ranking)
+                    summary.append(dict(_position_row(spec, epoch, global_step), lr=lr, **train_row, **eval_row))
+                    tag = epoch if spec.unit == "epoch" else global_step
+                    best = saver.save(state_at(global_step, epoch, done, None), tag,
+                                      {spec.metric: ranking[spec.metric]})
+                    _log_evaluation(spec, tag, ranking, train_row, best)
+                    window = _Window()
+                elif spec.unit == "epoch" and epoch_end:
+                    bar.close()
+                    row = dict(_position_row(spec, epoch, global_step), lr=_lr(spec), **window.row(ctx))
+                    _step_epoch_schedule(spec, epoch_end, epoch, ranking)
+                    summary.append(row)
+                    saver.save(state_at(global_step, epoch, done, None), epoch, None)
+                    window = _Window()
+                elif settings.save_interval and global_step % settings.save_interval == 0:
+                    saver.save(state_at(global_step, epoch, done, window), global_step, None)
+                else:
+                    saved = False
+                if epoch_end and not bar.closed:
+                    bar.close()
+                if bar.closed and global_step < total_steps:
+                    bar = _epoch_bar(ctx, epoch + int(epoch_end), 0 if epoch_end else done, per_epoch, batch_size)
+                if stop.should_stop(ctx):  # once per step on every rank: the ranks agree
+                    if not saved:
+                        saver.save(state_at(global_step, epoch, done, window), global_step, None)
+                    interrupted = global_step < total_steps
+                    break
+                tick = time.perf_counter()
+    finally:
+        bar.close()
+        summary.close()
+    barrier(ctx)
+    if interrupted:
+        _logger.warning("Stopped by %s at step %d; %s holds it: rerun the same command (--resume auto) to continue.",
+                        stop.signal_name or "a signal on another rank", global_step, saver.last_path)
+    return {"output": out, "last": saver.last_path, "best": saver.best_path if saver.best else None,
+            "best_value": saver.best_value(), "metric": spec.metric, "metrics": ranking,
+            "interrupted": interrupted, "global_step": global_step, "epoch": epoch}
+
+
+def _one_step(spec: TrainSpec, model: nn.Module, batch: Any, amp: AmpSettings, settings: LoopSettings,
+              ctx: DistContext, global_step: int, last_checkpoint: Optional[str]
+              ) -> Tuple[float, Mapping[str, torch.Tensor], int]:
+    """Forward, loss check on every rank (a NaN never reaches the weights), backward, optimizer step."""
+    try:
+        with amp.autocast():
+            loss, parts, images = spec.step(model, batch)
+        value = check_finite(loss, global_step + 1, ctx, last_checkpoint)
+        spec.optimizer.zero_grad(set_to_none=True)
+        backward_step(loss, spec.optimizer, amp, settings.clip_grad, settings.clip_mode,
+                      unwrap_model(spec.model).parameters())
+    except (RuntimeError, torch.OutOfMemoryError) as exc:
+        if is_out_of_memory(exc):
+            size = spec.train_loader.batch_sampler.batch_size
+            raise UserError(f"A batch of {size} images does not fit in {ctx.device} memory: use a smaller -b "
+                            f"(e.g. -b {max(size // 2, 1)}) {spec.oom_hint}.") from None
+        raise
+    return value, parts, images
+
+
+def _step_epoch_schedule(spec: TrainSpec, epoch_end: bool, epoch: int, ranking: Mapping[str, float]) -> None:
+    """timm's per-epoch schedules (and plateau on the ranking metric) move at the end of each epoch."""
+    if epoch_end and hasattr(spec.scheduler, "step_update"):
+        spec.scheduler.step(epoch + 1, ranking.get(spec.metric))
+
+
+def _log_evaluation(spec: TrainSpec, tag: int, ranking: Mapping[str, float], train_row: Mapping[str, float],
+                    best: Any) -> None:
+    _logger.info("%s %d: %s %.4g%s; train loss %.4f, %.0f img/s (model alone %.0f, %.0f%% waiting for data)",
+                 "epoch" if spec.unit == "epoch" else "iter", tag, spec.metric, ranking[spec.metric],
+                 " (new best)" if best else "", train_row.get("train_loss", float("nan")),
+                 train_row["train_img_per_sec"], train_row["model_img_per_sec"], 100 * train_row["data_wait_share"])
+
+
+def _lr(spec: TrainSpec) -> float:
+    return spec.optimizer.param_groups[0]["lr"]
+
+
+def _position_row(spec: TrainSpec, epoch: int, global_step: int) -> Dict[str, Any]:
+    """Epoch tasks count rows by epoch (from 0, as timm), iteration tasks by iteration; both carry both."""
+    return {"epoch": epoch, "iter": global_step} if spec.unit == "epoch" else {"iter": global_step, "epoch": epoch}
+
+
+def _epoch_bar(ctx: DistContext, epoch: int, done: int, per_epoch: int, batch_size: int) -> ProgressBar:
+    remaining = max(per_epoch - done, 0) * batch_size * ctx.world_size
+    return ProgressBar(remaining, f"epoch {epoch}", ctx, enabled=sys.stderr.isatty())

@@ -7,10 +7,11 @@ CUDA, gloo on CPU). Collective helpers are no-ops in a world of one, so callers 
 from __future__ import annotations
 
 import datetime
+import inspect
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, List, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -20,7 +21,7 @@ from ..errors import UserError
 
 __all__ = [
     "DistContext", "init_distributed", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object", "gather_objects",
-    "cleanup_distributed", "wrap_ddp", "unwrap_model",
+    "cleanup_distributed", "wrap_ddp", "unwrap_model", "distribute_bn", "convert_sync_batchnorm",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -141,13 +142,71 @@ def run_distributed(main: Callable[[Any, DistContext], T], args: Any) -> T:
         cleanup_distributed()
 
 
-def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:
-    """DistributedDataParallel around a model already on ``ctx.device``; the model itself in a world of one."""
+def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False,
+             broadcast_buffers: bool = True) -> nn.Module:
+    """DistributedDataParallel around a model already on ``ctx.device``; the model itself in a world of one.
+
+    ``broadcast_buffers`` (DDP's default, as the original training) copies rank 0's BatchNorm statistics
+    to every rank before each forward; timm's ``--no-ddp-bb`` turns it off.
+    """
     if not _active(ctx):
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    kwargs: dict = {}
+    if not broadcast_buffers:  # newer PyTorch renamed the option (both still sync once, at construction)
+        renamed = "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+        kwargs["forward_sync_buffers" if renamed else "broadcast_buffers"] = False
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
-                                               find_unused_parameters=find_unused_parameters)
+                                               find_unused_parameters=find_unused_parameters, **kwargs)
+
+
+def _batchnorm_statistics(model: nn.Module) -> List[torch.Tensor]:
+    """The running mean and variance of every BatchNorm (SyncBatchNorm included) in ``model``."""
+    stats: List[torch.Tensor] = []
+    for module in unwrap_model(model).modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            stats.extend(t for t in (module.running_mean, module.running_var) if t is not None)
+    return stats
+
+
+@torch.no_grad()
+def distribute_bn(model: nn.Module, ctx: DistContext, reduce: bool = True) -> int:
+    """Make BatchNorm running statistics equal on every rank: their mean over ranks (``reduce``) or rank
+    0's (broadcast). Returns the number of tensors made equal (0 in a world of one).
+
+    DDP averages gradients, not these buffers: each rank's statistics follow its own batches, so
+    without this the evaluated (and saved) model would depend on which rank holds it. The original
+    training did this after every epoch, before evaluation (timm's ``--dist-bn reduce``, its default).
+    """
+    stats = _batchnorm_statistics(model)
+    if not _active(ctx) or not stats:
+        return 0
+    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in stats]).to(ctx.device)
+    if reduce:
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= ctx.world_size
+    else:
+        dist.broadcast(flat, src=0)
+    offset = 0
+    for t in stats:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return len(stats)
+
+
+def convert_sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """BatchNorm -> SyncBatchNorm (batch statistics computed over all ranks at every step), for ``--sync-bn``.
+
+    In a world of one it changes nothing (the original converted only when distributed) and the model
+    is returned as is. PyTorch's SyncBatchNorm runs only on GPUs, so a multi-process CPU run is refused.
+    """
+    if not ctx.distributed:
+        return model
+    if ctx.device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on CPU or over gloo): "
+                        "leave it out; --dist-bn reduce (the default) still averages BatchNorm statistics "
+                        "over the processes after every epoch.")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -27,7 +27,16 @@ from .checkpoint import (
     restore_train_state,
 )
 from .control import GracefulStop, check_finite
-from .distributed import DistContext, all_reduce, barrier, run_distributed, unwrap_model, wrap_ddp
+from .distributed import (
+    DistContext,
+    all_reduce,
+    barrier,
+    convert_sync_batchnorm,
+    distribute_bn,
+    run_distributed,
+    unwrap_model,
+    wrap_ddp,
+)
 from .logs import ProgressBar, SummaryLog, setup_logging
 from .rng import seed_everything
 from .workers import ignore_stop_signals, user_errors_from_workers
@@ -121,6 +130,10 @@ def _transform_args(args: argparse.Namespace, model: nn.Module, training: bool) 
             vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa or None,
             interpolation=args.train_interpolation, re_prob=args.reprob, re_mode=args.remode,
             re_count=args.recount)
+        if getattr(args, "aug_splits", 0) > 1:
+            kwargs["separate"] = True  # (crop+flip, augmentation, tensor+erasing) for AugMix-style splits
+        if getattr(args, "resplit", False):
+            kwargs["re_prob"] = 0.0  # erasing moves to the batch, where it can spare the first split
     return kwargs
 
 
@@ -178,13 +191,40 @@ def _mixup_fn(args: argparse.Namespace, num_classes: int) -> Optional[Callable]:
 
 
 def _train_loss(args: argparse.Namespace, mixup: bool) -> nn.Module:
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    """The original train.py's choice: JSD over augmentation splits, else (binary) cross-entropy on soft
+    (mixup) or smoothed targets."""
+    from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-    if mixup:
-        return SoftTargetCrossEntropy()  # mixup already smooths the targets
+    bce = getattr(args, "bce_loss", False)
+    threshold = getattr(args, "bce_target_thresh", None)
+    if getattr(args, "jsd_loss", False):
+        return JsdCrossEntropy(num_splits=args.aug_splits, smoothing=args.smoothing)
+    if mixup:  # mixup already smooths the targets
+        return BinaryCrossEntropy(target_threshold=threshold) if bce else SoftTargetCrossEntropy()
+    if bce:
+        return BinaryCrossEntropy(smoothing=args.smoothing, target_threshold=threshold)
     if args.smoothing:
         return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
     return nn.CrossEntropyLoss()
+
+
+def _join_splits(images: Any, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """AugMix-style splits arrive as a list of batches [clean, augmented, ...]: one batch, split after split,
+    with the targets repeated alike (the layout timm's JsdCrossEntropy expects)."""
+    if isinstance(images, (list, tuple)):
+        return torch.cat(list(images)), targets.repeat(len(images))
+    return images, targets
+
+
+def _batch_erasing(args: argparse.Namespace, device: torch.device) -> Optional[Callable]:
+    """``--resplit``: random erasing on the batch that leaves its first split clean (the first half without
+    --aug-splits), as the original's loader did; None when erasing stays per image."""
+    from timm.data.random_erasing import RandomErasing
+
+    if not getattr(args, "resplit", False) or not args.reprob or args.no_aug:
+        return None
+    return RandomErasing(args.reprob, mode=args.remode, max_count=args.recount,
+                         num_splits=args.aug_splits or 2, device=device)
 
 
 def train_one_epoch(
@@ -205,30 +245,43 @@ def train_one_epoch(
         channels_last: bool = False,
         last_checkpoint: Optional[str] = None,
         progress: Optional[ProgressBar] = None,
+        batch_erasing: Optional[Callable] = None,
+        log_interval: int = 0,
+        on_step: Optional[Callable[[EpochResult], None]] = None,
 ) -> EpochResult:
     """One pass over ``loader`` (which may start mid-epoch); returns early, flagged, when a stop is requested.
 
     The loss is checked on every rank before the optimizer step, so a NaN never reaches the weights.
     ``data_seconds`` is the time spent blocked on the loader: the data-loading bottleneck, if any.
+    ``batch_erasing`` runs on the device batch after mixup (``--resplit``); ``log_interval`` logs a line
+    every that many steps; ``on_step(result)`` runs after every step on every rank (recovery saves).
     """
+    from timm.models import model_parameters
+
     model.train()
     result = EpochResult(global_step=global_step)
     start = tick = time.perf_counter()
     batch_size = loader.batch_size or 1
+    clipped = model_parameters(unwrap_model(model), exclude_head="agc" in clip_mode)  # timm spares the head
+    clipped = list(clipped) if clip_grad else None
     for images, targets in user_errors_from_workers(loader):
         result.data_seconds += time.perf_counter() - tick
+        batch_images = targets.shape[0]
+        images, targets = _join_splits(images, targets)
         images = images.to(ctx.device, non_blocking=True)
         targets = targets.to(ctx.device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
+        if batch_erasing is not None:
+            images = batch_erasing(images)
         try:
             with amp.autocast():
                 loss = loss_fn(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss_value = check_finite(loss, result.global_step + 1, ctx, last_checkpoint)
-            backward_step(loss, optimizer, amp, clip_grad, clip_mode, unwrap_model(model).parameters())
+            backward_step(loss, optimizer, amp, clip_grad, clip_mode, clipped)
         except (RuntimeError, torch.OutOfMemoryError) as exc:
             if _is_oom(exc):
                 raise UserError(out_of_memory_message(batch_size, ctx.device)) from None
@@ -239,17 +292,29 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step_update(num_updates=result.global_step)
         result.steps += 1
-        result.images += images.shape[0] * ctx.world_size
+        result.images += batch_images * ctx.world_size
         result.loss_sum += loss_value
         if progress is not None:
-            progress.update(images.shape[0] * ctx.world_size, loss=loss_value,
+            progress.update(batch_images * ctx.world_size, loss=loss_value,
                             lr=optimizer.param_groups[0]["lr"])
+        if log_interval and result.steps % log_interval == 0:
+            _log_step(epoch, result, len(loader), loss_value, optimizer.param_groups[0]["lr"], start)
+        if on_step is not None:
+            on_step(result)
         if stop is not None and stop.should_stop(ctx):
             result.interrupted = True
             break
         tick = time.perf_counter()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _log_step(epoch: int, result: EpochResult, steps: int, loss: float, lr: float, start: float) -> None:
+    """The ``--log-interval`` line: where the epoch is, the step's loss, the lr and the throughput so far."""
+    seconds = max(time.perf_counter() - start, 1e-9)
+    _logger.info("epoch %d [%d/%d]: loss %.4g (mean %.4g), lr %.3e, %.0f img/s, %.0f%% waiting for data", epoch,
+                 result.steps, steps, loss, result.loss_sum / result.steps, lr, result.images / seconds,
+                 100 * result.data_seconds / seconds)
 
 
 @torch.inference_mode()
@@ -335,6 +400,18 @@ def _epoch_row(epoch: int, result: EpochResult, lr: float, metrics: Dict[str, fl
     return row
 
 
+def _schedule_extras(args: argparse.Namespace) -> Dict[str, Any]:
+    """timm scheduler options of the original train.py (lr noise, cycles, k-decay, plateau patience)."""
+    noise = getattr(args, "lr_noise", None)
+    return dict(
+        noise=(noise[0] if len(noise) == 1 else list(noise)) if noise else None,
+        noise_pct=getattr(args, "lr_noise_pct", 0.67), noise_std=getattr(args, "lr_noise_std", 1.0),
+        noise_seed=args.seed, cycle_mul=getattr(args, "lr_cycle_mul", 1.0),
+        cycle_decay=getattr(args, "lr_cycle_decay", 0.5), cycle_limit=getattr(args, "lr_cycle_limit", 1),
+        k_decay=getattr(args, "lr_k_decay", 1.0), patience_epochs=getattr(args, "patience_epochs", 10),
+        plateau_mode="min" if "loss" in args.eval_metric else "max")
+
+
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """The full run behind ``fcvit train``: returns the final metrics and where the outputs are."""
     return run_distributed(_train, args)
@@ -349,9 +426,12 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     from ..data.transforms import create_train_transform
 
     output_dir = args.output
+    notes = list(vars(args).pop("compat_notes", None) or [])  # from flags of the original train.py
     if ctx.is_main:
         os.makedirs(output_dir, exist_ok=True)
     setup_logging(ctx, output_dir)
+    for note in notes:
+        _logger.info(note)
     _cpu_threads(ctx, args.workers)
     seed_everything(args.seed, ctx.rank)
 
@@ -374,8 +454,17 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     model.to(ctx.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
+    if getattr(args, "sync_bn", False):
+        if not ctx.distributed:
+            _logger.info("--sync-bn: no effect with one process (as in the original).")
+        model = convert_sync_batchnorm(model, ctx)
 
     train_set.transform = create_train_transform(**_transform_args(args, model, training=True))
+    aug_splits = getattr(args, "aug_splits", 0)
+    if aug_splits > 1:
+        from timm.data import AugMixDataset
+
+        train_set = AugMixDataset(train_set, num_splits=aug_splits)  # (clean, augmented, ...) per image
     global_batch = args.batch_size * ctx.world_size
     if len(train_set) < global_batch:
         raise UserError(f"The training split has {len(train_set)} images, fewer than one global batch of "
@@ -396,12 +485,17 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
                                     momentum=args.momentum, **({"eps": args.opt_eps} if args.opt_eps else {}),
                                     **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
     amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
+    if amp.enabled and amp.dtype is torch.float16 and ctx.device.type == "cpu":
+        _logger.info("float16 autocast on CPU runs, but slower than float32 (CPUs lack fast float16 kernels); "
+                     "leave out --apex-amp/--amp-dtype float16 there for speed.")
     scheduler, num_epochs = create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=args.epochs, cooldown_epochs=args.cooldown_epochs,
         min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
         decay_epochs=args.decay_epochs, decay_rate=args.decay_rate,
-        step_on_epochs=not args.sched_on_updates, updates_per_epoch=steps_per_epoch)
-    model_ema = ModelEmaV3(unwrap_model(model), decay=args.model_ema_decay) if args.model_ema else None
+        step_on_epochs=not args.sched_on_updates, updates_per_epoch=steps_per_epoch, **_schedule_extras(args))
+    ema_on_cpu = args.model_ema and getattr(args, "model_ema_force_cpu", False)
+    model_ema = (ModelEmaV3(unwrap_model(model), decay=args.model_ema_decay,
+                            device=torch.device("cpu") if ema_on_cpu else None) if args.model_ema else None)
 
     saver = CheckpointSaver(output_dir, metric=args.eval_metric, mode="min" if "loss" in args.eval_metric else "max",
                             keep_best=args.checkpoint_hist, ctx=ctx)
@@ -411,33 +505,60 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     if resume_path:
         state = load_train_state(resume_path)
         check_classes(class_names, state, num_classes, "the training data")
-        counters = restore_train_state(state, model, optimizer, scheduler, amp.scaler, model_ema, ctx=ctx)
+        fresh_optimizer = getattr(args, "no_resume_opt", False)
+        counters = restore_train_state(state, model, None if fresh_optimizer else optimizer, scheduler,
+                                       None if fresh_optimizer else amp.scaler, model_ema, ctx=ctx)
         start_epoch, global_step = counters["epoch"], counters["global_step"]
         skip_steps = int(state.get("step_in_epoch", 0))
         carried.update(state.get("epoch_progress") or {})
         saver.load_state_dict(state.get("saver") or {})
-        _logger.info("Resumed from %s: epoch %d, step %d of it, global step %d.", resume_path, start_epoch,
-                     skip_steps, global_step)
-    elif args.start_epoch is not None:
-        start_epoch = args.start_epoch
+        _logger.info("Resumed from %s: epoch %d, step %d of it, global step %d%s.", resume_path, start_epoch,
+                     skip_steps, global_step, " (fresh optimizer and loss scaler: --no-resume-opt)"
+                     if fresh_optimizer else "")
+    if args.start_epoch is not None and args.start_epoch != start_epoch:  # the original: it always wins
+        if resume_path:
+            _logger.info("--start-epoch %d overrides the resumed epoch %d.", args.start_epoch, start_epoch)
+        start_epoch, skip_steps, global_step = args.start_epoch, 0, args.start_epoch * steps_per_epoch
+        carried = {k: 0 for k in carried}
     summary = SummaryLog(os.path.join(output_dir, "summary.csv"), ctx,
                          tensorboard_dir=os.path.join(output_dir, "tensorboard") if args.tensorboard else None)
     summary.truncate(start_epoch)  # rows of epochs this run is about to (re)do
 
     if args.compile:
         model = torch.compile(model)
-    train_model = wrap_ddp(model, ctx)
+    train_model = wrap_ddp(model, ctx, broadcast_buffers=not getattr(args, "no_ddp_bb", False))
+    dist_bn = getattr(args, "dist_bn", "reduce") if ctx.distributed else ""
+    batch_erasing = _batch_erasing(args, ctx.device)
     loss_fn = _train_loss(args, mixup_fn is not None).to(ctx.device)
     _logger.info("Training %s on %d images of %d classes (%d validation), %d process(es) on %s, global batch %d, "
                  "lr %.3g, %d epochs, %s.", args.model, len(train_set), num_classes, len(eval_loader.dataset),
                  ctx.world_size, ctx.device, global_batch, lr, num_epochs, amp.describe())
+    if dist_bn:
+        _logger.info("BatchNorm running statistics: %s over the %d processes after every epoch, before evaluation "
+                     "(--dist-bn %s).", "averaged" if dist_bn == "reduce" else "copied from rank 0",
+                     ctx.world_size, dist_bn)
 
-    def state_for(epoch: int, step_in_epoch: int, progress: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+    def save_recovery(progress_now: EpochResult) -> None:
+        """``--recovery-interval``: last.pth.tar mid-epoch, resumable to the step (every rank calls it)."""
+        interval = getattr(args, "recovery_interval", 0)
+        done_now = skip_steps + progress_now.steps
+        if not interval or progress_now.steps % interval or done_now >= steps_per_epoch:
+            return
+        fields = ("loss_sum", "images", "steps", "seconds", "data_seconds")
+        partial = {k: getattr(progress_now, k) + carried[k] for k in fields}
+        partial["seconds"] += time.perf_counter() - epoch_start
+        saver.save(build_state(epoch, done_now, progress_now.global_step, partial), epoch, None)
+
+    def build_state(epoch: int, step_in_epoch: int, step: int,
+                    progress: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
         return build_train_state(
-            model, optimizer, scheduler, amp.scaler, model_ema, epoch=epoch, global_step=global_step, args=args, ctx=ctx,
+            model, optimizer, scheduler, amp.scaler, model_ema, epoch=epoch, global_step=step, args=args, ctx=ctx,
             arch=args.model, num_classes=num_classes, class_names=list(class_names) if class_names else None,
             data_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in eval_tf.items()},
             step_in_epoch=step_in_epoch, epoch_progress=progress or {})
+
+    def state_for(epoch: int, step_in_epoch: int, progress: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+        return build_state(epoch, step_in_epoch, global_step, progress)
 
     last_metrics: Dict[str, float] = {}
     interrupted = False
@@ -451,11 +572,14 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
             if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
                 mixup_fn.mixup_enabled = False
             sampler.set_epoch(epoch, skip=skip_steps * args.batch_size)
+            epoch_start = time.perf_counter()
             with ProgressBar(len(sampler) // args.batch_size * global_batch, f"epoch {epoch}", ctx) as bar:
                 result = train_one_epoch(
                     train_model, train_loader, optimizer, loss_fn, amp, ctx, epoch, global_step, scheduler,
                     model_ema, mixup_fn, stop, args.clip_grad, args.clip_mode, args.channels_last,
-                    saver.last_path if os.path.exists(saver.last_path) else None, bar)
+                    saver.last_path if os.path.exists(saver.last_path) else None, bar,
+                    batch_erasing=batch_erasing, log_interval=getattr(args, "log_interval", 0),
+                    on_step=save_recovery)
             global_step = result.global_step
             done = skip_steps + result.steps
             skip_steps = 0
@@ -467,9 +591,13 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
                 saver.save(state_for(epoch, done, progress), epoch, None)
                 interrupted = True
                 break
+            if dist_bn:
+                distribute_bn(model, ctx, reduce=dist_bn == "reduce")
+                if model_ema is not None and not ema_on_cpu:
+                    distribute_bn(model_ema.module, ctx, reduce=dist_bn == "reduce")
             metrics = evaluate(train_model, eval_loader, amp, ctx, args.channels_last, "eval")
             ema_metrics = None
-            if model_ema is not None:
+            if model_ema is not None and not ema_on_cpu:  # the original did not evaluate a CPU EMA either
                 ema_metrics = evaluate(model_ema.module, eval_loader, amp, ctx, args.channels_last, "eval ema")
             ranked = ema_metrics if ema_metrics is not None else metrics
             lr_now = optimizer.param_groups[0]["lr"]  # the lr this epoch trained with (its last step's)

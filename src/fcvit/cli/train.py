@@ -11,6 +11,8 @@ from typing import Any, Dict, Optional
 
 from timm.utils import ParseKwargs  # KEY=VALUE pairs with Python literals, as timm's --model-kwargs
 
+from .original_flags import add_original_train_flags, resolve_original_train_flags
+
 # Small-data preset for the built-in digits (8x8 images): the ImageNet recipe's mixup, random erasing,
 # flips and 300 epochs would only slow it down. Any flag given on the command line still wins.
 DATASET_PRESETS: Dict[str, Dict[str, Any]] = {
@@ -88,6 +90,15 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--decay-rate", "--dr", type=float, default=0.1)
     g.add_argument("--warmup-epochs", type=int, default=5)
     g.add_argument("--cooldown-epochs", type=int, default=10)
+    g.add_argument("--patience-epochs", type=int, default=10, help="plateau scheduler's patience")
+    g.add_argument("--lr-noise", type=float, nargs="+", default=None, metavar="PCT",
+                   help="lr noise on/off as fractions of the epochs (timm)")
+    g.add_argument("--lr-noise-pct", type=float, default=0.67)
+    g.add_argument("--lr-noise-std", type=float, default=1.0)
+    g.add_argument("--lr-cycle-mul", type=float, default=1.0)
+    g.add_argument("--lr-cycle-decay", type=float, default=0.5)
+    g.add_argument("--lr-cycle-limit", type=int, default=1)
+    g.add_argument("--lr-k-decay", type=float, default=1.0)
     g = p.add_argument_group("augmentation and regularization")
     g.add_argument("--no-aug", action="store_true")
     g.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], metavar="PCT")
@@ -99,6 +110,13 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
     g.add_argument("--remode", default="pixel")
     g.add_argument("--recount", type=int, default=1)
+    g.add_argument("--aug-splits", type=int, default=0, metavar="N",
+                   help="N augmentation splits per image (AugMix-style: the first clean, the others augmented)")
+    g.add_argument("--jsd-loss", "--jsd", dest="jsd_loss", action="store_true",
+                   help="Jensen-Shannon divergence + cross-entropy over the splits (needs --aug-splits)")
+    g.add_argument("--resplit", action="store_true", help="no random erasing on the first (clean) split")
+    g.add_argument("--bce-loss", action="store_true", help="binary cross-entropy instead of softmax cross-entropy")
+    g.add_argument("--bce-target-thresh", type=float, default=None, help="binarize BCE targets above this value")
     g.add_argument("--mixup", type=float, default=0.8)
     g.add_argument("--cutmix", type=float, default=1.0)
     g.add_argument("--cutmix-minmax", type=float, nargs="+", default=None)
@@ -110,16 +128,34 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--train-interpolation", default="random")
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (evaluated and ranked)")
     g.add_argument("--model-ema-decay", type=float, default=0.9998)
+    g.add_argument("--model-ema-force-cpu", action="store_true",
+                   help="keep the EMA on the CPU and do not evaluate it (as the original)")
+    g = p.add_argument_group("BatchNorm across processes")
+    g.add_argument("--dist-bn", default="reduce", choices=["reduce", "broadcast", ""],
+                   help="after every epoch, before evaluation: average BatchNorm statistics over processes "
+                        "(reduce, default as the original), copy rank 0's (broadcast) or leave them ('')")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm: batch statistics over all GPUs")
+    g.add_argument("--no-ddp-bb", action="store_true",
+                   help="DDP does not copy rank 0's BatchNorm statistics to the others before each forward")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--output", default="", help="output folder (default output/train/<model>)")
+    g.add_argument("--experiment", default="", metavar="NAME",
+                   help="write to OUTPUT/NAME (default output/train/NAME), as timm")
     g.add_argument("--initial-checkpoint", default="",
                    help="start from these weights (e.g. a published ImageNet checkpoint); a classifier for "
                         "another number of classes is re-initialised")
     g.add_argument("--resume", default="auto", help="'auto' (OUTPUT/last.pth.tar if present), a path, or '' for fresh")
+    g.add_argument("--no-resume-opt", action="store_true",
+                   help="resume the weights (and EMA, schedule) but start a fresh optimizer and loss scaler")
     g.add_argument("--checkpoint-hist", type=int, default=3, help="best checkpoints to keep (default 3)")
     g.add_argument("--eval-metric", default="top1", help="metric ranking the best checkpoints (top1, top5, loss)")
     g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to OUTPUT/tensorboard")
+    g.add_argument("--log-interval", type=int, default=0, metavar="N",
+                   help="also log a line (loss, lr, img/s) every N steps, to the console and log.txt (default off)")
+    g.add_argument("--recovery-interval", type=int, default=0, metavar="N",
+                   help="save OUTPUT/last.pth.tar every N steps within an epoch too (default: at epoch ends)")
+    add_original_train_flags(p)
     return p
 
 
@@ -187,8 +223,14 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.dataset in ("", "folder", "imagefolder") and not args.data:
         raise UserError("No DATA folder given: pass a folder holding train/<class>/* and val/<class>/*, "
                         "or --dataset digits for the built-in dataset.")
+    notes = resolve_original_train_flags(args)
+    if args.experiment:
+        args.output = os.path.join(args.output or os.path.join("output", "train"), args.experiment)
+        notes.append(f"--experiment {args.experiment}: outputs in {args.output} (OUTPUT/NAME, as timm).")
     if not args.output:
         args.output = os.path.join("output", "train", args.model)
+    _check_split_options(args)
+    args.compat_notes = notes
     if args.batch_size < 1:
         raise UserError(f"-b {args.batch_size} is not a batch size: pass a positive number.")
     if args.epochs < 1:
@@ -197,6 +239,28 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         args.aa = None
     args.resume = "" if args.resume in ("", "none", "None") else args.resume
     return args
+
+
+def _check_split_options(args: argparse.Namespace) -> None:
+    """Augmentation splits, JSD and BCE combine as in the original train.py; impossible mixes are refused."""
+    from ..errors import UserError
+
+    if args.aug_splits == 1 or args.aug_splits < 0:
+        raise UserError(f"--aug-splits {args.aug_splits} makes no split: pass 0 (off) or at least 2.")
+    if args.jsd_loss and args.aug_splits < 2:
+        raise UserError("--jsd-loss compares augmentation splits: add --aug-splits 3 (e.g. with --aa "
+                        "augmix-m5-w4-d2), as the original required.")
+    mixup = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    if args.aug_splits and mixup:
+        raise UserError("--aug-splits cannot be combined with mixup/cutmix (as in the original): add --mixup 0 "
+                        "--cutmix 0.")
+    if args.aug_splits and args.no_aug:
+        raise UserError("--aug-splits needs augmentation: leave out --no-aug.")
+    if args.jsd_loss and args.bce_loss:
+        raise UserError("--jsd-loss and --bce-loss are two different losses: pass one of them.")
+    for flag, value in (("--log-interval", args.log_interval), ("--recovery-interval", args.recovery_interval)):
+        if value < 0:
+            raise UserError(f"{flag} {value} must be 0 (off) or a number of steps.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,13 +1,23 @@
-"""``fcvit validate``: top-1, top-5, loss and images/s of a checkpoint on a validation split (torchrun-ready)."""
+"""``fcvit validate``: top-1, top-5, loss and images/s of a checkpoint on a validation split (torchrun-ready).
+
+Also the paper's ``python3 validate.py DATA --model MODEL -b 128 --checkpoint CKPT``: the flags of the
+original (timm 0.5) validate.py are accepted, mapped or refused as :mod:`fcvit.cli.original_flags` says.
+"""
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
+import logging
 import os
 from typing import Any, Dict
 
+_logger = logging.getLogger(__name__)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from .original_flags import add_original_validate_flags
     from .train import add_data_arguments, track_explicit
 
     p = subparsers.add_parser(
@@ -19,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default="", help="checkpoint file (a training run's .pth.tar or published weights)")
     p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
     p.add_argument("-b", "--batch-size", type=int, default=128, help="batch size per process (default 128)")
-    p.add_argument("--results-file", default="", help="also write the results as JSON to this file")
+    p.add_argument("--results-file", default="",
+                   help="also write the results to this file: CSV if it ends in .csv (as timm), else JSON")
+    add_original_validate_flags(p)
     track_explicit(p)
     p.set_defaults(func=run)
 
@@ -44,7 +56,9 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     from ..engine.classification import build_eval_loader, check_classes, create_model, evaluate
     from ..errors import UserError
     from ..models import extract_state_dict, load_weights, read_checkpoint
+    from .original_flags import resolve_original_validate_flags
 
+    notes = resolve_original_validate_flags(args)
     args.data = args.data or args.data_dir
     if args.dataset in ("", "folder", "imagefolder") and not args.data:
         raise UserError("No DATA folder given: pass a folder holding val/<class>/*, or --dataset digits.")
@@ -59,10 +73,15 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         args.model = checkpoint["arch"]
     state_dict = extract_state_dict(checkpoint, use_ema=args.use_ema)
     num_classes = int(state_dict["head.weight"].shape[0]) if "head.weight" in state_dict else 1000
+    if args.num_classes is not None and args.num_classes != num_classes:
+        raise UserError(f"--num-classes {args.num_classes} does not match the checkpoint, whose classifier has "
+                        f"{num_classes} classes: leave --num-classes out.")
 
     ctx = init_distributed(args.device)
     try:
         setup_logging(ctx)
+        for note in notes:
+            _logger.info(note)
         args.drop_path = 0.0
         stored = checkpoint.get("args")  # a run trained with --model-kwargs needs them to rebuild its shape
         same_model = getattr(stored, "model", None) == args.model
@@ -74,6 +93,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
             model.to(memory_format=torch.channels_last)
         class_names = checkpoint.get("class_names")
         loader, dataset, tf_args = build_eval_loader(args, model, ctx, args.split, None)
+        _check_test_pool(args, model, tf_args)
         data_classes = getattr(dataset, "classes", None)
         check_classes(data_classes, checkpoint, num_classes, f"the '{args.split}' split")
         amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
@@ -86,13 +106,39 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
                   interpolation=tf_args["interpolation"], classes=len(class_names or data_classes or []) or num_classes,
                   amp=amp.describe(), world_size=ctx.world_size)
     if ctx.is_main and args.results_file:
-        directory = os.path.dirname(os.path.abspath(args.results_file))
-        os.makedirs(directory, exist_ok=True)
-        tmp = args.results_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, args.results_file)
+        write_results(args.results_file, result)
     return result
+
+
+def _check_test_pool(args: argparse.Namespace, model: Any, tf_args: Dict[str, Any]) -> None:
+    """``--test-pool`` changed nothing at the model's own input size (timm pooled only for larger inputs)."""
+    from ..errors import UserError
+
+    if not getattr(args, "test_pool", False):
+        return
+    own = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
+    if tuple(tf_args["input_size"])[-1] > own[-1]:
+        raise UserError(f"--test-pool above the model's {own[-1]} px is not supported: evaluate at "
+                        f"--img-size {own[-1]} or leave --test-pool out.")
+    _logger.info("--test-pool: no effect at the model's own input size (as in the original).")
+
+
+def _csv_text(result: Dict[str, Any]) -> str:
+    """One header row and one value row, lists joined by spaces (timm's validate.py wrote CSV)."""
+    text = io.StringIO(newline="")
+    row = {k: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in result.items()}
+    writer = csv.DictWriter(text, fieldnames=list(row))
+    writer.writeheader()
+    writer.writerow(row)
+    return text.getvalue()
+
+
+def write_results(path: str, result: Dict[str, Any]) -> None:
+    """The results as CSV (a ``.csv`` name) or JSON, written atomically."""
+    from ..files import atomic_write
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, _csv_text(result) if path.lower().endswith(".csv") else json.dumps(result, indent=2))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,10 +1,13 @@
 """Joint image/mask transforms for semantic segmentation, as torchvision transforms v2.
 
 The image is a ``tv_tensors.Image`` (uint8 until normalised) and the mask a ``tv_tensors.Mask`` of class
-indices with 255 for ignored pixels; v2 resizes masks with nearest interpolation and leaves them out of
-the colour transforms. Three steps of MMSegmentation's ADE20K recipe have no torchvision equivalent and
-are written here: the keep-ratio rescale with a random ratio, the crop that avoids crops dominated by
-one class, and the bottom/right padding to the crop size.
+indices with 255 for ignored pixels; v2 resizes masks with nearest interpolation (the same
+``floor(x * scale)`` source pixel as OpenCV's ``INTER_NEAREST``) and leaves them out of the colour
+transforms. Steps of MMSegmentation 0.19's ADE20K recipe without a torchvision equivalent are written
+here: the keep-ratio rescale with a random ratio, the crop that avoids crops dominated by one class, the
+bottom/right padding to the crop size and the two-step evaluation resize; the photometric distortion is
+in :mod:`.photometric`. Images are resized bilinearly WITHOUT anti-aliasing by default, as the original's
+``cv2.resize``; ``antialias=True`` is torchvision's default instead.
 """
 from __future__ import annotations
 
@@ -17,13 +20,15 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from .photometric import PhotometricDistortion, build_photometric
+
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = [
     "IGNORE_INDEX", "RandomRescale", "CatMaxRatioCrop", "PadTo", "PhotometricDistortion",
-    "keep_ratio_scale", "train_transforms", "eval_size", "eval_transforms",
+    "keep_ratio_scale", "keep_ratio_size", "train_transforms", "eval_size", "eval_transforms", "EvalResize",
 ]
 
 
@@ -43,23 +48,35 @@ def keep_ratio_scale(height: int, width: int, scale: Tuple[int, int]) -> float:
     return min(max(scale) / max(height, width), min(scale) / min(height, width))
 
 
-class RandomRescale(v2.Transform):
-    """Rescale keeping the aspect ratio to ``scale`` times a ratio drawn uniformly from ``ratio_range``."""
+def keep_ratio_size(height: int, width: int, scale: Tuple[int, int]) -> Tuple[int, int]:
+    """(height, width) fitted into ``scale`` keeping the ratio, rounded half up as ``mmcv.imrescale``."""
+    factor = keep_ratio_scale(height, width, scale)
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
-    def __init__(self, scale: Tuple[int, int] = (2048, 512), ratio_range: Tuple[float, float] = (0.5, 2.0)):
+
+class RandomRescale(v2.Transform):
+    """Rescale keeping the aspect ratio to ``scale`` times a ratio drawn uniformly from ``ratio_range``.
+
+    As MMSegmentation's ``Resize(ratio_range=...)``: the scaled target box is truncated to whole
+    pixels before the image is fitted into it. The image is resized bilinearly, with anti-aliasing
+    only if ``antialias``; the mask with nearest neighbours.
+    """
+
+    def __init__(self, scale: Tuple[int, int] = (2048, 512), ratio_range: Tuple[float, float] = (0.5, 2.0),
+                 antialias: bool = False):
         super().__init__()
         self.scale = tuple(scale)
         self.ratio_range = tuple(ratio_range)
+        self.antialias = antialias
 
     def make_params(self, flat_inputs: List[Any]) -> Dict[str, Any]:
         height, width = F.get_size(_find_mask(flat_inputs))
         ratio = random.uniform(*self.ratio_range)
-        target = (self.scale[0] * ratio, self.scale[1] * ratio)
-        factor = keep_ratio_scale(height, width, target)
-        return dict(size=[max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))])
+        target = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
+        return dict(size=list(keep_ratio_size(height, width, target)))
 
     def transform(self, inpt: Any, params: Dict[str, Any]) -> Any:
-        return self._call_kernel(F.resize, inpt, params["size"], antialias=True)
+        return self._call_kernel(F.resize, inpt, params["size"], antialias=self.antialias)
 
 
 class CatMaxRatioCrop(v2.Transform):
@@ -122,23 +139,6 @@ class PadTo(v2.Transform):
         return self._call_kernel(F.pad, inpt, padding=params["padding"], fill=fill)
 
 
-class PhotometricDistortion(v2.Compose):
-    """MMSegmentation's photometric distortion: brightness (+-32/255), contrast, saturation (0.5-1.5) and
-    hue (+-18/180), each applied with probability 0.5.
-
-    Built from torchvision's colour transforms; the masks pass through untouched.
-    """
-
-    def __init__(self, brightness: float = 32 / 255, contrast: float = 0.5, saturation: float = 0.5,
-                 hue: float = 18 / 180, p: float = 0.5):
-        super().__init__([
-            v2.RandomApply([v2.ColorJitter(brightness=brightness)], p=p),
-            v2.RandomApply([v2.ColorJitter(contrast=contrast)], p=p),
-            v2.RandomApply([v2.ColorJitter(saturation=saturation)], p=p),
-            v2.RandomApply([v2.ColorJitter(hue=hue)], p=p),
-        ])
-
-
 def _normalize(mean: Sequence[float], std: Sequence[float]) -> List[v2.Transform]:
     return [v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None},
                        scale=True),
@@ -153,13 +153,19 @@ def train_transforms(
         hflip: float = 0.5,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        photometric: str = "mmseg",
+        antialias: bool = False,
 ) -> v2.Compose:
-    """The training pipeline of the published ADE20K recipe, applied to ``(image, mask)``."""
+    """The training pipeline of the published ADE20K recipe, applied to ``(image, mask)``.
+
+    ``photometric`` is ``mmseg`` (the paper's) or ``torchvision``; ``antialias`` switches the
+    rescale to torchvision's anti-aliased resize (the paper's is plain bilinear).
+    """
     return v2.Compose([
-        RandomRescale(scale, ratio_range),
+        RandomRescale(scale, ratio_range, antialias=antialias),
         CatMaxRatioCrop(crop_size, cat_max_ratio),
         v2.RandomHorizontalFlip(hflip),
-        PhotometricDistortion(),
+        build_photometric(photometric),
         *_normalize(mean, std),
         PadTo(crop_size),
     ])
@@ -170,30 +176,42 @@ def eval_size(height: int, width: int, short_side: int = 512, max_long_side: int
     """Evaluation input size: shorter side ``short_side`` (long side at most ``max_long_side``), ratio kept,
     then both sides rounded up to multiples of ``size_divisor`` so every FPN level aligns.
 
-    The same two roundings as the published configs' ``AlignedResize``: to whole pixels first, then up.
+    The same two roundings as the published configs' ``AlignResize``: to whole pixels first, then up.
     """
-    factor = keep_ratio_scale(height, width, (max_long_side, short_side))
-    new_h, new_w = int(height * factor + 0.5), int(width * factor + 0.5)
-    return (max(size_divisor, math.ceil(new_h / size_divisor) * size_divisor),
-            max(size_divisor, math.ceil(new_w / size_divisor) * size_divisor))
+    new_h, new_w = keep_ratio_size(height, width, (max_long_side, short_side))
+    return _aligned(new_h, size_divisor), _aligned(new_w, size_divisor)
+
+
+def _aligned(side: int, size_divisor: int) -> int:
+    return max(size_divisor, math.ceil(side / size_divisor) * size_divisor)
 
 
 class EvalResize(v2.Transform):
-    """Resize the image (only) to :func:`eval_size`; the mask stays at full resolution for scoring."""
+    """Resize the image (only) to :func:`eval_size`; the mask stays at full resolution for scoring.
+
+    Two bilinear resizes as the published configs' ``AlignResize`` (``mmcv.imrescale`` to fit, then
+    ``mmcv.imresize`` to multiples of ``size_divisor``), each rounded back to uint8; anti-aliased
+    only if ``antialias``.
+    """
 
     _transformed_types = (tv_tensors.Image,)
 
-    def __init__(self, short_side: int = 512, max_long_side: int = 2048, size_divisor: int = 32):
+    def __init__(self, short_side: int = 512, max_long_side: int = 2048, size_divisor: int = 32,
+                 antialias: bool = False):
         super().__init__()
         self.short_side, self.max_long_side, self.size_divisor = short_side, max_long_side, size_divisor
+        self.antialias = antialias
 
     def transform(self, inpt: Any, params: Dict[str, Any]) -> Any:
         height, width = F.get_size(inpt)
-        size = eval_size(height, width, self.short_side, self.max_long_side, self.size_divisor)
-        return F.resize(inpt, list(size), antialias=True)
+        fitted = keep_ratio_size(height, width, (self.max_long_side, self.short_side))
+        image = F.resize(inpt, list(fitted), antialias=self.antialias)
+        aligned = [_aligned(side, self.size_divisor) for side in fitted]
+        return F.resize(image, aligned, antialias=self.antialias)
 
 
 def eval_transforms(short_side: int = 512, max_long_side: int = 2048, size_divisor: int = 32,
-                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                    antialias: bool = False) -> v2.Compose:
     """Whole-image evaluation: the image resized by :class:`EvalResize` and normalised, the mask untouched."""
-    return v2.Compose([EvalResize(short_side, max_long_side, size_divisor), *_normalize(mean, std)])
+    return v2.Compose([EvalResize(short_side, max_long_side, size_divisor, antialias), *_normalize(mean, std)])

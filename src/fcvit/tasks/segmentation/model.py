@@ -1,9 +1,11 @@
 """Semantic FPN (the semantic branch of Panoptic FPN, Kirillov et al. 2019) on an FCViT backbone.
 
-Backbone (4 maps, strides 4..32) -> torchvision FPN (256 channels, one output per level) -> per level,
-3x3 conv + norm + ReLU blocks with 2x bilinear upsampling until stride 4 (128 channels) -> sum ->
-dropout -> 1x1 classifier at stride 4 -> bilinear upsampling to the input size. This matches
-MMSegmentation's ``FPN`` + ``FPNHead`` configuration used for the published ADE20K numbers.
+Backbone (4 maps, strides 4..32) -> torchvision FPN (256 channels, one output per level, nearest
+top-down, xavier-uniform initialised) -> per level, 3x3 conv + norm + ReLU blocks with 2x bilinear
+upsampling until stride 4 (128 channels) -> sum -> dropout -> 1x1 classifier at stride 4 (normal, std
+0.01) -> bilinear upsampling to the input size. This matches MMSegmentation 0.19's ``FPN`` + ``FPNHead``
+configuration used for the published ADE20K numbers, including its initialisation. Under torchrun only
+the head's BatchNorm is synchronised by default (:func:`synchronize_batch_norm`), as there.
 """
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ from torchvision.ops import FeaturePyramidNetwork
 
 from ...models import create_backbone
 
-__all__ = ["SemanticFPNHead", "SemanticFPN", "create_segmenter"]
+__all__ = ["SYNC_BN_SCOPES", "XavierFeaturePyramidNetwork", "SemanticFPNHead", "SemanticFPN", "create_segmenter",
+           "synchronize_batch_norm"]
+
+SYNC_BN_SCOPES = ("head", "all", "none")
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -42,6 +47,21 @@ class _ConvNormReLU(nn.Sequential):
 class _Upsample2x(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+class XavierFeaturePyramidNetwork(FeaturePyramidNetwork):
+    """torchvision's FPN initialised as MMSegmentation's ``FPN``: xavier-uniform weights (gain 1), zero biases.
+
+    torchvision's own kaiming-uniform (a=1) draws from a wider range wherever a conv's fan-in is smaller
+    than its fan-out (the 1x1 lateral convs from 64 or 128 channels to 256).
+    """
+
+    def __init__(self, in_channels_list: Sequence[int], out_channels: int) -> None:
+        super().__init__(list(in_channels_list), out_channels)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
 
 
 class SemanticFPNHead(nn.Module):
@@ -90,7 +110,7 @@ class SemanticFPN(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        self.fpn = FeaturePyramidNetwork(list(backbone.channels), fpn_channels)
+        self.fpn = XavierFeaturePyramidNetwork(list(backbone.channels), fpn_channels)
         self.head = SemanticFPNHead(fpn_channels, backbone.strides, num_classes, head_channels, dropout, norm)
 
     def forward_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -131,3 +151,19 @@ def create_segmenter(
                         backbone_kwargs={k: list(v) if isinstance(v, (tuple, list)) else v
                                          for k, v in (backbone_kwargs or {}).items()})
     return model
+
+
+def synchronize_batch_norm(model: SemanticFPN, scope: str = "head") -> SemanticFPN:
+    """Turn the BatchNorms of ``scope`` into SyncBatchNorm: ``head`` (the paper's), ``all`` or ``none``.
+
+    The published config synchronised only the decode head's norms; the backbone's BatchNorms (stem and
+    downsamplers) stayed plain, each GPU normalising with the statistics of its own 4 images.
+    """
+    if scope == "all":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if scope == "head":
+        model.head = nn.SyncBatchNorm.convert_sync_batchnorm(model.head)
+        return model
+    if scope == "none":
+        return model
+    raise ValueError(f"unknown SyncBatchNorm scope '{scope}', expected one of {SYNC_BN_SCOPES}")

@@ -53,10 +53,10 @@ def overlay(image: Image.Image, mask: Image.Image, alpha: float = 0.5) -> Image.
 
 @torch.inference_mode()
 def segment_image(model: nn.Module, image: Image.Image, device: torch.device | str = "cpu",
-                  short_side: int = 512) -> np.ndarray:
+                  short_side: int = 512, antialias: bool = False) -> np.ndarray:
     """Class index per pixel at the image's own size (the evaluation resize, then back)."""
     pixels = tv_tensors.Image(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1))
-    batch = eval_transforms(short_side, 4 * short_side)(pixels).unsqueeze(0).to(device)
+    batch = eval_transforms(short_side, 4 * short_side, antialias=antialias)(pixels).unsqueeze(0).to(device)
     logits = infer_logits(model, batch, (image.height, image.width))
     return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
@@ -74,7 +74,7 @@ def _save_png(image: Image.Image, path: Path) -> None:
 
 def predict_images(model: nn.Module, paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                    class_names: Sequence[str], device: torch.device | str = "cpu",
-                   alpha: float = 0.5, short_side: int = 512) -> List[Dict[str, object]]:
+                   alpha: float = 0.5, short_side: int = 512, antialias: bool = False) -> List[Dict[str, object]]:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` per image; return the classes found in each.
 
     All images are decoded first, so a bad file fails before any output is written.
@@ -90,7 +90,7 @@ def predict_images(model: nn.Module, paths: Sequence[str | os.PathLike], output_
         stems[stem] = stems.get(stem, 0) + 1
         if stems[stem] > 1:  # two inputs with the same name from different folders
             stem = f"{stem}_{stems[stem]}"
-        classes = segment_image(model, image, device, short_side)
+        classes = segment_image(model, image, device, short_side, antialias)
         mask = colorize(classes, len(class_names))
         mask_path, overlay_path = output_dir / f"{stem}_mask.png", output_dir / f"{stem}_overlay.png"
         _save_png(mask, mask_path)

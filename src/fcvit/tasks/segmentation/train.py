@@ -1,8 +1,10 @@
 """Iteration-based Semantic FPN training on the shared engine (torchrun/DDP, AMP, checkpoints, clean stops).
 
-The published recipe: AdamW (lr 2e-4, weight decay 1e-4), poly decay with power 0.9 to 0 over 40,000
-iterations, 32 images per step overall, 512x512 crops; evaluation every 4,000 iterations. ``-b`` is the
-GLOBAL batch, split evenly over the processes, so the recipe holds on any number of GPUs.
+The published recipe (MMSegmentation 0.19): AdamW (lr 2e-4, weight decay 1e-4 on every parameter),
+poly decay with power 0.9 to 0 per iteration over 40,000 iterations without warmup, float32, 8 GPUs x 4
+images = 32 per step, 512x512 crops; evaluation every 4,000 iterations, the final checkpoint reported.
+``-b`` is images PER PROCESS, as in torchvision's references and timm: ``torchrun --nproc_per_node 8 ...
+-b 4`` is the paper's set-up, and the lr is used as given whatever the global batch.
 """
 from __future__ import annotations
 
@@ -43,12 +45,15 @@ from ...errors import UserError
 from .data import SegmentationFolder, default_class_names, read_class_names
 from .evaluate import CONFIG_KEY, atomic_save_json, eval_loader, evaluate
 from .metrics import format_class_table
-from .model import SemanticFPN, create_segmenter
+from .model import SemanticFPN, create_segmenter, synchronize_batch_norm
 from .transforms import IGNORE_INDEX, eval_transforms, train_transforms
 
-__all__ = ["segmentation_loss", "build_model", "train_steps", "train"]
+__all__ = ["RECIPE_GLOBAL_BATCH", "segmentation_loss", "build_model", "build_optimizer", "build_scheduler",
+           "distributed_batch_norm", "global_batch", "train_steps", "train"]
 
 _logger = logging.getLogger(__name__)
+
+RECIPE_GLOBAL_BATCH = 32  # 8 GPUs x 4 images: the batch the recipe's lr 2e-4 belongs to
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -86,11 +91,30 @@ def build_model(args: argparse.Namespace, num_classes: int) -> SemanticFPN:
                             fpn_channels=args.fpn_channels, norm=args.head_norm, backbone_kwargs=backbone_kwargs)
 
 
-def _per_process_batch(batch_size: int, ctx: DistContext) -> int:
-    if batch_size < 1 or batch_size % ctx.world_size:
-        raise UserError(f"-b {batch_size} images per step cannot be split evenly over {ctx.world_size} processes: "
-                        f"pass a multiple of {ctx.world_size}.")
-    return batch_size // ctx.world_size
+def global_batch(batch_size: int, ctx: DistContext) -> int:
+    """Images per optimizer step over all processes (``-b`` is per process)."""
+    if batch_size < 1:
+        raise UserError(f"-b {batch_size} must be at least 1 image per process.")
+    return batch_size * ctx.world_size
+
+
+def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """AdamW over every parameter with one weight decay (biases and norms included), as published."""
+    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> Any:
+    """Poly decay per iteration from the lr to 0 at ``--iters``, no warmup: step i uses lr (1 - i/iters)^power."""
+    from timm.scheduler import PolyLRScheduler
+
+    return PolyLRScheduler(optimizer, t_initial=args.iters, power=args.power, lr_min=0.0, t_in_epochs=False)
+
+
+def distributed_batch_norm(model: SemanticFPN, scope: str, ctx: DistContext) -> SemanticFPN:
+    """SyncBatchNorm for ``scope`` (head/all/none) in a multi-GPU run; unchanged otherwise (torch's SyncBN is GPU-only)."""
+    if ctx.distributed and ctx.device.type == "cuda":
+        return synchronize_batch_norm(model, scope)
+    return model
 
 
 def infinite_batches(loader: DataLoader, sampler: EpochShardSampler, epoch: int, done: int = 0
@@ -175,8 +199,6 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
-    from timm.scheduler import PolyLRScheduler
-
     out = args.output
     setup_logging(ctx, out)
     seed_everything(args.seed, ctx.rank)
@@ -184,18 +206,20 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
         raise UserError(f"--iters {args.iters} must be at least 1.")
     num_classes, class_names = resolve_classes(args)
     crop = (args.crop_size, args.crop_size)
-    per_process = _per_process_batch(args.batch_size, ctx)
+    images_per_step = global_batch(args.batch_size, ctx)
     reduce_zero = not args.no_reduce_zero_label
     train_set = SegmentationFolder(args.data, "train", num_classes, reduce_zero,
-                                   train_transforms(crop_size=crop, scale=(4 * args.crop_size, args.crop_size)))
+                                   train_transforms(crop_size=crop, scale=(4 * args.crop_size, args.crop_size),
+                                                    photometric=args.photometric, antialias=args.antialias))
     val_set = SegmentationFolder(args.data, "val", num_classes, reduce_zero,
-                                 eval_transforms(short_side=args.crop_size, max_long_side=4 * args.crop_size))
-    if len(train_set) < args.batch_size:
-        raise UserError(f"The training split has {len(train_set)} images, fewer than one step of -b {args.batch_size}: "
-                        "pass a smaller -b.")
+                                 eval_transforms(short_side=args.crop_size, max_long_side=4 * args.crop_size,
+                                                 antialias=args.antialias))
     sampler = EpochShardSampler(len(train_set), args.seed, ctx.rank, ctx.world_size)
+    if sampler.per_rank < args.batch_size:
+        raise UserError(f"The training split has {len(train_set)} images, fewer than one step of -b {args.batch_size} "
+                        f"per process x {ctx.world_size} process(es): pass a smaller -b.")
     # a private generator: creating an iterator must not draw from the training RNG (exact resume)
-    loader = DataLoader(SeededSamples(train_set), batch_size=per_process, sampler=sampler, num_workers=args.workers,
+    loader = DataLoader(SeededSamples(train_set), batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         pin_memory=ctx.device.type == "cuda", drop_last=True, persistent_workers=args.workers > 0,
                         worker_init_fn=ignore_stop_signals if args.workers else None, generator=torch.Generator())
     val_loader = eval_loader(val_set, ctx, args.workers)
@@ -204,13 +228,11 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     if not args.pretrained_backbone and ctx.is_main:
         _logger.warning("No --pretrained-backbone: the backbone starts from random weights, so mIoU will stay far "
                         "below the published numbers, which start from ImageNet checkpoints.")
-    if ctx.distributed and ctx.device.type == "cuda":
-        # batch statistics over all GPUs, as the published SyncBN runs (torch's SyncBN is GPU-only)
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = distributed_batch_norm(model, args.sync_bn, ctx)
     model.to(ctx.device)
     config = dict(model.config)  # create_segmenter()'s arguments, stored so eval/predict can rebuild the model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = PolyLRScheduler(optimizer, t_initial=args.iters, power=args.power, lr_min=0.0, t_in_epochs=False)
+    optimizer = build_optimizer(model, args)
+    scheduler = build_scheduler(optimizer, args)
     amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
     saver = CheckpointSaver(out, metric="mIoU", mode="max", keep_best=args.keep_best, ctx=ctx)
     summary = SummaryLog(os.path.join(out, "summary.csv"), ctx,
@@ -238,15 +260,18 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
         _logger.info("Already trained for %d of %d iterations: nothing to do.", step, args.iters)
     model = wrap_ddp(model, ctx)
     _logger.info("Semantic FPN on %s: %d classes, %d train / %d val images, %d iterations of %d images "
-                 "(%d per process x %d), %s.", args.backbone, num_classes, len(train_set), len(val_set), args.iters,
-                 args.batch_size, per_process, ctx.world_size, amp.describe())
+                 "(-b %d per process x %d processes), %s.", args.backbone, num_classes, len(train_set), len(val_set),
+                 args.iters, images_per_step, args.batch_size, ctx.world_size, amp.describe())
+    if images_per_step != RECIPE_GLOBAL_BATCH:
+        _logger.warning("The recipe's lr (2e-4) is for %d images per step (8 GPUs x -b 4); this run takes %d at "
+                        "--lr %g, used as given.", RECIPE_GLOBAL_BATCH, images_per_step, args.lr)
 
     def state_at(step_done: int, data_position: Tuple[int, int]) -> Dict[str, Any]:
         # ``epoch`` is the data epoch in progress and ``epoch_batches_done`` how far into it
         return build_train_state(model, optimizer, scheduler, amp.scaler, epoch=data_position[0],
                                  epoch_batches_done=data_position[1], global_step=step_done,
                                  args=args, class_names=class_names, arch=f"semantic_fpn_{args.backbone}",
-                                 eval_short_side=args.crop_size,
+                                 eval_short_side=args.crop_size, eval_antialias=bool(args.antialias),
                                  **{CONFIG_KEY: config})
 
     eval_every = args.eval_interval if args.eval_interval > 0 else args.iters
@@ -278,7 +303,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     finally:
         summary.close()
     if scores and ctx.is_main:
-        _logger.info("%s", format_class_table(scores, class_names))
+        _logger.info("Final checkpoint (iteration %d, the one the paper reports):\n%s", step,
+                     format_class_table(scores, class_names))
         atomic_save_json(dict(iter=step, backbone=args.backbone, **{k: scores[k] for k in ("mIoU", "mAcc", "aAcc")},
                               IoU=dict(zip(class_names, scores["IoU"]))), os.path.join(out, "results.json"))
     return scores

@@ -82,6 +82,13 @@ def test_training_reduces_the_loss_and_learns_the_regions(trained):
     assert load_train_state(trained / "model_best.pth.tar")["metric"] == pytest.approx(best, rel=1e-4)
 
 
+def test_log_states_the_global_batch_and_the_recipes_batch_for_its_lr(trained):
+    log = (trained / "log.txt").read_text()
+    assert "40 iterations of 4 images (-b 4 per process x 1 processes)" in log
+    assert "lr (2e-4) is for 32 images per step (8 GPUs x -b 4); this run takes 4" in log
+    assert "Final checkpoint (iteration 40" in log
+
+
 def test_eval_reproduces_the_training_score(trained, dataset, tmp_path, capsys):
     results = tmp_path / "r.json"
     code, out, err = run_cli(["segment", "eval", "--data", dataset, "--checkpoint", trained / "last.pth.tar",

@@ -18,4 +18,6 @@ if ! "$PYTHON" -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('t
     echo "distributed_train.sh: $PYTHON cannot import torch and fcvit: run \`make demo\` once in $HERE, then \`source $HERE/.venv/bin/activate\`, and run the command again." >&2
     exit 2
 fi
-exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NUM_PROC" "$HERE/train.py" "$@"
+# = python -m torch.distributed.run --standalone --nproc_per_node=NUM_PROC train.py ..., ending a failed run in
+# the processes' own message (one sentence for a user error) instead of torchrun's summary traceback
+exec "$PYTHON" -m fcvit.cli.launch "$NUM_PROC" "$HERE/train.py" "$@"

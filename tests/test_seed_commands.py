@@ -169,6 +169,23 @@ def test_launchers_say_what_to_do_when_fcvit_is_missing():
     assert proc.returncode == 2 and "number of processes" in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
+def test_distributed_train_sh_ends_a_user_error_in_its_sentence_not_a_traceback(tmp_path):
+    proc = _run(["./distributed_train.sh", "1", str(tmp_path), "--split-bn"], timeout=300, PYTHON=sys.executable)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
+    assert "fcvit train: error: --split-bn is not implemented" in proc.stderr
+
+
+def test_launch_refuses_a_bad_process_count():
+    from fcvit.cli.launch import main as launch, torchrun_args
+
+    assert torchrun_args(8, "train.py", ["DATA", "-b", "128"]) == [
+        "--standalone", "--nproc_per_node=8", "train.py", "DATA", "-b", "128"]
+    for argv in (["0", "train.py"], ["eight", "train.py"], ["2"]):
+        with pytest.raises(SystemExit, match="NUM_PROC a positive number of processes"):
+            launch(argv)
+
+
 def test_launchers_are_committed_executable():
     if subprocess.run(["git", "rev-parse", "--git-dir"], cwd=REPO, capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")

@@ -20,6 +20,7 @@ for HSV->RGB), so the distorted pixels are those the original pipeline produced 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -73,19 +74,30 @@ def _one_minus_product(a: torch.Tensor, b: torch.Tensor, fused: bool) -> torch.T
     return 1 - a * b
 
 
-def _hsv_to_unit_rgb(hsv: torch.Tensor, fused: bool) -> torch.Tensor:
-    """OpenCV's float32 HSV->RGB of uint8 HSV (H in 2-degree units), giving RGB in 0..1."""
-    hue, saturation, value = hsv.to(torch.float32).unbind(-3)
-    saturation = saturation * (1.0 / 255.0)
-    value = value * (1.0 / 255.0)
-    hue = torch.remainder(hue * (6.0 / _HUE_RANGE), 6.0)
+@functools.lru_cache(maxsize=2)
+def _hsv_factor_table(fused: bool) -> torch.Tensor:
+    """(3, 256 * 256): for uint8 (S, H) at ``S * 256 + H``, the factor of V that OpenCV gives R, G and B.
+
+    Every term but V depends only on the uint8 S and H, so one table holds them exactly; a pixel then
+    costs one look-up and one multiplication per channel.
+    """
+    hue = torch.remainder(torch.arange(256, dtype=torch.float32) * (6.0 / _HUE_RANGE), 6.0)
     sector = hue.floor()
     fraction = hue - sector
-    table = torch.stack([value, value * (1 - saturation), value * _one_minus_product(saturation, fraction, fused),
-                         value * _one_minus_product(saturation, 1 - fraction, fused)])
+    saturation = (torch.arange(256, dtype=torch.float32) * (1.0 / 255.0))[:, None]
+    factors = torch.stack([torch.ones(256, 256), (1 - saturation).expand(256, 256),
+                           _one_minus_product(saturation, fraction[None], fused),
+                           _one_minus_product(saturation, (1 - fraction)[None], fused)])  # (4, S, H)
     sector = sector.long().clamp_(0, 5)
-    channels = [table.gather(0, lookup[sector].unsqueeze(0)).squeeze(0) for lookup in (_SECTOR_R, _SECTOR_G, _SECTOR_B)]
-    return torch.stack(channels, dim=-3)
+    lookups = torch.stack([_SECTOR_R[sector], _SECTOR_G[sector], _SECTOR_B[sector]])  # (3, H)
+    return factors.gather(0, lookups[:, None, :].expand(3, 256, 256)).reshape(3, -1)
+
+
+def _hsv_to_unit_rgb(hsv: torch.Tensor, fused: bool) -> torch.Tensor:
+    """OpenCV's float32 HSV->RGB of uint8 HSV (H in 2-degree units), giving RGB in 0..1."""
+    hue, saturation, value = hsv.unbind(-3)
+    factors = _hsv_factor_table(fused).to(hsv.device)[:, saturation.long() * 256 + hue.long()]
+    return (factors * (value.to(torch.float32) * (1.0 / 255.0))).movedim(0, -3)
 
 
 def hsv_to_rgb_opencv(hsv: torch.Tensor) -> torch.Tensor:

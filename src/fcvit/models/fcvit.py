@@ -3,9 +3,12 @@
 A MetaFormer whose token mixer replaces attention by a global context weighted with token-global
 similarity, plus large depth-wise convolutions. Module names follow the published checkpoints
 (``patch_embed``, ``network.N``, ``norm``, ``head``) so those files load without remapping.
-"""
-from __future__ import annotations
 
+This module keeps its annotations evaluated (no ``from __future__ import annotations``): FX copies
+the annotation of ``forward`` into the traced graph's signature, and a string annotation becomes a
+global named ``_torch_Tensor_`` there that TorchScript cannot resolve, so the traced model would not
+script.
+"""
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 

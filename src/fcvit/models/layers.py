@@ -10,12 +10,21 @@ channel mixer's last 1x1 convolution.
 For float32 inference on the CPU (eval mode, autograd off, eager) the blocks switch to
 ``forward_fused``: the same function computed with oneDNN kernels that apply the GELU inside the
 preceding convolution or matrix product, so the large hidden activations are written once instead
-of three times. Training, CUDA, autocast, TorchScript, FX, torch.compile and ONNX export see only
-the plain PyTorch ops. Two more CPU measures apply in eager mode: the channel mixer runs its batch in
+of three times. Training, CUDA, autocast, TorchScript, torch.compile and ONNX export see only the
+plain PyTorch ops. Two more CPU measures apply in eager mode: the channel mixer runs its batch in
 slices (:data:`CPU_SLICE_BYTES`) so its wide hidden activation stays in cache (inference) or under
 the allocator's mmap threshold (training), and the 11x11 depth-wise convolutions compute their
 weight gradient faster (:mod:`fcvit.models.depthwise`). docs/benchmarks.md has the measurements
 behind these choices.
+
+FX needs care because a traced graph runs eagerly too: had it recorded the plain ops, the same model
+traced and untraced would differ in CPU inference by float rounding (timm's own model tests demand
+``torch.equal``). So :class:`FCViTBlock` is registered as a leaf module in timm's FX registry: timm's
+tracer (``timm.models._features_fx``, ``features_only=True, feature_cls='fx'``) records a call of
+the block itself, which then makes the same choice of path as the untraced model, and since the fast
+paths are ``@torch.jit.unused`` behind ``torch.jit.is_scripting()`` the traced graph still scripts.
+A bare ``torch.fx.symbolic_trace`` without timm's leaf modules traces into the block and records the
+plain ops.
 """
 
 import math
@@ -25,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.layers import DropPath
+from timm.layers import DropPath, register_notrace_module
 
 from .depthwise import DepthwiseConv2d, _cpu_autocast_enabled
 
@@ -273,13 +282,15 @@ class ChannelMixer(nn.Module):
         return _onednn_pointwise(x, weight, self.fc2.bias * layer_scale, "none")
 
 
+@register_notrace_module
 class FCViTBlock(nn.Module):
     """MetaFormer block: norm -> token mixer -> scaled residual, norm -> channel mixer -> scaled residual.
 
     In CPU float32 inference (eval mode, no autograd, eager) the block runs :meth:`forward_fused`,
     which computes the same function with fused oneDNN kernels and fewer temporaries; everywhere
-    else (training, CUDA, autocast, TorchScript, FX, torch.compile, ONNX export) it runs the plain
-    PyTorch ops of :meth:`forward`.
+    else (training, CUDA, autocast, TorchScript, torch.compile, ONNX export) it runs the plain
+    PyTorch ops of :meth:`forward`. timm's FX tracer keeps the block as one call (a registered leaf),
+    so a traced model chooses its path exactly as the untraced one does.
     """
 
     def __init__(

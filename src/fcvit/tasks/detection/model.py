@@ -2,47 +2,113 @@
 
 The FCViT backbone gives four GroupNorm-ed maps (strides 4, 8, 16, 32); torchvision's
 ``FeaturePyramidNetwork`` turns them into 256-channel maps and ``LastLevelMaxPool`` adds a fifth level
-(stride 64) by max-pooling the last one, which is the layout of the published FCViT detection config and
-of ``torchvision.models.detection.maskrcnn_resnet50_fpn``. Everything after the FPN (anchors, RPN,
-``MultiScaleRoIAlign`` box and mask heads, image resizing and normalisation) is torchvision's default.
+(stride 64) by max-pooling the last one, the layout of the published FCViT detection config. The
+defaults reproduce that config (MMDetection 2.19) setting by setting; where it differs from
+torchvision's defaults, :mod:`.components` overrides the one step concerned and each keyword below
+switches back to torchvision's behaviour (``TORCHVISION_SETTINGS``).
 """
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
+from ...errors import UserError
 from ...models import FCViTBackbone, create_backbone
 from ...models.fcvit import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from .components import (
+    AlignedMultiScaleRoIAlign,
+    FlooredMatcher,
+    GridAnchorGenerator,
+    MaskRoIHeads,
+    ProposalNetwork,
+    mmdet_box_head_init,
+    xavier_init_convs,
+)
 
-__all__ = ["FCViTFPN", "build_mask_rcnn", "count_parameters", "FPN_CHANNELS"]
+__all__ = ["FCViTFPN", "build_mask_rcnn", "count_parameters", "FPN_CHANNELS", "PAPER_SETTINGS",
+           "TORCHVISION_SETTINGS", "with_legacy_settings"]
 
 FPN_CHANNELS = 256
+ANCHOR_SIZES = (32, 64, 128, 256, 512)  # one scale, 8 x stride
+ANCHOR_STRIDES = (4, 8, 16, 32, 64)
+ANCHOR_RATIOS = (0.5, 1.0, 2.0)
+ROI_STRIDES = (4, 8, 16, 32)
+RPN_LOW_QUALITY_FLOOR = 0.3  # MMDetection's rpn assigner min_pos_iou
+ROI_LOW_QUALITY_FLOOR = 0.5  # ... and its rcnn assigner's
+
+# The paper's config (the defaults) and torchvision's choice for each setting where the two differ.
+PAPER_SETTINGS: Dict[str, Any] = dict(box_loss="l1", roi_align="aligned", matcher="mmdet", anchors="mmdet",
+                                      proposals_train=1000, fpn_init="xavier", box_head_init="mmdet")
+TORCHVISION_SETTINGS: Dict[str, Any] = dict(box_loss="smooth_l1", roi_align="legacy", matcher="torchvision",
+                                            anchors="torchvision", proposals_train=2000, fpn_init="kaiming",
+                                            box_head_init="torchvision")
 
 
 class FCViTFPN(nn.Module):
     """FCViT body plus FPN: the ``backbone`` torchvision's ``GeneralizedRCNN`` expects.
 
     Returns an ``OrderedDict`` with keys '0'..'3' (strides 4..32) and 'pool' (stride 64), each with
-    ``out_channels`` channels; the names match the feature maps ``MaskRCNN``'s default RoI poolers read.
+    ``out_channels`` channels. ``init`` 'xavier' gives the FPN's convolutions MMDetection's
+    xavier-uniform weights; 'kaiming' keeps torchvision's kaiming-uniform (a=1).
     """
 
-    def __init__(self, body: FCViTBackbone, out_channels: int = FPN_CHANNELS) -> None:
+    def __init__(self, body: FCViTBackbone, out_channels: int = FPN_CHANNELS, init: str = "xavier") -> None:
         super().__init__()
         self.body = body
         self.fpn = FeaturePyramidNetwork(list(body.channels), out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
+        if init == "xavier":
+            xavier_init_convs(self.fpn)
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         maps = self.body(images)
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
+
+
+def _check_settings(settings: Mapping[str, Any]) -> None:
+    for name, value in settings.items():
+        allowed = (PAPER_SETTINGS[name], TORCHVISION_SETTINGS[name])
+        if name == "proposals_train":
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"proposals_train {value!r} must be a positive number of proposals (the paper's "
+                                "1000, torchvision's 2000).")
+        elif value not in allowed:
+            raise UserError(f"{name} '{value}' is not one of {allowed[0]} (the paper's) or {allowed[1]} "
+                            "(torchvision's).")
+
+
+def with_legacy_settings(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """A stored ``model_config`` with torchvision's value for every setting it lacks: checkpoints written
+    before these settings existed were trained with torchvision's defaults."""
+    return {**TORCHVISION_SETTINGS, **config}
+
+
+def _poolers(roi_align: str) -> Dict[str, MultiScaleRoIAlign]:
+    names = [str(i) for i in range(len(ROI_STRIDES))]
+    if roi_align == "aligned":
+        return dict(box_roi_pool=AlignedMultiScaleRoIAlign(names, 7, ROI_STRIDES),
+                    mask_roi_pool=AlignedMultiScaleRoIAlign(names, 14, ROI_STRIDES))
+    return dict(box_roi_pool=MultiScaleRoIAlign(names, 7, sampling_ratio=2),
+                mask_roi_pool=MultiScaleRoIAlign(names, 14, sampling_ratio=2))
+
+
+def _anchor_generator(anchors: str) -> AnchorGenerator:
+    sizes = tuple((s,) for s in ANCHOR_SIZES)
+    ratios = (ANCHOR_RATIOS,) * len(ANCHOR_SIZES)
+    if anchors == "mmdet":
+        return GridAnchorGenerator(sizes, ratios, ANCHOR_STRIDES)
+    return AnchorGenerator(sizes, ratios)
 
 
 def build_mask_rcnn(
@@ -55,33 +121,67 @@ def build_mask_rcnn(
         fpn_channels: int = FPN_CHANNELS,
         representation_size: int = 1024,
         backbone_kwargs: Optional[Dict[str, Any]] = None,
+        box_loss: str = "l1",
+        roi_align: str = "aligned",
+        matcher: str = "mmdet",
+        anchors: str = "mmdet",
+        proposals_train: int = 1000,
+        fpn_init: str = "xavier",
+        box_head_init: str = "mmdet",
         **mask_rcnn_kwargs: Any,
 ) -> MaskRCNN:
-    """Mask R-CNN + FPN on ``fcvit.create_backbone(backbone)``.
+    """Mask R-CNN + FPN on ``fcvit.create_backbone(backbone)``, set up as the paper's MMDetection config.
 
     ``num_classes`` counts the object classes without the background (COCO: 80); torchvision's heads get
     one more output for it. ``pretrained_backbone`` is an ImageNet FCViT checkpoint (its classifier is
     dropped). Images are normalised with the ImageNet mean and std the backbone was trained with.
     ``fpn_channels`` (256) and ``representation_size`` (1024, the width of the two-layer box head) are
-    the recipe's; smaller values (the mask head follows ``fpn_channels``) make quick models for tests. ``backbone_kwargs`` (e.g. smaller
-    ``depths``/``dims``) and ``mask_rcnn_kwargs`` (e.g. ``box_batch_size_per_image``) pass through to
-    ``create_backbone`` and ``MaskRCNN``.
+    the recipe's; smaller values (the mask head follows ``fpn_channels``) make quick models for tests.
+
+    The paper's settings, each with torchvision's alternative (``TORCHVISION_SETTINGS``):
+    ``box_loss`` 'l1' (RPN and box head; 'smooth_l1', beta 1/9); ``roi_align`` 'aligned' (aligned,
+    adaptive RoIAlign for box and mask features and binary mask targets; 'legacy': unaligned, 2
+    samples, soft targets); ``matcher`` 'mmdet' (low-quality matches only at IoU >= 0.3 for the RPN,
+    kept at >= 0.5 for the RoI head; 'torchvision': no floor, none for the RoI head); ``anchors``
+    'mmdet' (fractional corners, fixed strides; 'torchvision': rounded, inferred strides);
+    ``proposals_train`` 1000 (2000) kept after NMS in training; ``fpn_init`` 'xavier' ('kaiming');
+    ``box_head_init`` 'mmdet' ('torchvision'). ``backbone_kwargs`` (e.g. smaller ``depths``/``dims``)
+    and ``mask_rcnn_kwargs`` (e.g. ``box_batch_size_per_image``) pass through to ``create_backbone``
+    and ``MaskRCNN``.
     """
+    settings = dict(box_loss=box_loss, roi_align=roi_align, matcher=matcher, anchors=anchors,
+                    proposals_train=proposals_train, fpn_init=fpn_init, box_head_init=box_head_init)
+    _check_settings(settings)
     body = create_backbone(backbone, checkpoint_path=pretrained_backbone, drop_path_rate=drop_path_rate,
                            **(backbone_kwargs or {}))
     mask_rcnn_kwargs.setdefault("image_mean", list(IMAGENET_DEFAULT_MEAN))
     mask_rcnn_kwargs.setdefault("image_std", list(IMAGENET_DEFAULT_STD))
     classes = num_classes + 1
-    if (fpn_channels, representation_size) != (FPN_CHANNELS, 1024):
-        # torchvision builds the default heads for 256 channels; narrower ones are passed in whole
-        pool = 7  # MaskRCNN's default box RoIAlign output size
-        mask_rcnn_kwargs.setdefault("box_head", TwoMLPHead(fpn_channels * pool * pool, representation_size))
-        mask_rcnn_kwargs.setdefault("box_predictor", FastRCNNPredictor(representation_size, classes))
-        mask_rcnn_kwargs.setdefault("mask_head", MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1))
-        mask_rcnn_kwargs.setdefault("mask_predictor", MaskRCNNPredictor(fpn_channels, fpn_channels, classes))
-        classes = None
-    return MaskRCNN(FCViTFPN(body, fpn_channels), num_classes=classes, min_size=min_size, max_size=max_size,
-                    **mask_rcnn_kwargs)
+    anchor_generator = _anchor_generator(anchors)
+    parts: Dict[str, Any] = dict(
+        rpn_anchor_generator=anchor_generator,
+        rpn_head=RPNHead(fpn_channels, anchor_generator.num_anchors_per_location()[0]),
+        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation_size),
+        box_predictor=FastRCNNPredictor(representation_size, classes),
+        mask_head=MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1),
+        mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, classes),
+        **_poolers(roi_align))
+    if box_head_init == "mmdet":
+        mmdet_box_head_init(parts["box_head"], parts["box_predictor"])
+    for name, part in parts.items():
+        mask_rcnn_kwargs.setdefault(name, part)
+    mask_rcnn_kwargs.setdefault("rpn_post_nms_top_n_train", proposals_train)
+    model = MaskRCNN(FCViTFPN(body, fpn_channels, fpn_init), num_classes=None, min_size=min_size,
+                     max_size=max_size, **mask_rcnn_kwargs)
+    model.rpn = ProposalNetwork.from_torchvision(model.rpn, box_loss)
+    model.roi_heads = MaskRoIHeads.from_torchvision(model.roi_heads, box_loss, roi_align)
+    if matcher == "mmdet":
+        rpn_matcher, roi_matcher = model.rpn.proposal_matcher, model.roi_heads.proposal_matcher
+        model.rpn.proposal_matcher = FlooredMatcher(rpn_matcher.high_threshold, rpn_matcher.low_threshold,
+                                                    RPN_LOW_QUALITY_FLOOR)
+        model.roi_heads.proposal_matcher = FlooredMatcher(roi_matcher.high_threshold, roi_matcher.low_threshold,
+                                                          ROI_LOW_QUALITY_FLOOR)
+    return model
 
 
 def count_parameters(model: nn.Module, parts: Sequence[str] = ()) -> Dict[str, int]:

@@ -18,7 +18,7 @@ from ...data import load_image
 from ...errors import UserError
 from ...models import extract_state_dict, read_checkpoint
 from .dataset import Category
-from .model import build_mask_rcnn
+from .model import build_mask_rcnn, with_legacy_settings
 
 __all__ = ["load_detector", "categories_from", "detect", "draw_detections", "predict_images", "class_colours"]
 
@@ -34,7 +34,9 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu",
                   ) -> Tuple[MaskRCNN, List[Category], Dict[str, Any]]:
     """The Mask R-CNN a ``fcvit detect train`` checkpoint describes, with its weights and categories.
 
-    ``min_size``/``max_size`` override the test-time resizing stored in the checkpoint.
+    ``min_size``/``max_size`` override the test-time resizing stored in the checkpoint. A checkpoint
+    from before the paper's settings were the defaults lacks them and gets torchvision's, which it was
+    trained with.
     """
     checkpoint = read_checkpoint(path)
     config = checkpoint.get("model_config")
@@ -42,7 +44,7 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu",
         raise UserError(f"Checkpoint '{path}' was not written by 'fcvit detect train' (it has no model_config "
                         "and categories): pass a detection checkpoint, such as OUTPUT/model_best.pth.tar.")
     categories = categories_from(checkpoint)
-    config = dict(config)
+    config = with_legacy_settings(config)
     if min_size:
         config["min_size"] = min_size
     if max_size:

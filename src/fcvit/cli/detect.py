@@ -30,13 +30,47 @@ def _add_data_options(p: argparse.ArgumentParser, splits: tuple) -> None:
         p.add_argument(f"--{split}-images", metavar="DIR", help=f"image folder of the {split} split")
 
 
+def _set_help(p: argparse.ArgumentParser, option: str, text: str) -> None:
+    """Reword the help of a shared option (``options.add_runtime_options``) for this command."""
+    for action in p._actions:
+        if option in action.option_strings:
+            action.help = text
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The settings where the paper's MMDetection config and torchvision's defaults differ."""
+    g = p.add_argument_group("model settings (defaults: the paper's MMDetection 2.19 config; each second choice "
+                             "is torchvision's)")
+    g.add_argument("--box-loss", choices=["l1", "smooth_l1"], default="l1",
+                   help="RPN and box-head regression loss: l1 (the paper's) or smooth_l1 (torchvision's, beta 1/9)")
+    g.add_argument("--roi-align", choices=["aligned", "legacy"], default="aligned",
+                   help="aligned: RoIAlign with the half-pixel offset and adaptive sampling for box and mask "
+                        "features, binary mask targets (the paper's); legacy: torchvision's aligned=False, 2 "
+                        "samples per bin, soft mask targets")
+    g.add_argument("--matcher", choices=["mmdet", "torchvision"], default="mmdet",
+                   help="low-quality matches: mmdet keeps an anchor that is a ground truth's best only at IoU >= "
+                        "0.3 (RoI head: >= 0.5) (the paper's); torchvision keeps it at any IoU (RoI head: none)")
+    g.add_argument("--anchors", choices=["mmdet", "torchvision"], default="mmdet",
+                   help="mmdet: fractional anchor corners on fixed strides 4-64 (the paper's); torchvision: "
+                        "corners rounded to pixels, strides from the padded image size")
+    g.add_argument("--proposals-train", type=int, default=1000, metavar="N",
+                   help="RPN proposals kept per image after NMS in training (default 1000, the paper's; "
+                        "torchvision's is 2000)")
+    g.add_argument("--fpn-init", choices=["xavier", "kaiming"], default="xavier",
+                   help="FPN convolution init: xavier-uniform (the paper's) or kaiming-uniform a=1 (torchvision's)")
+    g.add_argument("--box-head-init", choices=["mmdet", "torchvision"], default="mmdet",
+                   help="box head init: mmdet = xavier-uniform FCs, classifier normal(0.01), regressor "
+                        "normal(0.001) (the paper's); torchvision = nn.Linear defaults")
+
+
 def _add_train(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser(
         "train", help="train a Mask R-CNN (epoch-based, torchrun-ready)",
-        description="Train Mask R-CNN + FPN. Defaults are the published 1x recipe: 12 epochs of 16 images per step, "
-                    "AdamW 2e-4 (weight decay 1e-4), 500 warmup iterations, lr x0.1 after epochs 8 and 11, shorter "
-                    "side 800 (longer at most 1333), flips 0.5. Run with torchrun --nproc_per_node N for N GPUs; "
-                    "-b is split over them. Images are batched by aspect ratio.")
+        description="Train Mask R-CNN + FPN. Defaults are the paper's 1x recipe (MMDetection 2.19): 12 epochs, 4 "
+                    "images per GPU (32 per step on 8 GPUs), AdamW 2e-4 (weight decay 1e-4), 500 warmup "
+                    "iterations, lr x0.1 after epochs 8 and 11, shorter side 800 (longer at most 1333), flips 0.5, "
+                    "float16 autocast with loss scaling on CUDA, backbone BatchNorm trained. Run with torchrun "
+                    "--nproc_per_node N for N GPUs; -b is per process. Images are batched by aspect ratio.")
     _add_data_options(p, ("train", "val"))
     p.add_argument("--output", required=True, metavar="DIR", help="folder for checkpoints, summary.csv and log.txt")
     p.add_argument("--backbone", default="fcvit_b12", help="FCViT variant (default fcvit_b12)")
@@ -48,19 +82,25 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=12, help="epochs (default 12, the 1x schedule)")
     p.add_argument("--lr-steps", type=int, nargs="+", default=[8, 11], metavar="EPOCH",
                    help="multiply the lr by 0.1 after these epochs (default 8 11)")
-    p.add_argument("-b", "--batch-size", type=int, default=16,
-                   help="images per step over ALL processes (default 16, split evenly over the GPUs)")
+    p.add_argument("-b", "--batch-size", type=int, default=4,
+                   help="images per step PER PROCESS (default 4, the paper's per GPU; the global batch is -b x "
+                        "processes: 32 on 8 GPUs)")
     p.add_argument("--min-size", type=int, default=800, help="shorter image side (default 800)")
     p.add_argument("--max-size", type=int, default=1333, help="longest allowed longer side (default 1333)")
-    p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate for -b 16 (default 2e-4)")
+    p.add_argument("--lr", type=float, default=2e-4,
+                   help="AdamW learning rate (default 2e-4, the paper's for 32 images per step; not scaled by -b)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
     p.add_argument("--warmup-iters", type=int, default=500, help="linear warmup iterations (default 500)")
     p.add_argument("--warmup-factor", type=float, default=0.001, help="warmup start, times the lr (default 0.001)")
     p.add_argument("--flip-prob", type=float, default=0.5, help="horizontal flip probability (default 0.5)")
-    p.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (default off)")
+    p.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (default off, as the paper)")
     p.add_argument("--drop-path", type=float, default=0.0, help="backbone drop-path rate (default 0)")
-    p.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the backbone's BatchNorm statistics fixed (default: on with --pretrained-backbone)")
+    p.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the backbone's BatchNorm statistics fixed, like torchvision's frozen-BN detection "
+                        "backbones (default off: the paper trained them with batch statistics)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="synchronise BatchNorm statistics over the GPUs (default off: the paper's were per GPU)")
+    _add_model_options(p)
     p.add_argument("--fpn-channels", type=int, default=256, help=argparse.SUPPRESS)
     p.add_argument("--representation-size", type=int, default=1024, help=argparse.SUPPRESS)
     p.add_argument("--eval-interval", type=int, default=1,
@@ -70,7 +110,12 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-best", type=int, default=1, help="best checkpoints to keep by box AP (default 1)")
     p.add_argument("--log-interval", type=int, default=50, help="log the losses every N iterations (default 50)")
     add_runtime_options(p, training=True)
-    p.set_defaults(func=run_train)
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="train in float32 (the paper's float16 autocast is the default on CUDA)")
+    _set_help(p, "--amp", "mixed precision also on CPU (default: float16 autocast with loss scaling on CUDA, the "
+                        "paper's; float32 on CPU)")
+    _set_help(p, "--amp-dtype", "auto, float16 or bfloat16 (default auto: float16 with a GradScaler on CUDA, the "
+                              "paper's; bfloat16 needs no scaler)")
+    p.set_defaults(func=run_train, amp=None)
 
 
 def _add_eval(actions: argparse._SubParsersAction) -> None:
@@ -83,7 +128,9 @@ def _add_eval(actions: argparse._SubParsersAction) -> None:
                    help="also write the detections in the COCO results format (boxes and RLE masks)")
     p.add_argument("--min-size", type=int, default=None, help="shorter side (default: the checkpoint's)")
     p.add_argument("--max-size", type=int, default=None, help="longer side limit (default: the checkpoint's)")
-    p.add_argument("-b", "--batch-size", type=int, default=2, help="images per step per process (default 2)")
+    p.add_argument("-b", "--batch-size", type=int, default=1,
+                   help="images per step per process (default 1, as the original evaluated: a batch pads its "
+                        "images to a shared size, which moves AP slightly)")
     add_runtime_options(p, training=False)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run_eval)

@@ -1,10 +1,11 @@
 """Mask R-CNN training and COCO evaluation on the shared engine (torchrun/DDP, AMP, checkpoints, clean stops).
 
-The published 1x recipe: 12 epochs, AdamW (lr 2e-4, weight decay 1e-4 on every parameter, as the
-MMDetection config had it), a linear warmup over 500 iterations from 0.001x, the learning rate times
-0.1 after epochs 8 and 11; 16 images per step overall; shorter side 800, longer at most 1333; flips
-with probability 0.5; batches grouped by aspect ratio. ``-b`` is the GLOBAL batch, split evenly over
-the processes, so the recipe holds on any number of GPUs.
+The published 1x recipe (the paper's MMDetection 2.19 config): 12 epochs, AdamW (lr 2e-4, weight decay
+1e-4 on every parameter), a linear warmup over 500 iterations from 0.001x, the learning rate times 0.1
+after epochs 8 and 11; 4 images per GPU on 8 GPUs (32 per step); shorter side 800, longer at most
+1333; flips with probability 0.5; batches grouped by aspect ratio; float16 autocast with dynamic loss
+scaling; the backbone's BatchNorm trained with per-GPU batch statistics. ``-b`` is the batch PER
+PROCESS, as in torchvision's references and timm; the global batch is ``-b`` x processes.
 """
 from __future__ import annotations
 
@@ -52,15 +53,17 @@ from .dataset import (
     eval_transforms,
     train_transforms,
 )
-from .model import build_mask_rcnn
+from .model import PAPER_SETTINGS, build_mask_rcnn, with_legacy_settings
 from .sampler import AspectRatioBatchSampler, aspect_ratio_groups
 
 __all__ = [
     "resolve_data_paths", "model_config", "build_optimizer", "build_scheduler", "train_one_epoch", "evaluate",
-    "train", "detection_loaders", "freeze_batchnorm_stats",
+    "train", "detection_loaders", "freeze_batchnorm_stats", "detection_amp", "PAPER_GLOBAL_BATCH",
 ]
 
 _logger = logging.getLogger(__name__)
+
+PAPER_GLOBAL_BATCH = 32  # 8 GPUs x 4 images: the batch the recipe's lr 2e-4 was tuned for
 
 Targets = List[Dict[str, Any]]
 
@@ -93,9 +96,10 @@ def _device_targets(targets: Targets, device: torch.device) -> Targets:
 
 
 def detection_loaders(train_set: Optional[CocoInstances], val_set: Optional[CocoInstances], per_process: int,
-                      ctx: DistContext, workers: int = 4, seed: int = 0
+                      ctx: DistContext, workers: int = 4, seed: int = 0, val_per_process: Optional[int] = None
                       ) -> Tuple[Optional[DataLoader], Optional[DataLoader]]:
-    """Training batches grouped by aspect ratio from a seeded per-rank shuffle; evaluation in file order.
+    """Training batches grouped by aspect ratio from a seeded per-rank shuffle; evaluation in file order,
+    ``val_per_process`` images at a time (default ``per_process``).
 
     The training sampler is a ``DistributedSampler`` even in a world of one: its order depends only
     on the seed and the epoch, so a run resumed inside an epoch sees exactly the batches it missed.
@@ -114,8 +118,8 @@ def detection_loaders(train_set: Optional[CocoInstances], val_set: Optional[Coco
     if val_set is not None:
         sampler = (DistributedSampler(val_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
                    if ctx.distributed else None)
-        val_loader = DataLoader(val_set, batch_size=per_process, sampler=sampler, shuffle=False,
-                                num_workers=workers, pin_memory=pin, collate_fn=collate_detection,
+        val_loader = DataLoader(val_set, batch_size=val_per_process or per_process, sampler=sampler,
+                                shuffle=False, num_workers=workers, pin_memory=pin, collate_fn=collate_detection,
                                 worker_init_fn=init)
     return train_loader, val_loader
 
@@ -134,15 +138,17 @@ def model_config(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
         raise UserError("--backbone-depths needs --backbone-dims as well (four channel counts).")
     return dict(backbone=args.backbone, num_classes=num_classes, min_size=args.min_size, max_size=args.max_size,
                 fpn_channels=args.fpn_channels, representation_size=args.representation_size,
-                backbone_kwargs=backbone_kwargs or None)
+                backbone_kwargs=backbone_kwargs or None, box_loss=args.box_loss, roi_align=args.roi_align,
+                matcher=args.matcher, anchors=args.anchors, proposals_train=args.proposals_train,
+                fpn_init=args.fpn_init, box_head_init=args.box_head_init)
 
 
 def freeze_batchnorm_stats(model: nn.Module) -> None:
-    """Keep BatchNorm running statistics fixed (their affine weights still train).
+    """Keep BatchNorm running statistics fixed (their affine weights still train): ``--freeze-bn-stats``.
 
-    FCViT's stem and downsampling layers use BatchNorm; with two padded images per GPU the batch
-    statistics are poor, so a backbone started from ImageNet keeps ImageNet's, like ``norm_eval`` in
-    MMDetection and the frozen BatchNorm of torchvision's detection backbones.
+    The paper's config asked for this (``norm_eval=True``) but the FCViT backbone swallowed the option, so
+    its stem and downsampling BatchNorms trained with batch statistics; that is the default here. Frozen
+    statistics are what torchvision's detection backbones (FrozenBatchNorm2d) use.
     """
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -216,7 +222,7 @@ def train_one_epoch(
             backward_step(loss, optimizer, amp, clip_grad)
         except torch.cuda.OutOfMemoryError:
             raise UserError(f"Out of GPU memory with {len(images)} images per process: pass a smaller -b or "
-                            "--min-size/--max-size, or add --amp.") from None
+                            "--min-size/--max-size.") from None
         scheduler.step()
         global_step += 1
         steps += 1
@@ -279,14 +285,34 @@ def evaluate(model: nn.Module, loader: DataLoader, dataset: CocoInstances, ctx: 
 
 
 # -- the run ----------------------------------------------------------------------------------------------
-def _per_process_batch(batch_size: int, ctx: DistContext) -> int:
-    if batch_size < 1 or batch_size % ctx.world_size:
-        raise UserError(f"-b {batch_size} images per step cannot be split evenly over {ctx.world_size} processes: "
-                        f"pass a multiple of {ctx.world_size}.")
-    return batch_size // ctx.world_size
+def detection_amp(device: torch.device, amp: Optional[bool], amp_dtype: str = "auto") -> AmpSettings:
+    """The paper's precision by default: float16 autocast with a dynamic GradScaler on CUDA, float32 on CPU.
+
+    ``amp`` None is the default, False is ``--no-amp`` (float32), True is ``--amp``; ``amp_dtype`` 'auto'
+    means float16 on CUDA (the paper's) and the engine's choice elsewhere (bfloat16 on CPU).
+    """
+    device = torch.device(device)
+    if amp is False:
+        return resolve_amp(device, False)
+    dtype = "float16" if amp_dtype == "auto" and device.type == "cuda" else amp_dtype
+    if amp is None and device.type != "cuda" and amp_dtype == "auto":
+        return resolve_amp(device, False)
+    return resolve_amp(device, True, dtype)
+
+
+def _log_batch(per_process: int, ctx: DistContext, lr: float) -> None:
+    """The global batch, and a note when it is not the 32 images the recipe's lr is for."""
+    total = per_process * ctx.world_size
+    _logger.info("Global batch: %d images per step (-b %d per process x %d processes).", total, per_process,
+                 ctx.world_size)
+    if total != PAPER_GLOBAL_BATCH:
+        _logger.info("The recipe's lr 2e-4 is for %d images per step (8 GPUs x 4); this run has %d at lr %g.",
+                     PAPER_GLOBAL_BATCH, total, lr)
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise UserError(f"-b {args.batch_size} must be at least 1 image per process (the paper's is 4).")
     if args.epochs < 1:
         raise UserError(f"--epochs {args.epochs} must be at least 1.")
     if args.min_size < 32 or args.max_size < args.min_size:
@@ -318,15 +344,18 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
     setup_logging(ctx, out)
     seed_everything(args.seed, ctx.rank)
     _check_args(args)
-    per_process = _per_process_batch(args.batch_size, ctx)
+    per_process = args.batch_size
+    global_batch = per_process * ctx.world_size
     paths = resolve_data_paths(args)
     train_set = CocoInstances(*paths["train"], train=True, transforms=train_transforms(args.flip_prob))
     categories = train_set.categories
     val_set = CocoInstances(*paths["val"], train=False, categories=categories, transforms=eval_transforms())
-    if len(train_set) < args.batch_size:
+    if len(train_set) < global_batch:
         raise UserError(f"The training set has {len(train_set)} annotated images, fewer than one step of "
-                        f"-b {args.batch_size}: pass a smaller -b.")
-    train_loader, val_loader = detection_loaders(train_set, val_set, per_process, ctx, args.workers, args.seed)
+                        f"{global_batch} (-b {per_process} x {ctx.world_size} processes): pass a smaller -b.")
+    # evaluation one image per process, as the original's: a batch pads its images to a shared size
+    train_loader, val_loader = detection_loaders(train_set, val_set, per_process, ctx, args.workers, args.seed,
+                                                 val_per_process=1)
     assert train_loader is not None and val_loader is not None
     batch_sampler: AspectRatioBatchSampler = train_loader.batch_sampler  # type: ignore[assignment]
     iters_per_epoch = len(train_loader)
@@ -336,13 +365,20 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
     if not args.pretrained_backbone:
         _logger.warning("No --pretrained-backbone: the backbone starts from random weights, so AP will stay far "
                         "below the published numbers, which start from ImageNet checkpoints.")
-    freeze_bn = bool(args.pretrained_backbone) if args.freeze_bn_stats is None else args.freeze_bn_stats
-    if ctx.distributed and ctx.device.type == "cuda" and not freeze_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    freeze_bn = bool(args.freeze_bn_stats)
+    if args.sync_bn and not freeze_bn:
+        if ctx.device.type != "cuda":
+            raise UserError("--sync-bn needs CUDA (NCCL): drop it on CPU, where each process keeps its own "
+                            "BatchNorm statistics as the paper's runs did.")
+        if ctx.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(ctx.device)
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
     scheduler = build_scheduler(optimizer, iters_per_epoch, args.lr_steps, args.warmup_iters, args.warmup_factor)
-    amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
+    amp = detection_amp(ctx.device, args.amp, args.amp_dtype)
+    if not amp.enabled and args.amp is None:
+        _logger.info("Precision: float32 on %s (the paper's float16 autocast with loss scaling needs CUDA; "
+                     "--amp-dtype bfloat16 for mixed precision here).", ctx.device.type)
     saver = CheckpointSaver(out, metric="bbox_AP", mode="max", keep_best=args.keep_best, ctx=ctx)
     summary = SummaryLog(os.path.join(out, "summary.csv"), ctx,
                          tensorboard_dir=os.path.join(out, "tensorboard") if args.tensorboard else None)
@@ -351,9 +387,11 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
     resume_path = resolve_resume(args.resume, out)
     if resume_path:
         state = load_train_state(resume_path)
-        if state.get("model_config") is not None and dict(state["model_config"]) != config:
-            raise UserError(f"--resume '{resume_path}' holds another model ({state['model_config']}): resume with "
-                            "the same --backbone, data and size options, or use another --output.")
+        stored = state.get("model_config")
+        if stored is not None and with_legacy_settings(stored) != config:
+            changed = ", ".join(f"{k} {v!r}" for k, v in with_legacy_settings(stored).items() if config.get(k) != v)
+            raise UserError(f"--resume '{resume_path}' holds another model ({changed}): resume with the same "
+                            "--backbone, data, size and model options, or use another --output.")
         stored_iters = state.get("iters_per_epoch")
         if stored_iters is not None and int(stored_iters) != iters_per_epoch:
             raise UserError(f"--resume '{resume_path}' was trained with {stored_iters} iterations per epoch, this run "
@@ -369,10 +407,13 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
     if epoch >= args.epochs:
         _logger.info("Already trained for %d of %d epochs: nothing to do.", epoch, args.epochs)
     model = wrap_ddp(model, ctx)
-    _logger.info("Mask R-CNN on %s: %d classes, %d train / %d val images, %d epochs of %d iterations, %d images "
-                 "per step (%d per process x %d), sizes %d/%d, %s%s.", args.backbone, len(categories), len(train_set),
-                 len(val_set), args.epochs, iters_per_epoch, args.batch_size, per_process, ctx.world_size,
-                 args.min_size, args.max_size, amp.describe(), ", BatchNorm statistics frozen" if freeze_bn else "")
+    _log_batch(per_process, ctx, args.lr)
+    _logger.info("Mask R-CNN on %s: %d classes, %d train / %d val images, %d epochs of %d iterations, sizes %d/%d, "
+                 "%s, backbone BatchNorm %s; %s.", args.backbone, len(categories), len(train_set), len(val_set),
+                 args.epochs, iters_per_epoch, args.min_size, args.max_size, amp.describe(),
+                 "statistics frozen" if freeze_bn else ("synchronised" if args.sync_bn else "per-process batch "
+                                                        "statistics"),
+                 ", ".join(f"{k} {v}" for k, v in config.items() if k in PAPER_SETTINGS))
     category_list = [{"id": c.id, "name": c.name} for c in categories]
 
     def state_at(completed_epochs: int, step: int) -> Dict[str, Any]:

@@ -369,6 +369,13 @@ def test_sigterm_then_resume_continues_inside_the_epoch(trained):
     assert [c["id"] for c in state["categories"]] == [3, 7, 11]
 
 
+def test_log_names_the_global_batch_and_the_precision(trained):
+    log = (trained / "log.txt").read_text()
+    assert "Global batch: 2 images per step (-b 2 per process x 1 process)." in log
+    assert "The recipe's lr 2e-4 is for 32 images per step" in log
+    assert "Precision: float32 on cpu (the paper's float16 autocast with loss scaling needs CUDA" in log
+
+
 def test_training_reduces_the_loss_and_overfits(trained):
     rows = _read_summary(trained / "summary.csv")
     losses = [float(r["train_loss"]) for r in rows]

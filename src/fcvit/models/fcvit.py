@@ -10,19 +10,26 @@ global named ``_torch_Tensor_`` there that TorchScript cannot resolve, so the tr
 script.
 """
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 from torch import nn
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..errors import UserError
 from .layers import ConvEmbed, FCViTBlock, GroupNorm1, init_weights
 
-__all__ = ["FCViT", "FCViTBackbone", "FCViTStage", "FCViTConfig", "MODEL_CONFIGS"]
+__all__ = [
+    "FCViT", "FCViTBackbone", "FCViTStage", "FCViTConfig", "MODEL_CONFIGS", "PUBLISHED_WEIGHTS_URL",
+    "PretrainedWeightsUnavailable",
+]
+
+# where the authors publish the ImageNet checkpoints (the original repository's download links)
+PUBLISHED_WEIGHTS_URL = "https://github.com/ma-xu/FCViT/releases"
 
 
 @dataclass(frozen=True)
@@ -34,13 +41,15 @@ class FCViTConfig:
     mlp_ratios: Tuple[float, ...] = (8, 8, 4, 4)
     drop_path_rate: float = 0.1  # the ImageNet recipe's value for this variant
     crop_pct: float = 0.9
+    published_top1: Optional[float] = None  # ImageNet-1k top-1 (%) of the published checkpoint
 
 
 MODEL_CONFIGS: Dict[str, FCViTConfig] = {
-    "fcvit_tiny": FCViTConfig(depths=(3, 3, 5, 2), dims=(32, 64, 160, 320)),
-    "fcvit_b12": FCViTConfig(depths=(2, 2, 6, 2), dims=(64, 128, 320, 512)),
-    "fcvit_b24": FCViTConfig(depths=(4, 4, 12, 4), dims=(64, 128, 320, 512), crop_pct=0.95),
-    "fcvit_b48": FCViTConfig(depths=(8, 8, 24, 8), dims=(64, 128, 320, 512), drop_path_rate=0.2, crop_pct=0.95),
+    "fcvit_tiny": FCViTConfig(depths=(3, 3, 5, 2), dims=(32, 64, 160, 320), published_top1=74.9),
+    "fcvit_b12": FCViTConfig(depths=(2, 2, 6, 2), dims=(64, 128, 320, 512), published_top1=80.9),
+    "fcvit_b24": FCViTConfig(depths=(4, 4, 12, 4), dims=(64, 128, 320, 512), crop_pct=0.95, published_top1=82.5),
+    "fcvit_b48": FCViTConfig(depths=(8, 8, 24, 8), dims=(64, 128, 320, 512), drop_path_rate=0.2, crop_pct=0.95,
+                             published_top1=83.6),
 }
 
 
@@ -326,7 +335,38 @@ def _checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module)
     return normalize_state_dict(state_dict)
 
 
+class PretrainedWeightsUnavailable(UserError, RuntimeError):
+    """``pretrained=True`` with no weights to load: timm's own message would not say where FCViT's are.
+
+    A ``RuntimeError`` like timm's, so code that catches timm's error keeps working, and a
+    :class:`~fcvit.errors.UserError`, so the CLI prints it as one sentence.
+    """
+
+
+def _has_weight_source(pretrained_cfg: Mapping[str, Any]) -> bool:
+    """Whether timm has somewhere to load weights from (a state dict, file, URL, hub id or local folder)."""
+    return (
+        pretrained_cfg.get("state_dict") is not None
+        or any(pretrained_cfg.get(key) for key in ("file", "url", "hf_hub_id"))
+        or pretrained_cfg.get("source") in ("local-dir", "hf-hub")
+    )
+
+
+def _check_pretrained_available(variant: str, kwargs: Mapping[str, Any]) -> None:
+    """Fail before building the model when ``pretrained=True`` has no weights to load."""
+    resolved = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
+    if not _has_weight_source(resolved.to_dict()):
+        raise PretrainedWeightsUnavailable(
+            f"No weights are bundled for {variant}: download its published checkpoint from "
+            f"{PUBLISHED_WEIGHTS_URL} and load it with timm.create_model('{variant}', checkpoint_path='FILE'), "
+            f"or convert it once with 'fcvit convert FILE --output DIR' and load that folder with "
+            f"timm.create_model('local-dir:DIR', pretrained=True).")
+
+
 def _create_fcvit(variant: str, pretrained: bool = False, **kwargs: Any) -> FCViT:
+    if pretrained:
+        _check_pretrained_available(variant, kwargs)
     cfg = MODEL_CONFIGS[variant]
     kwargs.setdefault("depths", cfg.depths)
     kwargs.setdefault("dims", cfg.dims)

@@ -13,12 +13,16 @@ import pytest
 import timm
 import torch
 from PIL import Image, ImageOps
-from timm.data.auto_augment import NAME_TO_OP, AugmentOp, posterize
+from timm.data.auto_augment import NAME_TO_OP, AugmentOp, RandAugment, posterize
 
 from fcvit.cli.train import build_parser, finalize_args
 from fcvit.data import load_image
-from fcvit.data.transforms import create_train_transform, posterize_keeping_zero_bits, restore_zero_bit_posterize
-from fcvit.engine.classification import _transform_args
+from fcvit.tasks.classification.transforms import (
+    create_train_transform,
+    posterize_keeping_zero_bits,
+    restore_zero_bit_posterize,
+)
+from fcvit.tasks.classification.train import _transform_args
 
 from real_photos import sample_photos
 
@@ -44,7 +48,9 @@ def default_train_transform() -> Callable:
 
 
 def augment_ops(transform: Any) -> List[AugmentOp]:
-    return [op for op in transform.transforms[2].ops]  # Compose(rrc, flip, RandAugment, ...)
+    """The ops of the one RandAugment in the recipe's Compose(crop, flip, RandAugment, tensor, ...)."""
+    (rand_augment,) = [t for t in transform.transforms if isinstance(t, RandAugment)]
+    return list(rand_augment.ops)
 
 
 @pytest.fixture(scope="module")

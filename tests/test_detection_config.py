@@ -83,7 +83,7 @@ def test_each_torchvision_alternative_is_one_flag():
     flags = {"box_loss": ["--box-loss", "smooth_l1"], "roi_align": ["--roi-align", "legacy"],
              "matcher": ["--matcher", "torchvision"], "anchors": ["--anchors", "torchvision"],
              "proposals_train": ["--proposals-train", "2000"], "fpn_init": ["--fpn-init", "kaiming"],
-             "box_head_init": ["--box-head-init", "torchvision"]}
+             "head_init": ["--head-init", "torchvision"]}
     assert set(flags) == set(TORCHVISION_SETTINGS)
     for name, flag in flags.items():
         config = model_config(_train_args(*flag), 80)
@@ -98,7 +98,7 @@ def test_help_names_the_papers_choice(capsys):
         build_parser().parse_args(["detect", "train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--box-loss", "--roi-align", "--matcher", "--anchors", "--proposals-train", "--fpn-init",
-                 "--box-head-init", "--freeze-bn-stats", "--sync-bn", "--no-amp"):
+                 "--head-init", "--freeze-bn-stats", "--sync-bn", "--no-amp"):
         assert flag in text
     assert text.count("the paper's") >= 10
 
@@ -358,13 +358,16 @@ def test_fpn_is_xavier_uniform(default_model, legacy_model):
     assert lateral_128.weight.abs().max() > 1.2 * _xavier_bound(lateral_128)
 
 
-def test_box_head_init_is_mmdetections(default_model):
+def test_head_init_is_mmdetections(default_model, legacy_model):
     head, predictor = default_model.roi_heads.box_head, default_model.roi_heads.box_predictor
     for fc in (head.fc6, head.fc7):
         assert 0.97 * _xavier_bound(fc) < fc.weight.abs().max().item() <= _xavier_bound(fc) and not fc.bias.any()
     assert predictor.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.05)
     assert predictor.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.05)
     assert not predictor.cls_score.bias.any() and not predictor.bbox_pred.bias.any()
+    mask = default_model.roi_heads.mask_predictor
+    assert not mask.conv5_mask.bias.any() and not mask.mask_fcn_logits.bias.any()
+    assert legacy_model.roi_heads.mask_predictor.mask_fcn_logits.bias.any()  # torchvision: PyTorch's default
 
 
 def test_backbone_batchnorm_trains_with_batch_statistics(default_model):

@@ -58,9 +58,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "torchvision's is 2000)")
     g.add_argument("--fpn-init", choices=["xavier", "kaiming"], default="xavier",
                    help="FPN convolution init: xavier-uniform (the paper's) or kaiming-uniform a=1 (torchvision's)")
-    g.add_argument("--box-head-init", choices=["mmdet", "torchvision"], default="mmdet",
-                   help="box head init: mmdet = xavier-uniform FCs, classifier normal(0.01), regressor "
-                        "normal(0.001) (the paper's); torchvision = nn.Linear defaults")
+    g.add_argument("--head-init", choices=["mmdet", "torchvision"], default="mmdet",
+                   help="head init: mmdet = box-head FCs xavier-uniform, classifier normal(0.01), regressor "
+                        "normal(0.001), zero mask-predictor biases (the paper's); torchvision = PyTorch's defaults")
 
 
 def _add_train(actions: argparse._SubParsersAction) -> None:
@@ -110,7 +110,8 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-best", type=int, default=1, help="best checkpoints to keep by box AP (default 1)")
     p.add_argument("--log-interval", type=int, default=50, help="log the losses every N iterations (default 50)")
     add_runtime_options(p, training=True)
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="train in float32 (the paper's float16 autocast is the default on CUDA)")
+    p.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="train in float32 (the paper's float16 autocast is the default on CUDA)")
     _set_help(p, "--amp", "mixed precision also on CPU (default: float16 autocast with loss scaling on CUDA, the "
                         "paper's; float32 on CPU)")
     _set_help(p, "--amp-dtype", "auto, float16 or bfloat16 (default auto: float16 with a GradScaler on CUDA, the "

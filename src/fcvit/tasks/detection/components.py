@@ -27,7 +27,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 __all__ = [
     "FlooredMatcher", "GridAnchorGenerator", "AlignedMultiScaleRoIAlign", "Float32BoxCoder", "ProposalNetwork",
     "MaskRoIHeads", "l1_box_loss", "binary_mask_targets", "aligned_mask_loss", "xavier_init_convs",
-    "mmdet_box_head_init", "BOX_LOSSES", "MASK_TARGETS",
+    "mmdet_head_init", "BOX_LOSSES", "MASK_TARGETS",
 ]
 
 BOX_LOSSES = ("l1", "smooth_l1")
@@ -280,9 +280,11 @@ def xavier_init_convs(module: nn.Module) -> None:
                 nn.init.zeros_(layer.bias)
 
 
-def mmdet_box_head_init(box_head: nn.Module, box_predictor: nn.Module) -> None:
-    """MMDetection's ``Shared2FCBBoxHead`` init: xavier-uniform FC layers; classifier normal(0, 0.01),
-    box regressor normal(0, 0.001); zero biases (torchvision keeps ``nn.Linear``'s default init)."""
+def mmdet_head_init(box_head: nn.Module, box_predictor: nn.Module, mask_predictor: nn.Module) -> None:
+    """MMDetection's head init where torchvision's differs: the box head's FC layers xavier-uniform, its
+    classifier normal(0, 0.01) and box regressor normal(0, 0.001) (torchvision keeps ``nn.Linear``'s
+    default), and zero biases everywhere, also for the mask deconvolution and logits (torchvision leaves
+    those at PyTorch's default)."""
     for layer in box_head.modules():
         if isinstance(layer, nn.Linear):
             nn.init.xavier_uniform_(layer.weight)
@@ -290,3 +292,6 @@ def mmdet_box_head_init(box_head: nn.Module, box_predictor: nn.Module) -> None:
     for layer, std in ((box_predictor.cls_score, 0.01), (box_predictor.bbox_pred, 0.001)):
         nn.init.normal_(layer.weight, std=std)
         nn.init.zeros_(layer.bias)
+    for layer in mask_predictor.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) and layer.bias is not None:
+            nn.init.zeros_(layer.bias)

@@ -32,7 +32,7 @@ from .components import (
     GridAnchorGenerator,
     MaskRoIHeads,
     ProposalNetwork,
-    mmdet_box_head_init,
+    mmdet_head_init,
     xavier_init_convs,
 )
 
@@ -49,10 +49,10 @@ ROI_LOW_QUALITY_FLOOR = 0.5  # ... and its rcnn assigner's
 
 # The paper's config (the defaults) and torchvision's choice for each setting where the two differ.
 PAPER_SETTINGS: Dict[str, Any] = dict(box_loss="l1", roi_align="aligned", matcher="mmdet", anchors="mmdet",
-                                      proposals_train=1000, fpn_init="xavier", box_head_init="mmdet")
+                                      proposals_train=1000, fpn_init="xavier", head_init="mmdet")
 TORCHVISION_SETTINGS: Dict[str, Any] = dict(box_loss="smooth_l1", roi_align="legacy", matcher="torchvision",
                                             anchors="torchvision", proposals_train=2000, fpn_init="kaiming",
-                                            box_head_init="torchvision")
+                                            head_init="torchvision")
 
 
 class FCViTFPN(nn.Module):
@@ -127,7 +127,7 @@ def build_mask_rcnn(
         anchors: str = "mmdet",
         proposals_train: int = 1000,
         fpn_init: str = "xavier",
-        box_head_init: str = "mmdet",
+        head_init: str = "mmdet",
         **mask_rcnn_kwargs: Any,
 ) -> MaskRCNN:
     """Mask R-CNN + FPN on ``fcvit.create_backbone(backbone)``, set up as the paper's MMDetection config.
@@ -145,12 +145,12 @@ def build_mask_rcnn(
     kept at >= 0.5 for the RoI head; 'torchvision': no floor, none for the RoI head); ``anchors``
     'mmdet' (fractional corners, fixed strides; 'torchvision': rounded, inferred strides);
     ``proposals_train`` 1000 (2000) kept after NMS in training; ``fpn_init`` 'xavier' ('kaiming');
-    ``box_head_init`` 'mmdet' ('torchvision'). ``backbone_kwargs`` (e.g. smaller ``depths``/``dims``)
-    and ``mask_rcnn_kwargs`` (e.g. ``box_batch_size_per_image``) pass through to ``create_backbone``
-    and ``MaskRCNN``.
+    ``head_init`` 'mmdet' (box head and mask-predictor init; 'torchvision'). ``backbone_kwargs``
+    (e.g. smaller ``depths``/``dims``) and ``mask_rcnn_kwargs`` (e.g. ``box_batch_size_per_image``)
+    pass through to ``create_backbone`` and ``MaskRCNN``.
     """
     settings = dict(box_loss=box_loss, roi_align=roi_align, matcher=matcher, anchors=anchors,
-                    proposals_train=proposals_train, fpn_init=fpn_init, box_head_init=box_head_init)
+                    proposals_train=proposals_train, fpn_init=fpn_init, head_init=head_init)
     _check_settings(settings)
     body = create_backbone(backbone, checkpoint_path=pretrained_backbone, drop_path_rate=drop_path_rate,
                            **(backbone_kwargs or {}))
@@ -166,8 +166,8 @@ def build_mask_rcnn(
         mask_head=MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1),
         mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, classes),
         **_poolers(roi_align))
-    if box_head_init == "mmdet":
-        mmdet_box_head_init(parts["box_head"], parts["box_predictor"])
+    if head_init == "mmdet":
+        mmdet_head_init(parts["box_head"], parts["box_predictor"], parts["mask_predictor"])
     for name, part in parts.items():
         mask_rcnn_kwargs.setdefault(name, part)
     mask_rcnn_kwargs.setdefault("rpn_post_nms_top_n_train", proposals_train)

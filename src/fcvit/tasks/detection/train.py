@@ -140,7 +140,7 @@ def model_config(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
                 fpn_channels=args.fpn_channels, representation_size=args.representation_size,
                 backbone_kwargs=backbone_kwargs or None, box_loss=args.box_loss, roi_align=args.roi_align,
                 matcher=args.matcher, anchors=args.anchors, proposals_train=args.proposals_train,
-                fpn_init=args.fpn_init, box_head_init=args.box_head_init)
+                fpn_init=args.fpn_init, head_init=args.head_init)
 
 
 def freeze_batchnorm_stats(model: nn.Module) -> None:

@@ -92,8 +92,8 @@ def test_cli_choices_are_the_tasks_and_help_names_the_papers():
 
     assert segment.SYNC_BN_SCOPES == model_module.SYNC_BN_SCOPES
     assert segment.PHOTOMETRIC_CHOICES == photometric.PHOTOMETRIC_CHOICES
-    parser = build_parser()
-    train_parser = parser._subparsers._group_actions[0].choices["segment"]._subparsers._group_actions[0].choices["train"]
+    segment_parser = build_parser()._subparsers._group_actions[0].choices["segment"]
+    train_parser = segment_parser._subparsers._group_actions[0].choices["train"]
     helps = {option: action.help for action in train_parser._actions for option in action.option_strings}
     for flag in ("--sync-bn", "--photometric", "--antialias", "-b", "--head-norm"):
         assert "paper" in helps[flag], flag

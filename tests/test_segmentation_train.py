@@ -82,7 +82,8 @@ def test_training_reduces_the_loss_and_learns_the_regions(trained):
     assert load_train_state(trained / "model_best.pth.tar")["metric"] == pytest.approx(best, rel=1e-4)
 
 
-def test_log_states_the_global_batch_and_the_recipes_batch_for_its_lr(trained):
+def test_log_states_the_global_batch_and_the_checkpoint_its_resize(trained):
+    assert load_train_state(trained / "last.pth.tar")["eval_antialias"] is False  # eval/predict resize the same way
     log = (trained / "log.txt").read_text()
     assert "40 iterations of 4 images (-b 4 per process x 1 processes)" in log
     assert "lr (2e-4) is for 32 images per step (8 GPUs x -b 4); this run takes 4" in log

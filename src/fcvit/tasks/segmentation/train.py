@@ -39,7 +39,7 @@ from ...engine import (
     setup_logging,
     wrap_ddp,
 )
-from ...data.classification import EpochShardSampler, SeededSamples
+from ...data.samplers import EpochShardSampler, SeededSamples
 from ...engine.workers import ignore_stop_signals, user_errors_from_workers
 from ...errors import UserError
 from .data import SegmentationFolder, default_class_names, read_class_names
@@ -111,7 +111,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) 
 
 
 def distributed_batch_norm(model: SemanticFPN, scope: str, ctx: DistContext) -> SemanticFPN:
-    """SyncBatchNorm for ``scope`` (head/all/none) in a multi-GPU run; unchanged otherwise (torch's SyncBN is GPU-only)."""
+    """SyncBatchNorm for ``scope`` (head/all/none) in a multi-GPU run, else unchanged (torch's SyncBN is GPU-only)."""
     if ctx.distributed and ctx.device.type == "cuda":
         return synchronize_batch_norm(model, scope)
     return model

@@ -114,7 +114,7 @@ def test_stop_mid_epoch_and_resume_gives_identical_weights(data, straight_run, t
 
     def stop_after_four(self, ctx=None):
         calls["n"] += 1
-        return calls["n"] == 5  # calls: 3 steps + end of epoch 0, then the first step of epoch 1
+        return calls["n"] == 4  # the loop asks once per step: 3 steps of epoch 0, then the first of epoch 1
 
     resumed = tmp_path / "resumed"
     with monkeypatch.context() as m:

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import torch
 
-from fcvit.data.classification import DigitsDataset
+from fcvit.tasks.classification.data import DigitsDataset
 from fcvit.data.samplers import EpochShardSampler, SeededSamples, ShardSampler
 
 

@@ -130,7 +130,7 @@ def test_batch_too_large_for_memory(capsys, data, tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(capsys, data, tmp_path, monkeypatch):
-    import fcvit.engine.classification as cls
+    import fcvit.tasks.classification.train as cls
 
     real_loss = cls._train_loss
 

@@ -8,7 +8,7 @@ import timm
 import torch
 
 from fcvit import UserError
-from fcvit.engine.classification import create_model
+from fcvit.tasks.classification.train import create_model
 
 
 def _args(path: str, model: str = "fcvit_tiny") -> argparse.Namespace:

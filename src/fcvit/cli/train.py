@@ -278,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_from_args(args: argparse.Namespace) -> Dict[str, Any]:
-    from ..engine.classification import train
+    from ..tasks.classification.train import train
 
     for key in ("func", "_parser", "_explicit"):
         if hasattr(args, key):

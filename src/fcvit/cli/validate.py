@@ -53,7 +53,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     import torch
 
     from ..engine import cleanup_distributed, init_distributed, resolve_amp, setup_logging, unwrap_model
-    from ..engine.classification import build_eval_loader, check_classes, create_model, evaluate
+    from ..tasks.classification.train import build_eval_loader, check_classes, create_model, evaluate
     from ..errors import UserError
     from ..models import extract_state_dict, load_weights, read_checkpoint
     from .original_flags import resolve_original_validate_flags

@@ -1,25 +1,18 @@
 """Task-agnostic training engine shared by classification, detection and segmentation.
 
-A training script owns its model, data and ``train_one_epoch``/``evaluate``; the engine gives it the
-parts every task needs, written once: torchrun/DDP set-up, checkpoints that survive kills, clean
-stops, mixed precision and reporting. Typical loop::
+A task builds its data, model, optimizer and scheduler and hands them, with the loss of one batch and
+its evaluation, to the one loop (:mod:`fcvit.engine.loop`)::
 
     ctx = init_distributed(args.device); setup_logging(ctx, out); seed_everything(args.seed, ctx.rank)
-    amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
-    saver = CheckpointSaver(out, metric="top1", mode="max", keep_best=3, ctx=ctx)
-    start = 0
-    if (path := resolve_resume(args.resume, out)):
-        state = load_train_state(path)
-        start = restore_train_state(state, model, optimizer, scheduler, amp.scaler, ema, ctx=ctx)["epoch"]
-        saver.load_state_dict(state.get("saver", {}))
-    with GracefulStop() as stop:
-        for epoch in range(start, epochs):
-            ...  # per step: loss -> check_finite(loss, step, ctx) -> backward_step(loss, opt, amp)
-            ...  # if stop.should_stop(ctx): save last and return
-            saver.save(build_train_state(model, optimizer, ..., epoch=epoch + 1, args=args, ctx=ctx), epoch, metrics)
+    batches = SeekableBatches(EpochShardSampler(len(dataset), args.seed, ctx.rank, ctx.world_size), args.batch_size)
+    spec = TrainSpec(name, model, optimizer, scheduler, train_loader(dataset, batches, workers, pin),
+                     step=loss_of_one_batch, evaluate=scores, metric="top1", unit="epoch", length=epochs)
+    result = run_training(spec, ctx, LoopSettings(output=out, amp=resolve_amp(ctx.device, args.amp)))
 
-``fcvit.engine.classification`` is the worked example (image classification with timm), including
-mid-epoch resume (``step_in_epoch`` plus a sampler that skips what was done).
+The loop resumes at the exact batch (with every rank's random state), stops cleanly on SIGTERM,
+saves and evaluates on its cadence, ranks the best checkpoints, refuses a non-finite loss before it
+reaches the weights and turns out-of-memory into one sentence. ``fcvit.tasks.classification.train``
+is the fullest example; docs/architecture.md says how a new task plugs in.
 
 API (``from fcvit.engine import ...``):
 
@@ -68,6 +61,11 @@ reporting
 - ``SummaryLog(path, ctx, tensorboard_dir=None, step_key='epoch')``: ``.append(row)`` to summary.csv
   (flushed per row, widens the header if needed), ``.truncate(keep_below)`` on resume, optional TensorBoard.
 - ``ProgressBar(total_images, desc, ctx)``: tqdm on the main rank, ETA and img/s; ``.update(n, **postfix)``.
+
+the loop (``fcvit.engine.loop``)
+- ``TrainSpec``: what a task gives; ``LoopSettings``: the shared run options; ``run_training(spec, ctx, settings)``.
+- ``train_loader(dataset, batches, workers, pin_memory)`` / ``eval_loader(dataset, batch_size, ctx, workers)``.
+- ``is_out_of_memory(exc)``: CUDA or CPU allocation failure.
 """
 from .amp import AmpSettings, backward_step, resolve_amp
 from .checkpoint import (
@@ -90,6 +88,8 @@ from .distributed import (
     barrier,
     broadcast_object,
     cleanup_distributed,
+    convert_sync_batchnorm,
+    distribute_bn,
     run_distributed,
     gather_objects,
     init_distributed,
@@ -97,6 +97,7 @@ from .distributed import (
     wrap_ddp,
 )
 from .logs import ProgressBar, SummaryLog, setup_logging
+from .loop import LoopSettings, TrainSpec, eval_loader, is_out_of_memory, run_training, train_loader
 from .rng import get_rng_state, seed_everything, set_rng_state
 from .workers import ignore_stop_signals, user_errors_from_workers
 
@@ -107,7 +108,8 @@ __all__ = [
     "GracefulStop", "NonFiniteLossError", "check_finite",
     "DistContext", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object", "cleanup_distributed", "run_distributed",
     "gather_objects",
-    "init_distributed", "unwrap_model", "wrap_ddp",
+    "init_distributed", "unwrap_model", "wrap_ddp", "convert_sync_batchnorm", "distribute_bn",
+    "LoopSettings", "TrainSpec", "eval_loader", "is_out_of_memory", "run_training", "train_loader",
     "ProgressBar", "SummaryLog", "setup_logging",
     "get_rng_state", "seed_everything", "set_rng_state",
     "ignore_stop_signals", "user_errors_from_workers",

@@ -19,21 +19,22 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..data.samplers import ShardSampler
 from ..errors import UserError
 from .amp import AmpSettings, backward_step
 from .checkpoint import CheckpointSaver, build_train_state, load_train_state, resolve_resume, restore_train_state
 from .control import GracefulStop, check_finite
 from .distributed import DistContext, all_reduce_mean, barrier, unwrap_model, wrap_ddp
 from .logs import ProgressBar, SummaryLog
-from .workers import user_errors_from_workers
+from .workers import ignore_stop_signals, user_errors_from_workers
 
-__all__ = ["TrainSpec", "LoopSettings", "run_training", "is_out_of_memory"]
+__all__ = ["TrainSpec", "LoopSettings", "run_training", "is_out_of_memory", "train_loader", "eval_loader"]
 
 _logger = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ class TrainSpec:
     check_resume: Optional[Callable[[Mapping[str, Any]], None]] = None
     after_update: Optional[Callable[[nn.Module, int], None]] = None
     before_evaluate: Optional[Callable[[nn.Module], None]] = None
+    on_epoch_start: Optional[Callable[[int], None]] = None
     model_ema: Optional[nn.Module] = None
+    clip_parameters: Optional[List[nn.Parameter]] = None
     oom_hint: str = "or add --amp"
     describe: str = ""
 
@@ -84,12 +87,31 @@ class LoopSettings:
     resume_optimizer: bool = True
     keep_best: int = 1
     eval_interval: int = 1
-    save_interval: int = 0
+    save_interval: int = 0  # extra saves of last.pth.tar: every N batches of an epoch, or N iterations
     log_interval: int = 50
     clip_grad: Optional[float] = None
     clip_mode: str = "norm"
     tensorboard: bool = False
     start_epoch: Optional[int] = None
+    broadcast_buffers: bool = True
+
+
+def train_loader(dataset: Dataset, batches: Sampler, workers: int, pin_memory: bool,
+                 collate_fn: Optional[Callable] = None) -> DataLoader:
+    """The loader the loop trains from: ``batches`` seeks (``set_position``), workers ignore stop signals
+    (SIGTERM to the process group stops the run cleanly), and a private generator, so that starting an
+    epoch draws nothing from the random state a checkpoint restores."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                      collate_fn=collate_fn, persistent_workers=workers > 0, generator=torch.Generator(),
+                      worker_init_fn=ignore_stop_signals if workers else None)
+
+
+def eval_loader(dataset: Dataset, batch_size: int, ctx: DistContext, workers: int, pin_memory: bool = True,
+                collate_fn: Optional[Callable] = None) -> DataLoader:
+    """Every sample exactly once over all ranks, in file order, so summed metrics are exact."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+                      num_workers=workers, pin_memory=pin_memory and ctx.device.type == "cuda", collate_fn=collate_fn,
+                      worker_init_fn=ignore_stop_signals if workers else None)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -178,43 +200,45 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
         state = load_train_state(resume_path)
         if spec.check_resume is not None:
             spec.check_resume(state)
-        counters = restore_train_state(
-            state, spec.model, spec.optimizer if settings.resume_optimizer else None,
-            spec.scheduler if settings.resume_optimizer else None, amp.scaler, spec.model_ema, ctx=ctx)
-        global_step = counters["global_step"]
-        epoch = int(state.get("data_epoch", counters["epoch"]))
-        done = int(state.get("batches_done", state.get("step_in_epoch", state.get("epoch_batches_done", 0))))
-        window_state = state.get("window")
+        fresh = not settings.resume_optimizer
+        counters = restore_train_state(state, spec.model, None if fresh else spec.optimizer, spec.scheduler,
+                                       None if fresh else amp.scaler, spec.model_ema, ctx=ctx)
+        global_step, epoch = counters["global_step"], counters["epoch"]
+        done = int(state.get("step_in_epoch", state.get("epoch_batches_done", 0)))
+        window_state = state.get("epoch_progress")
         saver.load_state_dict(state.get("saver") or {})
-        _logger.info("Resumed from %s: data epoch %d, %d of its %d batches done, step %d.", resume_path, epoch, done,
-                     per_epoch, global_step)
-    elif settings.start_epoch:
-        epoch = settings.start_epoch
+        _logger.info("Resumed from %s: epoch %d, step %d of it, global step %d%s.", resume_path, epoch, done,
+                     global_step, " (fresh optimizer and loss scaler: --no-resume-opt)" if fresh else "")
+    if settings.start_epoch is not None and settings.start_epoch != epoch:  # the original's rule: it always wins
+        if resume_path:
+            _logger.info("--start-epoch %d overrides the resumed epoch %d.", settings.start_epoch, epoch)
+        epoch, done, window_state = settings.start_epoch, 0, None
         global_step = epoch * per_epoch
     # rows at or after the resume point are about to be written again
     summary.truncate(epoch if spec.unit == "epoch" else global_step + 1)
-    if global_step:  # put the learning rate where the resumed run left it
+    if global_step:  # put the learning rate where the resumed run left it (timm's rule)
         if hasattr(spec.scheduler, "step_update"):
             spec.scheduler.step(epoch)
             spec.scheduler.step_update(num_updates=global_step)
 
-    train_model = wrap_ddp(spec.model, ctx)
+    train_model = wrap_ddp(spec.model, ctx, broadcast_buffers=settings.broadcast_buffers)
     if global_step >= total_steps:
         _logger.info("Already trained for %d of %d %s: nothing to do.", global_step if spec.unit == "iter" else epoch,
                      spec.length, "iterations" if spec.unit == "iter" else "epochs")
     length = f"{spec.length} epochs of {per_epoch} steps" if spec.unit == "epoch" else f"{spec.length} iterations"
-    _logger.info("%s%s: %s, global batch %d (%d per process x %d processes on %s), %s.", spec.name,
+    _logger.info("%s%s: %s, global batch %d (%d per process x %d process(es) on %s), %s.", spec.name,
                  f" ({spec.describe})" if spec.describe else "", length, batch_size * ctx.world_size, batch_size,
                  ctx.world_size, ctx.device, amp.describe())
 
     def state_at(step: int, data_epoch: int, batches_done: int, window: Optional[_Window]) -> Dict[str, Any]:
-        completed_epochs = data_epoch + (1 if batches_done >= per_epoch else 0)
+        """``epoch``: epochs of data completed; ``step_in_epoch``: batches of the next one done."""
         if batches_done >= per_epoch:
             data_epoch, batches_done = data_epoch + 1, 0
         return build_train_state(
-            spec.model, spec.optimizer, spec.scheduler, amp.scaler, spec.model_ema, epoch=completed_epochs,
-            global_step=step, args=settings.args, ctx=ctx, data_epoch=data_epoch, batches_done=batches_done,
-            window=window.state() if window is not None else None, task=spec.name, **spec.checkpoint_fields)
+            spec.model, spec.optimizer, spec.scheduler, amp.scaler, spec.model_ema, epoch=data_epoch,
+            global_step=step, args=settings.args, ctx=ctx, step_in_epoch=batches_done,
+            epoch_progress=window.state() if window is not None else None, task=spec.name,
+            **spec.checkpoint_fields)
 
     def last_checkpoint() -> Optional[str]:
         return saver.last_path if os.path.isfile(saver.last_path) else None
@@ -235,8 +259,12 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
     try:
         with GracefulStop() as stop:
             tick = time.perf_counter()
+            started: Optional[int] = None
             while global_step < total_steps:
                 epoch, done, batch = next(batches)
+                if epoch != started and spec.on_epoch_start is not None:
+                    spec.on_epoch_start(epoch)
+                started = epoch
                 window.data_seconds += time.perf_counter() - tick
                 spec.model.train()
                 value, parts, images = _one_step(spec, train_model, batch, amp, settings, ctx, global_step,
@@ -249,9 +277,9 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
                 log_images += images * ctx.world_size
                 bar.update(images * ctx.world_size, loss=value, lr=_lr(spec))
                 if settings.log_interval and global_step % settings.log_interval == 0:
-                    _logger.info("step %d (epoch %d, batch %d/%d): loss %.4f, lr %.3g, %.1f img/s", global_step, epoch,
-                                 done, per_epoch, value, _lr(spec),
-                                 log_images / max(time.perf_counter() - log_start, 1e-9))
+                    _logger.info("epoch %d [%d/%d]: loss %.4g, lr %.3e, %.0f img/s (step %d)", epoch, done, per_epoch,
+                                 value, _lr(spec), log_images / max(time.perf_counter() - log_start, 1e-9),
+                                 global_step)
                     log_start, log_images = time.perf_counter(), 0
                 window.seconds += time.perf_counter() - tick
 
@@ -278,7 +306,7 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
                     summary.append(row)
                     saver.save(state_at(global_step, epoch, done, None), epoch, None)
                     window = _Window()
-                elif settings.save_interval and global_step % settings.save_interval == 0:
+                elif settings.save_interval and (done if spec.unit == "epoch" else global_step) % settings.save_interval == 0:
                     saver.save(state_at(global_step, epoch, done, window), global_step, None)
                 else:
                     saved = False
@@ -314,7 +342,8 @@ def _one_step(spec: TrainSpec, model: nn.Module, batch: Any, amp: AmpSettings, s
         value = check_finite(loss, global_step + 1, ctx, last_checkpoint)
         spec.optimizer.zero_grad(set_to_none=True)
         backward_step(loss, spec.optimizer, amp, settings.clip_grad, settings.clip_mode,
-                      unwrap_model(spec.model).parameters())
+                      spec.clip_parameters if spec.clip_parameters is not None
+                      else unwrap_model(spec.model).parameters())
     except (RuntimeError, torch.OutOfMemoryError) as exc:
         if is_out_of_memory(exc):
             size = spec.train_loader.batch_sampler.batch_size

@@ -1,5 +1,6 @@
-"""Dense-prediction tasks built on FCViT backbones: ``detection`` (Mask R-CNN) and ``segmentation``.
+"""The tasks, side by side: ``classification`` (ImageNet recipe), ``detection`` (Mask R-CNN) and
+``segmentation`` (Semantic FPN).
 
-Each task package holds its dataset, model builder, training and evaluation functions; the command
-line front-ends live in ``fcvit.cli`` and the shared training machinery in ``fcvit.engine``.
+Each task package holds its data, model builder, loss and evaluation and gives them to the engine's one
+training loop (:mod:`fcvit.engine.loop`); the command-line front-ends live in ``fcvit.cli``.
 """

@@ -10,11 +10,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
-from ..errors import UserError
-from .images import load_image
-from .samplers import EpochShardSampler, SeededSamples, ShardSampler  # noqa: F401  (moved; importers move next)
+from ...data.images import load_image
+from ...errors import UserError
 
 __all__ = [
     "DIGITS_CLASSES", "BadImageError", "DigitsDataset", "CheckedImageFolder", "create_classification_dataset",

@@ -1,7 +1,10 @@
-"""Image classification on top of the engine: ``train_one_epoch``, ``evaluate`` and the ``train`` driver.
+"""Image classification as a task of the engine's loop: data, model, loss, evaluation; timm does the rest.
 
-Everything that is not specific to classification (DDP, checkpoints, stops, AMP, logs) comes from
-:mod:`fcvit.engine`; data, augmentation, mixup, optimizer, scheduler, EMA and losses come from timm.
+What is classification's own lives here: the image-folder/timm/digits data with the recipe's
+augmentation, the classifier (with the recipe's drop path, or fine-tuned from a checkpoint), mixup and
+the losses of the original ``train.py``, top-1/top-5 evaluation of the model and its EMA, and
+``--dist-bn`` before evaluation. Resume, stops, saves, logging and schedule stepping come from
+:func:`fcvit.engine.loop.run_training`.
 """
 from __future__ import annotations
 
@@ -10,39 +13,36 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import UserError
-from .amp import AmpSettings, backward_step, resolve_amp
-from .checkpoint import (
-    CheckpointSaver,
-    build_train_state,
-    load_train_state,
-    resolve_resume,
-    restore_train_state,
-)
-from .control import GracefulStop, check_finite
-from .distributed import (
+from ...data.samplers import EpochShardSampler, SeededSamples, SeekableBatches
+from ...engine import (
+    AmpSettings,
     DistContext,
+    LoopSettings,
+    ProgressBar,
+    TrainSpec,
     all_reduce,
-    barrier,
     convert_sync_batchnorm,
     distribute_bn,
+    eval_loader,
+    is_out_of_memory,
+    resolve_amp,
     run_distributed,
+    run_training,
+    seed_everything,
+    setup_logging,
+    train_loader,
     unwrap_model,
-    wrap_ddp,
 )
-from .logs import ProgressBar, SummaryLog, setup_logging
-from .rng import seed_everything
-from .workers import ignore_stop_signals, user_errors_from_workers
+from ...engine.workers import ignore_stop_signals, user_errors_from_workers
+from ...errors import UserError
 
-__all__ = ["train_one_epoch", "evaluate", "train", "create_model", "build_eval_loader", "check_classes",
-           "EpochResult", "out_of_memory_message"]
+__all__ = ["train", "evaluate", "create_model", "build_eval_loader", "check_classes", "out_of_memory_message"]
 
 _logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ _logger = logging.getLogger(__name__)
 
 def create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     """The classifier by name (FCViT or any timm model), with the recipe's drop-path for FCViT variants."""
-    from ..models import MODEL_CONFIGS, check_model_name
+    from ...models import MODEL_CONFIGS, check_model_name
 
     import timm
 
@@ -71,7 +71,7 @@ def create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
 
 def load_initial_weights(model: nn.Module, path: str, model_name: str) -> None:
     """Start from a checkpoint's weights (fine-tuning); a classifier for other classes is left new."""
-    from ..models import extract_state_dict, load_weights, read_checkpoint
+    from ...models import extract_state_dict, load_weights, read_checkpoint
 
     state_dict = extract_state_dict(read_checkpoint(path))
     own = model.state_dict()
@@ -90,13 +90,6 @@ def out_of_memory_message(batch_size: int, device: torch.device) -> str:
     smaller = max(batch_size // 2, 1)
     return (f"A batch of {batch_size} images does not fit in {device} memory: use a smaller -b "
             f"(e.g. -b {smaller}), --grad-checkpointing or --amp.")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -137,48 +130,24 @@ def _transform_args(args: argparse.Namespace, model: nn.Module, training: bool) 
     return kwargs
 
 
-def _loader(dataset: Dataset, batch_size: int, sampler: Any, workers: int, pin_memory: bool,
-            drop_last: bool) -> DataLoader:
-    # a private generator: creating an iterator must not consume the training RNG (exact resume)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory, drop_last=drop_last, persistent_workers=workers > 0,
-                      generator=torch.Generator(), worker_init_fn=ignore_stop_signals if workers else None)
-
-
 def build_eval_loader(args: argparse.Namespace, model: nn.Module, ctx: DistContext, split: str,
                       class_names: Optional[Sequence[str]] = None, batch_size: Optional[int] = None
                       ) -> Tuple[DataLoader, Dataset, Dict[str, Any]]:
     """Evaluation loader with the model's crop_pct and interpolation (overridable), each sample once over ranks."""
     from timm.data import create_transform
 
-    from ..data.classification import ShardSampler, create_classification_dataset
+    from .data import create_classification_dataset
 
     tf_args = _transform_args(args, model, training=False)
     dataset = create_classification_dataset(args.dataset, args.data, split, create_transform(**tf_args),
                                             skip_bad_images=args.skip_bad_images, class_names=class_names)
     if len(dataset) == 0:
         raise UserError(f"The '{split}' split of the data has no images: add images or check DATA.")
-    sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)
-    loader = _loader(dataset, batch_size or args.batch_size, sampler, args.workers,
-                     ctx.device.type == "cuda" and args.pin_mem, drop_last=False)
+    loader = eval_loader(dataset, batch_size or args.batch_size, ctx, args.workers, args.pin_mem)
     return loader, dataset, tf_args
 
 
 # ------------------------------------------------------------------------------------------- training
-
-@dataclass
-class EpochResult:
-    """What one (possibly partial) pass over the training data did."""
-
-    steps: int = 0
-    images: int = 0
-    loss_sum: float = 0.0
-    data_seconds: float = 0.0
-    seconds: float = 0.0
-    global_step: int = 0
-    interrupted: bool = False
-    metrics: Dict[str, float] = field(default_factory=dict)
-
 
 def _mixup_fn(args: argparse.Namespace, num_classes: int) -> Optional[Callable]:
     from timm.data import Mixup
@@ -227,96 +196,6 @@ def _batch_erasing(args: argparse.Namespace, device: torch.device) -> Optional[C
                          num_splits=args.aug_splits or 2, device=device)
 
 
-def train_one_epoch(
-        model: nn.Module,
-        loader: DataLoader,
-        optimizer: torch.optim.Optimizer,
-        loss_fn: nn.Module,
-        amp: AmpSettings,
-        ctx: DistContext,
-        epoch: int,
-        global_step: int,
-        scheduler: Any = None,
-        model_ema: Optional[nn.Module] = None,
-        mixup_fn: Optional[Callable] = None,
-        stop: Optional[GracefulStop] = None,
-        clip_grad: Optional[float] = None,
-        clip_mode: str = "norm",
-        channels_last: bool = False,
-        last_checkpoint: Optional[str] = None,
-        progress: Optional[ProgressBar] = None,
-        batch_erasing: Optional[Callable] = None,
-        log_interval: int = 0,
-        on_step: Optional[Callable[[EpochResult], None]] = None,
-) -> EpochResult:
-    """One pass over ``loader`` (which may start mid-epoch); returns early, flagged, when a stop is requested.
-
-    The loss is checked on every rank before the optimizer step, so a NaN never reaches the weights.
-    ``data_seconds`` is the time spent blocked on the loader: the data-loading bottleneck, if any.
-    ``batch_erasing`` runs on the device batch after mixup (``--resplit``); ``log_interval`` logs a line
-    every that many steps; ``on_step(result)`` runs after every step on every rank (recovery saves).
-    """
-    from timm.models import model_parameters
-
-    model.train()
-    result = EpochResult(global_step=global_step)
-    start = tick = time.perf_counter()
-    batch_size = loader.batch_size or 1
-    clipped = model_parameters(unwrap_model(model), exclude_head="agc" in clip_mode)  # timm spares the head
-    clipped = list(clipped) if clip_grad else None
-    for images, targets in user_errors_from_workers(loader):
-        result.data_seconds += time.perf_counter() - tick
-        batch_images = targets.shape[0]
-        images, targets = _join_splits(images, targets)
-        images = images.to(ctx.device, non_blocking=True)
-        targets = targets.to(ctx.device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if mixup_fn is not None:
-            images, targets = mixup_fn(images, targets)
-        if batch_erasing is not None:
-            images = batch_erasing(images)
-        try:
-            with amp.autocast():
-                loss = loss_fn(model(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss_value = check_finite(loss, result.global_step + 1, ctx, last_checkpoint)
-            backward_step(loss, optimizer, amp, clip_grad, clip_mode, clipped)
-        except (RuntimeError, torch.OutOfMemoryError) as exc:
-            if _is_oom(exc):
-                raise UserError(out_of_memory_message(batch_size, ctx.device)) from None
-            raise
-        result.global_step += 1
-        if model_ema is not None:
-            model_ema.update(unwrap_model(model), step=result.global_step)
-        if scheduler is not None:
-            scheduler.step_update(num_updates=result.global_step)
-        result.steps += 1
-        result.images += batch_images * ctx.world_size
-        result.loss_sum += loss_value
-        if progress is not None:
-            progress.update(batch_images * ctx.world_size, loss=loss_value,
-                            lr=optimizer.param_groups[0]["lr"])
-        if log_interval and result.steps % log_interval == 0:
-            _log_step(epoch, result, len(loader), loss_value, optimizer.param_groups[0]["lr"], start)
-        if on_step is not None:
-            on_step(result)
-        if stop is not None and stop.should_stop(ctx):
-            result.interrupted = True
-            break
-        tick = time.perf_counter()
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-def _log_step(epoch: int, result: EpochResult, steps: int, loss: float, lr: float, start: float) -> None:
-    """The ``--log-interval`` line: where the epoch is, the step's loss, the lr and the throughput so far."""
-    seconds = max(time.perf_counter() - start, 1e-9)
-    _logger.info("epoch %d [%d/%d]: loss %.4g (mean %.4g), lr %.3e, %.0f img/s, %.0f%% waiting for data", epoch,
-                 result.steps, steps, loss, result.loss_sum / result.steps, lr, result.images / seconds,
-                 100 * result.data_seconds / seconds)
-
-
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, amp: AmpSettings, ctx: DistContext,
              channels_last: bool = False, desc: str = "eval") -> Dict[str, float]:
@@ -336,7 +215,7 @@ def evaluate(model: nn.Module, loader: DataLoader, amp: AmpSettings, ctx: DistCo
                 with amp.autocast():
                     logits = model(images)
             except (RuntimeError, torch.OutOfMemoryError) as exc:
-                if _is_oom(exc):
+                if is_out_of_memory(exc):
                     raise UserError(out_of_memory_message(images.shape[0], ctx.device)) from None
                 raise
             logits = logits.float()
@@ -380,26 +259,6 @@ def _resolve_lr(args: argparse.Namespace, world_size: int) -> float:
     return args.lr_base * ratio
 
 
-def _epoch_row(epoch: int, result: EpochResult, lr: float, metrics: Dict[str, float],
-               ema_metrics: Optional[Dict[str, float]]) -> Dict[str, Any]:
-    compute = max(result.seconds - result.data_seconds, 1e-9)
-    row: Dict[str, Any] = {
-        "epoch": epoch,
-        "train_loss": result.loss_sum / max(result.steps, 1),
-        "eval_loss": metrics["loss"], "eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
-        "lr": lr,
-        "train_img_per_sec": result.images / max(result.seconds, 1e-9),
-        "model_img_per_sec": result.images / compute,
-        "data_wait_share": result.data_seconds / max(result.seconds, 1e-9),
-        "eval_img_per_sec": metrics["img_per_sec"],
-        "epoch_seconds": result.seconds,
-    }
-    if ema_metrics is not None:
-        row.update(ema_eval_loss=ema_metrics["loss"], ema_eval_top1=ema_metrics["top1"],
-                   ema_eval_top5=ema_metrics["top5"])
-    return row
-
-
 def _schedule_extras(args: argparse.Namespace) -> Dict[str, Any]:
     """timm scheduler options of the original train.py (lr noise, cycles, k-decay, plateau patience)."""
     noise = getattr(args, "lr_noise", None)
@@ -422,8 +281,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
 
-    from ..data.classification import EpochShardSampler, SeededSamples, create_classification_dataset
-    from ..data.transforms import create_train_transform
+    from .data import create_classification_dataset
+    from .transforms import create_train_transform
 
     output_dir = args.output
     notes = list(vars(args).pop("compat_notes", None) or [])  # from flags of the original train.py
@@ -473,11 +332,9 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     if mixup_fn is not None and args.batch_size % 2:
         raise UserError(f"Mixup/CutMix need an even batch size per process, not -b {args.batch_size}: "
                         "use an even -b or --mixup 0 --cutmix 0.")
-    sampler = EpochShardSampler(len(train_set), args.seed, ctx.rank, ctx.world_size)
-    train_loader = _loader(SeededSamples(train_set), args.batch_size, sampler, args.workers,
-                           ctx.device.type == "cuda" and args.pin_mem, drop_last=True)
-    steps_per_epoch = sampler.per_rank // args.batch_size
-    eval_loader, _, eval_tf = build_eval_loader(args, model, ctx, args.val_split, class_names,
+    batches = SeekableBatches(EpochShardSampler(len(train_set), args.seed, ctx.rank, ctx.world_size), args.batch_size)
+    loader = train_loader(SeededSamples(train_set), batches, args.workers, ctx.device.type == "cuda" and args.pin_mem)
+    val_loader, _, eval_tf = build_eval_loader(args, model, ctx, args.val_split, class_names,
                                                 args.validation_batch_size or args.batch_size)
 
     lr = _resolve_lr(args, ctx.world_size)
@@ -492,133 +349,82 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
         optimizer, sched=args.sched, num_epochs=args.epochs, cooldown_epochs=args.cooldown_epochs,
         min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
         decay_epochs=args.decay_epochs, decay_rate=args.decay_rate,
-        step_on_epochs=not args.sched_on_updates, updates_per_epoch=steps_per_epoch, **_schedule_extras(args))
+        step_on_epochs=not args.sched_on_updates, updates_per_epoch=batches.batches_per_epoch,
+        **_schedule_extras(args))
     ema_on_cpu = args.model_ema and getattr(args, "model_ema_force_cpu", False)
     model_ema = (ModelEmaV3(unwrap_model(model), decay=args.model_ema_decay,
                             device=torch.device("cpu") if ema_on_cpu else None) if args.model_ema else None)
-
-    saver = CheckpointSaver(output_dir, metric=args.eval_metric, mode="min" if "loss" in args.eval_metric else "max",
-                            keep_best=args.checkpoint_hist, ctx=ctx)
-    start_epoch, global_step, skip_steps = 0, 0, 0
-    resume_path = resolve_resume(args.resume, output_dir)
-    carried = {"loss_sum": 0.0, "images": 0, "steps": 0, "seconds": 0.0, "data_seconds": 0.0}
-    if resume_path:
-        state = load_train_state(resume_path)
-        check_classes(class_names, state, num_classes, "the training data")
-        fresh_optimizer = getattr(args, "no_resume_opt", False)
-        counters = restore_train_state(state, model, None if fresh_optimizer else optimizer, scheduler,
-                                       None if fresh_optimizer else amp.scaler, model_ema, ctx=ctx)
-        start_epoch, global_step = counters["epoch"], counters["global_step"]
-        skip_steps = int(state.get("step_in_epoch", 0))
-        carried.update(state.get("epoch_progress") or {})
-        saver.load_state_dict(state.get("saver") or {})
-        _logger.info("Resumed from %s: epoch %d, step %d of it, global step %d%s.", resume_path, start_epoch,
-                     skip_steps, global_step, " (fresh optimizer and loss scaler: --no-resume-opt)"
-                     if fresh_optimizer else "")
-    if args.start_epoch is not None and args.start_epoch != start_epoch:  # the original: it always wins
-        if resume_path:
-            _logger.info("--start-epoch %d overrides the resumed epoch %d.", args.start_epoch, start_epoch)
-        start_epoch, skip_steps, global_step = args.start_epoch, 0, args.start_epoch * steps_per_epoch
-        carried = {k: 0 for k in carried}
-    summary = SummaryLog(os.path.join(output_dir, "summary.csv"), ctx,
-                         tensorboard_dir=os.path.join(output_dir, "tensorboard") if args.tensorboard else None)
-    summary.truncate(start_epoch)  # rows of epochs this run is about to (re)do
-
-    if args.compile:
-        model = torch.compile(model)
-    train_model = wrap_ddp(model, ctx, broadcast_buffers=not getattr(args, "no_ddp_bb", False))
     dist_bn = getattr(args, "dist_bn", "reduce") if ctx.distributed else ""
-    batch_erasing = _batch_erasing(args, ctx.device)
-    loss_fn = _train_loss(args, mixup_fn is not None).to(ctx.device)
-    _logger.info("Training %s on %d images of %d classes (%d validation), %d process(es) on %s, global batch %d, "
-                 "lr %.3g, %d epochs, %s.", args.model, len(train_set), num_classes, len(eval_loader.dataset),
-                 ctx.world_size, ctx.device, global_batch, lr, num_epochs, amp.describe())
     if dist_bn:
         _logger.info("BatchNorm running statistics: %s over the %d processes after every epoch, before evaluation "
                      "(--dist-bn %s).", "averaged" if dist_bn == "reduce" else "copied from rank 0",
                      ctx.world_size, dist_bn)
+    if args.compile:
+        model = torch.compile(model)
 
-    def save_recovery(progress_now: EpochResult) -> None:
-        """``--recovery-interval``: last.pth.tar mid-epoch, resumable to the step (every rank calls it)."""
-        interval = getattr(args, "recovery_interval", 0)
-        done_now = skip_steps + progress_now.steps
-        if not interval or progress_now.steps % interval or done_now >= steps_per_epoch:
-            return
-        fields = ("loss_sum", "images", "steps", "seconds", "data_seconds")
-        partial = {k: getattr(progress_now, k) + carried[k] for k in fields}
-        partial["seconds"] += time.perf_counter() - epoch_start
-        saver.save(build_state(epoch, done_now, progress_now.global_step, partial), epoch, None)
+    loss_fn = _train_loss(args, mixup_fn is not None).to(ctx.device)
+    batch_erasing = _batch_erasing(args, ctx.device)
 
-    def build_state(epoch: int, step_in_epoch: int, step: int,
-                    progress: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
-        return build_train_state(
-            model, optimizer, scheduler, amp.scaler, model_ema, epoch=epoch, global_step=step, args=args, ctx=ctx,
+    def step(train_model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], int]:
+        images, targets = batch
+        batch_images = targets.shape[0]
+        images, targets = _join_splits(images, targets)
+        images = images.to(ctx.device, non_blocking=True)
+        targets = targets.to(ctx.device, non_blocking=True)
+        if args.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if mixup_fn is not None:
+            images, targets = mixup_fn(images, targets)
+        if batch_erasing is not None:
+            images = batch_erasing(images)
+        return loss_fn(train_model(images), targets), {}, batch_images
+
+    def evaluate_both(trained: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
+        metrics = evaluate(trained, val_loader, amp, ctx, args.channels_last, "eval")
+        row: Dict[str, Any] = {"eval_loss": metrics["loss"], "eval_top1": metrics["top1"],
+                               "eval_top5": metrics["top5"], "eval_img_per_sec": metrics["img_per_sec"]}
+        ranked = metrics
+        if model_ema is not None and not ema_on_cpu:  # the original did not evaluate a CPU EMA either
+            ranked = evaluate(model_ema.module, val_loader, amp, ctx, args.channels_last, "eval ema")
+            row.update(ema_eval_loss=ranked["loss"], ema_eval_top1=ranked["top1"], ema_eval_top5=ranked["top5"])
+        _logger.info("val top-1 %.2f%% top-5 %.2f%% loss %.4f%s", metrics["top1"], metrics["top5"], metrics["loss"],
+                     f" (EMA top-1 {ranked['top1']:.2f}%)" if ranked is not metrics else "")
+        return ranked, row
+
+    def before_evaluate(trained: nn.Module) -> None:
+        if dist_bn:
+            distribute_bn(unwrap_model(trained), ctx, reduce=dist_bn == "reduce")
+            if model_ema is not None and not ema_on_cpu:
+                distribute_bn(model_ema.module, ctx, reduce=dist_bn == "reduce")
+
+    def on_epoch_start(epoch: int) -> None:
+        if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            mixup_fn.mixup_enabled = False
+
+    from timm.models import model_parameters
+
+    spec = TrainSpec(
+        name=f"Training {args.model}", model=model, optimizer=optimizer, scheduler=scheduler,
+        train_loader=loader, step=step, evaluate=evaluate_both, metric=args.eval_metric,
+        mode="min" if "loss" in args.eval_metric else "max", unit="epoch", length=num_epochs,
+        checkpoint_fields=dict(
             arch=args.model, num_classes=num_classes, class_names=list(class_names) if class_names else None,
-            data_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in eval_tf.items()},
-            step_in_epoch=step_in_epoch, epoch_progress=progress or {})
-
-    def state_for(epoch: int, step_in_epoch: int, progress: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
-        return build_state(epoch, step_in_epoch, global_step, progress)
-
-    last_metrics: Dict[str, float] = {}
-    interrupted = False
-    if start_epoch > 0 or global_step > 0:  # put the lr where the resumed run left it (timm's rule)
-        if args.sched_on_updates:
-            scheduler.step_update(num_updates=global_step)
-        else:
-            scheduler.step(start_epoch)
-    with GracefulStop() as stop:
-        for epoch in range(start_epoch, num_epochs):
-            if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-                mixup_fn.mixup_enabled = False
-            sampler.set_epoch(epoch, skip=skip_steps * args.batch_size)
-            epoch_start = time.perf_counter()
-            with ProgressBar(len(sampler) // args.batch_size * global_batch, f"epoch {epoch}", ctx) as bar:
-                result = train_one_epoch(
-                    train_model, train_loader, optimizer, loss_fn, amp, ctx, epoch, global_step, scheduler,
-                    model_ema, mixup_fn, stop, args.clip_grad, args.clip_mode, args.channels_last,
-                    saver.last_path if os.path.exists(saver.last_path) else None, bar,
-                    batch_erasing=batch_erasing, log_interval=getattr(args, "log_interval", 0),
-                    on_step=save_recovery)
-            global_step = result.global_step
-            done = skip_steps + result.steps
-            skip_steps = 0
-            for key in carried:  # count the part of this epoch done before a resume
-                setattr(result, key, type(getattr(result, key))(getattr(result, key) + carried[key]))
-            carried = {k: 0 for k in carried}
-            if result.interrupted and done < steps_per_epoch:
-                progress = {k: getattr(result, k) for k in ("loss_sum", "images", "steps", "seconds", "data_seconds")}
-                saver.save(state_for(epoch, done, progress), epoch, None)
-                interrupted = True
-                break
-            if dist_bn:
-                distribute_bn(model, ctx, reduce=dist_bn == "reduce")
-                if model_ema is not None and not ema_on_cpu:
-                    distribute_bn(model_ema.module, ctx, reduce=dist_bn == "reduce")
-            metrics = evaluate(train_model, eval_loader, amp, ctx, args.channels_last, "eval")
-            ema_metrics = None
-            if model_ema is not None and not ema_on_cpu:  # the original did not evaluate a CPU EMA either
-                ema_metrics = evaluate(model_ema.module, eval_loader, amp, ctx, args.channels_last, "eval ema")
-            ranked = ema_metrics if ema_metrics is not None else metrics
-            lr_now = optimizer.param_groups[0]["lr"]  # the lr this epoch trained with (its last step's)
-            scheduler.step(epoch + 1, ranked.get(args.eval_metric))
-            row = _epoch_row(epoch, result, lr_now, metrics, ema_metrics)
-            saver.save(state_for(epoch + 1, 0), epoch, {args.eval_metric: ranked[args.eval_metric]})
-            summary.append(row)
-            last_metrics = ranked
-            _logger.info("epoch %d: train loss %.4f, val top-1 %.2f%% top-5 %.2f%% loss %.4f%s, %.0f img/s "
-                         "(model alone %.0f img/s, %.0f%% waiting for data)", epoch, row["train_loss"],
-                         metrics["top1"], metrics["top5"], metrics["loss"],
-                         f" (EMA top-1 {ema_metrics['top1']:.2f}%)" if ema_metrics else "",
-                         row["train_img_per_sec"], row["model_img_per_sec"], 100 * row["data_wait_share"])
-            if stop.should_stop(ctx):
-                interrupted = epoch + 1 < num_epochs
-                break
-    barrier(ctx)
-    summary.close()
-    if interrupted:
-        _logger.warning("Stopped by %s; state saved to %s: rerun the same command with --resume auto to continue.",
-                        stop.signal_name or "a signal on another rank", saver.last_path)
-    return {"output": output_dir, "last": saver.last_path, "best": saver.best_path if saver.best else None,
-            "best_value": saver.best_value(), "metric": args.eval_metric, "metrics": last_metrics,
-            "interrupted": interrupted, "epochs": num_epochs, "class_names": class_names}
+            data_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in eval_tf.items()}),
+        check_resume=lambda state: check_classes(class_names, state, num_classes, "the training data"),
+        after_update=(lambda trained, global_step: model_ema.update(unwrap_model(trained), step=global_step))
+        if model_ema is not None else None,
+        before_evaluate=before_evaluate, on_epoch_start=on_epoch_start, model_ema=model_ema,
+        clip_parameters=list(model_parameters(unwrap_model(model), exclude_head="agc" in args.clip_mode))
+        if args.clip_grad else None,
+        oom_hint="--grad-checkpointing or --amp",
+        describe=f"{len(train_set)} images of {num_classes} classes, {len(val_loader.dataset)} for validation, "
+                 f"lr {lr:.3g}")
+    settings = LoopSettings(
+        output=output_dir, amp=amp, args=args, resume=args.resume,
+        resume_optimizer=not getattr(args, "no_resume_opt", False), keep_best=args.checkpoint_hist,
+        eval_interval=1, save_interval=getattr(args, "recovery_interval", 0) or 0,
+        log_interval=getattr(args, "log_interval", 0) or 0, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+        tensorboard=args.tensorboard, start_epoch=args.start_epoch,
+        broadcast_buffers=not getattr(args, "no_ddp_bb", False))
+    result = run_training(spec, ctx, settings)
+    return dict(result, epochs=num_epochs, class_names=class_names)

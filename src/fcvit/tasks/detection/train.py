@@ -303,8 +303,8 @@ def detection_amp(device: torch.device, amp: Optional[bool], amp_dtype: str = "a
 def _log_batch(per_process: int, ctx: DistContext, lr: float) -> None:
     """The global batch, and a note when it is not the 32 images the recipe's lr is for."""
     total = per_process * ctx.world_size
-    _logger.info("Global batch: %d images per step (-b %d per process x %d process%s).", total, per_process,
-                 ctx.world_size, "" if ctx.world_size == 1 else "es")
+    _logger.info("Global batch: %d image%s per step (-b %d per process x %d process%s).", total,
+                 "" if total == 1 else "s", per_process, ctx.world_size, "" if ctx.world_size == 1 else "es")
     if total != PAPER_GLOBAL_BATCH:
         _logger.info("The recipe's lr 2e-4 is for %d images per step (8 GPUs x 4); this run has %d at lr %g.",
                      PAPER_GLOBAL_BATCH, total, lr)

@@ -245,6 +245,30 @@ def test_box_head_losses_by_hand(default_model, legacy_model):
     assert smooth.item() == pytest.approx(by_hand / 3, rel=1e-5)
 
 
+def test_torchvision_settings_give_torchvisions_roi_losses():
+    """With every alternative chosen, the training step's RoI losses are torchvision's own, to the bit."""
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    torch.manual_seed(0)
+    model = build_mask_rcnn("fcvit_tiny", 3, min_size=64, max_size=64, fpn_channels=32, representation_size=64,
+                            backbone_kwargs=SMALL_BACKBONE, **TORCHVISION_SETTINGS)
+    images = torch.rand(1, 3, 64, 64)
+    masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    masks[0, 8:40, 10:30], masks[1, 30:60, 35:62] = 1, 1
+    targets = [{"boxes": torch.tensor([[10.0, 8.0, 30.0, 40.0], [35.0, 30.0, 62.0, 60.0]]),
+                "labels": torch.tensor([1, 3]), "masks": masks}]
+    with torch.no_grad():
+        features = model.backbone(images)
+    proposals = [torch.tensor([[8.0, 6.0, 33.0, 41.0], [30.0, 25.0, 60.0, 64.0], [0.0, 0.0, 20.0, 20.0]])]
+    model.roi_heads.train()
+    torch.manual_seed(1)
+    ours = model.roi_heads(features, proposals, [(64, 64)], targets)[1]
+    torch.manual_seed(1)
+    theirs = RoIHeads.forward(model.roi_heads, features, proposals, [(64, 64)], targets)[1]
+    assert ours.keys() == theirs.keys() == {"loss_classifier", "loss_box_reg", "loss_mask"}
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_mask_targets_are_binary_aligned_crops(default_model, legacy_model):
     mask = torch.zeros(1, 40, 40, dtype=torch.uint8)
     mask[0, 10:20, 10:20] = 1

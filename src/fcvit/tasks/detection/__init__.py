@@ -1,6 +1,8 @@
 """Object detection and instance segmentation: Mask R-CNN + FPN with FCViT backbones (torchvision's models).
 
-- :func:`build_mask_rcnn`: the model; :func:`load_detector`: one from a ``fcvit detect train`` checkpoint.
+- :func:`build_mask_rcnn`: the model, set up as the paper's MMDetection config (``PAPER_SETTINGS``;
+  ``TORCHVISION_SETTINGS`` are torchvision's alternatives, built from :mod:`.components`);
+  :func:`load_detector`: one from a ``fcvit detect train`` checkpoint.
 - :class:`CocoInstances`: any COCO-format dataset, checked when opened.
 - :func:`train_one_epoch`, :func:`evaluate`: the loops, on :mod:`fcvit.engine`; the whole run is
   ``fcvit.tasks.detection.train.train(args)`` (``fcvit detect train``).
@@ -9,14 +11,14 @@
 """
 from .coco_eval import AP_FIELDS, CocoEvaluator
 from .dataset import Category, CocoInstances, coco_split_paths
-from .model import FCViTFPN, build_mask_rcnn, count_parameters
+from .model import PAPER_SETTINGS, TORCHVISION_SETTINGS, FCViTFPN, build_mask_rcnn, count_parameters
 from .predict import load_detector, predict_images
 from .sampler import AspectRatioBatchSampler
 from .synthetic import make_shapes_coco
 from .train import evaluate, train_one_epoch
 
 __all__ = [
-    "AP_FIELDS", "AspectRatioBatchSampler", "Category", "CocoEvaluator", "CocoInstances", "FCViTFPN",
+    "AP_FIELDS", "PAPER_SETTINGS", "TORCHVISION_SETTINGS", "AspectRatioBatchSampler", "Category", "CocoEvaluator", "CocoInstances", "FCViTFPN",
     "build_mask_rcnn", "coco_split_paths", "count_parameters", "evaluate", "load_detector", "make_shapes_coco",
     "predict_images", "train_one_epoch",
 ]

@@ -85,7 +85,7 @@ def test_training_reduces_the_loss_and_learns_the_regions(trained):
 def test_log_states_the_global_batch_and_the_checkpoint_its_resize(trained):
     assert load_train_state(trained / "last.pth.tar")["eval_antialias"] is False  # eval/predict resize the same way
     log = (trained / "log.txt").read_text()
-    assert "40 iterations of 4 images (-b 4 per process x 1 processes)" in log
+    assert "40 iterations, global batch 4 (4 per process x 1 process(es) on cpu)" in log
     assert "lr (2e-4) is for 32 images per step (8 GPUs x -b 4); this run takes 4" in log
     assert "Final checkpoint (iteration 40" in log
 
@@ -120,7 +120,7 @@ def test_resume_mid_epoch_repeats_the_uninterrupted_run(trained, dataset, tmp_pa
     """Iteration 20 is 2 batches into the 7th pass over 12 images (3 batches of 4 each); the resumed run
     also loads data in a worker process, which must not change which samples come or how they are augmented."""
     checkpoint = load_train_state(trained / "checkpoint-20.pth.tar")
-    assert (checkpoint["epoch"], checkpoint["epoch_batches_done"]) == (6, 2)
+    assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) == (6, 2)
     out = tmp_path / "run"
     small = list(SMALL)
     small[small.index("--workers") + 1] = "1"
@@ -138,7 +138,7 @@ def test_resume_mid_epoch_repeats_the_uninterrupted_run(trained, dataset, tmp_pa
 
 
 def test_sigterm_saves_and_stops(dataset, tmp_path, capsys, monkeypatch):
-    import fcvit.tasks.segmentation.train as train_module
+    import fcvit.engine.loop as train_module  # the loop checks every loss
 
     original = train_module.check_finite
 

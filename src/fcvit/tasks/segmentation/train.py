@@ -12,35 +12,24 @@ import argparse
 import logging
 import os
 import sys
-import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
+from ...data.samplers import EpochShardSampler, SeededSamples, SeekableBatches
 from ...engine import (
-    AmpSettings,
-    CheckpointSaver,
     DistContext,
-    GracefulStop,
-    SummaryLog,
-    all_reduce_mean,
-    backward_step,
-    build_train_state,
-    check_finite,
-    run_distributed,
-    load_train_state,
+    LoopSettings,
+    TrainSpec,
     resolve_amp,
-    resolve_resume,
-    restore_train_state,
+    run_distributed,
+    run_training,
     seed_everything,
     setup_logging,
-    wrap_ddp,
+    train_loader,
 )
-from ...data.samplers import EpochShardSampler, SeededSamples
-from ...engine.workers import ignore_stop_signals, user_errors_from_workers
 from ...errors import UserError
 from .data import SegmentationFolder, default_class_names, read_class_names
 from .evaluate import CONFIG_KEY, atomic_save_json, eval_loader, evaluate
@@ -49,7 +38,7 @@ from .model import SemanticFPN, create_segmenter, synchronize_batch_norm
 from .transforms import IGNORE_INDEX, eval_transforms, train_transforms
 
 __all__ = ["RECIPE_GLOBAL_BATCH", "segmentation_loss", "build_model", "build_optimizer", "build_scheduler",
-           "distributed_batch_norm", "global_batch", "train_steps", "train"]
+           "distributed_batch_norm", "global_batch", "train"]
 
 _logger = logging.getLogger(__name__)
 
@@ -117,82 +106,6 @@ def distributed_batch_norm(model: SemanticFPN, scope: str, ctx: DistContext) -> 
     return model
 
 
-def infinite_batches(loader: DataLoader, sampler: EpochShardSampler, epoch: int, done: int = 0
-                     ) -> Iterator[Tuple[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]]]:
-    """((data epoch, batches of it done), batch) forever, starting after ``done`` batches of ``epoch``.
-
-    The order is fixed by (seed, epoch) and every sample's augmentation by (seed, epoch, position), so a
-    run resumed mid-epoch continues with exactly the batches an uninterrupted run would see.
-    """
-    batch_size = loader.batch_size or 1
-    while True:
-        if done >= sampler.per_rank // batch_size:  # that epoch was complete
-            epoch, done = epoch + 1, 0
-        sampler.set_epoch(epoch, skip=done * batch_size)
-        for batch in user_errors_from_workers(loader):
-            done += 1
-            yield (epoch, done), batch
-
-
-def train_steps(
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        batches: Iterator[Tuple[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]]],
-        amp: AmpSettings,
-        ctx: DistContext,
-        step: int,
-        until: int,
-        stop: GracefulStop,
-        clip_grad: Optional[float] = None,
-        log_interval: int = 50,
-        last_checkpoint: Optional[str] = None,
-) -> Dict[str, Any]:
-    """Run optimizer steps from global step ``step`` up to ``until`` (or an earlier stop request).
-
-    Returns the step reached, the data position ((epoch, batches of it done)), the mean training loss
-    and whether a stop was requested.
-    """
-    model.train()
-    losses: List[float] = []
-    position = (0, 0)
-    window_start, window_images = time.perf_counter(), 0
-    while step < until:
-        position, (images, masks) = next(batches)
-        images = images.to(ctx.device, non_blocking=True)
-        masks = masks.to(ctx.device, non_blocking=True)
-        try:
-            with amp.autocast():
-                logits = model(images)
-            loss = segmentation_loss(logits, masks)
-            value = check_finite(loss, step + 1, ctx, last_checkpoint)
-            optimizer.zero_grad(set_to_none=True)
-            backward_step(loss, optimizer, amp, clip_grad)
-        except torch.cuda.OutOfMemoryError:
-            raise UserError(f"Out of GPU memory with {images.shape[0]} images of {images.shape[-2]}x{images.shape[-1]} "
-                            "per process: pass a smaller -b or --crop-size, or add --amp.") from None
-        step += 1
-        scheduler.step_update(num_updates=step)
-        losses.append(value)
-        window_images += images.shape[0] * ctx.world_size
-        if log_interval and (step % log_interval == 0 or step == until):  # the same steps on every rank
-            elapsed = time.perf_counter() - window_start
-            window = min(len(losses), log_interval)
-            _logger.info("iter %d: loss %.4f (mean of the last %d iterations over all ranks), lr %.3g, %.1f img/s",
-                         step, _mean_over_ranks(losses[-window:], ctx), window, optimizer.param_groups[0]["lr"],
-                         window_images / max(elapsed, 1e-9))
-            window_start, window_images = time.perf_counter(), 0
-        if stop.should_stop(ctx):
-            return dict(step=step, position=position, loss=_mean_over_ranks(losses, ctx), stopped=True)
-    return dict(step=step, position=position, loss=_mean_over_ranks(losses, ctx), stopped=False)
-
-
-def _mean_over_ranks(values: List[float], ctx: DistContext) -> float:
-    """The mean of this rank's values, averaged over ranks (each rank holds as many)."""
-    mean = sum(values) / len(values) if values else float("nan")
-    return float(all_reduce_mean(torch.tensor([mean], dtype=torch.float64, device=ctx.device), ctx).item())
-
-
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """The whole run; returns the last evaluation's scores (empty if it stopped before one)."""
     return run_distributed(_train, args)
@@ -214,14 +127,11 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     val_set = SegmentationFolder(args.data, "val", num_classes, reduce_zero,
                                  eval_transforms(short_side=args.crop_size, max_long_side=4 * args.crop_size,
                                                  antialias=args.antialias))
-    sampler = EpochShardSampler(len(train_set), args.seed, ctx.rank, ctx.world_size)
-    if sampler.per_rank < args.batch_size:
+    batches = SeekableBatches(EpochShardSampler(len(train_set), args.seed, ctx.rank, ctx.world_size), args.batch_size)
+    if batches.batches_per_epoch < 1:
         raise UserError(f"The training split has {len(train_set)} images, fewer than one step of -b {args.batch_size} "
                         f"per process x {ctx.world_size} process(es): pass a smaller -b.")
-    # a private generator: creating an iterator must not draw from the training RNG (exact resume)
-    loader = DataLoader(SeededSamples(train_set), batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        pin_memory=ctx.device.type == "cuda", drop_last=True, persistent_workers=args.workers > 0,
-                        worker_init_fn=ignore_stop_signals if args.workers else None, generator=torch.Generator())
+    loader = train_loader(SeededSamples(train_set), batches, args.workers, ctx.device.type == "cuda")
     val_loader = eval_loader(val_set, ctx, args.workers)
 
     model = build_model(args, num_classes)
@@ -234,78 +144,54 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     optimizer = build_optimizer(model, args)
     scheduler = build_scheduler(optimizer, args)
     amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
-    saver = CheckpointSaver(out, metric="mIoU", mode="max", keep_best=args.keep_best, ctx=ctx)
-    summary = SummaryLog(os.path.join(out, "summary.csv"), ctx,
-                         tensorboard_dir=os.path.join(out, "tensorboard") if args.tensorboard else None,
-                         step_key="iter")
-
-    step, position = 0, (0, 0)
-    resume_path = resolve_resume(args.resume, out)
-    if resume_path:
-        state = load_train_state(resume_path)
-        if state.get(CONFIG_KEY) and dict(state[CONFIG_KEY]) != config:
-            raise UserError(f"--resume '{resume_path}' holds another model ({state[CONFIG_KEY]}): resume with the "
-                            "same --backbone and class options, or use another --output.")
-        counters = restore_train_state(state, model, optimizer, scheduler, amp.scaler)
-        step, position = counters["global_step"], (counters["epoch"], int(state.get("epoch_batches_done", 0)))
-        if scheduler.t_initial != args.iters:  # the poly decay follows this run's --iters
-            _logger.warning("--iters %d differs from the checkpoint's %d: the poly decay now ends at %d.",
-                            args.iters, scheduler.t_initial, args.iters)
-            scheduler.t_initial = args.iters
-            scheduler.step_update(num_updates=step)
-        saver.load_state_dict(state.get("saver", {}))
-        summary.truncate(step + 1)
-        _logger.info("Resumed from '%s' at iteration %d.", resume_path, step)
-    if step >= args.iters:
-        _logger.info("Already trained for %d of %d iterations: nothing to do.", step, args.iters)
-    model = wrap_ddp(model, ctx)
-    _logger.info("Semantic FPN on %s: %d classes, %d train / %d val images, %d iterations of %d images "
-                 "(-b %d per process x %d processes), %s.", args.backbone, num_classes, len(train_set), len(val_set),
-                 args.iters, images_per_step, args.batch_size, ctx.world_size, amp.describe())
     if images_per_step != RECIPE_GLOBAL_BATCH:
         _logger.warning("The recipe's lr (2e-4) is for %d images per step (8 GPUs x -b 4); this run takes %d at "
                         "--lr %g, used as given.", RECIPE_GLOBAL_BATCH, images_per_step, args.lr)
 
-    def state_at(step_done: int, data_position: Tuple[int, int]) -> Dict[str, Any]:
-        # ``epoch`` is the data epoch in progress and ``epoch_batches_done`` how far into it
-        return build_train_state(model, optimizer, scheduler, amp.scaler, epoch=data_position[0],
-                                 epoch_batches_done=data_position[1], global_step=step_done,
-                                 args=args, class_names=class_names, arch=f"semantic_fpn_{args.backbone}",
-                                 eval_short_side=args.crop_size, eval_antialias=bool(args.antialias),
-                                 **{CONFIG_KEY: config})
+    def step(trained: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], int]:
+        images, masks = batch
+        images = images.to(ctx.device, non_blocking=True)
+        masks = masks.to(ctx.device, non_blocking=True)
+        return segmentation_loss(trained(images), masks), {}, images.shape[0]
 
-    eval_every = args.eval_interval if args.eval_interval > 0 else args.iters
-    save_every = args.save_interval if args.save_interval > 0 else eval_every
-    batches = infinite_batches(loader, sampler, *position)
-    scores: Dict[str, Any] = {}
-    try:
-        with GracefulStop() as stop:
-            while step < args.iters:
-                boundary = min(args.iters, (step // eval_every + 1) * eval_every, (step // save_every + 1) * save_every)
-                last = saver.last_path if os.path.isfile(saver.last_path) else None
-                result = train_steps(model, optimizer, scheduler, batches, amp, ctx, step, boundary, stop,
-                                     args.clip_grad, args.log_interval, last)
-                step, position = result["step"], result["position"]
-                if result["stopped"]:
-                    saver.save(state_at(step, position), step, None)
-                    _logger.warning("Stopped at iteration %d; '%s' holds it: continue with --resume auto.",
-                                    step, saver.last_path)
-                    return scores
-                if step % eval_every == 0 or step == args.iters:
-                    scores = evaluate(model, val_loader, num_classes, ctx, amp, progress=sys.stderr.isatty())
-                    summary.append(dict(iter=step, train_loss=result["loss"], lr=optimizer.param_groups[0]["lr"],
-                                        mIoU=scores["mIoU"], mAcc=scores["mAcc"], aAcc=scores["aAcc"]))
-                    best = saver.save(state_at(step, position), step, scores)
-                    _logger.info("iter %d: mIoU %.2f, mAcc %.2f, aAcc %.2f%s", step, scores["mIoU"],
-                                 scores["mAcc"], scores["aAcc"], " (new best)" if best else "")
-                else:
-                    saver.save(state_at(step, position), step, None)
-    finally:
-        summary.close()
-    if scores and ctx.is_main:
-        _logger.info("Final checkpoint (iteration %d, the one the paper reports):\n%s", step,
-                     format_class_table(scores, class_names))
-        atomic_save_json(dict(iter=step, backbone=args.backbone, **{k: scores[k] for k in ("mIoU", "mAcc", "aAcc")},
-                              IoU=dict(zip(class_names, scores["IoU"]))), os.path.join(out, "results.json"))
-    return scores
+    last_scores: Dict[str, Any] = {}
 
+    def scores_of(trained: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
+        scores = evaluate(trained, val_loader, num_classes, ctx, amp, progress=sys.stderr.isatty())
+        last_scores.clear()
+        last_scores.update(scores)
+        _logger.info("mIoU %.2f, mAcc %.2f, aAcc %.2f", scores["mIoU"], scores["mAcc"], scores["aAcc"])
+        summary = {k: scores[k] for k in ("mIoU", "mAcc", "aAcc")}
+        return summary, summary
+
+    def check_resume(state: Mapping[str, Any]) -> None:
+        if state.get(CONFIG_KEY) and dict(state[CONFIG_KEY]) != config:
+            raise UserError(f"The checkpoint to resume holds another model ({state[CONFIG_KEY]}): resume with the "
+                            "same --backbone and class options, or use another --output.")
+        trained_for = getattr(state.get("args"), "iters", None)
+        if trained_for is not None and int(trained_for) != args.iters:
+            raise UserError(f"The run to resume was set up for --iters {trained_for} (its poly decay ends there), not "
+                            f"{args.iters}: resume with --iters {trained_for}, or use another --output.")
+
+    spec = TrainSpec(
+        name=f"Semantic FPN on {args.backbone}", model=model, optimizer=optimizer, scheduler=scheduler,
+        train_loader=loader, step=step, evaluate=scores_of, metric="mIoU", mode="max", unit="iter",
+        length=args.iters, check_resume=check_resume,
+        checkpoint_fields=dict(class_names=class_names, arch=f"semantic_fpn_{args.backbone}",
+                               eval_short_side=args.crop_size, eval_antialias=bool(args.antialias),
+                               **{CONFIG_KEY: config}),
+        oom_hint="a smaller --crop-size, or --amp",
+        describe=f"{num_classes} classes, {len(train_set)} train / {len(val_set)} val images")
+    settings = LoopSettings(
+        output=out, amp=amp, args=args, resume=args.resume, keep_best=args.keep_best,
+        eval_interval=args.eval_interval if args.eval_interval > 0 else args.iters,
+        save_interval=args.save_interval, log_interval=args.log_interval, clip_grad=args.clip_grad,
+        tensorboard=args.tensorboard)
+    result = run_training(spec, ctx, settings)
+    if result["global_step"] >= args.iters and last_scores and ctx.is_main:
+        _logger.info("Final checkpoint (iteration %d, the one the paper reports):\n%s", result["global_step"],
+                     format_class_table(last_scores, class_names))
+        atomic_save_json(dict(iter=result["global_step"], backbone=args.backbone,
+                              **{k: last_scores[k] for k in ("mIoU", "mAcc", "aAcc")},
+                              IoU=dict(zip(class_names, last_scores["IoU"]))), os.path.join(out, "results.json"))
+    return dict(last_scores)

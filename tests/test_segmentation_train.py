@@ -116,6 +116,12 @@ def test_predict_writes_masks_that_match_the_annotations(trained, dataset, tmp_p
     assert out.count("_mask.png") == 2
 
 
+def test_plot_draws_a_segmentation_run_against_iterations(trained, tmp_path, capsys):
+    code, out, err = run_cli(["plot", trained, "--output", tmp_path / "summary.png"], capsys)
+    assert code == 0, err
+    assert "against iter" in out and (tmp_path / "summary.png").stat().st_size > 10_000
+
+
 def test_resume_mid_epoch_repeats_the_uninterrupted_run(trained, dataset, tmp_path, capsys):
     """Iteration 20 is 2 batches into the 7th pass over 12 images (3 batches of 4 each); the resumed run
     also loads data in a worker process, which must not change which samples come or how they are augmented."""

@@ -5,16 +5,18 @@ import argparse
 import csv
 import math
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("plot", help="draw a training run's summary.csv curves to a PNG",
-                              description="Plot every numeric column of DIR/summary.csv against the epoch.")
+                              description="Plot every numeric column of DIR/summary.csv against the run's epochs or iterations.")
     p.add_argument("run_dir", metavar="DIR", help="training output folder (or the summary.csv itself)")
     p.add_argument("--output", "-o", default="", help="PNG path (default DIR/summary.png)")
     p.set_defaults(func=run)
 
+
+_POSITIONS = ("epoch", "iter", "step")
 
 # panels: title -> columns drawn together (others get a panel of their own)
 _GROUPS = {
@@ -51,17 +53,22 @@ def read_summary(path: str) -> Dict[str, List[float]]:
     return columns
 
 
-def plot_summary(columns: Dict[str, List[float]], out_path: str, title: Optional[str] = None) -> List[str]:
-    """Draw the panels and save the PNG; returns the panel titles drawn."""
+def plot_summary(columns: Dict[str, List[float]], out_path: str, title: Optional[str] = None
+                 ) -> Tuple[str, List[str]]:
+    """Draw the panels and save the PNG; returns the x axis ('epoch', 'iter' or 'row') and the panel titles."""
     import matplotlib
+
+    from ..files import atomic_write
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x_key = "epoch" if "epoch" in columns else ("step" if "step" in columns else None)
+    # a run's rows are keyed by its first column: epochs (classification, detection) or iterations (segmentation)
+    positions = [k for k in columns if k in _POSITIONS]
+    x_key = positions[0] if positions else None
     x = columns.get(x_key) if x_key else list(range(len(next(iter(columns.values())))))
     panels: List[tuple] = []
-    used = {x_key}
+    used = set(positions)
     for name, keys in _GROUPS.items():
         present = [k for k in keys if k in columns]
         if present:
@@ -87,17 +94,15 @@ def plot_summary(columns: Dict[str, List[float]], out_path: str, title: Optional
         fig.suptitle(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    atomic_write(out_path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, out_path)
-    return [p[0] for p in panels]
+    return x_key or "row", [p[0] for p in panels]
 
 
 def run(args: argparse.Namespace) -> int:
     columns = read_summary(args.run_dir)
     base = args.run_dir if os.path.isdir(args.run_dir) else os.path.dirname(args.run_dir) or "."
     out = args.output or os.path.join(base, "summary.png")
-    plot_summary(columns, out, title=os.path.basename(os.path.abspath(base)))
-    print(f"wrote {out}")
+    x_key, panels = plot_summary(columns, out, title=os.path.basename(os.path.abspath(base)))
+    print(f"wrote {out}: {len(panels)} panels against {x_key}")
     return 0

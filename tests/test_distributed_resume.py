@@ -1,0 +1,72 @@
+"""Resuming under torchrun (2 gloo processes) repeats the uninterrupted run, for every task on the loop.
+
+Each rank keeps its own random stream (dropout, drop path); a checkpoint stores all of them and each
+rank takes back its own. Resuming every rank with rank 0's stream, as detection and segmentation once
+did, changes the dropout masks of rank 1 and with them the weights.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+
+from fcvit.engine import load_train_state
+
+from train_helpers import cli_env
+
+TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                 "-m", "fcvit"]
+
+
+def _torchrun(argv: List[str]) -> None:
+    proc = subprocess.Popen(TWO_PROCESSES + [str(a) for a in argv], env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    first, second = load_train_state(a), load_train_state(b)
+    assert first["global_step"] == second["global_step"]
+    for key, value in first["state_dict"].items():
+        assert torch.equal(value, second["state_dict"][key]), key
+
+
+def _assert_distinct_rank_streams(checkpoint: Path) -> None:
+    per_rank = load_train_state(checkpoint)["rng_per_rank"]
+    assert len(per_rank) == 2
+    assert not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
+
+
+@pytest.fixture(scope="module")
+def segmentation_data(tmp_path_factory) -> Path:
+    from fcvit.tasks.segmentation.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("seg") / "data", num_train=8, num_val=2, size=(64, 64),
+                                  num_classes=3, seed=1)
+
+
+SEGMENT_SMALL = ["--backbone", "fcvit_tiny", "--backbone-depths", "1", "1", "1", "1", "--backbone-dims", "16", "32",
+                 "64", "128", "--fpn-channels", "32", "--head-channels", "16", "--crop-size", "64", "-b", "2",
+                 "--workers", "0", "--device", "cpu", "--num-classes", "3", "--drop-path", "0.2", "--iters", "6",
+                 "--eval-interval", "3", "--keep-best", "2", "--log-interval", "0"]
+
+
+def test_segmentation_resumes_under_two_processes_with_each_ranks_stream(segmentation_data, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _torchrun(["segment", "train", "--data", segmentation_data, "--output", straight, *SEGMENT_SMALL])
+    middle = straight / "checkpoint-3.pth.tar"  # iteration 3: one and a half passes over 8 images
+    _assert_distinct_rank_streams(middle)
+    _torchrun(["segment", "train", "--data", segmentation_data, "--output", resumed, "--resume", middle,
+               *SEGMENT_SMALL])
+    _assert_same_weights(straight / "last.pth.tar", resumed / "last.pth.tar")

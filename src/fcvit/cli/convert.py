@@ -1,0 +1,243 @@
+"""``fcvit convert``: a checkpoint as a timm hub-format folder that ``local-dir:`` loads.
+
+timm only downloads weights that its registry or the Hugging Face hub knows; FCViT's are published as
+``.pth.tar`` files in the original repository's releases. Converting one into timm's own folder layout
+(``model.safetensors`` + ``config.json``, what ``timm.models.save_for_hf`` writes and
+``push_to_hf_hub`` uploads) makes ``timm.create_model("local-dir:DIR", pretrained=True)`` load it
+with its preprocessing config, and makes the folder ready to upload to the hub unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Mapping, Optional
+
+_logger = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("model.safetensors", "config.json", "README.md")
+CHECK_SIZE = 96  # input side of the logits check: any size shows whether the weights arrived unchanged
+
+CITATION = """@article{ma2022fcvit,
+  author = {Ma, Xu and Wang, Huan and Qin, Can and Li, Kunpeng and Zhao, Xingchen and Fu, Jie and Fu, Yun},
+  title = {A Close Look at Spatial Modeling: From Attention to Convolution},
+  publisher = {arXiv},
+  year = {2022},
+}"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "convert", help="write a checkpoint as a timm hub-format folder (timm.create_model('local-dir:DIR'))",
+        description="Write an FCViT checkpoint as a timm hub-format folder (model.safetensors, config.json, "
+                    "README.md) that timm.create_model('local-dir:DIR', pretrained=True) loads, then check "
+                    "that the folder gives the checkpoint's logits.")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (.pth, .pth.tar or .safetensors)")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write (new or empty)")
+    p.add_argument("--model", help="FCViT variant (default: the checkpoint's 'arch' field, else its shapes)")
+    p.add_argument("--use-ema", action="store_true", help="convert the EMA weights stored in the checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that is not empty")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import extract_state_dict, read_checkpoint
+
+    output = os.path.abspath(args.output)
+    _check_output(args.checkpoint, output, args.overwrite)
+    checkpoint = read_checkpoint(args.checkpoint)
+    state_dict = extract_state_dict(checkpoint, use_ema=args.use_ema)
+    name = _model_name(args.checkpoint, checkpoint, state_dict, args.model)
+    model = _build(name, state_dict)
+    diff = _write_folder(model, output, args.checkpoint)
+    print(f"wrote {output} ({name}, {model.num_classes} classes)")
+    print(f"check: timm.create_model('local-dir:{args.output}', pretrained=True) (after 'import fcvit') gives "
+          f"the checkpoint's logits, max |difference| {diff:.1e}")
+    return 0
+
+
+def _check_output(checkpoint: str, output: str, overwrite: bool) -> None:
+    """Refuse a file as DIR, a non-empty DIR without --overwrite, and writing over the input."""
+    from ..errors import UserError
+
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UserError(f"--output '{output}' is a file: pass a folder to create (or an empty one).")
+    if os.path.isdir(output) and os.listdir(output) and not overwrite:
+        raise UserError(f"--output '{output}' is not empty: choose a new folder or pass --overwrite.")
+    source = os.path.realpath(checkpoint)
+    for name in OUTPUT_FILES:
+        if os.path.realpath(os.path.join(output, name)) == source:
+            raise UserError(f"Converting '{checkpoint}' into '{output}' would write over the checkpoint itself: "
+                            "choose another --output folder.")
+    parent = os.path.dirname(output)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise UserError(f"--output '{output}' lies under the file '{parent}': choose a folder path.")
+
+
+def _arch_field(path: str, checkpoint: Mapping[str, object]) -> Optional[str]:
+    """The model name the checkpoint records: timm's ``arch`` entry, or ``arch`` in safetensors metadata."""
+    arch = checkpoint.get("arch")
+    if arch is None and path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            arch = (f.metadata() or {}).get("arch")
+    if not isinstance(arch, str) or not arch:
+        return None
+    return arch.split(".")[0]  # drop a pretrained tag such as '.in1k'
+
+
+def _model_name(path: str, checkpoint: Mapping[str, object], state_dict: Mapping[str, object],
+                requested: Optional[str]) -> str:
+    """``--model``, else the checkpoint's ``arch``, else the variant whose shapes the weights have."""
+    from ..errors import UserError
+    from ..models import MODEL_CONFIGS, check_model_name, guess_variant
+
+    if requested:
+        return check_model_name(requested)
+    arch = _arch_field(path, checkpoint)
+    if arch is not None:
+        if arch not in MODEL_CONFIGS:
+            raise UserError(f"Checkpoint '{path}' holds '{arch}' weights (its 'arch' field), not FCViT: "
+                            f"convert a checkpoint of {', '.join(MODEL_CONFIGS)}.")
+        return arch
+    guessed = guess_variant(state_dict)
+    if guessed is None:
+        raise UserError(f"Checkpoint '{path}' does not have the shapes of any FCViT variant "
+                        f"({', '.join(MODEL_CONFIGS)}): pass --model NAME if it is one, else convert an FCViT "
+                        "checkpoint.")
+    return guessed
+
+
+def _build(name: str, state_dict: Mapping[str, object]):
+    """The classifier with the checkpoint's weights and number of classes (one sentence if they do not fit)."""
+    import timm
+
+    from ..models import load_weights
+
+    head = state_dict.get("head.weight")
+    num_classes = int(head.shape[0]) if head is not None and head.dim() == 2 else 1000
+    model = timm.create_model(name, num_classes=num_classes)
+    load_weights(model, state_dict, name)
+    return model.eval()
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_card(model, checkpoint: str) -> str:
+    """A short hub model card: what the weights are, where they came from, how to load and cite them."""
+    from ..models import MODEL_CONFIGS
+
+    name = model.pretrained_cfg["architecture"]
+    cfg = model.pretrained_cfg
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    size = f"{cfg['input_size'][1]}x{cfg['input_size'][2]}"
+    published = MODEL_CONFIGS[name].published_top1
+    if model.num_classes == 1000 and published is not None:
+        accuracy = (f"- Published ImageNet-1k top-1 of {name}: {published}% (the paper's checkpoint; other "
+                    "1000-class weights score their own).\n")
+    else:
+        accuracy = f"- A {model.num_classes}-class classifier (fine-tuned; the ImageNet top-1 does not apply).\n"
+    return f"""---
+license: apache-2.0
+library_name: timm
+tags:
+- image-classification
+- timm
+- fcvit
+---
+# {name}
+
+FCViT, the fully convolutional vision transformer of "A Close Look at Spatial Modeling: From Attention
+to Convolution" (Ma et al., 2022, arXiv:2212.12552), in timm's format.
+
+- Source checkpoint: `{os.path.basename(checkpoint)}` (sha256 `{_sha256(checkpoint)}`), converted with `fcvit convert`.
+- {params:.2f}M parameters, {model.num_classes} classes, input {size}, crop_pct {cfg['crop_pct']}, {cfg['interpolation']} resize, ImageNet mean and std.
+{accuracy}- License: apache-2.0.
+
+## Use
+
+```python
+import timm
+import fcvit  # registers the FCViT architectures in timm
+
+model = timm.create_model("local-dir:/path/to/this/folder", pretrained=True).eval()
+```
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+
+
+def _logits(model, inputs):
+    import torch
+
+    with torch.no_grad():
+        return model(inputs)
+
+
+def _check_folder(model, folder: str) -> float:
+    """Load ``folder`` the way a user would and return the largest logit difference to ``model``."""
+    import timm
+    import torch
+
+    from ..errors import UserError
+
+    timm_logger = logging.getLogger("timm")
+    level = timm_logger.level
+    timm_logger.setLevel(logging.WARNING)  # its "loading from <staging folder>" lines would only confuse
+    try:
+        loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    finally:
+        timm_logger.setLevel(level)
+    inputs = torch.randn(2, 3, CHECK_SIZE, CHECK_SIZE, generator=torch.Generator().manual_seed(0))
+    diff = float((_logits(loaded, inputs) - _logits(model, inputs)).abs().max())
+    if diff != 0.0:
+        raise UserError(f"The converted folder gives logits {diff:.2e} away from the checkpoint's: nothing "
+                        "was written; report the checkpoint and the timm version.")
+    return diff
+
+
+def _write_folder(model, output: str, checkpoint: str) -> float:
+    """Write the folder beside ``output``, check it loads, then move its files in (each rename atomic)."""
+    import shutil
+    import tempfile
+
+    from timm.models import save_for_hf
+
+    parent, base = os.path.split(output)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes an owner-only folder; it may become DIR itself
+    try:
+        save_for_hf(model, staging, safe_serialization=True)
+        with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
+            f.write(model_card(model, checkpoint))
+        for name in os.listdir(staging):
+            os.chmod(os.path.join(staging, name), 0o666 & ~umask)  # safetensors writes owner-only files
+        diff = _check_folder(model, staging)
+        _move_into(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return diff
+
+
+def _move_into(staging: str, output: str) -> None:
+    if not os.path.exists(output):
+        os.rename(staging, output)
+        return
+    for name in sorted(os.listdir(staging)):
+        os.replace(os.path.join(staging, name), os.path.join(output, name))

@@ -33,8 +33,9 @@ from fcvit.tasks.detection.dataset import (
 from fcvit.tasks.detection.model import build_mask_rcnn, count_parameters
 from fcvit.tasks.detection.sampler import AspectRatioBatchSampler, aspect_ratio_groups
 from fcvit.tasks.detection.synthetic import make_shapes_coco
+import fcvit.engine.loop as loop_module
 import fcvit.tasks.detection.train as train_module
-from fcvit.tasks.detection.train import build_scheduler, train_one_epoch
+from fcvit.tasks.detection.train import build_scheduler, detection_step
 from fcvit.engine import DistContext, GracefulStop, NonFiniteLossError, resolve_amp
 
 # a backbone and heads small enough for CPU tests (the recipe's are 256 FPN channels, 1024 box head)
@@ -111,15 +112,22 @@ def test_backbone_starts_from_an_imagenet_checkpoint_and_keeps_its_bn_statistics
     assert torch.equal(stats, classifier.patch_embed.norm.running_mean)
 
     dataset = CocoInstances(*coco_split_paths(shapes, "train"), train=True, transforms=train_transforms())
-    loader, _ = train_module.detection_loaders(dataset, None, 2, DistContext(), workers=0)
+    loader = train_module.detection_train_loader(dataset, 2, DistContext(), workers=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scheduler = build_scheduler(optimizer, len(loader), [10], 0, 1.0)
-    amp = resolve_amp(torch.device("cpu"), False)
-    train_one_epoch(model, optimizer, scheduler, loader, amp, DistContext(), 0, 0, freeze_bn_stats=True,
-                    log_interval=0)
+
+    def one_epoch(freeze_bn_stats: bool) -> None:  # what the engine's loop does with the step, in short
+        step = detection_step(DistContext(), freeze_bn_stats)
+        for batch in loader:
+            model.train()
+            loss, _, _ = step(model, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    one_epoch(freeze_bn_stats=True)
     assert torch.equal(body.patch_embed.norm.running_mean, stats)  # frozen statistics...
     assert not torch.equal(body.patch_embed.norm.weight, classifier.patch_embed.norm.weight)  # ...trained affine
-    train_one_epoch(model, optimizer, scheduler, loader, amp, DistContext(), 1, 2, log_interval=0)
+    one_epoch(freeze_bn_stats=False)
     assert not torch.equal(body.patch_embed.norm.running_mean, stats)
 
 
@@ -269,53 +277,6 @@ def test_evaluator_scores_ground_truth_as_perfect_and_nothing_as_zero(shapes):
     assert {d["category_id"] for d in perfect.detections()} <= {3, 7, 11}
 
 
-# -- the training loop's guards -------------------------------------------------------------------------
-class _LossModel(nn.Module):
-    """Stands in for Mask R-CNN in train mode: returns a loss dict from a parameter."""
-
-    def __init__(self, bad_at_call: int = -1):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(1))
-        self.calls = 0
-        self.bad_at_call = bad_at_call
-
-    def forward(self, images, targets):
-        self.calls += 1
-        loss = (self.weight ** 2).sum()
-        if self.calls == self.bad_at_call:
-            loss = loss * float("nan")
-        return {"loss_a": loss, "loss_b": 0.5 * loss}
-
-
-def _fake_loader(batches: int):
-    dataset = [(torch.zeros(3, 8, 8), {"image_id": i}) for i in range(batches)]
-    sampler = AspectRatioBatchSampler(torch.utils.data.SequentialSampler(dataset), [0] * batches, 1)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_detection)
-
-
-def _loop(model, loader, stop=None):
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = build_scheduler(optimizer, len(loader), [100], 0, 1.0)
-    return train_one_epoch(model, optimizer, scheduler, loader, resolve_amp(torch.device("cpu"), False),
-                           DistContext(), epoch=0, global_step=10, stop=stop, log_interval=0)
-
-
-def test_non_finite_loss_stops_before_the_weights_change():
-    model = _LossModel(bad_at_call=3)
-    with pytest.raises(NonFiniteLossError, match="global step 13"):
-        _loop(model, _fake_loader(5))
-    assert torch.isfinite(model.weight).all()
-    assert model.weight.item() == pytest.approx(0.7 ** 2)  # two good SGD steps on 1.5 w^2: w -= 0.1 * 3w
-
-
-def test_stop_request_ends_the_epoch_after_the_current_step():
-    stop = GracefulStop()
-    stop.requested = True  # as SIGTERM would set it
-    result = _loop(_LossModel(), _fake_loader(5), stop)
-    assert result["stopped"] and result["steps"] == 1 and result["global_step"] == 11
-    assert result["loss"] == pytest.approx(1.5)
-
-
 # -- end to end through the command line ------------------------------------------------------------------
 def _read_summary(path):
     with open(path, newline="") as f:
@@ -339,7 +300,7 @@ def trained(shapes, tmp_path_factory):
             "--output", str(out), *TINY, "--min-size", "64", "--max-size", "64", "-b", "2", "--epochs",
             str(TRAIN_EPOCHS), "--lr", "1e-3", "--warmup-iters", "3", "--lr-steps", str(TRAIN_EPOCHS),
             "--eval-interval", "0", "--workers", "0", "--device", "cpu", "--log-interval", "0", "--resume", "auto"]
-    real_check = train_module.check_finite
+    real_check = loop_module.check_finite
     for terminate_at, saved in ((7, (3, 7)), (12, (6, 12)), (None, None)):
 
         def check(loss, step, *rest):
@@ -348,7 +309,7 @@ def trained(shapes, tmp_path_factory):
             return real_check(loss, step, *rest)
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(train_module, "check_finite", check)
+            mp.setattr(loop_module, "check_finite", check)
             with pytest.raises(SystemExit) as exit_info:
                 main(args)
         assert exit_info.value.code == 0
@@ -360,8 +321,8 @@ def trained(shapes, tmp_path_factory):
 
 def test_sigterm_then_resume_continues_inside_the_epoch(trained):
     rows = _read_summary(trained / "summary.csv")
-    assert [int(r["epoch"]) for r in rows] == list(range(1, TRAIN_EPOCHS + 1))
-    assert [int(r["iters"]) for r in rows] == [2 * e for e in range(1, TRAIN_EPOCHS + 1)]
+    assert [int(r["epoch"]) for r in rows] == list(range(TRAIN_EPOCHS))  # counted from 0 in every task, as timm
+    assert [int(r["iter"]) for r in rows] == [2 * e for e in range(1, TRAIN_EPOCHS + 1)]
     # the resumed run kept the schedule: warmup (3 steps) was over, so the lr is the full 1e-3
     assert float(rows[3]["lr"]) == pytest.approx(1e-3)
     state = read_checkpoint(trained / "last.pth.tar")
@@ -456,7 +417,7 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(shapes, tmp_path):
                 images, "--output", str(out), *TINY, "--min-size", "64", "--max-size", "64", "-b", "2", "--epochs",
                 "2", "--warmup-iters", "2", "--lr-steps", "2", "--eval-interval", "0", "--workers", "0", "--device",
                 "cpu", "--log-interval", "0", "--resume", "auto"]
-        real_check = train_module.check_finite
+        real_check = loop_module.check_finite
 
         def check(loss, step, *rest):
             if step == terminate_at:
@@ -464,7 +425,7 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(shapes, tmp_path):
             return real_check(loss, step, *rest)
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(train_module, "check_finite", check)
+            mp.setattr(loop_module, "check_finite", check)
             with pytest.raises(SystemExit) as exit_info:
                 main(args)
         assert exit_info.value.code == 0

@@ -70,3 +70,23 @@ def test_segmentation_resumes_under_two_processes_with_each_ranks_stream(segment
     _torchrun(["segment", "train", "--data", segmentation_data, "--output", resumed, "--resume", middle,
                *SEGMENT_SMALL])
     _assert_same_weights(straight / "last.pth.tar", resumed / "last.pth.tar")
+
+
+DETECT_SMALL = ["--backbone", "fcvit_tiny", "--backbone-depths", "1", "1", "1", "1", "--backbone-dims", "16", "32",
+                "64", "128", "--fpn-channels", "32", "--representation-size", "128", "--min-size", "64",
+                "--max-size", "64", "-b", "1", "--epochs", "3", "--warmup-iters", "2", "--drop-path", "0.2",
+                "--eval-interval", "1", "--keep-best", "3", "--workers", "0", "--device", "cpu", "--log-interval", "0"]
+
+
+def test_detection_resumes_under_two_processes_with_each_ranks_stream(tmp_path):
+    from fcvit.tasks.detection.synthetic import make_shapes_coco
+
+    data = make_shapes_coco(tmp_path / "shapes", num_train=4, num_val=2, size=(64, 64))
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _torchrun(["detect", "train", "--data", data, "--output", straight, *DETECT_SMALL])
+    checkpoints = sorted(straight.glob("checkpoint-*.pth.tar"))
+    middle = straight / "checkpoint-0.pth.tar"  # after the first of three epochs (2 steps of 1 image per rank)
+    assert middle in checkpoints, checkpoints
+    _assert_distinct_rank_streams(middle)
+    _torchrun(["detect", "train", "--data", data, "--output", resumed, "--resume", middle, *DETECT_SMALL])
+    _assert_same_weights(straight / "last.pth.tar", resumed / "last.pth.tar")

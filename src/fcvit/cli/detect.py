@@ -166,7 +166,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..engine import cleanup_distributed, init_distributed, resolve_amp, setup_logging
     from ..tasks.detection.dataset import CocoInstances, eval_transforms
     from ..tasks.detection.predict import load_detector
-    from ..tasks.detection.train import detection_loaders, evaluate, format_metrics, resolve_data_paths
+    from ..tasks.detection.train import detection_eval_loader, evaluate, format_metrics, resolve_data_paths
 
     ctx = init_distributed(args.device)
     try:
@@ -174,7 +174,7 @@ def run_eval(args: argparse.Namespace) -> int:
         ann, images = resolve_data_paths(args, ("val",))["val"]
         model, categories, _ = load_detector(args.checkpoint, ctx.device, args.min_size, args.max_size)
         dataset = CocoInstances(ann, images, train=False, categories=categories, transforms=eval_transforms())
-        _, loader = detection_loaders(None, dataset, args.batch_size, ctx, args.workers)
+        loader = detection_eval_loader(dataset, args.batch_size, ctx, args.workers)
         amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
         metrics = evaluate(model, loader, dataset, ctx, amp, results_file=args.results_file,
                            progress=sys.stderr.isatty())

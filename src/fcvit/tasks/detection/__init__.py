@@ -4,8 +4,8 @@
   ``TORCHVISION_SETTINGS`` are torchvision's alternatives, built from :mod:`.components`);
   :func:`load_detector`: one from a ``fcvit detect train`` checkpoint.
 - :class:`CocoInstances`: any COCO-format dataset, checked when opened.
-- :func:`train_one_epoch`, :func:`evaluate`: the loops, on :mod:`fcvit.engine`; the whole run is
-  ``fcvit.tasks.detection.train.train(args)`` (``fcvit detect train``).
+- :func:`detection_step`, :func:`evaluate`: the loss of one batch and COCO evaluation; the whole run is
+  ``fcvit.tasks.detection.train.train(args)`` (``fcvit detect train``) on the engine's loop.
 - :class:`CocoEvaluator`: COCO box and mask AP with pycocotools.
 - :func:`predict_images`: boxes, masks and class names drawn on images.
 """
@@ -15,10 +15,10 @@ from .model import PAPER_SETTINGS, TORCHVISION_SETTINGS, FCViTFPN, build_mask_rc
 from .predict import load_detector, predict_images
 from .sampler import AspectRatioBatchSampler
 from .synthetic import make_shapes_coco
-from .train import evaluate, train_one_epoch
+from .train import detection_step, evaluate
 
 __all__ = [
-    "AP_FIELDS", "PAPER_SETTINGS", "TORCHVISION_SETTINGS", "AspectRatioBatchSampler", "Category", "CocoEvaluator", "CocoInstances", "FCViTFPN",
-    "build_mask_rcnn", "coco_split_paths", "count_parameters", "evaluate", "load_detector", "make_shapes_coco",
-    "predict_images", "train_one_epoch",
+    "AP_FIELDS", "PAPER_SETTINGS", "TORCHVISION_SETTINGS", "AspectRatioBatchSampler", "Category", "CocoEvaluator",
+    "CocoInstances", "FCViTFPN", "build_mask_rcnn", "coco_split_paths", "count_parameters", "detection_step",
+    "evaluate", "load_detector", "make_shapes_coco", "predict_images",
 ]

@@ -53,9 +53,10 @@ class AspectRatioBatchSampler(Sampler[List[int]]):
 
     def _batches(self) -> Iterator[List[int]]:
         buffers: dict[int, List[int]] = {}
-        for index in self.sampler:
+        for item in self.sampler:  # an index, or (index, sample seed) from an EpochShardSampler
+            index = item[0] if isinstance(item, tuple) else item
             group = buffers.setdefault(self.group_ids[index], [])
-            group.append(index)
+            group.append(item)
             if len(group) == self.batch_size:
                 yield list(group)
                 group.clear()
@@ -67,6 +68,16 @@ class AspectRatioBatchSampler(Sampler[List[int]]):
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Forwarded to a ``DistributedSampler`` so each epoch has a new order."""
+        """Forwarded to the sampler (``EpochShardSampler``, ``DistributedSampler``) so each epoch has a new order."""
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def set_position(self, epoch: int, batches_done: int) -> None:
+        """The next pass yields the batches of ``epoch`` after the first ``batches_done`` (the training loop's
+        way to seek); the grouping is redone from the epoch's whole order, so they are the same batches."""
+        self.set_epoch(epoch)
+        self.skip_next(batches_done)

@@ -13,35 +13,27 @@ import argparse
 import logging
 import os
 import sys
-import time
-from collections import defaultdict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ...data.samplers import EpochShardSampler, SeededSamples
 from ...engine import (
     AmpSettings,
-    CheckpointSaver,
     DistContext,
-    GracefulStop,
+    LoopSettings,
     ProgressBar,
-    SummaryLog,
-    all_reduce_mean,
-    backward_step,
+    TrainSpec,
     broadcast_object,
-    build_train_state,
-    check_finite,
-    run_distributed,
-    load_train_state,
     resolve_amp,
-    resolve_resume,
-    restore_train_state,
+    run_distributed,
+    run_training,
     seed_everything,
     setup_logging,
+    train_loader,
     unwrap_model,
-    wrap_ddp,
 )
 from ...engine.workers import ignore_stop_signals, user_errors_from_workers
 from ...errors import UserError
@@ -57,8 +49,9 @@ from .model import PAPER_SETTINGS, build_mask_rcnn, with_legacy_settings
 from .sampler import AspectRatioBatchSampler, aspect_ratio_groups
 
 __all__ = [
-    "resolve_data_paths", "model_config", "build_optimizer", "build_scheduler", "train_one_epoch", "evaluate",
-    "train", "detection_loaders", "freeze_batchnorm_stats", "detection_amp", "PAPER_GLOBAL_BATCH",
+    "resolve_data_paths", "model_config", "build_optimizer", "build_scheduler", "detection_step", "evaluate",
+    "train", "detection_train_loader", "detection_eval_loader", "freeze_batchnorm_stats", "detection_amp",
+    "PAPER_GLOBAL_BATCH",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -95,33 +88,25 @@ def _device_targets(targets: Targets, device: torch.device) -> Targets:
     return out
 
 
-def detection_loaders(train_set: Optional[CocoInstances], val_set: Optional[CocoInstances], per_process: int,
-                      ctx: DistContext, workers: int = 4, seed: int = 0, val_per_process: Optional[int] = None
-                      ) -> Tuple[Optional[DataLoader], Optional[DataLoader]]:
-    """Training batches grouped by aspect ratio from a seeded per-rank shuffle; evaluation in file order,
-    ``val_per_process`` images at a time (default ``per_process``).
+def detection_train_loader(train_set: CocoInstances, per_process: int, ctx: DistContext, workers: int = 4,
+                           seed: int = 0) -> DataLoader:
+    """Training batches grouped by aspect ratio, from an order fixed by (seed, epoch) split over the ranks.
 
-    The training sampler is a ``DistributedSampler`` even in a world of one: its order depends only
-    on the seed and the epoch, so a run resumed inside an epoch sees exactly the batches it missed.
+    Each image's augmentation is seeded by (seed, epoch, position), as in every task, so a run resumed inside
+    an epoch sees exactly the batches, flips and crops it missed, whatever the number of workers.
     """
-    pin = ctx.device.type == "cuda"
-    init = ignore_stop_signals if workers > 0 else None  # a SIGTERM to the process group stops the run cleanly
-    train_loader = val_loader = None
-    if train_set is not None:
-        sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
-        batches = AspectRatioBatchSampler(sampler, aspect_ratio_groups(train_set.aspect_ratios()), per_process)
-        # a generator of its own: starting an epoch's iterator then draws nothing from the global RNG, whose
-        # state a checkpoint restores (so a run resumed inside an epoch continues its random stream exactly)
-        train_loader = DataLoader(train_set, batch_sampler=batches, num_workers=workers, pin_memory=pin,
-                                  collate_fn=collate_detection, persistent_workers=workers > 0,
-                                  worker_init_fn=init, generator=torch.Generator().manual_seed(seed))
-    if val_set is not None:
-        sampler = (DistributedSampler(val_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
-                   if ctx.distributed else None)
-        val_loader = DataLoader(val_set, batch_size=val_per_process or per_process, sampler=sampler,
-                                shuffle=False, num_workers=workers, pin_memory=pin, collate_fn=collate_detection,
-                                worker_init_fn=init)
-    return train_loader, val_loader
+    sampler = EpochShardSampler(len(train_set), seed, ctx.rank, ctx.world_size)
+    batches = AspectRatioBatchSampler(sampler, aspect_ratio_groups(train_set.aspect_ratios()), per_process)
+    return train_loader(SeededSamples(train_set), batches, workers, ctx.device.type == "cuda", collate_detection)
+
+
+def detection_eval_loader(val_set: CocoInstances, per_process: int, ctx: DistContext, workers: int = 4) -> DataLoader:
+    """Evaluation in file order, each rank its share, ``per_process`` images at a time."""
+    sampler = (DistributedSampler(val_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
+               if ctx.distributed else None)
+    return DataLoader(val_set, batch_size=per_process, sampler=sampler, shuffle=False, num_workers=workers,
+                      pin_memory=ctx.device.type == "cuda", collate_fn=collate_detection,
+                      worker_init_fn=ignore_stop_signals if workers > 0 else None)
 
 
 # -- model and optimisation ---------------------------------------------------------------------------
@@ -179,74 +164,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, iters_per_epoch: int, lr_s
 
 
 # -- the two loops --------------------------------------------------------------------------------------
-def train_one_epoch(
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        loader: DataLoader,
-        amp: AmpSettings,
-        ctx: DistContext,
-        epoch: int,
-        global_step: int,
-        stop: Optional[GracefulStop] = None,
-        clip_grad: Optional[float] = None,
-        freeze_bn_stats: bool = False,
-        log_interval: int = 20,
-        on_step: Optional[Callable[[int], None]] = None,
-        last_checkpoint: Optional[Callable[[], Optional[str]]] = None,
-        progress: bool = False,
-) -> Dict[str, Any]:
-    """One pass over ``loader``; returns the mean losses (averaged over ranks), the global step reached
-    and whether a stop (SIGTERM/SIGINT) cut the epoch short.
+def detection_step(ctx: DistContext, freeze_bn_stats: bool = False) -> Callable[[nn.Module, Any], Any]:
+    """The loss of one batch: Mask R-CNN's summed loss dict (its parts are logged separately)."""
 
-    ``on_step(global_step)`` runs after every optimizer step (iteration checkpoints). A loss that is not
-    finite stops the run before it reaches the weights, naming the last good checkpoint.
-    """
-    model.train()
-    if freeze_bn_stats:
-        freeze_batchnorm_stats(model)
-    sums: Dict[str, float] = defaultdict(float)
-    steps = 0
-    stopped = False
-    window_start, window_images = time.perf_counter(), 0
-    bar = ProgressBar(len(loader.batch_sampler.sampler), f"epoch {epoch + 1}", ctx, enabled=progress)
-    for images, targets in user_errors_from_workers(loader):
+    def step(model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], int]:
+        if freeze_bn_stats:
+            freeze_batchnorm_stats(model)
+        images, targets = batch
         images = [img.to(ctx.device, non_blocking=True) for img in images]
-        targets = _device_targets(targets, ctx.device)
-        try:
-            with amp.autocast():
-                loss_dict = model(images, targets)
-            loss = sum(loss_dict.values())
-            value = check_finite(loss, global_step + 1, ctx, last_checkpoint() if last_checkpoint else None)
-            optimizer.zero_grad(set_to_none=True)
-            backward_step(loss, optimizer, amp, clip_grad)
-        except torch.cuda.OutOfMemoryError:
-            raise UserError(f"Out of GPU memory with {len(images)} images per process: pass a smaller -b or "
-                            "--min-size/--max-size.") from None
-        scheduler.step()
-        global_step += 1
-        steps += 1
-        sums["loss"] += value
-        for name, part in loss_dict.items():
-            sums[name] += float(part.detach())
-        window_images += len(images) * ctx.world_size
-        bar.update(len(images), loss=value)
-        if log_interval and global_step % log_interval == 0:
-            elapsed = time.perf_counter() - window_start
-            parts = ", ".join(f"{k.replace('loss_', '')} {float(v.detach()):.3f}" for k, v in loss_dict.items())
-            _logger.info("epoch %d iter %d: loss %.4f (%s), lr %.3g, %.1f img/s", epoch + 1, global_step, value,
-                         parts, optimizer.param_groups[0]["lr"], window_images / max(elapsed, 1e-9))
-            window_start, window_images = time.perf_counter(), 0
-        if on_step is not None:
-            on_step(global_step)
-        if stop is not None and stop.should_stop(ctx):
-            stopped = True
-            break
-    bar.close()
-    names = sorted(sums)
-    means = torch.tensor([sums[k] / max(steps, 1) for k in names], dtype=torch.float64)
-    means = all_reduce_mean(means.to(ctx.device), ctx).cpu().tolist() if steps else [float("nan")] * len(names)
-    return dict(zip(names, means), global_step=global_step, steps=steps, stopped=stopped)
+        loss_dict = model(images, _device_targets(targets, ctx.device))
+        return sum(loss_dict.values()), loss_dict, len(images)
+
+    return step
 
 
 @torch.inference_mode()
@@ -353,12 +282,10 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
     if len(train_set) < global_batch:
         raise UserError(f"The training set has {len(train_set)} annotated images, fewer than one step of "
                         f"{global_batch} (-b {per_process} x {ctx.world_size} processes): pass a smaller -b.")
+    loader = detection_train_loader(train_set, per_process, ctx, args.workers, args.seed)
     # evaluation one image per process, as the original's: a batch pads its images to a shared size
-    train_loader, val_loader = detection_loaders(train_set, val_set, per_process, ctx, args.workers, args.seed,
-                                                 val_per_process=1)
-    assert train_loader is not None and val_loader is not None
-    batch_sampler: AspectRatioBatchSampler = train_loader.batch_sampler  # type: ignore[assignment]
-    iters_per_epoch = len(train_loader)
+    val_loader = detection_eval_loader(val_set, 1, ctx, args.workers)
+    iters_per_epoch = loader.batch_sampler.batches_per_epoch
 
     config = model_config(args, len(categories))
     model = build_mask_rcnn(pretrained_backbone=args.pretrained_backbone, drop_path_rate=args.drop_path, **config)
@@ -379,91 +306,41 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
     if not amp.enabled and args.amp is None:
         _logger.info("Precision: float32 on %s (the paper's float16 autocast with loss scaling needs CUDA; "
                      "--amp-dtype bfloat16 for mixed precision here).", ctx.device.type)
-    saver = CheckpointSaver(out, metric="bbox_AP", mode="max", keep_best=args.keep_best, ctx=ctx)
-    summary = SummaryLog(os.path.join(out, "summary.csv"), ctx,
-                         tensorboard_dir=os.path.join(out, "tensorboard") if args.tensorboard else None)
+    _log_batch(per_process, ctx, args.lr)
+    category_list = [{"id": c.id, "name": c.name} for c in categories]
 
-    epoch, global_step = 0, 0
-    resume_path = resolve_resume(args.resume, out)
-    if resume_path:
-        state = load_train_state(resume_path)
+    def check_resume(state: Mapping[str, Any]) -> None:
         stored = state.get("model_config")
         if stored is not None and with_legacy_settings(stored) != config:
             changed = ", ".join(f"{k} {v!r}" for k, v in with_legacy_settings(stored).items() if config.get(k) != v)
-            raise UserError(f"--resume '{resume_path}' holds another model ({changed}): resume with the same "
+            raise UserError(f"The checkpoint to resume holds another model ({changed}): resume with the same "
                             "--backbone, data, size and model options, or use another --output.")
         stored_iters = state.get("iters_per_epoch")
         if stored_iters is not None and int(stored_iters) != iters_per_epoch:
-            raise UserError(f"--resume '{resume_path}' was trained with {stored_iters} iterations per epoch, this run "
-                            f"has {iters_per_epoch}: resume with the same -b and training data, or use another --output.")
-        counters = restore_train_state(state, model, optimizer, scheduler, amp.scaler)
-        epoch, global_step = counters["epoch"], counters["global_step"]
-        saver.load_state_dict(state.get("saver", {}))
-        summary.truncate(epoch + 1)
-        done_in_epoch = global_step - epoch * iters_per_epoch
-        if 0 < done_in_epoch < iters_per_epoch:  # stopped inside an epoch: run only the batches it missed
-            batch_sampler.skip_next(done_in_epoch)
-        _logger.info("Resumed from '%s' after %d epochs and %d iterations.", resume_path, epoch, global_step)
-    if epoch >= args.epochs:
-        _logger.info("Already trained for %d of %d epochs: nothing to do.", epoch, args.epochs)
-    model = wrap_ddp(model, ctx)
-    _log_batch(per_process, ctx, args.lr)
-    _logger.info("Mask R-CNN on %s: %d classes, %d train / %d val images, %d epochs of %d iterations, sizes %d/%d, "
-                 "%s, backbone BatchNorm %s; %s.", args.backbone, len(categories), len(train_set), len(val_set),
-                 args.epochs, iters_per_epoch, args.min_size, args.max_size, amp.describe(),
-                 "statistics frozen" if freeze_bn else ("synchronised" if args.sync_bn else "per-process batch "
-                                                        "statistics"),
-                 ", ".join(f"{k} {v}" for k, v in config.items() if k in PAPER_SETTINGS))
-    category_list = [{"id": c.id, "name": c.name} for c in categories]
+            raise UserError(f"The checkpoint to resume was trained with {stored_iters} iterations per epoch, this "
+                            f"run has {iters_per_epoch}: resume with the same -b and training data, or use another "
+                            "--output.")
 
-    def state_at(completed_epochs: int, step: int) -> Dict[str, Any]:
-        return build_train_state(model, optimizer, scheduler, amp.scaler, epoch=completed_epochs, global_step=step,
-                                 args=args, model_config=config, categories=category_list,
-                                 class_names=[c.name for c in categories], arch=f"mask_rcnn_{args.backbone}",
-                                 task="detection", iters_per_epoch=iters_per_epoch)
+    def scores(trained: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
+        metrics = evaluate(trained, val_loader, val_set, ctx, amp, progress=sys.stderr.isatty())
+        _logger.info("box AP %.1f, mask AP %.1f\n%s", 100 * metrics["bbox_AP"], 100 * metrics["segm_AP"],
+                     format_metrics(metrics))
+        return metrics, dict(metrics)
 
-    def last_checkpoint() -> Optional[str]:
-        return saver.last_path if os.path.isfile(saver.last_path) else None
-
-    metrics: Dict[str, float] = {}
-    progress = sys.stderr.isatty()
-    with GracefulStop() as stop:
-        for epoch in range(epoch, args.epochs):
-            batch_sampler.set_epoch(epoch)
-            train_loader.generator.manual_seed(args.seed + epoch)  # worker seeds: the same on resume
-            current = epoch
-
-            def save_every(step: int) -> None:
-                if args.save_interval and step % args.save_interval == 0:
-                    saver.save(state_at(current, step), step, None)
-
-            start = time.perf_counter()
-            result = train_one_epoch(model, optimizer, scheduler, train_loader, amp, ctx, epoch, global_step, stop,
-                                     args.clip_grad, freeze_bn, args.log_interval, save_every, last_checkpoint,
-                                     progress)
-            global_step = result["global_step"]
-            if result["stopped"] and global_step < (epoch + 1) * iters_per_epoch:
-                saver.save(state_at(epoch, global_step), global_step, None)
-                _logger.warning("Stopped in epoch %d at iteration %d; '%s' holds it: continue with --resume auto.",
-                                epoch + 1, global_step, saver.last_path)
-                break
-            row: Dict[str, Any] = dict(epoch=epoch + 1, iters=global_step, lr=optimizer.param_groups[0]["lr"],
-                                       **{("train_" + k if k == "loss" else k): v for k, v in result.items()
-                                          if k not in ("global_step", "steps", "stopped")})
-            row["epoch_time_s"] = time.perf_counter() - start
-            due = epoch + 1 == args.epochs or (args.eval_interval and (epoch + 1) % args.eval_interval == 0)
-            if due and not result["stopped"]:  # a stop in an epoch's last step skips the (long) evaluation
-                metrics = evaluate(model, val_loader, val_set, ctx, amp, progress=progress)
-                row.update(metrics)
-                best = saver.save(state_at(epoch + 1, global_step), epoch + 1, metrics)
-                _logger.info("epoch %d: box AP %.1f, mask AP %.1f%s\n%s", epoch + 1, 100 * metrics["bbox_AP"],
-                             100 * metrics["segm_AP"], " (new best)" if best else "", format_metrics(metrics))
-            else:
-                saver.save(state_at(epoch + 1, global_step), epoch + 1, None)
-            summary.append(row)
-            if result["stopped"]:
-                _logger.warning("Stopped after epoch %d; '%s' holds it: continue with --resume auto.", epoch + 1,
-                                saver.last_path)
-                break
-    summary.close()
-    return metrics
+    bn_note = "statistics frozen" if freeze_bn else ("synchronised" if args.sync_bn else "per-process batch statistics")
+    spec = TrainSpec(
+        name=f"Mask R-CNN on {args.backbone}", model=model, optimizer=optimizer, scheduler=scheduler,
+        train_loader=loader, step=detection_step(ctx, freeze_bn), evaluate=scores, metric="bbox_AP", mode="max",
+        unit="epoch", length=args.epochs, check_resume=check_resume,
+        checkpoint_fields=dict(model_config=config, categories=category_list,
+                               class_names=[c.name for c in categories], arch=f"mask_rcnn_{args.backbone}",
+                               iters_per_epoch=iters_per_epoch),
+        oom_hint="a smaller --min-size/--max-size, or --amp",
+        describe=f"{len(categories)} classes, {len(train_set)} train / {len(val_set)} val images, sizes "
+                 f"{args.min_size}/{args.max_size}, backbone BatchNorm {bn_note}; "
+                 + ", ".join(f"{k} {v}" for k, v in config.items() if k in PAPER_SETTINGS))
+    settings = LoopSettings(
+        output=out, amp=amp, args=args, resume=args.resume, keep_best=args.keep_best,
+        eval_interval=args.eval_interval, save_interval=args.save_interval, log_interval=args.log_interval,
+        clip_grad=args.clip_grad, tensorboard=args.tensorboard)
+    return run_training(spec, ctx, settings)["metrics"]

@@ -13,7 +13,6 @@ import logging
 import os
 from typing import Mapping, Optional
 
-_logger = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("model.safetensors", "config.json", "README.md")
 CHECK_SIZE = 96  # input side of the logits check: any size shows whether the weights arrived unchanged

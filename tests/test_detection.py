@@ -299,7 +299,8 @@ def trained(shapes, tmp_path_factory):
     args = ["detect", "train", "--train-ann", ann, "--train-images", images, "--val-ann", ann, "--val-images", images,
             "--output", str(out), *TINY, "--min-size", "64", "--max-size", "64", "-b", "2", "--epochs",
             str(TRAIN_EPOCHS), "--lr", "1e-3", "--warmup-iters", "3", "--lr-steps", str(TRAIN_EPOCHS),
-            "--eval-interval", "0", "--workers", "0", "--device", "cpu", "--log-interval", "0", "--resume", "auto"]
+            "--eval-interval", "0", "--workers", "0", "--device", "cpu", "--log-interval", "0", "--resume", "auto",
+            "--seed", "0"]
     real_check = loop_module.check_finite
     for terminate_at, saved in ((7, (3, 7)), (12, (6, 12)), (None, None)):
 

@@ -20,7 +20,7 @@ from fcvit.tasks.segmentation.synthetic import make_synthetic_dataset
 NUM_CLASSES = 4
 SMALL = ["--backbone", "fcvit_tiny", "--backbone-depths", "1", "1", "1", "1", "--backbone-dims", "16", "32", "64",
          "128", "--fpn-channels", "64", "--head-channels", "32", "--crop-size", "64", "-b", "4", "--lr", "2e-3",
-         "--workers", "0", "--device", "cpu", "--log-interval", "10"]
+         "--workers", "0", "--device", "cpu", "--log-interval", "10", "--seed", "0"]
 
 
 @pytest.fixture(scope="module", autouse=True)

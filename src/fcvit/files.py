@@ -8,6 +8,8 @@ killed process left behind.
 from __future__ import annotations
 
 import glob
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -15,7 +17,7 @@ from typing import Any, BinaryIO, Callable, Union
 
 from .errors import UserError
 
-__all__ = ["atomic_write", "atomic_save", "atomic_copy", "remove_stale_temporaries"]
+__all__ = ["atomic_write", "atomic_save", "atomic_copy", "json_text", "write_json", "remove_stale_temporaries"]
 
 Content = Union[str, bytes, Callable[[BinaryIO], Any]]
 
@@ -62,6 +64,25 @@ def atomic_copy(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> N
     """Copy a finished file under a new name with the same guarantee."""
     with open(src, "rb") as source:
         atomic_write(dst, lambda f: shutil.copyfileobj(source, f))
+
+
+def json_text(obj: Any) -> str:
+    """Indented JSON in which NaN and infinities (a class never seen, an undefined AP) become null."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False)
+
+
+def write_json(path: Union[str, os.PathLike], obj: Any) -> None:
+    """:func:`json_text` written atomically."""
+    atomic_write(path, json_text(obj) + "\n")
 
 
 def remove_stale_temporaries(folder: Union[str, os.PathLike]) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from .options import add_device
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
@@ -27,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s.add_argument("--img-size", type=int, default=224, help="FCViT input: shorter side, aspect ratio kept (default 224; ViTs use their own size)")
         s.add_argument("--results-file", metavar="R.json", help="write the results as .json (everything) or .csv")
         s.add_argument("--plot", metavar="F.png", help="plot every measure over depth to this figure")
-        s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+        add_device(s)
         s.set_defaults(func=run)
 
 
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.pipeline import format_table, write_results
     from ..analysis.plots import check_figure_path, draw_measures, save_figure
     from ..data import load_image
+    from ..engine import resolve_device
     from ..errors import UserError
 
     if args.plot:
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         if not os.path.isfile(path):
             load_image(path)
     model, weights = create_analysis_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
+    args.device = resolve_device(args.device)
     model.to(args.device)
     size = input_size_of(model, args.img_size)
 

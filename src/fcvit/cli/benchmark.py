@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
+
+from .options import add_device
 
 
 def _names(text: str) -> list[str]:
@@ -25,13 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs for all models")
     p.add_argument("--compile", action="store_true", help="torch.compile every model (compile time is reported)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device(p)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's choice)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps per model (default 2)")
     p.add_argument("--iters", type=int, default=3, help="timed steps per model per round (default 3)")
     p.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported (default 5)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--json", nargs="?", const=True, default=False, metavar="PATH",
+                   help="print the results as JSON (--json PATH, the old spelling, writes them like --results-file)")
+    p.add_argument("--results-file", default="", metavar="PATH", help="also write the results as JSON to PATH")
     p.set_defaults(func=run)
 
 
@@ -39,9 +41,16 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import sys
 
-    from ..tools.benchmark import format_table, run_benchmark, timm_candidate
+    from ..engine import resolve_device
     from ..errors import UserError
+    from ..files import json_text, write_json
+    from ..tools.benchmark import format_table, run_benchmark, timm_candidate
 
+    if isinstance(args.json, str):  # --json PATH: the spelling of earlier versions
+        if args.results_file:
+            raise UserError("--json PATH and --results-file both name a file: keep --results-file.")
+        args.results_file, args.json = args.json, False
+    args.device = str(resolve_device(args.device))
     models = _names(args.model)
     peers = [p for p in _names(args.compare) if p not in models]
     if not models:
@@ -56,19 +65,20 @@ def run(args: argparse.Namespace) -> int:
         log=log)
     import torch
 
+    payload = dict(command=" ".join(["fcvit"] + sys.argv[1:]), torch=torch.__version__,
+                   results=[r.to_dict() for r in results])
+    if args.json:
+        print(json_text(payload))
+        return 0
     print(f"# {args.mode}, batch {args.batch_size}, {args.img_size}px, {args.device}, "
           f"{'bf16 autocast' if args.amp else 'fp32'}, {'compiled' if args.compile else 'eager'}, "
           f"{'channels-last' if args.channels_last else 'default memory format'}, "
           f"{torch.get_num_threads()} threads, median of {args.rounds} rounds x {args.iters} steps")
     print(format_table(results))
-    if args.json:
-        payload = dict(command=" ".join(["fcvit"] + sys.argv[1:]), torch=torch.__version__,
-                       results=[r.to_dict() for r in results])
-        tmp = f"{args.json}.tmp"
+    if args.results_file:
         try:
-            with open(tmp, "w") as f:
-                json.dump(payload, f, indent=2)
-            os.replace(tmp, args.json)
+            write_json(args.results_file, payload)
         except OSError as exc:
-            raise UserError(f"Cannot write {args.json} ({exc.strerror}): choose a writable path for --json.") from exc
+            raise UserError(f"Cannot write {args.results_file} ({exc.strerror}): choose a writable path for "
+                            "--results-file.") from exc
     return 0

@@ -5,6 +5,8 @@ import argparse
 import os
 import time
 
+from .options import add_device
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -13,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "then validate the best checkpoint and plot the curves. A few minutes on 2 CPU cores.")
     p.add_argument("--output", default=os.path.join("output", "demo"), help="output folder (default output/demo)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the digits preset's)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device(p)
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming a previous demo run")
     p.set_defaults(func=run)
 

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .options import add_runtime_options
+from .options import add_batch_size, add_device, add_keep_best, add_results, add_runtime_options
 
 _DATA_HELP = ("dataset root in the COCO layout (annotations/instances_{train,val}2017.json, {train,val}2017/); "
               "or give the files with the --*-ann/--*-images options")
@@ -82,9 +82,7 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=12, help="epochs (default 12, the 1x schedule)")
     p.add_argument("--lr-steps", type=int, nargs="+", default=[8, 11], metavar="EPOCH",
                    help="multiply the lr by 0.1 after these epochs (default 8 11)")
-    p.add_argument("-b", "--batch-size", type=int, default=4,
-                   help="images per step PER PROCESS (default 4, the paper's per GPU; the global batch is -b x "
-                        "processes: 32 on 8 GPUs)")
+    add_batch_size(p, 4, ", the paper's per GPU: 32 per step on 8 GPUs")
     p.add_argument("--min-size", type=int, default=800, help="shorter image side (default 800)")
     p.add_argument("--max-size", type=int, default=1333, help="longest allowed longer side (default 1333)")
     p.add_argument("--lr", type=float, default=2e-4,
@@ -107,7 +105,7 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
                    help="evaluate (and rank checkpoints by box AP) every N epochs (default 1; 0 = at the end)")
     p.add_argument("--save-interval", type=int, default=1000,
                    help="also write last.pth.tar every N iterations (default 1000; 0 = at epoch ends only)")
-    p.add_argument("--keep-best", type=int, default=1, help="best checkpoints to keep by box AP (default 1)")
+    add_keep_best(p, 1, "box AP")
     p.add_argument("--log-interval", type=int, default=50, help="log the losses every N iterations (default 50)")
     add_runtime_options(p, training=True)
     p.add_argument("--no-amp", dest="amp", action="store_false",
@@ -125,15 +123,13 @@ def _add_eval(actions: argparse._SubParsersAction) -> None:
                                        "AP, AP50, AP75, APs, APm, APl. Runs under torchrun too.")
     _add_data_options(p, ("val",))
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit detect train'")
-    p.add_argument("--results-file", metavar="R.json",
-                   help="also write the detections in the COCO results format (boxes and RLE masks)")
+    add_results(p, "the metrics", "also write the detections to PATH in the COCO results format (boxes and RLE "
+                                  "masks)")
     p.add_argument("--min-size", type=int, default=None, help="shorter side (default: the checkpoint's)")
     p.add_argument("--max-size", type=int, default=None, help="longer side limit (default: the checkpoint's)")
-    p.add_argument("-b", "--batch-size", type=int, default=1,
-                   help="images per step per process (default 1, as the original evaluated: a batch pads its "
-                        "images to a shared size, which moves AP slightly)")
+    add_batch_size(p, 1, ", as the original evaluated: a batch pads its images to a shared size, which moves AP "
+                      "slightly")
     add_runtime_options(p, training=False)
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run_eval)
 
 
@@ -148,7 +144,7 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
                                                                      "(default 0.5)")
     p.add_argument("--min-size", type=int, default=None, help="shorter side (default: the checkpoint's)")
     p.add_argument("--max-size", type=int, default=None, help="longer side limit (default: the checkpoint's)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device(p)
     p.add_argument("--json", action="store_true", help="print the detections as JSON")
     p.set_defaults(func=run_predict)
 
@@ -189,12 +185,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..data import load_image
+    from ..engine import resolve_device
     from ..tasks.detection.predict import load_detector, predict_images
 
     for path in args.images:  # a bad path fails before the model is built
         load_image(path)
-    model, categories, _ = load_detector(args.checkpoint, args.device, args.min_size, args.max_size)
-    results = predict_images(model, categories, args.images, args.output, args.score_threshold, args.device)
+    device = resolve_device(args.device)
+    model, categories, _ = load_detector(args.checkpoint, device, args.min_size, args.max_size)
+    results = predict_images(model, categories, args.images, args.output, args.score_threshold, device)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

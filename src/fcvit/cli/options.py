@@ -1,21 +1,80 @@
-"""Command-line options that the dense-prediction commands (detect, segment) share."""
+"""The option vocabulary of every ``fcvit`` subcommand: one name, default and meaning for each idea.
+
+- ``-b/--batch-size``: images per step PER PROCESS (as timm and torchvision); runs log the global batch.
+- ``-j/--workers``: data-loading processes per process (``--workers`` alone is the same flag).
+- ``--device``: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+- ``--seed``: 42 everywhere (the original ``train.py``'s).
+- ``--resume``: ``auto`` continues from ``OUTPUT/last.pth.tar`` when it exists; a path; ``''`` starts fresh.
+- ``--keep-best``: best checkpoints to keep (``--checkpoint-hist`` is timm's spelling of the same flag).
+- ``--json`` prints results as JSON on stdout; ``--results-file PATH`` writes them to a file.
+- ``--amp``/``--amp-dtype``: mixed precision; ``--tensorboard``: mirror ``summary.csv`` to TensorBoard.
+"""
 from __future__ import annotations
 
 import argparse
+from typing import Optional
+
+SEED = 42
+WORKERS = 4
+
+
+def add_batch_size(p: argparse.ArgumentParser, default: int, note: str = "") -> None:
+    p.add_argument("-b", "--batch-size", type=int, default=default,
+                   help=f"images per step per process (default {default}{note}); the global batch is -b x processes")
+
+
+def add_workers(p: argparse.ArgumentParser, default: int = WORKERS) -> None:
+    p.add_argument("-j", "--workers", type=int, default=default,
+                   help=f"data loading processes per process (default {default}; 0 loads in the main process)")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default auto); under torchrun "
+                        "each process takes its own GPU")
+
+
+def add_seed(p: argparse.ArgumentParser, what: str = "random seed") -> None:
+    p.add_argument("--seed", type=int, default=SEED, help=f"{what} (default {SEED})")
+
+
+def add_resume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", default="auto", metavar="auto|CKPT|''",
+                   help="'auto' (default) continues from OUTPUT/last.pth.tar when it exists, a path continues from "
+                        "that checkpoint, '' starts fresh")
+
+
+def add_keep_best(p: argparse.ArgumentParser, default: int, metric: str) -> None:
+    p.add_argument("--keep-best", "--checkpoint-hist", dest="keep_best", type=int, default=default,
+                   help=f"best checkpoints to keep by {metric} (default {default}; --checkpoint-hist is timm's name)")
+
+
+def add_results(p: argparse.ArgumentParser, what: str, file_help: Optional[str] = None) -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+    p.add_argument("--results-file", default="", metavar="PATH", help=file_help or f"also write {what} to PATH")
+
+
+def add_precision(p: argparse.ArgumentParser, training: bool) -> None:
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision (bfloat16 where supported, else float16)" if training
+                   else "mixed precision inference")
+    p.add_argument("--amp-dtype", default="auto", help="auto, bfloat16 or float16 (float16 adds a GradScaler in "
+                                                       "training; default auto)")
+
+
+def add_tensorboard(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to OUTPUT/tensorboard")
 
 
 def add_runtime_options(p: argparse.ArgumentParser, training: bool) -> None:
-    """Precision, data workers and device; for training also resume, seed and TensorBoard."""
+    """What every dense-prediction command takes: precision, workers, device; training also resume, seed,
+    TensorBoard."""
     if training:
-        p.add_argument("--resume", default=None, metavar="CKPT|auto",
-                       help="continue from a checkpoint; 'auto' = OUTPUT/last.pth.tar if it exists")
-        p.add_argument("--amp", action="store_true", help="mixed precision (bf16 where supported, else fp16)")
-    else:
-        p.add_argument("--amp", action="store_true", help="mixed precision inference")
-    p.add_argument("--amp-dtype", default="auto", help="auto, bfloat16 or float16 (default auto)")
-    p.add_argument("--workers", type=int, default=4,
-                   help=f"data loading processes{' per GPU' if training else ''} (default 4)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+        add_resume(p)
+    add_precision(p, training)
+    add_workers(p)
+    add_device(p)
     if training:
-        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to OUTPUT/tensorboard")
+        add_seed(p)
+        add_tensorboard(p)
+

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .options import add_device
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="classify images: top-5 classes with names",
@@ -13,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="model name (default: the checkpoint's 'arch' when it has one, else fcvit_b12)")
     p.add_argument("--checkpoint", help="checkpoint file (.pth, .pth.tar or .safetensors)")
     p.add_argument("--topk", type=int, default=5, help="classes to print per image (default 5)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -38,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from timm.data import create_transform, resolve_data_config
 
     from ..data import load_image
+    from ..engine import resolve_device
     from ..models import check_model_name, extract_state_dict, load_weights, read_checkpoint
 
     from .validate import stored_data_config
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         logging.getLogger(__name__).warning(
             "No --checkpoint given: %s has random weights, so its predictions mean nothing.", args.model)
+    args.device = resolve_device(args.device)
     model.eval().to(args.device)
     # a training run's own eval settings (image size, crop, normalisation) win over the model's defaults
     transform = create_transform(**resolve_data_config(stored_data_config(checkpoint or {}), model=model))

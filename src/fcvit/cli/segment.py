@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .options import add_runtime_options
+from .options import add_batch_size, add_device, add_keep_best, add_results, add_runtime_options
 
 SYNC_BN_SCOPES = ("head", "all", "none")  # fcvit.tasks.segmentation.model's, without importing torch here
 PHOTOMETRIC_CHOICES = ("mmseg", "torchvision")
@@ -50,9 +50,7 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
                    help="custom channels per stage (with --backbone-depths)")
     _add_class_options(p)
     p.add_argument("--iters", type=int, default=40000, help="optimizer steps (default 40000)")
-    p.add_argument("-b", "--batch-size", type=int, default=4,
-                   help="images per process, i.e. per GPU (default 4; the paper: 8 GPUs x 4 = 32 per step, "
-                        "with --lr used as given)")
+    add_batch_size(p, 4, ", the paper's per GPU: 8 GPUs x 4 = 32 per step, with --lr used as given")
     p.add_argument("--crop-size", type=int, default=512,
                    help="training crop (default 512); training rescales to (4x, 1x) this size times 0.5-2.0, "
                         "evaluation uses it as the shorter side")
@@ -77,7 +75,7 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
                    help="evaluate and keep the best checkpoints by mIoU every N iterations (default 4000; 0 = at the end)")
     p.add_argument("--save-interval", type=int, default=1000,
                    help="write last.pth.tar every N iterations (default 1000; 0 = at evaluations only)")
-    p.add_argument("--keep-best", type=int, default=1, help="best checkpoints to keep by mIoU (default 1)")
+    add_keep_best(p, 1, "mIoU")
     p.add_argument("--log-interval", type=int, default=50, help="log the loss every N iterations (default 50)")
     add_runtime_options(p, training=True)
     p.set_defaults(func=run_train)
@@ -93,7 +91,7 @@ def _add_eval(actions: argparse._SubParsersAction) -> None:
                    help="use annotation values as class indices (default: 0 = ignored, 1..N = classes 0..N-1)")
     p.add_argument("--short-side", type=int, default=None,
                    help="evaluation shorter side (default: the training crop size stored in the checkpoint)")
-    p.add_argument("--results-file", metavar="R.json", help="also write the scores as JSON")
+    add_results(p, "the scores")
     add_runtime_options(p, training=False)
     p.set_defaults(func=run_eval)
 
@@ -106,7 +104,7 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit segment train'")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files")
     p.add_argument("--alpha", type=float, default=0.5, help="mask weight in the overlay (default 0.5)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device(p)
     p.add_argument("--json", action="store_true", help="print the classes found per image as JSON")
     p.set_defaults(func=run_predict)
 
@@ -124,12 +122,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..engine import cleanup_distributed, init_distributed, resolve_amp
     from ..tasks.segmentation.data import SegmentationFolder
     from ..tasks.segmentation.evaluate import (
-        atomic_save_json,
         class_names_from,
         eval_loader,
         evaluate,
         load_segmenter,
     )
+    from ..files import json_text, write_json
     from ..tasks.segmentation.metrics import format_class_table
     from ..tasks.segmentation.transforms import eval_transforms
 
@@ -150,24 +148,26 @@ def run_eval(args: argparse.Namespace) -> int:
     if not ctx.is_main:
         return 0
     logging.getLogger(__name__).info("%d images of '%s', shorter side %d", len(dataset), args.split, short_side)
-    print(format_class_table(scores, names))
+    results = dict(checkpoint=args.checkpoint, data=args.data, split=args.split, images=len(dataset),
+                   mIoU=scores["mIoU"], mAcc=scores["mAcc"], aAcc=scores["aAcc"],
+                   IoU=dict(zip(names, scores["IoU"])), Acc=dict(zip(names, scores["Acc"])))
+    print(json_text(results) if args.json else format_class_table(scores, names))
     if args.results_file:
-        atomic_save_json(dict(checkpoint=args.checkpoint, data=args.data, split=args.split, images=len(dataset),
-                              mIoU=scores["mIoU"], mAcc=scores["mAcc"], aAcc=scores["aAcc"],
-                              IoU=dict(zip(names, scores["IoU"])), Acc=dict(zip(names, scores["Acc"]))),
-                         args.results_file)
+        write_json(args.results_file, results)
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..tasks.segmentation.evaluate import class_names_from, load_segmenter
+    from ..engine import resolve_device
     from ..tasks.segmentation.predict import predict_images
 
-    model, checkpoint = load_segmenter(args.checkpoint, args.device)
+    device = resolve_device(args.device)
+    model, checkpoint = load_segmenter(args.checkpoint, device)
     names = class_names_from(checkpoint, model.num_classes)
     short_side = int(checkpoint.get("eval_short_side") or 512)
     antialias = bool(checkpoint.get("eval_antialias", False))
-    results = predict_images(model, args.images, args.output, names, args.device, args.alpha, short_side, antialias)
+    results = predict_images(model, args.images, args.output, names, device, args.alpha, short_side, antialias)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -11,6 +11,16 @@ from typing import Any, Dict, Optional
 
 from timm.utils import ParseKwargs  # KEY=VALUE pairs with Python literals, as timm's --model-kwargs
 
+from .options import (
+    add_batch_size,
+    add_device,
+    add_keep_best,
+    add_precision,
+    add_resume,
+    add_seed,
+    add_tensorboard,
+    add_workers,
+)
 from .original_flags import add_original_train_flags, resolve_original_train_flags
 
 # Small-data preset for the built-in digits (8x8 images): the ImageNet recipe's mixup, random erasing,
@@ -40,15 +50,14 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mean", type=float, nargs="+", default=None, metavar="MEAN")
     g.add_argument("--std", type=float, nargs="+", default=None, metavar="STD")
     g.add_argument("--interpolation", default="", help="eval resize interpolation (default: the model's bicubic)")
-    g.add_argument("-j", "--workers", type=int, default=4, help="data loading processes per GPU/process (default 4)")
+    add_workers(g)
     g.add_argument("--pin-mem", action="store_true", default=True, help=argparse.SUPPRESS)
     g.add_argument("--no-pin-mem", dest="pin_mem", action="store_false", help="do not pin host memory")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="log and skip images that cannot be decoded instead of stopping")
     g.add_argument("--num-classes", type=int, default=None, help="classes (default: from the data)")
-    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    g.add_argument("--amp", action="store_true", help="mixed precision (bf16 where supported)")
-    g.add_argument("--amp-dtype", default="auto", help="auto, bfloat16 or float16 (float16 uses a GradScaler)")
+    add_device(g)
+    add_precision(g, training=True)
     g.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
 
 
@@ -67,7 +76,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
     g.add_argument("--compile", "--torchcompile", dest="compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("optimization")
-    g.add_argument("-b", "--batch-size", type=int, default=128, help="batch size per process (default 128)")
+    add_batch_size(g, 128, ", the paper's: 8 GPUs x 128 = 1024 per step")
     g.add_argument("-vb", "--validation-batch-size", type=int, default=None, help="eval batch size (default -b)")
     g.add_argument("--opt", default="adamw", help="timm optimizer name (default adamw)")
     g.add_argument("--opt-eps", type=float, default=None)
@@ -138,19 +147,19 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--no-ddp-bb", action="store_true",
                    help="DDP does not copy rank 0's BatchNorm statistics to the others before each forward")
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=42)
+    add_seed(g)
     g.add_argument("--output", default="", help="output folder (default output/train/<model>)")
     g.add_argument("--experiment", default="", metavar="NAME",
                    help="write to OUTPUT/NAME (default output/train/NAME), as timm")
     g.add_argument("--initial-checkpoint", default="",
                    help="start from these weights (e.g. a published ImageNet checkpoint); a classifier for "
                         "another number of classes is re-initialised")
-    g.add_argument("--resume", default="auto", help="'auto' (OUTPUT/last.pth.tar if present), a path, or '' for fresh")
+    add_resume(g)
     g.add_argument("--no-resume-opt", action="store_true",
                    help="resume the weights (and EMA, schedule) but start a fresh optimizer and loss scaler")
-    g.add_argument("--checkpoint-hist", type=int, default=3, help="best checkpoints to keep (default 3)")
+    add_keep_best(g, 4, "--eval-metric, as the original train.py")
     g.add_argument("--eval-metric", default="top1", help="metric ranking the best checkpoints (top1, top5, loss)")
-    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to OUTPUT/tensorboard")
+    add_tensorboard(g)
     g.add_argument("--log-interval", type=int, default=0, metavar="N",
                    help="also log a line (loss, lr, img/s) every N steps, to the console and log.txt (default off)")
     g.add_argument("--recovery-interval", type=int, default=0, metavar="N",

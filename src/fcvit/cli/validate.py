@@ -17,6 +17,7 @@ _logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from .options import add_batch_size, add_results
     from .original_flags import add_original_validate_flags
     from .train import add_data_arguments, track_explicit
 
@@ -28,9 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="split to evaluate (default val; 'validation' also found)")
     p.add_argument("--checkpoint", default="", help="checkpoint file (a training run's .pth.tar or published weights)")
     p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
-    p.add_argument("-b", "--batch-size", type=int, default=128, help="batch size per process (default 128)")
-    p.add_argument("--results-file", default="",
-                   help="also write the results to this file: CSV if it ends in .csv (as timm), else JSON")
+    add_batch_size(p, 128)
+    add_results(p, "the results", "also write the results to PATH: CSV if it ends in .csv (as timm), else JSON")
     add_original_validate_flags(p)
     track_explicit(p)
     p.set_defaults(func=run)
@@ -143,7 +143,9 @@ def write_results(path: str, result: Dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = validate(args)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0 and args.json:
+        print(json.dumps(result, indent=2))
+    elif int(os.environ.get("RANK", "0")) == 0:
         print(f"{result['model']} on {result['images']} images ({result['split']}): top-1 {result['top1']:.2f}%  "
               f"top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  {result['img_per_sec']:.1f} img/s  "
               f"({result['img_size'][-1]} px, crop_pct {result['crop_pct']}, {result['interpolation']}, {result['amp']})")

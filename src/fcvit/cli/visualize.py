@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .options import add_device, add_seed
+
 _logger = logging.getLogger(__name__)
 
 
@@ -21,7 +23,7 @@ def _add_queries(p: argparse.ArgumentParser, default_random: int) -> None:
                    help="query points in pixels of the image (0,0 top left); several allowed")
     p.add_argument("--random-queries", type=int, default=None, metavar="K",
                    help=f"K random query patches (default {default_random} when no --query is given)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random queries (default 0)")
+    add_seed(p, "seed of the random queries")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--block", type=int, default=-1, help="block index over the whole network (default -1, the last)")
     s.add_argument("--img-size", type=int, default=224, help="shorter side the image is resized to, keeping its aspect ratio (default 224)")
     s.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
-    s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device(s)
     s.add_argument("--dpi", type=int, default=100, help="figure resolution in dots per inch (default 100)")
     s.set_defaults(func=run_similarity)
 
@@ -52,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--block", type=int, default=-1, help="block index (default -1, the last)")
     a.add_argument("--head", default="mean", help="mean (default), all (one column per head) or a head index")
     a.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
-    a.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device(a)
     a.add_argument("--dpi", type=int, default=100, help="figure resolution in dots per inch (default 100)")
     a.set_defaults(func=run_attention)
 
@@ -71,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--module", choices=("gc1", "gc2"), default="gc2", help="FCViT global-context module (default gc2)")
     c.add_argument("--img-size", type=int, default=224, help="FCViT input: shorter side, aspect ratio kept (default 224)")
     c.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
-    c.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device(c)
     c.add_argument("--dpi", type=int, default=100, help="figure resolution in dots per inch (default 100)")
     c.set_defaults(func=run_compare)
 
@@ -119,7 +121,9 @@ def _vit_maps(args, name: str, checkpoint, pretrained: bool, image, block_arg: i
 def run_similarity(args: argparse.Namespace) -> int:
     from ..analysis.plots import check_figure_path, display_image, draw_similarity, save_figure
     from ..data import load_image
+    from ..engine import resolve_device
 
+    args.device = resolve_device(args.device)
     check_figure_path(args.output)
     image = load_image(args.image)
     block, maps, weights = _fcvit_maps(args, args.model, args.checkpoint, args.pretrained, image)
@@ -138,7 +142,9 @@ def run_attention(args: argparse.Namespace) -> int:
     from ..analysis.pipeline import parse_head
     from ..analysis.plots import check_figure_path, display_image, draw_attention, save_figure
     from ..data import load_image
+    from ..engine import resolve_device
 
+    args.device = resolve_device(args.device)
     head = parse_head(args.head)
     points, k = _query_points(args, default_random=4)
     check_figure_path(args.output)
@@ -155,8 +161,10 @@ def run_attention(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from ..engine import resolve_device
     import torch
 
+    args.device = resolve_device(args.device)
     from ..analysis.plots import check_figure_path, display_image, draw_compare, save_figure
     from ..data import load_image
 

@@ -93,6 +93,7 @@ from .distributed import (
     run_distributed,
     gather_objects,
     init_distributed,
+    resolve_device,
     unwrap_model,
     wrap_ddp,
 )
@@ -108,7 +109,7 @@ __all__ = [
     "GracefulStop", "NonFiniteLossError", "check_finite",
     "DistContext", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object", "cleanup_distributed", "run_distributed",
     "gather_objects",
-    "init_distributed", "unwrap_model", "wrap_ddp", "convert_sync_batchnorm", "distribute_bn",
+    "init_distributed", "resolve_device", "unwrap_model", "wrap_ddp", "convert_sync_batchnorm", "distribute_bn",
     "LoopSettings", "TrainSpec", "eval_loader", "is_out_of_memory", "run_training", "train_loader",
     "ProgressBar", "SummaryLog", "setup_logging",
     "get_rng_state", "seed_everything", "set_rng_state",

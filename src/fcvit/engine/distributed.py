@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import UserError
 
 __all__ = [
-    "DistContext", "init_distributed", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object", "gather_objects",
+    "DistContext", "init_distributed", "resolve_device", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object", "gather_objects",
     "cleanup_distributed", "wrap_ddp", "unwrap_model", "distribute_bn", "convert_sync_batchnorm",
 ]
 
@@ -49,10 +49,16 @@ class DistContext:
 T = TypeVar("T")
 
 
-def _resolve_device(requested: Optional[str], local_rank: int) -> torch.device:
+def resolve_device(requested: Optional[str], local_rank: int = 0) -> torch.device:
+    """'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N' as a device; one sentence when CUDA is asked for but absent."""
     if requested in (None, "", "auto"):
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"Unknown device '{requested}': use auto, cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"Unknown device '{requested}': use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"Device '{requested}' was asked for but no CUDA GPU is visible: "
@@ -72,7 +78,7 @@ def init_distributed(device: Optional[str] = None, timeout_minutes: float = 30.0
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    resolved = _resolve_device(device, local_rank)
+    resolved = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if resolved.type == "cuda" else "gloo"
         kwargs = dict(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))

@@ -19,12 +19,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..engine.distributed import resolve_device
 from ..errors import UserError
 from ..models.depthwise import set_weight_grad_method
 from ..models.layers import set_cpu_slice_bytes, set_fused_inference
 from .profile import count_gmacs, count_params
 
-__all__ = ["BenchmarkResult", "Candidate", "timm_candidate", "run_benchmark", "format_table", "resolve_device"]
+__all__ = ["BenchmarkResult", "Candidate", "timm_candidate", "run_benchmark", "format_table"]
 
 MODES = ("infer", "train")
 
@@ -79,14 +80,6 @@ def timm_candidate(name: str, num_classes: int = 1000) -> Candidate:
 
     check_model_name(name, allow_timm=True)
     return Candidate(name, lambda: timm.create_model(name, num_classes=num_classes))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU: use --device cpu.")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"Unknown device '{name}': use cpu or cuda.")
-    return torch.device(name)
 
 
 def _synchronize(device: torch.device) -> None:

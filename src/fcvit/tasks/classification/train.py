@@ -421,7 +421,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
                  f"lr {lr:.3g}")
     settings = LoopSettings(
         output=output_dir, amp=amp, args=args, resume=args.resume,
-        resume_optimizer=not getattr(args, "no_resume_opt", False), keep_best=args.checkpoint_hist,
+        resume_optimizer=not getattr(args, "no_resume_opt", False), keep_best=args.keep_best,
         eval_interval=1, save_interval=getattr(args, "recovery_interval", 0) or 0,
         log_interval=getattr(args, "log_interval", 0) or 0, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
         tensorboard=args.tensorboard, start_epoch=args.start_epoch,

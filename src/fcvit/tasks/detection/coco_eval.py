@@ -22,6 +22,7 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ...files import atomic_write
 from .dataset import Category
 
 __all__ = ["CocoEvaluator", "AP_FIELDS", "IOU_TYPES", "to_coco_results"]
@@ -96,10 +97,7 @@ class CocoEvaluator:
         """Detections as a COCO results JSON (the file the COCO test server takes), written atomically."""
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.detections(), f)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(self.detections()))
 
     def _load_detections(self, iou_type: str) -> COCO:
         entries = self.detections()

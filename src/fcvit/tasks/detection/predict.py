@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import colorsys
-import json
 import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -15,6 +14,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ...data import load_image
+from ...files import atomic_write, write_json
 from ...errors import UserError
 from ...models import extract_state_dict, read_checkpoint
 from .dataset import Category
@@ -107,9 +107,7 @@ def _output_names(paths: Sequence[str]) -> List[str]:
 
 
 def _save_png(array: np.ndarray, path: str) -> None:
-    tmp = f"{path}.tmp"
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
 def predict_images(model: nn.Module, categories: Sequence[Category], paths: Sequence[str | os.PathLike],
@@ -142,8 +140,5 @@ def predict_images(model: nn.Module, categories: Sequence[Category], paths: Sequ
                                          prediction["scores"][keep])]
         results.append({"image": path, "output": out_path, "detections": detections})
         _logger.info("%s: %d detections at score >= %.2f -> %s", path, len(detections), score_threshold, out_path)
-    tmp = os.path.join(output_dir, "detections.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, os.path.join(output_dir, "detections.json"))
+    write_json(os.path.join(output_dir, "detections.json"), results)
     return results

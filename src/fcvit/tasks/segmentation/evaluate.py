@@ -23,7 +23,7 @@ from .metrics import ConfusionMatrix
 from .model import SemanticFPN, create_segmenter
 
 __all__ = ["CONFIG_KEY", "infer_logits", "evaluate", "load_segmenter", "eval_loader",
-           "class_names_from", "atomic_save_json"]
+           "class_names_from"]
 
 _logger = logging.getLogger(__name__)
 
@@ -104,19 +104,3 @@ def class_names_from(checkpoint: Mapping[str, Any], num_classes: int) -> List[st
     return default_class_names(num_classes)
 
 
-def atomic_save_json(obj: Any, path: str) -> None:
-    """JSON through a temporary file and ``os.replace`` (NaN written as null)."""
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(clean(obj), f, indent=2)
-    os.replace(tmp, path)

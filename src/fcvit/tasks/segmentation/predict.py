@@ -12,6 +12,7 @@ from torch import nn
 from torchvision import tv_tensors
 
 from ...data import load_image
+from ...files import atomic_write
 from .evaluate import infer_logits
 from .transforms import IGNORE_INDEX, eval_transforms
 
@@ -62,14 +63,7 @@ def segment_image(model: nn.Module, image: Image.Image, device: torch.device | s
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    """Write through a temporary file so an interrupted run never leaves a half PNG."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def predict_images(model: nn.Module, paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike,

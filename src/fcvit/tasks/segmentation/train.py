@@ -32,7 +32,8 @@ from ...engine import (
 )
 from ...errors import UserError
 from .data import SegmentationFolder, default_class_names, read_class_names
-from .evaluate import CONFIG_KEY, atomic_save_json, eval_loader, evaluate
+from ...files import write_json
+from .evaluate import CONFIG_KEY, eval_loader, evaluate
 from .metrics import format_class_table
 from .model import SemanticFPN, create_segmenter, synchronize_batch_norm
 from .transforms import IGNORE_INDEX, eval_transforms, train_transforms
@@ -191,7 +192,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     if result["global_step"] >= args.iters and last_scores and ctx.is_main:
         _logger.info("Final checkpoint (iteration %d, the one the paper reports):\n%s", result["global_step"],
                      format_class_table(last_scores, class_names))
-        atomic_save_json(dict(iter=result["global_step"], backbone=args.backbone,
-                              **{k: last_scores[k] for k in ("mIoU", "mAcc", "aAcc")},
-                              IoU=dict(zip(class_names, last_scores["IoU"]))), os.path.join(out, "results.json"))
+        write_json(os.path.join(out, "results.json"),
+                   dict(iter=result["global_step"], backbone=args.backbone,
+                        **{k: last_scores[k] for k in ("mIoU", "mAcc", "aAcc")},
+                        IoU=dict(zip(class_names, last_scores["IoU"]))))
     return dict(last_scores)

@@ -13,11 +13,12 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any, BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Iterable, List, Optional, Union
 
 from .errors import UserError
 
-__all__ = ["atomic_write", "atomic_save", "atomic_copy", "json_text", "write_json", "remove_stale_temporaries"]
+__all__ = ["atomic_write", "atomic_save", "atomic_copy", "json_text", "write_json", "remove_stale_temporaries",
+           "check_outputs", "replaced_note"]
 
 Content = Union[str, bytes, Callable[[BinaryIO], Any]]
 
@@ -95,3 +96,49 @@ def remove_stale_temporaries(folder: Union[str, os.PathLike]) -> int:
         except OSError:
             pass
     return removed
+
+
+PathLike = Union[str, os.PathLike]
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Same real path (symlinks resolved) or the same file on disk (hard links, case-insensitive disks)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_outputs(outputs: Iterable[PathLike], inputs: Iterable[PathLike], overwrite: bool,
+                  choose: str = "choose another --output") -> List[str]:
+    """The one rule for every file a command writes: never an input, and an existing file only with --overwrite.
+
+    Call it with every planned output before writing anything. Raises one ``UserError`` sentence naming the
+    first conflict and the fix (``choose`` says how to pick another output); returns the outputs that exist
+    and will be replaced (only possible with ``overwrite``), for :func:`replaced_note`.
+    """
+    outputs = [os.fspath(p) for p in outputs]
+    inputs = [os.fspath(p) for p in inputs]
+    for output in outputs:
+        for source in inputs:
+            if _same_file(output, source):
+                raise UserError(f"The output '{output}' is the input '{source}': writing it would destroy the input "
+                                f"({'even with --overwrite' if overwrite else 'never done'}); {choose}.")
+        if os.path.isdir(output):
+            raise UserError(f"The output '{output}' is a folder: move it away or {choose}.")
+    existing = [p for p in outputs if os.path.lexists(p)]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more planned outputs)" if len(existing) > 1 else ""
+        raise UserError(f"The output '{existing[0]}' already exists{more}: pass --overwrite to replace it, "
+                        f"or {choose}.")
+    return existing
+
+
+def replaced_note(replaced: Iterable[PathLike]) -> Optional[str]:
+    """The line a command prints after --overwrite replaced files, naming them; None when it replaced none."""
+    names = [os.fspath(p) for p in replaced]
+    if not names:
+        return None
+    return f"replaced {len(names)} existing file(s) (--overwrite): {', '.join(names)}"

@@ -1,4 +1,4 @@
 """Data loading shared by classification, detection, segmentation and analysis."""
-from .images import load_image
+from .images import ImageReader, expand_image_paths, load_image
 
-__all__ = ["load_image"]
+__all__ = ["ImageReader", "expand_image_paths", "load_image"]

@@ -140,6 +140,20 @@ def test_validate_py_runs_the_papers_command_verbatim(photos, tmp_path):
     assert "224 px, crop_pct 0.9, bicubic, float32" in proc.stdout  # the model's own eval settings
 
 
+def test_validate_py_takes_a_checkpoint_converted_to_timm_hub_format(photos, tmp_path):
+    converted = tmp_path / "fcvit_tiny-hub"
+    proc = _run([sys.executable, "-m", "fcvit", "convert", str(photos / "fcvit_tiny.pth.tar"), "--output",
+                 str(converted)], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = []
+    for checkpoint in (photos / "fcvit_tiny.pth.tar", converted / "model.safetensors"):
+        proc = _run([sys.executable, "validate.py", str(photos), "--model", "fcvit_tiny", "-b", "128",
+                     "--checkpoint", str(checkpoint)], timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines.append(next(line for line in proc.stdout.splitlines() if "top-1" in line).split(" img/s")[0])
+    assert lines[0].rsplit(" ", 1)[0] == lines[1].rsplit(" ", 1)[0]  # same top-1, top-5 and loss
+
+
 def test_distributed_train_sh_two_processes_over_gloo_with_apex_amp(photos, tmp_path):
     out = tmp_path / "run"
     proc = _run(["./distributed_train.sh", "2", str(photos), "--model", "fcvit_tiny", "-b", "2", "--lr", "1e-3",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .options import add_device
+from .options import add_device, positive_int
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s.add_argument("--checkpoint", metavar="FILE", help="local checkpoint (.pth, .pth.tar, .safetensors)")
         s.add_argument("--pretrained", action="store_true",
                        help="weights from timm's hub (needs a network; fails at once without one)")
-        s.add_argument("--img-size", type=int, default=224, help="FCViT input: shorter side, aspect ratio kept (default 224; ViTs use their own size)")
+        s.add_argument("--img-size", type=positive_int, default=224, help="FCViT input: shorter side, aspect ratio kept (default 224; ViTs use their own size)")
         s.add_argument("--results-file", metavar="R.json", help="write the results as .json (everything) or .csv")
         s.add_argument("--plot", metavar="F.png", help="plot every measure over depth to this figure")
         add_device(s)

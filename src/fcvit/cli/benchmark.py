@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_device
+from .options import add_device, non_negative_int, positive_int
 
 
 def _names(text: str) -> list[str]:
@@ -20,16 +20,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated timm peers; ratios are to the first (default convnext_atto; '' for none)")
     p.add_argument("--mode", choices=["infer", "train"], default="infer",
                    help="infer: eval forward in inference mode; train: forward, cross-entropy, backward, AdamW")
-    p.add_argument("-b", "--batch-size", type=int, default=16, help="batch size (default 16)")
-    p.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
+    p.add_argument("-b", "--batch-size", type=positive_int, default=16, help="batch size (default 16)")
+    p.add_argument("--img-size", type=positive_int, default=224, help="input side (default 224)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs for all models")
     p.add_argument("--compile", action="store_true", help="torch.compile every model (compile time is reported)")
     add_device(p)
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's choice)")
-    p.add_argument("--warmup", type=int, default=2, help="warm-up steps per model (default 2)")
-    p.add_argument("--iters", type=int, default=3, help="timed steps per model per round (default 3)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported (default 5)")
+    p.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: PyTorch's choice)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="warm-up steps per model (default 2)")
+    p.add_argument("--iters", type=positive_int, default=3, help="timed steps per model per round (default 3)")
+    p.add_argument("--rounds", type=positive_int, default=5, help="rounds; the median is reported (default 5)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--json", nargs="?", const=True, default=False, metavar="PATH",
                    help="print the results as JSON (--json PATH, the old spelling, writes them like --results-file)")

@@ -5,7 +5,7 @@ import argparse
 import os
 import time
 
-from .options import add_device
+from .options import add_device, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train fcvit_tiny on scikit-learn's handwritten digits (1,437 train / 360 val images), "
                     "then validate the best checkpoint and plot the curves. A few minutes on 2 CPU cores.")
     p.add_argument("--output", default=os.path.join("output", "demo"), help="output folder (default output/demo)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the digits preset's)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: the digits preset's)")
     add_device(p)
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming a previous demo run")
     p.set_defaults(func=run)

@@ -5,7 +5,8 @@ import argparse
 import json
 import sys
 
-from .options import add_batch_size, add_device, add_keep_best, add_results, add_runtime_options
+from .options import (add_batch_size, add_device, add_keep_best, add_results, add_runtime_options,
+                      non_negative_float, non_negative_int, positive_float, positive_int, probability)
 
 _DATA_HELP = ("dataset root in the COCO layout (annotations/instances_{train,val}2017.json, {train,val}2017/); "
               "or give the files with the --*-ann/--*-images options")
@@ -53,7 +54,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--anchors", choices=["mmdet", "torchvision"], default="mmdet",
                    help="mmdet: fractional anchor corners on fixed strides 4-64 (the paper's); torchvision: "
                         "corners rounded to pixels, strides from the padded image size")
-    g.add_argument("--proposals-train", type=int, default=1000, metavar="N",
+    g.add_argument("--proposals-train", type=positive_int, default=1000, metavar="N",
                    help="RPN proposals kept per image after NMS in training (default 1000, the paper's; "
                         "torchvision's is 2000)")
     g.add_argument("--fpn-init", choices=["xavier", "kaiming"], default="xavier",
@@ -76,37 +77,37 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", default="fcvit_b12", help="FCViT variant (default fcvit_b12)")
     p.add_argument("--pretrained-backbone", metavar="CKPT",
                    help="ImageNet FCViT checkpoint to start the backbone from (strongly recommended)")
-    p.add_argument("--backbone-depths", type=int, nargs=4, metavar="N",
+    p.add_argument("--backbone-depths", type=positive_int, nargs=4, metavar="N",
                    help="custom blocks per stage instead of the variant's (small experiments)")
-    p.add_argument("--backbone-dims", type=int, nargs=4, metavar="C", help="custom channels per stage")
-    p.add_argument("--epochs", type=int, default=12, help="epochs (default 12, the 1x schedule)")
-    p.add_argument("--lr-steps", type=int, nargs="+", default=[8, 11], metavar="EPOCH",
+    p.add_argument("--backbone-dims", type=positive_int, nargs=4, metavar="C", help="custom channels per stage")
+    p.add_argument("--epochs", type=positive_int, default=12, help="epochs (default 12, the 1x schedule)")
+    p.add_argument("--lr-steps", type=positive_int, nargs="+", default=[8, 11], metavar="EPOCH",
                    help="multiply the lr by 0.1 after these epochs (default 8 11)")
     add_batch_size(p, 4, ", the paper's per GPU: 32 per step on 8 GPUs")
-    p.add_argument("--min-size", type=int, default=800, help="shorter image side (default 800)")
-    p.add_argument("--max-size", type=int, default=1333, help="longest allowed longer side (default 1333)")
-    p.add_argument("--lr", type=float, default=2e-4,
+    p.add_argument("--min-size", type=positive_int, default=800, help="shorter image side (default 800)")
+    p.add_argument("--max-size", type=positive_int, default=1333, help="longest allowed longer side (default 1333)")
+    p.add_argument("--lr", type=positive_float, default=2e-4,
                    help="AdamW learning rate (default 2e-4, the paper's for 32 images per step; not scaled by -b)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
-    p.add_argument("--warmup-iters", type=int, default=500, help="linear warmup iterations (default 500)")
-    p.add_argument("--warmup-factor", type=float, default=0.001, help="warmup start, times the lr (default 0.001)")
-    p.add_argument("--flip-prob", type=float, default=0.5, help="horizontal flip probability (default 0.5)")
-    p.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (default off, as the paper)")
-    p.add_argument("--drop-path", type=float, default=0.0, help="backbone drop-path rate (default 0)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    p.add_argument("--warmup-iters", type=non_negative_int, default=500, help="linear warmup iterations (default 500)")
+    p.add_argument("--warmup-factor", type=probability, default=0.001, help="warmup start, times the lr (default 0.001)")
+    p.add_argument("--flip-prob", type=probability, default=0.5, help="horizontal flip probability (default 0.5)")
+    p.add_argument("--clip-grad", type=positive_float, default=None, help="clip the gradient norm (default off, as the paper)")
+    p.add_argument("--drop-path", type=probability, default=0.0, help="backbone drop-path rate (default 0)")
     p.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=False,
                    help="keep the backbone's BatchNorm statistics fixed, like torchvision's frozen-BN detection "
                         "backbones (default off: the paper trained them with batch statistics)")
     p.add_argument("--sync-bn", action="store_true",
                    help="synchronise BatchNorm statistics over the GPUs (default off: the paper's were per GPU)")
     _add_model_options(p)
-    p.add_argument("--fpn-channels", type=int, default=256, help=argparse.SUPPRESS)
-    p.add_argument("--representation-size", type=int, default=1024, help=argparse.SUPPRESS)
-    p.add_argument("--eval-interval", type=int, default=1,
+    p.add_argument("--fpn-channels", type=positive_int, default=256, help=argparse.SUPPRESS)
+    p.add_argument("--representation-size", type=positive_int, default=1024, help=argparse.SUPPRESS)
+    p.add_argument("--eval-interval", type=non_negative_int, default=1,
                    help="evaluate (and rank checkpoints by box AP) every N epochs (default 1; 0 = at the end)")
-    p.add_argument("--save-interval", type=int, default=1000,
+    p.add_argument("--save-interval", type=non_negative_int, default=1000,
                    help="also write last.pth.tar every N iterations (default 1000; 0 = at epoch ends only)")
     add_keep_best(p, 1, "box AP")
-    p.add_argument("--log-interval", type=int, default=50, help="log the losses every N iterations (default 50)")
+    p.add_argument("--log-interval", type=non_negative_int, default=50, help="log the losses every N iterations (default 50)")
     add_runtime_options(p, training=True)
     p.add_argument("--no-amp", dest="amp", action="store_false",
                    help="train in float32 (the paper's float16 autocast is the default on CUDA)")
@@ -125,8 +126,8 @@ def _add_eval(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit detect train'")
     add_results(p, "the metrics", "also write the detections to PATH in the COCO results format (boxes and RLE "
                                   "masks)")
-    p.add_argument("--min-size", type=int, default=None, help="shorter side (default: the checkpoint's)")
-    p.add_argument("--max-size", type=int, default=None, help="longer side limit (default: the checkpoint's)")
+    p.add_argument("--min-size", type=positive_int, default=None, help="shorter side (default: the checkpoint's)")
+    p.add_argument("--max-size", type=positive_int, default=None, help="longer side limit (default: the checkpoint's)")
     add_batch_size(p, 1, ", as the original evaluated: a batch pads its images to a shared size, which moves AP "
                       "slightly")
     add_runtime_options(p, training=False)
@@ -140,10 +141,10 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit detect train'")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this "
+    p.add_argument("--score-threshold", type=probability, default=0.5, help="draw detections scoring at least this "
                                                                      "(default 0.5)")
-    p.add_argument("--min-size", type=int, default=None, help="shorter side (default: the checkpoint's)")
-    p.add_argument("--max-size", type=int, default=None, help="longer side limit (default: the checkpoint's)")
+    p.add_argument("--min-size", type=positive_int, default=None, help="shorter side (default: the checkpoint's)")
+    p.add_argument("--max-size", type=positive_int, default=None, help="longer side limit (default: the checkpoint's)")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print the detections as JSON")
     p.set_defaults(func=run_predict)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .options import positive_int
+
 _logger = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4
@@ -21,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", help="output file (default: MODEL.onnx, MODEL.pt or MODEL.safetensors)")
     p.add_argument("--fuse", action="store_true",
                    help="fold BatchNorms, layer scales and norm affines first (fcvit.fuse; ONNX and TorchScript)")
-    p.add_argument("--img-size", type=int, default=224, help="input side used to trace and check (default 224)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--img-size", type=positive_int, default=224, help="input side used to trace and check (default 224)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip comparing the exported file with PyTorch")
     p.set_defaults(func=run)
 

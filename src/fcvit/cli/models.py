@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from .options import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="list the FCViT variants with parameters and GMACs",
                               description="List the FCViT variants with parameters and GMACs at 224x224.")
-    p.add_argument("--img-size", type=int, default=224, help="input side for the GMACs (default 224)")
+    p.add_argument("--img-size", type=positive_int, default=224, help="input side for the GMACs (default 224)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 

@@ -12,19 +12,77 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+import math
+from typing import Any, Callable, Optional
 
 SEED = 42
 WORKERS = 4
 
 
+# -- value types: each flag's range is checked where it is read, so a wrong value ends in one argparse line
+def _number(text: Any, kind: Callable[[str], Any], what: str) -> Any:
+    """``text`` as ``kind`` (int or float); NaN and infinities are never a setting."""
+    try:
+        value = kind(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {str(text)!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {str(text)!r}")
+    return value
+
+
+def positive_int(text: Any) -> int:
+    """A whole number of at least 1 (sizes, counts, epochs)."""
+    value = _number(text, int, "a whole number of at least 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: Any) -> int:
+    """A whole number of at least 0 (0 usually meaning off)."""
+    value = _number(text, int, "a whole number of at least 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {value}")
+    return value
+
+
+def finite_float(text: Any) -> float:
+    """Any finite number (no NaN or infinity)."""
+    return _number(text, float, "a finite number")
+
+
+def positive_float(text: Any) -> float:
+    """A finite number above 0 (learning rates, powers, thresholds)."""
+    value = _number(text, float, "a finite number above 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number above 0, got {value:g}")
+    return value
+
+
+def non_negative_float(text: Any) -> float:
+    """A finite number of at least 0 (weight decay, rates that 0 turns off)."""
+    value = _number(text, float, "a finite number of at least 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of at least 0, got {value:g}")
+    return value
+
+
+def probability(text: Any) -> float:
+    """A number in [0, 1] (probabilities, fractions, drop rates)."""
+    value = _number(text, float, "a number from 0 to 1")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value:g}")
+    return value
+
+
 def add_batch_size(p: argparse.ArgumentParser, default: int, note: str = "") -> None:
-    p.add_argument("-b", "--batch-size", type=int, default=default,
+    p.add_argument("-b", "--batch-size", type=positive_int, default=default,
                    help=f"images per step per process (default {default}{note}); the global batch is -b x processes")
 
 
 def add_workers(p: argparse.ArgumentParser, default: int = WORKERS) -> None:
-    p.add_argument("-j", "--workers", type=int, default=default,
+    p.add_argument("-j", "--workers", type=non_negative_int, default=default,
                    help=f"data loading processes per process (default {default}; 0 loads in the main process)")
 
 
@@ -45,7 +103,7 @@ def add_resume(p: argparse.ArgumentParser) -> None:
 
 
 def add_keep_best(p: argparse.ArgumentParser, default: int, metric: str) -> None:
-    p.add_argument("--keep-best", "--checkpoint-hist", dest="keep_best", type=int, default=default,
+    p.add_argument("--keep-best", "--checkpoint-hist", dest="keep_best", type=non_negative_int, default=default,
                    help=f"best checkpoints to keep by {metric} (default {default}; --checkpoint-hist is timm's name)")
 
 

@@ -17,6 +17,7 @@ import argparse
 from typing import List, Set
 
 from ..errors import UserError
+from .options import finite_float, non_negative_float, non_negative_int, positive_int, probability
 
 __all__ = ["add_original_train_flags", "add_original_validate_flags", "resolve_original_train_flags",
            "resolve_original_validate_flags"]
@@ -44,15 +45,15 @@ def add_original_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
                    help="obsolete: torchrun sets LOCAL_RANK")
     g.add_argument("--split-bn", action="store_true", help="refused: per-split BatchNorm is not implemented")
-    g.add_argument("--tta", type=int, default=0, metavar="N", help="refused above 1 (one center crop per image)")
-    g.add_argument("--aug-repeats", type=int, default=0, metavar="N", help="refused above 0 (repeated augmentation)")
-    g.add_argument("--epoch-repeats", type=float, default=0.0, metavar="N",
+    g.add_argument("--tta", type=non_negative_int, default=0, metavar="N", help="refused above 1 (one center crop per image)")
+    g.add_argument("--aug-repeats", type=non_negative_int, default=0, metavar="N", help="refused above 0 (repeated augmentation)")
+    g.add_argument("--epoch-repeats", type=non_negative_float, default=0.0, metavar="N",
                    help="no effect on map-style datasets, as in the original")
-    g.add_argument("--drop-connect", type=float, default=None, metavar="PCT", help="old name of --drop-path")
-    g.add_argument("--drop-block", type=float, default=None, metavar="PCT", help="refused: FCViT has no DropBlock")
+    g.add_argument("--drop-connect", type=probability, default=None, metavar="PCT", help="old name of --drop-path")
+    g.add_argument("--drop-block", type=probability, default=None, metavar="PCT", help="refused: FCViT has no DropBlock")
     g.add_argument("--bn-tf", action="store_true", help="refused: FCViT ignored it in the original")
-    g.add_argument("--bn-momentum", type=float, default=None, help="refused: FCViT ignored it in the original")
-    g.add_argument("--bn-eps", type=float, default=None, help="refused: FCViT ignored it in the original")
+    g.add_argument("--bn-momentum", type=finite_float, default=None, help="refused: FCViT ignored it in the original")
+    g.add_argument("--bn-eps", type=finite_float, default=None, help="refused: FCViT ignored it in the original")
     g.add_argument("--worker-seeding", default=None, help="obsolete: every sample's augmentation is seeded")
     g.add_argument("--save-images", action="store_true", help="obsolete: input batches are not written")
     g.add_argument("--use-multi-epochs-loader", action="store_true",
@@ -69,8 +70,8 @@ def add_original_validate_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tf-preprocessing", action="store_true", help="refused: needs TensorFlow")
     g.add_argument("--test-pool", action="store_true",
                    help="no effect at the model's own input size (as in the original); refused above it")
-    g.add_argument("--log-freq", type=int, default=None, metavar="N", help="obsolete: a progress bar shows progress")
-    g.add_argument("--num-gpu", type=int, default=1, metavar="N", help="obsolete above 1: use torchrun")
+    g.add_argument("--log-freq", type=positive_int, default=None, metavar="N", help="obsolete: a progress bar shows progress")
+    g.add_argument("--num-gpu", type=positive_int, default=1, metavar="N", help="obsolete above 1: use torchrun")
     g.add_argument("--real-labels", default="", metavar="FILE", help="refused: ImageNet-ReaL scoring")
     g.add_argument("--valid-labels", default="", metavar="FILE", help="refused: scoring a subset of classes")
 

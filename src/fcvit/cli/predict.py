@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import add_device
+from .options import add_device, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="model name (default: the checkpoint's 'arch' when it has one, else fcvit_b12)")
     p.add_argument("--checkpoint", help="checkpoint file (.pth, .pth.tar or .safetensors)")
-    p.add_argument("--topk", type=int, default=5, help="classes to print per image (default 5)")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes to print per image (default 5)")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)

@@ -5,7 +5,8 @@ import argparse
 import json
 import sys
 
-from .options import add_batch_size, add_device, add_keep_best, add_results, add_runtime_options
+from .options import (add_batch_size, add_device, add_keep_best, add_results, add_runtime_options,
+                      non_negative_float, non_negative_int, positive_float, positive_int, probability)
 
 SYNC_BN_SCOPES = ("head", "all", "none")  # fcvit.tasks.segmentation.model's, without importing torch here
 PHOTOMETRIC_CHOICES = ("mmseg", "torchvision")
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_class_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num-classes", type=positive_int, default=None,
                    help="classes after the label mapping (default 150, ADE20K; or the count of --class-names)")
     p.add_argument("--class-names", metavar="FILE", help="text file with one class name per line, in class order")
     p.add_argument("--no-reduce-zero-label", action="store_true",
@@ -44,21 +45,21 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", default="fcvit_b12", help="FCViT variant (default fcvit_b12)")
     p.add_argument("--pretrained-backbone", metavar="CKPT",
                    help="ImageNet FCViT checkpoint to start the backbone from (strongly recommended)")
-    p.add_argument("--backbone-depths", type=int, nargs="+", metavar="N",
+    p.add_argument("--backbone-depths", type=positive_int, nargs="+", metavar="N",
                    help="custom blocks per stage instead of the variant's (small experiments)")
-    p.add_argument("--backbone-dims", type=int, nargs="+", metavar="C",
+    p.add_argument("--backbone-dims", type=positive_int, nargs="+", metavar="C",
                    help="custom channels per stage (with --backbone-depths)")
     _add_class_options(p)
-    p.add_argument("--iters", type=int, default=40000, help="optimizer steps (default 40000)")
+    p.add_argument("--iters", type=positive_int, default=40000, help="optimizer steps (default 40000)")
     add_batch_size(p, 4, ", the paper's per GPU: 8 GPUs x 4 = 32 per step, with --lr used as given")
-    p.add_argument("--crop-size", type=int, default=512,
+    p.add_argument("--crop-size", type=positive_int, default=512,
                    help="training crop (default 512); training rescales to (4x, 1x) this size times 0.5-2.0, "
                         "evaluation uses it as the shorter side")
-    p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
-    p.add_argument("--power", type=float, default=0.9, help="poly decay power (default 0.9)")
-    p.add_argument("--clip-grad", type=float, default=None, help="clip gradient norm (default off)")
-    p.add_argument("--drop-path", type=float, default=0.0, help="backbone drop-path rate (default 0)")
+    p.add_argument("--lr", type=positive_float, default=2e-4, help="AdamW learning rate (default 2e-4)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    p.add_argument("--power", type=positive_float, default=0.9, help="poly decay power (default 0.9)")
+    p.add_argument("--clip-grad", type=positive_float, default=None, help="clip gradient norm (default off)")
+    p.add_argument("--drop-path", type=probability, default=0.0, help="backbone drop-path rate (default 0)")
     p.add_argument("--head-norm", choices=("bn", "gn"), default="bn",
                    help="norm in the head: bn (the paper's; synchronised per --sync-bn) or gn for tiny batches")
     p.add_argument("--sync-bn", choices=SYNC_BN_SCOPES, default="head",
@@ -69,14 +70,14 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
                         "additive brightness, uncentred contrast, HSV saturation/hue) or torchvision (ColorJitter)")
     p.add_argument("--antialias", action="store_true",
                    help="anti-aliased image resizes (torchvision's default) instead of the paper's plain bilinear")
-    p.add_argument("--fpn-channels", type=int, default=256, help=argparse.SUPPRESS)
-    p.add_argument("--head-channels", type=int, default=128, help=argparse.SUPPRESS)
-    p.add_argument("--eval-interval", type=int, default=4000,
+    p.add_argument("--fpn-channels", type=positive_int, default=256, help=argparse.SUPPRESS)
+    p.add_argument("--head-channels", type=positive_int, default=128, help=argparse.SUPPRESS)
+    p.add_argument("--eval-interval", type=non_negative_int, default=4000,
                    help="evaluate and keep the best checkpoints by mIoU every N iterations (default 4000; 0 = at the end)")
-    p.add_argument("--save-interval", type=int, default=1000,
+    p.add_argument("--save-interval", type=non_negative_int, default=1000,
                    help="write last.pth.tar every N iterations (default 1000; 0 = at evaluations only)")
     add_keep_best(p, 1, "mIoU")
-    p.add_argument("--log-interval", type=int, default=50, help="log the loss every N iterations (default 50)")
+    p.add_argument("--log-interval", type=non_negative_int, default=50, help="log the loss every N iterations (default 50)")
     add_runtime_options(p, training=True)
     p.set_defaults(func=run_train)
 
@@ -89,7 +90,7 @@ def _add_eval(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="split to score: val (validation/) or train (training/)")
     p.add_argument("--no-reduce-zero-label", action="store_true",
                    help="use annotation values as class indices (default: 0 = ignored, 1..N = classes 0..N-1)")
-    p.add_argument("--short-side", type=int, default=None,
+    p.add_argument("--short-side", type=positive_int, default=None,
                    help="evaluation shorter side (default: the training crop size stored in the checkpoint)")
     add_results(p, "the scores")
     add_runtime_options(p, training=False)
@@ -103,7 +104,7 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit segment train'")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files")
-    p.add_argument("--alpha", type=float, default=0.5, help="mask weight in the overlay (default 0.5)")
+    p.add_argument("--alpha", type=probability, default=0.5, help="mask weight in the overlay (default 0.5)")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print the classes found per image as JSON")
     p.set_defaults(func=run_predict)

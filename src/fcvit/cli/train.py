@@ -20,6 +20,12 @@ from .options import (
     add_seed,
     add_tensorboard,
     add_workers,
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
 )
 from .original_flags import add_original_train_flags, resolve_original_train_flags
 
@@ -44,18 +50,18 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", "-d", default="",
                    help="'' (image folder, default), 'digits' (built-in), or any timm.data.create_dataset name")
     g.add_argument("--model", "-m", default="fcvit_tiny", help="model name (default fcvit_tiny)")
-    g.add_argument("--img-size", type=int, default=None, help="input image size (default: the model's 224)")
-    g.add_argument("--input-size", nargs=3, type=int, default=None, metavar="N", help="C H W, overrides --img-size")
-    g.add_argument("--crop-pct", type=float, default=None, help="eval center-crop fraction (default: the model's)")
-    g.add_argument("--mean", type=float, nargs="+", default=None, metavar="MEAN")
-    g.add_argument("--std", type=float, nargs="+", default=None, metavar="STD")
+    g.add_argument("--img-size", type=positive_int, default=None, help="input image size (default: the model's 224)")
+    g.add_argument("--input-size", nargs=3, type=positive_int, default=None, metavar="N", help="C H W, overrides --img-size")
+    g.add_argument("--crop-pct", type=positive_float, default=None, help="eval center-crop fraction (default: the model's)")
+    g.add_argument("--mean", type=finite_float, nargs="+", default=None, metavar="MEAN")
+    g.add_argument("--std", type=positive_float, nargs="+", default=None, metavar="STD")
     g.add_argument("--interpolation", default="", help="eval resize interpolation (default: the model's bicubic)")
     add_workers(g)
     g.add_argument("--pin-mem", action="store_true", default=True, help=argparse.SUPPRESS)
     g.add_argument("--no-pin-mem", dest="pin_mem", action="store_false", help="do not pin host memory")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="log and skip images that cannot be decoded instead of stopping")
-    g.add_argument("--num-classes", type=int, default=None, help="classes (default: from the data)")
+    g.add_argument("--num-classes", type=positive_int, default=None, help="classes (default: from the data)")
     add_device(g)
     add_precision(g, training=True)
     g.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
@@ -68,8 +74,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g = p.add_argument_group("splits and model")
     g.add_argument("--train-split", default="train", help="training split folder (default train)")
     g.add_argument("--val-split", default="val", help="validation split folder (default val; 'validation' also found)")
-    g.add_argument("--drop", type=float, default=0.0, help="dropout before the classifier (default 0)")
-    g.add_argument("--drop-path", type=float, default=None,
+    g.add_argument("--drop", type=probability, default=0.0, help="dropout before the classifier (default 0)")
+    g.add_argument("--drop-path", type=probability, default=None,
                    help="stochastic depth (default 0.1 for fcvit_tiny/b12/b24, 0.2 for b48)")
     g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
                    help="extra model constructor arguments, e.g. depths='(1,1,1,1)'")
@@ -77,66 +83,66 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--compile", "--torchcompile", dest="compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("optimization")
     add_batch_size(g, 128, ", the paper's: 8 GPUs x 128 = 1024 per step")
-    g.add_argument("-vb", "--validation-batch-size", type=int, default=None, help="eval batch size (default -b)")
+    g.add_argument("-vb", "--validation-batch-size", type=positive_int, default=None, help="eval batch size (default -b)")
     g.add_argument("--opt", default="adamw", help="timm optimizer name (default adamw)")
-    g.add_argument("--opt-eps", type=float, default=None)
-    g.add_argument("--opt-betas", type=float, nargs="+", default=None)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--clip-grad", type=float, default=None, help="gradient clipping threshold (default off)")
+    g.add_argument("--opt-eps", type=positive_float, default=None)
+    g.add_argument("--opt-betas", type=probability, nargs="+", default=None)
+    g.add_argument("--momentum", type=non_negative_float, default=0.9)
+    g.add_argument("--weight-decay", type=non_negative_float, default=0.05)
+    g.add_argument("--clip-grad", type=positive_float, default=None, help="gradient clipping threshold (default off)")
     g.add_argument("--clip-mode", default="norm", help="norm, value or agc")
     g.add_argument("--sched", default="cosine", help="timm scheduler name (default cosine)")
     g.add_argument("--sched-on-updates", action="store_true", help="step the schedule per update, not per epoch")
-    g.add_argument("--lr", type=float, default=None, help="learning rate (default lr-base x global batch / lr-base-size)")
-    g.add_argument("--lr-base", type=float, default=1e-3, help="lr for a global batch of --lr-base-size (default 1e-3)")
-    g.add_argument("--lr-base-size", type=int, default=1024)
+    g.add_argument("--lr", type=positive_float, default=None, help="learning rate (default lr-base x global batch / lr-base-size)")
+    g.add_argument("--lr-base", type=positive_float, default=1e-3, help="lr for a global batch of --lr-base-size (default 1e-3)")
+    g.add_argument("--lr-base-size", type=positive_int, default=1024)
     g.add_argument("--lr-base-scale", default="linear", help="linear or sqrt")
-    g.add_argument("--warmup-lr", type=float, default=1e-6)
-    g.add_argument("--min-lr", type=float, default=1e-6)
-    g.add_argument("--epochs", type=int, default=300)
-    g.add_argument("--start-epoch", type=int, default=None)
-    g.add_argument("--decay-epochs", type=float, default=90, help="step schedulers' period")
-    g.add_argument("--decay-rate", "--dr", type=float, default=0.1)
-    g.add_argument("--warmup-epochs", type=int, default=5)
-    g.add_argument("--cooldown-epochs", type=int, default=10)
-    g.add_argument("--patience-epochs", type=int, default=10, help="plateau scheduler's patience")
-    g.add_argument("--lr-noise", type=float, nargs="+", default=None, metavar="PCT",
+    g.add_argument("--warmup-lr", type=non_negative_float, default=1e-6)
+    g.add_argument("--min-lr", type=non_negative_float, default=1e-6)
+    g.add_argument("--epochs", type=positive_int, default=300)
+    g.add_argument("--start-epoch", type=non_negative_int, default=None)
+    g.add_argument("--decay-epochs", type=positive_float, default=90, help="step schedulers' period")
+    g.add_argument("--decay-rate", "--dr", type=positive_float, default=0.1)
+    g.add_argument("--warmup-epochs", type=non_negative_int, default=5)
+    g.add_argument("--cooldown-epochs", type=non_negative_int, default=10)
+    g.add_argument("--patience-epochs", type=non_negative_int, default=10, help="plateau scheduler's patience")
+    g.add_argument("--lr-noise", type=non_negative_float, nargs="+", default=None, metavar="PCT",
                    help="lr noise on/off as fractions of the epochs (timm)")
-    g.add_argument("--lr-noise-pct", type=float, default=0.67)
-    g.add_argument("--lr-noise-std", type=float, default=1.0)
-    g.add_argument("--lr-cycle-mul", type=float, default=1.0)
-    g.add_argument("--lr-cycle-decay", type=float, default=0.5)
-    g.add_argument("--lr-cycle-limit", type=int, default=1)
-    g.add_argument("--lr-k-decay", type=float, default=1.0)
+    g.add_argument("--lr-noise-pct", type=non_negative_float, default=0.67)
+    g.add_argument("--lr-noise-std", type=non_negative_float, default=1.0)
+    g.add_argument("--lr-cycle-mul", type=positive_float, default=1.0)
+    g.add_argument("--lr-cycle-decay", type=positive_float, default=0.5)
+    g.add_argument("--lr-cycle-limit", type=positive_int, default=1)
+    g.add_argument("--lr-k-decay", type=positive_float, default=1.0)
     g = p.add_argument_group("augmentation and regularization")
     g.add_argument("--no-aug", action="store_true")
-    g.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], metavar="PCT")
-    g.add_argument("--ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], metavar="RATIO")
-    g.add_argument("--hflip", type=float, default=0.5)
-    g.add_argument("--vflip", type=float, default=0.0)
-    g.add_argument("--color-jitter", type=float, default=0.4)
+    g.add_argument("--scale", type=positive_float, nargs=2, default=[0.08, 1.0], metavar="PCT")
+    g.add_argument("--ratio", type=positive_float, nargs=2, default=[3 / 4, 4 / 3], metavar="RATIO")
+    g.add_argument("--hflip", type=probability, default=0.5)
+    g.add_argument("--vflip", type=probability, default=0.0)
+    g.add_argument("--color-jitter", type=non_negative_float, default=0.4)
     g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy ('' to disable)")
-    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    g.add_argument("--reprob", type=probability, default=0.25, help="random erasing probability")
     g.add_argument("--remode", default="pixel")
-    g.add_argument("--recount", type=int, default=1)
-    g.add_argument("--aug-splits", type=int, default=0, metavar="N",
+    g.add_argument("--recount", type=positive_int, default=1)
+    g.add_argument("--aug-splits", type=non_negative_int, default=0, metavar="N",
                    help="N augmentation splits per image (AugMix-style: the first clean, the others augmented)")
     g.add_argument("--jsd-loss", "--jsd", dest="jsd_loss", action="store_true",
                    help="Jensen-Shannon divergence + cross-entropy over the splits (needs --aug-splits)")
     g.add_argument("--resplit", action="store_true", help="no random erasing on the first (clean) split")
     g.add_argument("--bce-loss", action="store_true", help="binary cross-entropy instead of softmax cross-entropy")
-    g.add_argument("--bce-target-thresh", type=float, default=None, help="binarize BCE targets above this value")
-    g.add_argument("--mixup", type=float, default=0.8)
-    g.add_argument("--cutmix", type=float, default=1.0)
-    g.add_argument("--cutmix-minmax", type=float, nargs="+", default=None)
-    g.add_argument("--mixup-prob", type=float, default=1.0)
-    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g.add_argument("--bce-target-thresh", type=probability, default=None, help="binarize BCE targets above this value")
+    g.add_argument("--mixup", type=non_negative_float, default=0.8)
+    g.add_argument("--cutmix", type=non_negative_float, default=1.0)
+    g.add_argument("--cutmix-minmax", type=probability, nargs="+", default=None)
+    g.add_argument("--mixup-prob", type=probability, default=1.0)
+    g.add_argument("--mixup-switch-prob", type=probability, default=0.5)
     g.add_argument("--mixup-mode", default="batch")
-    g.add_argument("--mixup-off-epoch", type=int, default=0)
-    g.add_argument("--smoothing", type=float, default=0.1)
+    g.add_argument("--mixup-off-epoch", type=non_negative_int, default=0)
+    g.add_argument("--smoothing", type=probability, default=0.1)
     g.add_argument("--train-interpolation", default="random")
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (evaluated and ranked)")
-    g.add_argument("--model-ema-decay", type=float, default=0.9998)
+    g.add_argument("--model-ema-decay", type=probability, default=0.9998)
     g.add_argument("--model-ema-force-cpu", action="store_true",
                    help="keep the EMA on the CPU and do not evaluate it (as the original)")
     g = p.add_argument_group("BatchNorm across processes")
@@ -160,9 +166,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     add_keep_best(g, 4, "--eval-metric, as the original train.py")
     g.add_argument("--eval-metric", default="top1", help="metric ranking the best checkpoints (top1, top5, loss)")
     add_tensorboard(g)
-    g.add_argument("--log-interval", type=int, default=0, metavar="N",
+    g.add_argument("--log-interval", type=non_negative_int, default=0, metavar="N",
                    help="also log a line (loss, lr, img/s) every N steps, to the console and log.txt (default off)")
-    g.add_argument("--recovery-interval", type=int, default=0, metavar="N",
+    g.add_argument("--recovery-interval", type=non_negative_int, default=0, metavar="N",
                    help="save OUTPUT/last.pth.tar every N steps within an epoch too (default: at epoch ends)")
     add_original_train_flags(p)
     return p
@@ -215,20 +221,71 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
             raise UserError(f"Config file '{path}' is not valid YAML ({str(exc).splitlines()[0]}): fix it.") from None
     if not isinstance(values, dict):
         raise UserError(f"Config file '{path}' must map flag names to values.")
-    known = {a.dest for a in parser._actions}
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(k for k in values if k not in known)
+    actions = {a.dest: a for a in parser._actions if a.dest not in (argparse.SUPPRESS, "help", "config")}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(k for k in values if k not in actions)
     if unknown:
         raise UserError(f"Config file '{path}' has unknown keys ({', '.join(unknown)}): use the flag names, "
                         "e.g. batch_size or weight_decay.")
-    return values
+    checked = {}
+    for key, value in values.items():
+        action = actions[key]
+        flag = max(action.option_strings, key=len) if action.option_strings else key.upper()
+        try:
+            checked[key] = config_value(action, value)
+        except argparse.ArgumentTypeError as exc:
+            raise UserError(f"Config file '{path}' has a wrong value for {key} ({exc}): write it as {flag} takes "
+                            "it on the command line.") from None
+    return checked
+
+
+def config_value(action: argparse.Action, value: Any) -> Any:
+    """A YAML value checked and converted by the same type, choices and count as the flag on the command line."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+        return value
+    if isinstance(action, ParseKwargs):
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"expected a mapping of names to values, got {value!r}")
+        return value
+    if value is None and (action.default is None or action.type is None):
+        return action.default if action.default is None else ""  # null: unset, as '' on the command line
+    if action.nargs in (None, "?"):
+        if isinstance(value, (list, dict)):
+            raise argparse.ArgumentTypeError(f"expected one value, got {value!r}")
+        return _checked_item(action, value)
+    items = value if isinstance(value, list) else [value] if action.nargs in ("+", "*") else None
+    if items is None or (isinstance(action.nargs, int) and len(items) != action.nargs) or (
+            action.nargs == "+" and not items):
+        count = action.nargs if isinstance(action.nargs, int) else "one or more"
+        raise argparse.ArgumentTypeError(f"expected a list of {count} values, got {value!r}")
+    return [_checked_item(action, item) for item in items]
+
+
+def _checked_item(action: argparse.Action, value: Any) -> Any:
+    """One value through the action's ``type`` (given as text, as argparse would) and ``choices``."""
+    if action.type is None:
+        if not isinstance(value, str):
+            raise argparse.ArgumentTypeError(f"expected text in quotes, got {value!r}")
+        converted: Any = value
+    else:
+        try:
+            converted = action.type(value if isinstance(value, str) else str(value))
+        except (TypeError, ValueError):
+            kind = {int: "a whole number", float: "a number"}.get(action.type, "another value")
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {value!r}") from None
+    if action.choices is not None and converted not in action.choices:
+        choices = ", ".join(repr(c) for c in action.choices)
+        raise argparse.ArgumentTypeError(f"expected one of {choices}, got {value!r}")
+    return converted
 
 
 def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill values derived from others (DATA spelling, output folder) and reject impossible ones."""
     from ..errors import UserError
 
-    args.data = args.data or args.data_dir
+    resolve_data_source(args)
     if args.dataset in ("", "folder", "imagefolder") and not args.data:
         raise UserError("No DATA folder given: pass a folder holding train/<class>/* and val/<class>/*, "
                         "or --dataset digits for the built-in dataset.")
@@ -240,21 +297,29 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         args.output = os.path.join("output", "train", args.model)
     _check_split_options(args)
     args.compat_notes = notes
-    if args.batch_size < 1:
-        raise UserError(f"-b {args.batch_size} is not a batch size: pass a positive number.")
-    if args.epochs < 1:
-        raise UserError(f"--epochs {args.epochs} must be at least 1.")
     if args.aa in ("", "none", "None"):
         args.aa = None
     args.resume = "" if args.resume in ("", "none", "None") else args.resume
     return args
 
 
+def resolve_data_source(args: argparse.Namespace) -> None:
+    """DATA and --data-dir are one setting, and the built-in digits read no folder: contradictions are refused."""
+    from ..errors import UserError
+
+    if args.data and args.data_dir and os.path.abspath(args.data) != os.path.abspath(args.data_dir):
+        raise UserError(f"DATA '{args.data}' and --data-dir '{args.data_dir}' name two folders: pass one of them.")
+    args.data = args.data or args.data_dir
+    if args.dataset == "digits" and args.data:
+        raise UserError(f"--dataset digits is built in and reads no folder, but DATA '{args.data}' is given too: "
+                        "leave out --dataset digits to use the folder, or DATA to use the digits.")
+
+
 def _check_split_options(args: argparse.Namespace) -> None:
     """Augmentation splits, JSD and BCE combine as in the original train.py; impossible mixes are refused."""
     from ..errors import UserError
 
-    if args.aug_splits == 1 or args.aug_splits < 0:
+    if args.aug_splits == 1:
         raise UserError(f"--aug-splits {args.aug_splits} makes no split: pass 0 (off) or at least 2.")
     if args.jsd_loss and args.aug_splits < 2:
         raise UserError("--jsd-loss compares augmentation splits: add --aug-splits 3 (e.g. with --aa "
@@ -267,9 +332,6 @@ def _check_split_options(args: argparse.Namespace) -> None:
         raise UserError("--aug-splits needs augmentation: leave out --no-aug.")
     if args.jsd_loss and args.bce_loss:
         raise UserError("--jsd-loss and --bce-loss are two different losses: pass one of them.")
-    for flag, value in (("--log-interval", args.log_interval), ("--recovery-interval", args.recovery_interval)):
-        if value < 0:
-            raise UserError(f"{flag} {value} must be 0 (off) or a number of steps.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

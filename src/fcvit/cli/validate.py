@@ -57,9 +57,10 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     from ..errors import UserError
     from ..models import extract_state_dict, load_weights, read_checkpoint
     from .original_flags import resolve_original_validate_flags
+    from .train import resolve_data_source
 
     notes = resolve_original_validate_flags(args)
-    args.data = args.data or args.data_dir
+    resolve_data_source(args)
     if args.dataset in ("", "folder", "imagefolder") and not args.data:
         raise UserError("No DATA folder given: pass a folder holding val/<class>/*, or --dataset digits.")
     if not args.checkpoint:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .options import add_device, add_seed
+from .options import add_device, add_seed, positive_int
 
 _logger = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def _add_weights(p: argparse.ArgumentParser, prefix: str = "", default_model: st
 def _add_queries(p: argparse.ArgumentParser, default_random: int) -> None:
     p.add_argument("--query", action="extend", nargs="+", default=[], metavar="X,Y",
                    help="query points in pixels of the image (0,0 top left); several allowed")
-    p.add_argument("--random-queries", type=int, default=None, metavar="K",
+    p.add_argument("--random-queries", type=positive_int, default=None, metavar="K",
                    help=f"K random query patches (default {default_random} when no --query is given)")
     add_seed(p, "seed of the random queries")
 
@@ -39,10 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("image", metavar="IMAGE")
     _add_weights(s, default_model="fcvit_b12", what="FCViT")
     s.add_argument("--block", type=int, default=-1, help="block index over the whole network (default -1, the last)")
-    s.add_argument("--img-size", type=int, default=224, help="shorter side the image is resized to, keeping its aspect ratio (default 224)")
+    s.add_argument("--img-size", type=positive_int, default=224, help="shorter side the image is resized to, keeping its aspect ratio (default 224)")
     s.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
     add_device(s)
-    s.add_argument("--dpi", type=int, default=100, help="figure resolution in dots per inch (default 100)")
+    s.add_argument("--dpi", type=positive_int, default=100, help="figure resolution in dots per inch (default 100)")
     s.set_defaults(func=run_similarity)
 
     a = sub.add_parser("attention", help="ViT/DeiT attention maps of query points",
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--head", default="mean", help="mean (default), all (one column per head) or a head index")
     a.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
     add_device(a)
-    a.add_argument("--dpi", type=int, default=100, help="figure resolution in dots per inch (default 100)")
+    a.add_argument("--dpi", type=positive_int, default=100, help="figure resolution in dots per inch (default 100)")
     a.set_defaults(func=run_attention)
 
     c = sub.add_parser("compare", help="ViT attention per query and FCViT group maps side by side",
@@ -71,10 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--block", type=int, default=-1, help="FCViT block (default -1)")
     c.add_argument("--vit-block", type=int, default=-1, help="ViT block (default -1)")
     c.add_argument("--module", choices=("gc1", "gc2"), default="gc2", help="FCViT global-context module (default gc2)")
-    c.add_argument("--img-size", type=int, default=224, help="FCViT input: shorter side, aspect ratio kept (default 224)")
+    c.add_argument("--img-size", type=positive_int, default=224, help="FCViT input: shorter side, aspect ratio kept (default 224)")
     c.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
     add_device(c)
-    c.add_argument("--dpi", type=int, default=100, help="figure resolution in dots per inch (default 100)")
+    c.add_argument("--dpi", type=positive_int, default=100, help="figure resolution in dots per inch (default 100)")
     c.set_defaults(func=run_compare)
 
 

@@ -271,6 +271,19 @@ def _schedule_extras(args: argparse.Namespace) -> Dict[str, Any]:
         plateau_mode="min" if "loss" in args.eval_metric else "max")
 
 
+def _epochs_note(args: argparse.Namespace, num_epochs: int) -> str:
+    """Epochs the schedule adds to ``--epochs`` (cooldown, lr cycles), said up front in the start banner."""
+    if num_epochs == args.epochs:
+        return ""
+    plural = "" if args.epochs == 1 else "s"
+    cooldown = args.cooldown_epochs
+    if num_epochs == args.epochs + cooldown:
+        return (f", {args.epochs} epoch{plural} + {cooldown} cooldown epochs at --min-lr = {num_epochs} "
+                "(--cooldown-epochs 0 for none)")
+    return (f", {num_epochs} epochs in all: --epochs {args.epochs} per lr cycle, --lr-cycle-limit "
+            f"{getattr(args, 'lr_cycle_limit', 1)}, + {cooldown} cooldown epochs")
+
+
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """The full run behind ``fcvit train``: returns the final metrics and where the outputs are."""
     return run_distributed(_train, args)
@@ -418,7 +431,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
         if args.clip_grad else None,
         oom_hint="--grad-checkpointing or --amp",
         describe=f"{len(train_set)} images of {num_classes} classes, {len(val_loader.dataset)} for validation, "
-                 f"lr {lr:.3g}")
+                 f"lr {lr:.3g}{_epochs_note(args, num_epochs)}")
     settings = LoopSettings(
         output=output_dir, amp=amp, args=args, resume=args.resume,
         resume_optimizer=not getattr(args, "no_resume_opt", False), keep_best=args.keep_best,

@@ -240,16 +240,10 @@ def _log_batch(per_process: int, ctx: DistContext, lr: float) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
-        raise UserError(f"-b {args.batch_size} must be at least 1 image per process (the paper's is 4).")
-    if args.epochs < 1:
-        raise UserError(f"--epochs {args.epochs} must be at least 1.")
+    """What the flags' types cannot see alone (each value's own range is checked when it is parsed)."""
     if args.min_size < 32 or args.max_size < args.min_size:
         raise UserError(f"--min-size {args.min_size} / --max-size {args.max_size}: the shorter side must be at "
                         "least 32 and the longer side limit at least the shorter side.")
-    bad_steps = [s for s in args.lr_steps if s < 1]
-    if bad_steps:
-        raise UserError(f"--lr-steps {bad_steps[0]} is not an epoch number: pass epochs counted from 1 (default 8 11).")
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:

@@ -6,8 +6,6 @@ import os
 
 from .options import add_device, positive_int
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -20,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for what, text in (("attention", "ViT/DeiT attention maps (FCViT models: their group similarity maps)"),
                        ("similarity", "FCViT's group similarity maps")):
         s = sub.add_parser(what, help=text, description=f"Per-block measures of {text}.")
-        s.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+        s.add_argument("images", nargs="+", metavar="IMAGE",
+                       help="image files or folders of images; one that cannot be read is reported and skipped "
+                            "(exit status 1)")
         s.add_argument("--model", default="deit_base_patch16_224" if what == "attention" else "fcvit_b12",
                        help="model name")
         s.add_argument("--checkpoint", metavar="FILE", help="local checkpoint (.pth, .pth.tar, .safetensors)")
@@ -33,22 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s.set_defaults(func=run)
 
 
-def expand_images(paths) -> list:
-    """Files as given; folders replaced by the images directly inside them, sorted."""
-    from ..errors import UserError
-
-    out = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
-                raise UserError(f"Folder '{path}' holds no images ({', '.join(IMAGE_EXTENSIONS)}): pass image files.")
-            out.extend(found)
-        else:
-            out.append(path)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -57,29 +41,29 @@ def run(args: argparse.Namespace) -> int:
                             create_analysis_model, image_to_tensor, input_size_of, is_fcvit, is_vit)
     from ..analysis.pipeline import format_table, write_results
     from ..analysis.plots import check_figure_path, draw_measures, save_figure
-    from ..data import load_image
+    from ..data import ImageReader, expand_image_paths
     from ..engine import resolve_device
     from ..errors import UserError
+    from ..files import check_outputs
 
     if args.plot:
         check_figure_path(args.plot)
     if args.results_file and os.path.splitext(args.results_file)[1].lower() not in (".json", ".csv"):
         raise UserError(f"--results-file '{args.results_file}' must end in .json or .csv.")
-    paths = expand_images(args.images)
-    for path in paths:  # a wrong path fails before the model is built; decoding errors name their file
-        if not os.path.isfile(path):
-            load_image(path)
+    reader = ImageReader(expand_image_paths(args.images))  # missing and non-image files: before the model
+    check_outputs([p for p in (args.plot, args.results_file) if p], reader.paths, overwrite=True,
+                  choose="choose another --plot or --results-file", input_name="input image")
     model, weights = create_analysis_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
     args.device = resolve_device(args.device)
     model.to(args.device)
     size = input_size_of(model, args.img_size)
 
-    def to_input(path: str):
-        image = load_image(path)
+    def to_input(image):
         return image_to_tensor(image, model, input_size_of(model, args.img_size, image.size)).to(args.device)
 
     # one image at a time, decoded when needed, so that thousands of photographs fit in memory
-    inputs = (to_input(p) for p in tqdm(paths, desc="images", unit="img", disable=len(paths) < 10))
+    progress = tqdm(reader, desc="images", unit="img", total=len(reader.paths), disable=len(reader.paths) < 10)
+    inputs = (to_input(image) for _, image in progress)
     with torch.no_grad():  # scoped: the command also runs inside other programs and tests
         if is_fcvit(model):
             kind, measures = "similarity", SIMILARITY_MEASURES
@@ -92,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             raise UserError(f"{args.model} is neither an FCViT nor one of timm's ViT/DeiT models: "
                             "choose one of those.")
+    paths = reader.processed
     names = [m for m in measures if any(m in r for r in rows)]
     at = (f"shorter side {args.img_size}, aspect ratio kept" if kind == "similarity" else f"{size[1]}x{size[0]}")
     print(f"{args.model} ({weights}), {len(paths)} image(s) at {at}, {kind} maps:")
@@ -107,4 +92,4 @@ def run(args: argparse.Namespace) -> int:
         fig = draw_measures(rows, names, title=f"{args.model} ({weights}): {kind} maps over depth, "
                                                f"mean of {len(paths)} image(s)")
         print(save_figure(fig, args.plot))
-    return 0
+    return reader.exit_status()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Mapping, Optional
+from typing import List, Mapping, Optional
 
+from .options import add_overwrite
 
 OUTPUT_FILES = ("model.safetensors", "config.json", "README.md")
 CHECK_SIZE = 96  # input side of the logits check: any size shows whether the weights arrived unchanged
@@ -35,15 +36,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write (new or empty)")
     p.add_argument("--model", help="FCViT variant (default: the checkpoint's 'arch' field, else its shapes)")
     p.add_argument("--use-ema", action="store_true", help="convert the EMA weights stored in the checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that is not empty")
+    add_overwrite(p, "the files of a folder that is not empty")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..files import replaced_note
     from ..models import extract_state_dict, read_checkpoint
 
     output = os.path.abspath(args.output)
-    _check_output(args.checkpoint, output, args.overwrite)
+    replaced = _check_output(args.checkpoint, output, args.overwrite)
     checkpoint = read_checkpoint(args.checkpoint)
     state_dict = extract_state_dict(checkpoint, use_ema=args.use_ema)
     name = _model_name(args.checkpoint, checkpoint, state_dict, args.model)
@@ -52,25 +54,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {output} ({name}, {model.num_classes} classes)")
     print(f"check: timm.create_model('local-dir:{args.output}', pretrained=True) (after 'import fcvit') gives "
           f"the checkpoint's logits, max |difference| {diff:.1e}")
+    if replaced:
+        print(replaced_note(replaced))
     return 0
 
 
-def _check_output(checkpoint: str, output: str, overwrite: bool) -> None:
-    """Refuse a file as DIR, a non-empty DIR without --overwrite, and writing over the input."""
+def _check_output(checkpoint: str, output: str, overwrite: bool) -> List[str]:
+    """Refuse a file as DIR, a non-empty DIR without --overwrite, and writing over the input; return the
+    files that will be replaced."""
     from ..errors import UserError
+    from ..files import check_outputs
 
     if os.path.exists(output) and not os.path.isdir(output):
         raise UserError(f"--output '{output}' is a file: pass a folder to create (or an empty one).")
     if os.path.isdir(output) and os.listdir(output) and not overwrite:
         raise UserError(f"--output '{output}' is not empty: choose a new folder or pass --overwrite.")
-    source = os.path.realpath(checkpoint)
-    for name in OUTPUT_FILES:
-        if os.path.realpath(os.path.join(output, name)) == source:
-            raise UserError(f"Converting '{checkpoint}' into '{output}' would write over the checkpoint itself: "
-                            "choose another --output folder.")
     parent = os.path.dirname(output)
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise UserError(f"--output '{output}' lies under the file '{parent}': choose a folder path.")
+    return check_outputs([os.path.join(output, name) for name in OUTPUT_FILES], [checkpoint], overwrite,
+                         choose="choose another --output folder", input_name="checkpoint")
 
 
 def _arch_field(path: str, checkpoint: Mapping[str, object]) -> Optional[str]:

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .options import (add_batch_size, add_device, add_keep_best, add_results, add_runtime_options,
+from .options import (add_batch_size, add_device, add_keep_best, add_overwrite, add_results, add_runtime_options,
                       non_negative_float, non_negative_int, positive_float, positive_int, probability)
 
 _DATA_HELP = ("dataset root in the COCO layout (annotations/instances_{train,val}2017.json, {train,val}2017/); "
@@ -138,9 +138,13 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("predict", help="draw boxes, masks and class names on images",
                            description="Detect objects; writes NAME.png with masks, boxes and 'class score' labels "
                                        "per image, and detections.json.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files or folders of images; one that cannot be read is reported and skipped "
+                        "(exit status 1)")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit detect train'")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="folder for the PNG files and detections.json")
+    add_overwrite(p, "existing drawings and detections.json in DIR")
     p.add_argument("--score-threshold", type=probability, default=0.5, help="draw detections scoring at least this "
                                                                      "(default 0.5)")
     p.add_argument("--min-size", type=positive_int, default=None, help="shorter side (default: the checkpoint's)")
@@ -185,19 +189,21 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..data import load_image
+    from ..data import ImageReader, expand_image_paths
     from ..engine import resolve_device
-    from ..tasks.detection.predict import load_detector, predict_images
+    from ..files import check_outputs
+    from ..tasks.detection.predict import load_detector, planned_outputs, predict_images
 
-    for path in args.images:  # a bad path fails before the model is built
-        load_image(path)
+    reader = ImageReader(expand_image_paths(args.images))  # bad paths and outputs fail before the model is built
+    check_outputs(planned_outputs(reader.paths, args.output), reader.paths, args.overwrite,
+                  choose="choose another --output folder", input_name="input image")
     device = resolve_device(args.device)
     model, categories, _ = load_detector(args.checkpoint, device, args.min_size, args.max_size)
-    results = predict_images(model, categories, args.images, args.output, args.score_threshold, device)
+    results = predict_images(model, categories, reader, args.output, args.score_threshold, device, args.overwrite)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
             found = ", ".join(f"{d['name']} {d['score']:.2f}" for d in r["detections"]) or "nothing"
             print(f"{r['image']} -> {r['output']}: {found}")
-    return 0
+    return reader.exit_status()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .options import positive_int
+from .options import add_overwrite, positive_int
 
 _logger = logging.getLogger(__name__)
 
@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="checkpoint file; without one the random initial weights are exported")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"], dest="fmt",
                    help="output format")
-    p.add_argument("--output", "-o", help="output file (default: MODEL.onnx, MODEL.pt or MODEL.safetensors)")
+    p.add_argument("--output", "-o", help="output file (default: MODEL.onnx, MODEL.pt or MODEL.safetensors); "
+                                          "never the checkpoint itself")
+    add_overwrite(p, "an existing output file")
     p.add_argument("--fuse", action="store_true",
                    help="fold BatchNorms, layer scales and norm affines first (fcvit.fuse; ONNX and TorchScript)")
     p.add_argument("--img-size", type=positive_int, default=224, help="input side used to trace and check (default 224)")
@@ -33,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import UserError
+    from ..files import check_outputs, replaced_note
     from ..tools.export import (check_onnx, check_torchscript, default_suffix, export_onnx, export_safetensors,
                           export_torchscript)
     from ..models import create_classifier
@@ -43,12 +46,14 @@ def run(args: argparse.Namespace) -> int:
                         "without --fuse (fuse after loading with fcvit.fuse).")
     if args.img_size < 32:
         raise UserError(f"--img-size {args.img_size} is too small: FCViT downsamples by 32, use at least 32.")
+    output = args.output or f"{args.model}{default_suffix(args.fmt)}"
+    replaced = check_outputs([output], [args.checkpoint] if args.checkpoint else [], args.overwrite,
+                             choose="choose another --output", input_name="checkpoint")
     model = create_classifier(args.model, checkpoint_path=args.checkpoint).eval()
     if args.checkpoint is None:
         _logger.warning("No --checkpoint given: exporting %s with its random initial weights.", args.model)
     if args.fuse:
         model = fuse(model)
-    output = args.output or f"{args.model}{default_suffix(args.fmt)}"
 
     if args.fmt == "onnx":
         export_onnx(model, output, img_size=args.img_size, opset=args.opset)
@@ -57,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         export_safetensors(model, output, metadata={"arch": args.model, "format": "pt"})
     print(f"wrote {output}")
+    if replaced:
+        print(replaced_note(replaced))
 
     if not args.no_check and args.fmt != "safetensors":
         inputs = torch.randn(2, 3, args.img_size, args.img_size, generator=torch.Generator().manual_seed(0))

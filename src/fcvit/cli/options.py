@@ -92,6 +92,11 @@ def add_device(p: argparse.ArgumentParser) -> None:
                         "each process takes its own GPU")
 
 
+def add_overwrite(p: argparse.ArgumentParser, what: str = "existing output files") -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace {what} (without it the command refuses; an input file is never written over)")
+
+
 def add_seed(p: argparse.ArgumentParser, what: str = "random seed") -> None:
     p.add_argument("--seed", type=int, default=SEED, help=f"{what} (default {SEED})")
 

@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Iterable, Iterator
 
 from .options import add_device, positive_int
+
+BATCH = 32  # images decoded and classified at a time, so a folder of thousands fits in memory
+EXIT_STATUS_HELP = ("An image that cannot be read is reported (one line naming it and why) and skipped; the exit "
+                    "status is 0 when every image was processed and 1 when some were skipped.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="classify images: top-5 classes with names",
-                              description="Classify images and print the top-5 classes with their names.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+                              description="Classify images and print the top-5 classes with their names. "
+                                          f"{EXIT_STATUS_HELP}")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--model", default=None,
                    help="model name (default: the checkpoint's 'arch' when it has one, else fcvit_b12)")
     p.add_argument("--checkpoint", help="checkpoint file (.pth, .pth.tar or .safetensors)")
@@ -39,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from timm.data import create_transform, resolve_data_config
 
-    from ..data import load_image
+    from ..data import ImageReader, expand_image_paths
     from ..engine import resolve_device
     from ..models import check_model_name, extract_state_dict, load_weights, read_checkpoint
 
@@ -47,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model is not None:
         check_model_name(args.model, allow_timm=True)
-    images = [load_image(path) for path in args.images]  # fail on a bad file before the slow part
+    reader = ImageReader(expand_image_paths(args.images))  # missing and non-image files fail before the slow part
     checkpoint = None
     kwargs = {}
     if args.checkpoint:
@@ -71,17 +77,32 @@ def run(args: argparse.Namespace) -> int:
     names = class_names_for(model.num_classes, checkpoint)
     k = min(args.topk, model.num_classes)
     results = []
-    with torch.inference_mode():
-        batch = torch.stack([transform(img) for img in images]).to(args.device)
-        probs = model(batch).softmax(dim=-1)
-        top_p, top_i = probs.topk(k, dim=-1)
-    for path, p_row, i_row in zip(args.images, top_p.tolist(), top_i.tolist()):
-        results.append(dict(image=path, top=[dict(index=i, name=names[i], prob=p) for p, i in zip(p_row, i_row)]))
+    for chunk in _chunks(reader, BATCH):
+        with torch.inference_mode():
+            batch = torch.stack([transform(img) for _, img in chunk]).to(args.device)
+            top_p, top_i = model(batch).softmax(dim=-1).topk(k, dim=-1)
+        for (path, _), p_row, i_row in zip(chunk, top_p.tolist(), top_i.tolist()):
+            result = dict(image=path, top=[dict(index=i, name=names[i], prob=p) for p, i in zip(p_row, i_row)])
+            results.append(result)
+            if not args.json:  # printed as they come, so a long folder shows progress
+                _print_result(result)
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        print(r["image"])
-        for t in r["top"]:
-            print(f"  {t['prob'] * 100:6.2f}%  {t['index']:>4}  {t['name']}")
-    return 0
+    return reader.exit_status()
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _print_result(result: dict) -> None:
+    print(result["image"])
+    for t in result["top"]:
+        print(f"  {t['prob'] * 100:6.2f}%  {t['index']:>4}  {t['name']}")

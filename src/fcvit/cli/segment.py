@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .options import (add_batch_size, add_device, add_keep_best, add_results, add_runtime_options,
+from .options import (add_batch_size, add_device, add_keep_best, add_overwrite, add_results, add_runtime_options,
                       non_negative_float, non_negative_int, positive_float, positive_int, probability)
 
 SYNC_BN_SCOPES = ("head", "all", "none")  # fcvit.tasks.segmentation.model's, without importing torch here
@@ -101,9 +101,12 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("predict", help="colour-coded masks and overlays for images",
                            description="Segment images; writes NAME_mask.png (palette PNG, value = class + 1) and "
                                        "NAME_overlay.png per image.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files or folders of images; one that cannot be read is reported and skipped "
+                        "(exit status 1)")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit segment train'")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files")
+    add_overwrite(p, "existing NAME_mask.png and NAME_overlay.png files in DIR")
     p.add_argument("--alpha", type=probability, default=0.5, help="mask weight in the overlay (default 0.5)")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print the classes found per image as JSON")
@@ -159,20 +162,26 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..tasks.segmentation.evaluate import class_names_from, load_segmenter
+    from ..data import ImageReader, expand_image_paths
     from ..engine import resolve_device
-    from ..tasks.segmentation.predict import predict_images
+    from ..files import check_outputs
+    from ..tasks.segmentation.evaluate import class_names_from, load_segmenter
+    from ..tasks.segmentation.predict import planned_outputs, predict_images
 
+    reader = ImageReader(expand_image_paths(args.images))  # bad paths and outputs fail before the model is built
+    check_outputs([p for pair in planned_outputs(reader.paths, args.output) for p in pair], reader.paths,
+                  args.overwrite, choose="choose another --output folder", input_name="input image")
     device = resolve_device(args.device)
     model, checkpoint = load_segmenter(args.checkpoint, device)
     names = class_names_from(checkpoint, model.num_classes)
     short_side = int(checkpoint.get("eval_short_side") or 512)
     antialias = bool(checkpoint.get("eval_antialias", False))
-    results = predict_images(model, args.images, args.output, names, device, args.alpha, short_side, antialias)
+    results = predict_images(model, reader, args.output, names, device, args.alpha, short_side, antialias,
+                             overwrite=args.overwrite)
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        top = ", ".join(f"{c['name']} {c['fraction'] * 100:.1f}%" for c in r["classes"][:5])
-        print(f"{r['image']}: {r['mask']}, {r['overlay']}  ({top})")
-    return 0
+    else:
+        for r in results:
+            top = ", ".join(f"{c['name']} {c['fraction'] * 100:.1f}%" for c in r["classes"][:5])
+            print(f"{r['image']}: {r['mask']}, {r['overlay']}  ({top})")
+    return reader.exit_status()

@@ -103,7 +103,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         cleanup_distributed()
     result = dict(model=args.model, checkpoint=args.checkpoint, split=args.split, top1=metrics["top1"],
                   top5=metrics["top5"], loss=metrics["loss"], img_per_sec=metrics["img_per_sec"],
-                  images=metrics["images"], img_size=list(tf_args["input_size"]), crop_pct=tf_args["crop_pct"],
+                  images=metrics["images"], skipped=metrics["skipped"],
+                  img_size=list(tf_args["input_size"]), crop_pct=tf_args["crop_pct"],
                   interpolation=tf_args["interpolation"], classes=len(class_names or data_classes or []) or num_classes,
                   amp=amp.describe(), world_size=ctx.world_size)
     if ctx.is_main and args.results_file:

@@ -164,9 +164,9 @@ class ImageReader:
 
     def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
         self.paths = [os.fspath(p) for p in paths]
-        self.skipped: List[Tuple[str, str]] = []
-        self.read = 0
-        self._readable = []
+        self.skipped: List[Tuple[str, str]] = []  # (path, why)
+        self.processed: List[str] = []  # paths decoded and handed out, in order
+        self._readable: List[str] = []
         for path in self.paths:
             try:
                 _check_header(path)
@@ -193,15 +193,15 @@ class ImageReader:
             except UserError as exc:
                 self._skip(path, exc)
                 continue
-            self.read += 1
+            self.processed.append(path)
             yield path, image
-        if self.read == 0:
+        if not self.processed:
             self._raise_none_read()
 
     def exit_status(self) -> int:
         """0 when every image was processed; else 1, after a line saying how many were skipped."""
         if not self.skipped:
             return 0
-        print(f"{len(self.skipped)} of {len(self.paths)} images skipped (named above); the other {self.read} "
-              "were processed.", file=sys.stderr, flush=True)
+        print(f"{len(self.skipped)} of {len(self.paths)} images skipped (named above); the other "
+              f"{len(self.processed)} were processed.", file=sys.stderr, flush=True)
         return 1

@@ -16,13 +16,14 @@ from ...data.images import load_image
 from ...errors import UserError
 
 __all__ = [
-    "DIGITS_CLASSES", "BadImageError", "DigitsDataset", "CheckedImageFolder", "create_classification_dataset",
+    "DIGITS_CLASSES", "SKIPPED_TARGET", "BadImageError", "DigitsDataset", "CheckedImageFolder", "create_classification_dataset",
     "find_split_dir",
 ]
 
 _logger = logging.getLogger(__name__)
 
 DIGITS_CLASSES = [str(i) for i in range(10)]
+SKIPPED_TARGET = -1  # an evaluation sample that could not be read: counted nowhere
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _SPLIT_SYNONYMS = {"train": ("train", "training"), "val": ("val", "validation", "valid", "eval", "evaluation", "test")}
 
@@ -107,11 +108,13 @@ class CheckedImageFolder(Dataset):
 
     Class folders are checked when the dataset is built (an empty one would silently shift every
     class index); an undecodable image raises :class:`BadImageError` naming the file, or with
-    ``skip_bad_images`` is logged and replaced by the next readable sample.
+    ``skip_bad_images`` is logged and, in training, replaced by the next readable sample. For
+    ``evaluation`` it is not replaced (that would count another image twice): the sample becomes a
+    blank image with target :data:`SKIPPED_TARGET`, which the evaluation leaves out of every count.
     """
 
     def __init__(self, split_dir: str, transform: Optional[Callable] = None, skip_bad_images: bool = False,
-                 class_names: Optional[Sequence[str]] = None) -> None:
+                 class_names: Optional[Sequence[str]] = None, evaluation: bool = False) -> None:
         from timm.data.readers.reader_image_folder import ReaderImageFolder
 
         folders = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
@@ -133,6 +136,7 @@ class CheckedImageFolder(Dataset):
             self.reader.class_to_idx, key=self.reader.class_to_idx.get)
         self.transform = transform
         self.skip_bad_images = skip_bad_images
+        self.evaluation = evaluation
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -146,19 +150,32 @@ class CheckedImageFolder(Dataset):
         return img, int(self.reader[index][1])
 
     def __getitem__(self, index: int) -> Tuple[Any, int]:
+        if self.evaluation:
+            img, target = self._load_or_blank(index)
+        else:
+            img, target = self._load_or_next(index)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
+
+    def _load_or_blank(self, index: int) -> Tuple[Image.Image, int]:
+        try:
+            return self._load(index)
+        except BadImageError as exc:
+            if not self.skip_bad_images:
+                raise
+            _logger.warning("Not evaluating unreadable image: %s", exc)
+            return Image.new("RGB", (32, 32)), SKIPPED_TARGET
+
+    def _load_or_next(self, index: int) -> Tuple[Image.Image, int]:
         for attempt in range(len(self)):
             try:
-                img, target = self._load((index + attempt) % len(self))
-                break
+                return self._load((index + attempt) % len(self))
             except BadImageError as exc:
                 if not self.skip_bad_images:
                     raise
                 _logger.warning("Skipping unreadable image: %s", exc)
-        else:
-            raise UserError("No image in the dataset could be decoded: check the data folder.")
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, target
+        raise UserError("No image in the dataset could be decoded: check the data folder.")
 
 
 def create_classification_dataset(
@@ -168,11 +185,13 @@ def create_classification_dataset(
         transform: Optional[Callable] = None,
         skip_bad_images: bool = False,
         class_names: Optional[Sequence[str]] = None,
+        evaluation: bool = False,
 ) -> Dataset:
     """The dataset for ``--dataset name`` and ``DATA``: 'digits', an image folder (empty name or
     'folder'), or any other name ``timm.data.create_dataset`` accepts ('torch/cifar10', 'hfds/...').
 
-    The result has ``.classes`` (names in label order) where the source knows them.
+    The result has ``.classes`` (names in label order) where the source knows them. ``evaluation``: an
+    image folder marks unreadable images (with ``skip_bad_images``) instead of replacing them.
     """
     if name == "digits":
         return DigitsDataset(split, transform=transform)
@@ -180,7 +199,7 @@ def create_classification_dataset(
         raise UserError("No DATA folder given: pass a folder holding train/<class>/* and val/<class>/*, "
                         "or --dataset digits for the built-in dataset.")
     if name in ("", "folder", "imagefolder"):
-        return CheckedImageFolder(find_split_dir(root, split), transform, skip_bad_images, class_names)
+        return CheckedImageFolder(find_split_dir(root, split), transform, skip_bad_images, class_names, evaluation)
     from timm.data import create_dataset
 
     try:

@@ -140,7 +140,8 @@ def build_eval_loader(args: argparse.Namespace, model: nn.Module, ctx: DistConte
 
     tf_args = _transform_args(args, model, training=False)
     dataset = create_classification_dataset(args.dataset, args.data, split, create_transform(**tf_args),
-                                            skip_bad_images=args.skip_bad_images, class_names=class_names)
+                                            skip_bad_images=args.skip_bad_images, class_names=class_names,
+                                            evaluation=True)
     if len(dataset) == 0:
         raise UserError(f"The '{split}' split of the data has no images: add images or check DATA.")
     loader = eval_loader(dataset, batch_size or args.batch_size, ctx, args.workers, args.pin_mem)
@@ -199,9 +200,15 @@ def _batch_erasing(args: argparse.Namespace, device: torch.device) -> Optional[C
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, amp: AmpSettings, ctx: DistContext,
              channels_last: bool = False, desc: str = "eval") -> Dict[str, float]:
-    """Top-1, top-5 (in %), mean cross-entropy and images/s over the whole split, exact across ranks."""
+    """Top-1, top-5 (in %), mean cross-entropy and images/s over the whole split, exact across ranks.
+
+    Samples whose target is ``SKIPPED_TARGET`` (unreadable images under --skip-bad-images) are left out of
+    every count and returned as ``skipped``.
+    """
+    from .data import SKIPPED_TARGET
+
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss, top1, top5, count
+    sums = torch.zeros(5, dtype=torch.float64, device=ctx.device)  # loss, top1, top5, count, skipped
     num_classes = None
     start = time.perf_counter()
     total = len(loader.sampler) * ctx.world_size if hasattr(loader.sampler, "__len__") else 0
@@ -218,7 +225,9 @@ def evaluate(model: nn.Module, loader: DataLoader, amp: AmpSettings, ctx: DistCo
                 if is_out_of_memory(exc):
                     raise UserError(out_of_memory_message(images.shape[0], ctx.device)) from None
                 raise
-            logits = logits.float()
+            read = targets != SKIPPED_TARGET
+            sums[4] += (~read).sum()
+            logits, targets = logits.float()[read], targets[read]
             num_classes = logits.shape[1]
             k = min(5, num_classes)
             top = logits.topk(k, dim=1).indices
@@ -233,7 +242,7 @@ def evaluate(model: nn.Module, loader: DataLoader, amp: AmpSettings, ctx: DistCo
     count = max(float(sums[3].item()), 1.0)
     return {"loss": sums[0].item() / count, "top1": 100.0 * sums[1].item() / count,
             "top5": 100.0 * sums[2].item() / count, "img_per_sec": count / max(seconds, 1e-9),
-            "images": int(sums[3].item())}
+            "images": int(sums[3].item()), "skipped": int(sums[4].item())}
 
 
 def _cpu_threads(ctx: DistContext, workers: int) -> None:

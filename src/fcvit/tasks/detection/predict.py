@@ -13,14 +13,15 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from ...data import load_image
-from ...files import atomic_write, write_json
+from ...data import ImageReader
+from ...files import atomic_write, check_outputs, replaced_note, write_json
 from ...errors import UserError
 from ...models import extract_state_dict, read_checkpoint
 from .dataset import Category
 from .model import build_mask_rcnn, with_legacy_settings
 
-__all__ = ["load_detector", "categories_from", "detect", "draw_detections", "predict_images", "class_colours"]
+__all__ = ["load_detector", "categories_from", "detect", "draw_detections", "predict_images", "planned_outputs",
+           "class_colours"]
 
 _logger = logging.getLogger(__name__)
 
@@ -110,27 +111,39 @@ def _save_png(array: np.ndarray, path: str) -> None:
     atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
-def predict_images(model: nn.Module, categories: Sequence[Category], paths: Sequence[str | os.PathLike],
-                   output_dir: str | os.PathLike, score_threshold: float = 0.5,
-                   device: torch.device | str = "cpu") -> List[Dict[str, Any]]:
+def planned_outputs(paths: Sequence[str], output_dir: str) -> List[str]:
+    """Every file :func:`predict_images` writes for ``paths``: one PNG per image and ``detections.json``."""
+    return [os.path.join(output_dir, name) for name in _output_names(paths)] + [
+        os.path.join(output_dir, "detections.json")]
+
+
+def predict_images(model: nn.Module, categories: Sequence[Category],
+                   images: ImageReader | Sequence[str | os.PathLike], output_dir: str | os.PathLike,
+                   score_threshold: float = 0.5, device: torch.device | str = "cpu",
+                   overwrite: bool = False) -> List[Dict[str, Any]]:
     """Draw detections on each image into ``output_dir`` and return them (file ids and names) per image.
 
-    Every image is opened before the first is processed, so a bad path fails at once. A
-    ``detections.json`` with all results at or above the threshold is written alongside the PNGs.
+    ``images`` are paths or an :class:`ImageReader` (whose ``skipped`` then lists the unreadable files,
+    reported and skipped). Nothing is written over an input, nor over an existing file unless
+    ``overwrite``; both are checked before the first image. A ``detections.json`` with all results at or
+    above the threshold is written alongside the PNGs.
     """
     if not 0.0 <= score_threshold <= 1.0:
         raise UserError(f"--score-threshold {score_threshold} is outside [0, 1]: pass a value such as 0.5.")
-    paths = [os.fspath(p) for p in paths]
-    images = [load_image(p) for p in paths]
+    reader = images if isinstance(images, ImageReader) else ImageReader(images)
     output_dir = os.fspath(output_dir)
+    outputs = planned_outputs(reader.paths, output_dir)
+    replaced = check_outputs(outputs, reader.paths, overwrite, choose="choose another --output folder",
+                             input_name="input image")
     os.makedirs(output_dir, exist_ok=True)
     names = ["background"] + [c.name for c in categories]
+    out_path_of = dict(zip(reader.paths, outputs))
     results = []
-    for path, image, out_name in zip(paths, images, _output_names(paths)):
+    for path, image in reader:
         pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
         prediction = detect(model, [pixels.float() / 255.0], device)[0]
         drawn = draw_detections(pixels, prediction, names, score_threshold)
-        out_path = os.path.join(output_dir, out_name)
+        out_path = out_path_of[path]
         _save_png(drawn.permute(1, 2, 0).numpy(), out_path)
         keep = prediction["scores"] >= score_threshold
         detections = [
@@ -140,5 +153,9 @@ def predict_images(model: nn.Module, categories: Sequence[Category], paths: Sequ
                                          prediction["scores"][keep])]
         results.append({"image": path, "output": out_path, "detections": detections})
         _logger.info("%s: %d detections at score >= %.2f -> %s", path, len(detections), score_threshold, out_path)
-    write_json(os.path.join(output_dir, "detections.json"), results)
+    write_json(outputs[-1], results)
+    written = {r["output"] for r in results} | {outputs[-1]}
+    note = replaced_note([p for p in replaced if p in written])  # a skipped image's old drawing stays
+    if note:
+        _logger.warning(note)
     return results

@@ -1,9 +1,10 @@
 """Segmenting image files: colour-coded class masks and overlays written as PNG."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -11,12 +12,14 @@ from PIL import Image
 from torch import nn
 from torchvision import tv_tensors
 
-from ...data import load_image
-from ...files import atomic_write
+from ...data import ImageReader
+from ...files import atomic_write, check_outputs, replaced_note
 from .evaluate import infer_logits
 from .transforms import IGNORE_INDEX, eval_transforms
 
-__all__ = ["color_palette", "colorize", "overlay", "segment_image", "predict_images"]
+__all__ = ["color_palette", "colorize", "overlay", "segment_image", "predict_images", "planned_outputs"]
+
+_logger = logging.getLogger(__name__)
 
 
 def color_palette(num_colors: int = 256) -> np.ndarray:
@@ -66,32 +69,53 @@ def _save_png(image: Image.Image, path: Path) -> None:
     atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
-def predict_images(model: nn.Module, paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
-                   class_names: Sequence[str], device: torch.device | str = "cpu",
-                   alpha: float = 0.5, short_side: int = 512, antialias: bool = False) -> List[Dict[str, object]]:
+def _output_stems(paths: Sequence[str]) -> List[str]:
+    """Each input's file stem; inputs that share one (from different folders) get ``_2``, ``_3``..."""
+    seen: Dict[str, int] = {}
+    stems = []
+    for path in paths:
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return stems
+
+
+def planned_outputs(paths: Sequence[str], output_dir: str | os.PathLike) -> List[Tuple[Path, Path]]:
+    """The (mask, overlay) files :func:`predict_images` writes for each of ``paths``."""
+    return [(Path(output_dir) / f"{stem}_mask.png", Path(output_dir) / f"{stem}_overlay.png")
+            for stem in _output_stems(paths)]
+
+
+def predict_images(model: nn.Module, images: ImageReader | Sequence[str | os.PathLike],
+                   output_dir: str | os.PathLike, class_names: Sequence[str], device: torch.device | str = "cpu",
+                   alpha: float = 0.5, short_side: int = 512, antialias: bool = False,
+                   overwrite: bool = False) -> List[Dict[str, object]]:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` per image; return the classes found in each.
 
-    All images are decoded first, so a bad file fails before any output is written.
+    ``images`` are paths or an :class:`ImageReader` (whose ``skipped`` then lists the unreadable files,
+    reported and skipped). Nothing is written over an input, nor over an existing file unless
+    ``overwrite``; both are checked before anything is written.
     """
-    images = [load_image(p) for p in paths]
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    reader = images if isinstance(images, ImageReader) else ImageReader(images)
+    outputs = dict(zip(reader.paths, planned_outputs(reader.paths, output_dir)))
+    replaced = check_outputs([p for pair in outputs.values() for p in pair], reader.paths, overwrite,
+                             choose="choose another --output folder", input_name="input image")
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
     model.eval()
-    stems: Dict[str, int] = {}
     results = []
-    for path, image in zip(paths, images):
-        stem = Path(path).stem
-        stems[stem] = stems.get(stem, 0) + 1
-        if stems[stem] > 1:  # two inputs with the same name from different folders
-            stem = f"{stem}_{stems[stem]}"
+    for path, image in reader:
         classes = segment_image(model, image, device, short_side, antialias)
         mask = colorize(classes, len(class_names))
-        mask_path, overlay_path = output_dir / f"{stem}_mask.png", output_dir / f"{stem}_overlay.png"
+        mask_path, overlay_path = outputs[path]
         _save_png(mask, mask_path)
         _save_png(overlay(image, mask, alpha), overlay_path)
         ids, counts = np.unique(classes, return_counts=True)
         order = np.argsort(-counts)
         found = [dict(index=int(ids[i]), name=class_names[int(ids[i])], fraction=float(counts[i] / classes.size))
                  for i in order]
-        results.append(dict(image=os.fspath(path), mask=str(mask_path), overlay=str(overlay_path), classes=found))
+        results.append(dict(image=path, mask=str(mask_path), overlay=str(overlay_path), classes=found))
+    written = {p for r in results for p in (r["mask"], r["overlay"])}
+    note = replaced_note([p for p in map(str, replaced) if p in written])  # a skipped image's old files stay
+    if note:
+        _logger.warning(note)
     return results

@@ -112,20 +112,21 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def check_outputs(outputs: Iterable[PathLike], inputs: Iterable[PathLike], overwrite: bool,
-                  choose: str = "choose another --output") -> List[str]:
+                  choose: str = "choose another --output", input_name: str = "input") -> List[str]:
     """The one rule for every file a command writes: never an input, and an existing file only with --overwrite.
 
     Call it with every planned output before writing anything. Raises one ``UserError`` sentence naming the
-    first conflict and the fix (``choose`` says how to pick another output); returns the outputs that exist
-    and will be replaced (only possible with ``overwrite``), for :func:`replaced_note`.
+    first conflict and the fix (``choose`` says how to pick another output, ``input_name`` what the inputs
+    are); returns the outputs that exist and will be replaced (only with ``overwrite``), for
+    :func:`replaced_note`.
     """
     outputs = [os.fspath(p) for p in outputs]
     inputs = [os.fspath(p) for p in inputs]
     for output in outputs:
         for source in inputs:
             if _same_file(output, source):
-                raise UserError(f"The output '{output}' is the input '{source}': writing it would destroy the input "
-                                f"({'even with --overwrite' if overwrite else 'never done'}); {choose}.")
+                raise UserError(f"Writing '{output}' would write over the {input_name} '{source}' itself, which no "
+                                f"option allows: {choose}.")
         if os.path.isdir(output):
             raise UserError(f"The output '{output}' is a folder: move it away or {choose}.")
     existing = [p for p in outputs if os.path.lexists(p)]

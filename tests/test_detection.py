@@ -183,7 +183,7 @@ def test_zero_size_boxes_are_dropped_counted_and_reported(tmp_path, shapes, capl
     data = _load_ann(shapes)
     data["annotations"][0]["bbox"][2] = 0.0  # zero width
     data["annotations"][1]["bbox"][3] = 0.0  # zero height
-    data["annotations"][2]["bbox"][0] = 70.0  # right of the 64 px wide image: empty once clipped
+    data["annotations"][2]["bbox"][:3] = [64.0, 0.0, 0.5]  # at the right edge, within the tolerance: empty once clipped
     ann = _write(tmp_path / "degenerate.json", data)
     with caplog.at_level(logging.WARNING):
         ds = CocoInstances(ann, coco_split_paths(shapes, "train")[1], train=True)

@@ -4,9 +4,10 @@ Any COCO-format annotation file works, with custom classes and non-contiguous ca
 categories, sorted by id, become the model's labels 1..K (0 is the background, as torchvision's
 detection models expect), and the checkpoint keeps the id and name of each so that results go back
 to the file's ids. Problems a user can fix are found when the dataset is opened and reported in one
-sentence each: a file that does not parse, missing image files, boxes of zero width or height
-(dropped, counted and logged), images without annotations (kept for evaluation, skipped for training)
-and category ids the model does not know.
+sentence each: a file that does not parse, missing image files, image sizes that differ from the
+files' headers, boxes that are not finite, of negative size or outside their image (beyond a pixel or
+1%), boxes of zero width or height (dropped, counted and logged), images without annotations (kept
+for evaluation, skipped for training) and category ids the model does not know.
 """
 from __future__ import annotations
 
@@ -119,6 +120,70 @@ def read_categories(data: Mapping[str, Any], path: str) -> List[Category]:
     return cats
 
 
+#: how far (in pixels, and as a fraction of the image side) a box may reach past its image: COCO's own
+#: boxes overshoot by rounding; more than this means coordinates of another image or another format
+BOX_TOLERANCE_PX = 1.0
+BOX_TOLERANCE_FRACTION = 0.01
+
+
+def _image_size(img: Mapping[str, Any], path: str) -> Tuple[float, float]:
+    """(height, width) of an image entry, refused unless both are finite positive numbers."""
+    try:
+        height, width = float(img["height"]), float(img["width"])
+    except (TypeError, ValueError):
+        height = width = float("nan")
+    if not (np.isfinite(height) and np.isfinite(width) and height > 0 and width > 0):
+        raise UserError(f"Image {img.get('id')} ('{img.get('file_name')}') in '{path}' has width {img['width']!r} and "
+                        f"height {img['height']!r}: give its real size in pixels (positive numbers).")
+    return height, width
+
+
+def _check_box(ann: Mapping[str, Any], box: Tuple[float, float, float, float], image_hw: Tuple[float, float],
+               path: str) -> None:
+    """A box must be finite, of non-negative size and inside its image up to the tolerance; one sentence if not."""
+    x, y, w, h = box
+    height, width = image_hw
+    problem = ""
+    if not all(np.isfinite(v) for v in box):
+        problem = "is not finite"
+    elif w < 0 or h < 0:
+        problem = "has a negative width or height"
+    else:
+        reach_x = max(-x, x + w - width, 0.0)
+        reach_y = max(-y, y + h - height, 0.0)
+        if reach_x > max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRACTION * width) or \
+                reach_y > max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRACTION * height):
+            problem = f"reaches outside its {width:g}x{height:g} image"
+    if problem:
+        raise UserError(f"Annotation {ann.get('id')} in '{path}' has bbox {list(ann['bbox'])!r}, which {problem}: "
+                        "boxes are [x, y, width, height] in pixels of their image; fix or drop the annotation.")
+
+
+def _readable_size(path: str) -> Optional[Tuple[int, int]]:
+    """(width, height) from the header, or None: a file that cannot be read is reported when it is loaded."""
+    from ..segmentation.data import header_size
+
+    try:
+        return header_size(path)
+    except UserError:
+        return None
+
+
+def _check_image_headers(images: Sequence[Mapping[str, Any]], image_dir: str, path: str, workers: int = 8) -> None:
+    """Refuse an image whose real size differs from its entry (its boxes would be clipped or dropped wrongly).
+
+    Only headers are read, on threads (about 0.1 ms per image: see docs/reliability.md)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [os.path.join(image_dir, img["file_name"]) for img in images]
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(files)))) as pool:
+        real = list(pool.map(_readable_size, files))
+    for img, file, size in zip(images, files, real):
+        if size is not None and (float(size[1]), float(size[0])) != (float(img["height"]), float(img["width"])):
+            raise UserError(f"Image '{file}' is {size[0]}x{size[1]} but '{path}' says {img['width']}x{img['height']}: "
+                            "fix 'width'/'height' in the file or replace the image.")
+
+
 class CocoInstances(torch.utils.data.Dataset):
     """Images with boxes, labels and instance masks from a COCO-format file, as torchvision targets.
 
@@ -165,7 +230,8 @@ class CocoInstances(torch.utils.data.Dataset):
         if missing:
             raise UserError(f"{len(missing)} of {len(images)} images listed in '{path}' are missing from "
                             f"'{self.image_dir}' (first: {missing[0]}): check the image folder or download them.")
-        sizes = {img["id"]: (float(img["height"]), float(img["width"])) for img in images}
+        sizes = {img["id"]: _image_size(img, path) for img in images}
+        _check_image_headers(images, self.image_dir, path)
         known_in_file = {c["id"] for c in data["categories"] if isinstance(c, dict) and "id" in c}
         kept = []
         for ann in data["annotations"]:
@@ -190,6 +256,7 @@ class CocoInstances(torch.utils.data.Dataset):
                 raise UserError(f"Annotation {ann.get('id')} in '{path}' has bbox {ann['bbox']!r}, not four numbers "
                                 "[x, y, width, height]: fix or re-export the file.") from None
             info = sizes[ann["image_id"]]
+            _check_box(ann, (x, y, w, h), info, path)
             # zero width or height, in the file or once clipped to the image (a box outside it)
             if min(x + w, info[1]) <= max(x, 0.0) or min(y + h, info[0]) <= max(y, 0.0):
                 self.report.degenerate_boxes_dropped += 1

@@ -8,7 +8,8 @@ Layout::
 ADE20K's annotations use 0 for "other" (not scored) and 1..150 for its classes; with
 ``reduce_zero_label`` (the default, as in MMSegmentation) 0 becomes the ignore index 255 and 1..N
 become classes 0..N-1. Pairing and sizes are checked when the dataset is built, from file headers
-only; label values are checked as each annotation is read.
+only; label values are checked as each annotation is read, and for every annotation of a split at once
+by ``check_labels`` (training calls it for both splits before the first step).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from .transforms import IGNORE_INDEX
 
 __all__ = [
     "ADE20K_CLASSES", "IMAGE_EXTENSIONS", "SPLITS", "SegmentationFolder", "map_labels", "read_class_names",
-    "default_class_names", "check_split_exists",
+    "default_class_names", "check_split_exists", "header_size",
 ]
 
 SPLITS = {"train": "training", "val": "validation"}
@@ -136,13 +137,27 @@ def _list_pairs(images_dir: Path, annotations_dir: Path) -> List[Tuple[Path, Pat
     return [(images[s], annotations[s]) for s in sorted(images)]
 
 
-def _header_size(path: Path) -> Tuple[int, int]:
-    """(width, height) read from the file header, without decoding the pixels."""
+def header_size(path: str | os.PathLike) -> Tuple[int, int]:
+    """(width, height) read from the file header, without decoding the pixels (detection uses it too)."""
     try:
         with Image.open(path) as img:
             return img.size
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"'{path}' cannot be read as an image ({exc}): replace or remove it.") from None
+
+
+def _label_values(path: Path) -> set:
+    """The distinct values of one annotation PNG (decoded, not mapped)."""
+    try:
+        with Image.open(path) as ann:
+            if ann.mode in ("L", "P"):
+                return {v for v, n in enumerate(ann.histogram()[:256]) if n}
+            if ann.mode not in ("I;16", "I"):
+                raise UserError(f"Annotation '{path}' is a {ann.mode} image: annotations must be single-channel "
+                                "PNGs of class indices (mode L or P), not colour images.")
+            return set(np.unique(np.asarray(ann)).tolist())
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"Annotation '{path}' cannot be decoded ({exc}): replace or remove it.") from None
 
 
 class SegmentationFolder(Dataset):
@@ -169,7 +184,7 @@ class SegmentationFolder(Dataset):
         self.samples = _list_pairs(images_dir, annotations_dir)
         if check_sizes:
             for image_path, annotation_path in self.samples:
-                self._check_size(image_path, annotation_path, _header_size(image_path), _header_size(annotation_path))
+                self._check_size(image_path, annotation_path, header_size(image_path), header_size(annotation_path))
 
     @staticmethod
     def _check_size(image_path: Path, annotation_path: Path, image_size: Sequence[int],
@@ -178,6 +193,34 @@ class SegmentationFolder(Dataset):
             raise UserError(
                 f"Annotation '{annotation_path}' is {annotation_size[0]}x{annotation_size[1]} but its image "
                 f"'{image_path}' is {image_size[0]}x{image_size[1]}: annotations must have their image's size.")
+
+    def check_labels(self, workers: int = 8) -> None:
+        """Read every annotation now and refuse label values beyond the classes, naming the files.
+
+        Training would otherwise meet a bad validation label only at its first evaluation, after the
+        steps since the last save. Values come from PIL's C histogram (256 bins for L/P PNGs), with
+        the decoding spread over threads (PIL releases the GIL), so a split of 20,000 costs seconds.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        allowed = self._allowed_values()
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(self.samples)))) as pool:
+            found = list(pool.map(_label_values, (ann for _, ann in self.samples)))
+        bad = [(path, sorted(values - allowed)) for (_, path), values in zip(self.samples, found) if values - allowed]
+        if bad:
+            path, values = bad[0]
+            shown = ", ".join(str(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
+            offset = 1 if self.reduce_zero_label else 0
+            more = f" (and {len(bad) - 1} more annotation(s) of this split)" if len(bad) > 1 else ""
+            raise UserError(
+                f"Annotation '{path}'{more} has label values {shown} beyond the {self.num_classes} classes (allowed "
+                f"{offset}..{self.num_classes - 1 + offset}{' with 0 = ignored' if offset else ''}, and 255 = "
+                "ignored): pass the right --num-classes or fix the annotations.")
+
+    def _allowed_values(self) -> set:
+        """Annotation values that map to a class or to the ignore label."""
+        offset = 1 if self.reduce_zero_label else 0
+        return set(range(offset + self.num_classes)) | {IGNORE_INDEX}
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -128,6 +128,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     val_set = SegmentationFolder(args.data, "val", num_classes, reduce_zero,
                                  eval_transforms(short_side=args.crop_size, max_long_side=4 * args.crop_size,
                                                  antialias=args.antialias))
+    for dataset in (train_set, val_set):  # a bad label found at the first evaluation would cost the steps since
+        dataset.check_labels()  # the last save
     batches = SeekableBatches(EpochShardSampler(len(train_set), args.seed, ctx.rank, ctx.world_size), args.batch_size)
     if batches.batches_per_epoch < 1:
         raise UserError(f"The training split has {len(train_set)} images, fewer than one step of -b {args.batch_size} "

@@ -103,7 +103,7 @@ def test_hub_check_gives_up_quickly_on_an_unreachable_host(monkeypatch):
     (["visualize", "similarity", "{cat}", "--model", "test_vit", "-o", "{tmp}/s.png"], "not an FCViT"),
     (["analyze", "similarity", "{cat}", "--model", "test_vit"], "not an FCViT"),
     (["visualize", "attention", "{cat}", "--query", "12", "-o", "{tmp}/a.png"], "write pixel coordinates as X,Y"),
-    (["visualize", "compare", "{cat}", "--random-queries", "-3", "-o", "{tmp}/c.png"], "is negative"),
+    (["visualize", "compare", "{cat}", "--random-queries", "-3", "-o", "{tmp}/c.png"], "--random-queries: expected a whole number of at least 1"),
     (["visualize", "attention", "{cat}", "--head", "some", "-o", "{tmp}/a.png"], "use mean, all, or a head index"),
     (["analyze", "attention", "{cat}", "--results-file", "{tmp}/r.txt"], "must end in .json or .csv"),
     (["analyze", "attention", "{tmp}/missing.jpg", "--model", "test_vit"], "does not exist"),

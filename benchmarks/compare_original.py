@@ -6,8 +6,8 @@ Usage (from the repository root):
         --mode infer --threads 2 --json benchmarks/results/tiny_infer.json
 
 Candidates, measured round-robin in this one process (see fcvit.benchmark.run_benchmark):
-the timm peers; ``MODEL`` (the default model, fused CPU inference path on); ``MODEL plain`` (the same
-model with the fused path switched off, i.e. plain PyTorch ops); ``MODEL previous`` (the default model
+the timm peers; ``MODEL`` (the default model, fast paths on); ``MODEL plain`` (the same
+model with the fast paths switched off, i.e. plain PyTorch ops); ``MODEL previous`` (the default model
 of the first release: no channel-mixer batch slices, oneDNN's own depth-wise weight gradient); ``MODEL original`` (the original code
 style, NCHW) and ``MODEL original-cl`` (the same converted to channels-last). All FCViT candidates load
 the same random weights so they compute the same function.
@@ -48,7 +48,7 @@ def fcvit_candidates(name: str, variants: list[str]) -> list[Candidate]:
 
     table = {
         "fast": Candidate(name, new_model),
-        "plain": Candidate(f"{name} plain", new_model, fused_inference=False),
+        "plain": Candidate(f"{name} plain", new_model, fast_paths=False),
         "previous": Candidate(f"{name} previous", new_model, cpu_shortcuts=False),
         "original": Candidate(f"{name} original", original(False)),
         "original-cl": Candidate(f"{name} original-cl", original(True)),

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import timm  # noqa: E402
 import fcvit  # noqa: E402,F401
-from fcvit.models.layers import set_fused_inference  # noqa: E402
+from fcvit.models.fast_paths import set_fast_paths  # noqa: E402
 from original_fcvit import create_original  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def main() -> None:
     if args.mode == "infer":
         variants.append(("fcvit, fused path off", fast, False))
     for title, model, fused in variants:
-        set_fused_inference(fused)
+        set_fast_paths(fused)
         print(f"\n#### {args.model} {args.mode}: {title}\n")
         print(op_table(model, x, args.mode, args.rows))
 

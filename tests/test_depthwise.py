@@ -9,9 +9,9 @@ from torch import nn
 
 from fcvit.models import FCViT
 from fcvit.models import depthwise
-from fcvit.models import layers
+from fcvit.models import fast_paths, layers
 from fcvit.models.depthwise import DepthwiseConv2d, depthwise_weight_grad, set_weight_grad_method
-from fcvit.models.layers import ChannelMixer
+from fcvit.models.layers import FCViTBlock
 
 from conftest import micro_kwargs
 
@@ -122,43 +122,42 @@ def restore_slice_bytes():
 
 
 def test_channel_mixer_batch_slices_change_nothing(restore_slice_bytes):
+    """A block whose channel mixer runs in 3 batch slices: same output and gradients as one piece."""
     torch.manual_seed(0)
-    mixer = ChannelMixer(8, mlp_ratio=4)
+    block = FCViTBlock(8, mlp_ratio=4)
+    torch.nn.init.uniform_(block.layer_scale_1, 0.5, 1.0)
+    torch.nn.init.uniform_(block.layer_scale_2, 0.5, 1.0)
     x = torch.randn(5, 8, 6, 6).contiguous(memory_format=torch.channels_last)
-    scale = torch.rand(8)
     hidden_bytes = 5 * 32 * 6 * 6 * 4
-    layers.set_cpu_slice_bytes(grad=0, no_grad=0)
-    xa = x.clone().requires_grad_()
-    whole = mixer(xa, scale)
-    assert mixer._batch_slices(x) == 1
-    whole.square().sum().backward()
-    grads = {n: p.grad.clone() for n, p in mixer.named_parameters()}
-
-    sliced_mixer = copy.deepcopy(mixer)
-    sliced_mixer.zero_grad(set_to_none=True)
-    layers.set_cpu_slice_bytes(grad=hidden_bytes // 2, no_grad=hidden_bytes // 2)
-    assert sliced_mixer._batch_slices(x) == 3  # 2 would leave slices of 3 samples, above the limit
-    xb = x.clone().requires_grad_()
-    sliced = sliced_mixer(xb, scale)
+    assert fast_paths.batch_slices(x, 32, 0) == 1
+    assert fast_paths.batch_slices(x, 32, hidden_bytes // 2) == 3  # 2 would leave slices of 3 samples
+    results = {}
+    for limit in (0, hidden_bytes // 2):
+        layers.set_cpu_slice_bytes(grad=limit, no_grad=limit)
+        model = copy.deepcopy(block)
+        xa = x.clone().requires_grad_()
+        out = model(xa)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        out.square().sum().backward()
+        with torch.inference_mode():
+            inferred = model(x)
+        results[limit] = (out.detach(), xa.grad, {n: p.grad for n, p in model.named_parameters()}, inferred)
+    (whole, gx_whole, grads, infer_whole), (sliced, gx_sliced, sliced_grads, infer_sliced) = results.values()
     torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=0)
-    assert sliced.is_contiguous(memory_format=torch.channels_last)
-    sliced.square().sum().backward()
-    torch.testing.assert_close(xb.grad, xa.grad, atol=1e-5, rtol=0)
-    for name, p in sliced_mixer.named_parameters():
-        torch.testing.assert_close(p.grad, grads[name], atol=1e-4, rtol=1e-5, msg=name)
-    with torch.inference_mode():  # the fused inference path slices the same way
-        if layers.fused_inference_enabled():
-            torch.testing.assert_close(sliced_mixer.forward_fused(x, scale), whole, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(infer_sliced, infer_whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(infer_whole, whole, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gx_sliced, gx_whole, atol=1e-5, rtol=0)
+    for name, g in sliced_grads.items():
+        torch.testing.assert_close(g, grads[name], atol=1e-4, rtol=1e-5, msg=name)
 
 
-def test_slice_limits_follow_autograd(restore_slice_bytes):
-    mixer = ChannelMixer(8, mlp_ratio=4)
+def test_slices_only_on_the_cpu_and_above_one_sample():
     x = torch.randn(4, 8, 6, 6)
     sample_bytes = 32 * 6 * 6 * 4
-    layers.set_cpu_slice_bytes(grad=4 * sample_bytes, no_grad=sample_bytes)
-    assert mixer._batch_slices(x) == 1
-    with torch.no_grad():
-        assert mixer._batch_slices(x) == 4
+    assert fast_paths.batch_slices(x, 32, 4 * sample_bytes) == 1
+    assert fast_paths.batch_slices(x, 32, sample_bytes) == 4
+    assert fast_paths.batch_slices(x[:1], 32, 1) == 1
+    assert fast_paths.batch_slices(x.to("meta"), 32, 1) == 1
 
 
 def test_sliced_model_still_matches_the_fixture(micro_reference, restore_slice_bytes):

@@ -7,28 +7,24 @@ convolution becomes a plain matrix product over the channel dimension (``F.linea
 context's per-group products are batched matrix products, and the second layer scale rides on the
 channel mixer's last 1x1 convolution.
 
-For float32 inference on the CPU (eval mode, autograd off, eager) the blocks switch to
-``forward_fused``: the same function computed with oneDNN kernels that apply the GELU inside the
-preceding convolution or matrix product, so the large hidden activations are written once instead
-of three times. Training, CUDA, autocast, TorchScript, torch.compile and ONNX export see only the
-plain PyTorch ops. Two more CPU measures apply in eager mode: the channel mixer runs its batch in
-slices (:data:`CPU_SLICE_BYTES`) so its wide hidden activation stays in cache (inference) or under
-the allocator's mmap threshold (training), and the 11x11 depth-wise convolutions compute their
-weight gradient faster (:mod:`fcvit.models.depthwise`). docs/benchmarks.md has the measurements
-behind these choices.
+How it runs fast is not here: :mod:`fcvit.models.fast_paths` computes the same blocks with
+custom operators that keep less for backward and fuse kernels (one switch,
+:func:`~fcvit.models.fast_paths.set_fast_paths`), and :meth:`FCViTBlock.forward` is the single point
+that hands a block over to it. The 11x11 depth-wise convolutions compute their CPU weight gradient
+faster (:mod:`fcvit.models.depthwise`). docs/benchmarks.md has the measurements behind these choices.
 
 FX needs care because a traced graph runs eagerly too: had it recorded the plain ops, the same model
-traced and untraced would differ in CPU inference by float rounding (timm's own model tests demand
-``torch.equal``). So :class:`FCViTBlock` is registered as a leaf module in timm's FX registry: timm's
-tracer (``timm.models._features_fx``, ``features_only=True, feature_cls='fx'``) records a call of
-the block itself, which then makes the same choice of path as the untraced model, and since the fast
-paths are ``@torch.jit.unused`` behind ``torch.jit.is_scripting()`` the traced graph still scripts.
-A bare ``torch.fx.symbolic_trace`` without timm's leaf modules traces into the block and records the
-plain ops.
+traced and untraced would differ by float rounding (timm's own model tests demand ``torch.equal``).
+So :class:`FCViTBlock` is registered as a leaf module in timm's FX registry: timm's tracer
+(``timm.models._features_fx``, ``features_only=True, feature_cls='fx'``) records a call of the block
+itself, which then makes the same choice of path as the untraced model, and since the dispatch is
+``@torch.jit.unused`` behind ``torch.jit.is_scripting()`` the traced graph still scripts. A bare
+``torch.fx.symbolic_trace`` without timm's leaf modules traces into the block and records the plain
+ops.
 """
 
 import math
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Callable, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +32,10 @@ from torch import nn
 
 from timm.layers import DropPath, register_notrace_module
 
-from .depthwise import DepthwiseConv2d, _cpu_autocast_enabled
+from . import fast_paths
+from .depthwise import DepthwiseConv2d
+# compatibility: these lived here before the fast paths had their own module
+from .fast_paths import CPU_SLICE_BYTES, fused_inference_enabled, set_cpu_slice_bytes, set_fused_inference  # noqa: F401
 
 __all__ = [
     "ConvEmbed",
@@ -172,10 +171,6 @@ def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
 
 
-def _is_exact_gelu(module: nn.Module) -> bool:
-    return type(module) is nn.GELU and module.approximate == "none"
-
-
 class TokenMixer(nn.Module):
     """Two rounds of (global context, 11x11 depth-wise conv, bottleneck 1x1 MLP)."""
 
@@ -196,23 +191,12 @@ class TokenMixer(nn.Module):
         self.dw2 = DepthwiseConv2d(dim, kernel_size)
         self.fc2 = nn.Sequential(PointwiseConv(dim, hidden), act_layer(), PointwiseConv(hidden, dim))
         self.act2 = act_layer()
-        self.fusable = all(_is_exact_gelu(m) for m in (self.fc1[1], self.act1, self.fc2[1], self.act2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.gc1.add_context(x)
         x = self.act1(self.fc1(self.dw1(x)))
         x = self.gc2.add_context(x)
         x = self.act2(self.fc2(self.dw2(x)))
-        return x
-
-    @torch.jit.unused
-    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference on CPU with oneDNN: each 1x1 convolution carries its GELU as a post-op."""
-        for gc, dw, fc in ((self.gc1, self.dw1, self.fc1), (self.gc2, self.dw2, self.fc2)):
-            x = gc.add_context(x)
-            x = _onednn_conv(x, dw.weight, dw.bias, dw.padding, dw.groups, "none")
-            x = _onednn_pointwise(x, fc[0].weight.flatten(1), fc[0].bias, "gelu")
-            x = _onednn_pointwise(x, fc[2].weight.flatten(1), fc[2].bias, "gelu")
         return x
 
 
@@ -238,59 +222,25 @@ class ChannelMixer(nn.Module):
         self.drop1 = nn.Dropout(drop)
         self.fc2 = PointwiseConv(hidden, dim)
         self.drop2 = nn.Dropout(drop)
-        self.fusable = _is_exact_gelu(self.act)
 
     def forward(self, x: torch.Tensor, layer_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            slices = self._batch_slices(x)
-            if slices > 1:
-                return torch.cat([self._mix(part, layer_scale) for part in x.tensor_split(slices)])
-        return self._mix(x, layer_scale)
-
-    @torch.jit.unused
-    def _batch_slices(self, x: torch.Tensor) -> int:
-        """How many batch slices keep the hidden activation under :data:`CPU_SLICE_BYTES` (1 off the CPU)."""
-        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return 1
-        limit = CPU_SLICE_BYTES["grad" if torch.is_grad_enabled() else "no_grad"]
-        if limit <= 0 or x.device.type != "cpu" or x.dim() != 4 or x.shape[0] < 2:
-            return 1
-        sample_bytes = x[0].numel() // x.shape[1] * self.fc1.out_channels * x.element_size()
-        per_slice = max(1, limit // sample_bytes)
-        return -(-x.shape[0] // per_slice)
-
-    def _mix(self, x: torch.Tensor, layer_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.drop1(self.act(self.dwconv(self.fc1(x))))
         weight, bias = self.fc2.weight.flatten(1), self.fc2.bias
         if layer_scale is not None:
             weight, bias = weight * layer_scale[:, None], bias * layer_scale
         return self.drop2(_pointwise(x, weight, bias))
 
-    @torch.jit.unused
-    def forward_fused(self, x: torch.Tensor, layer_scale: torch.Tensor) -> torch.Tensor:
-        """Inference on CPU with oneDNN: the GELU rides on the depth-wise conv as a post-op."""
-        slices = self._batch_slices(x)
-        if slices > 1:
-            return torch.cat([self._mix_fused(part, layer_scale) for part in x.tensor_split(slices)])
-        return self._mix_fused(x, layer_scale)
-
-    @torch.jit.unused
-    def _mix_fused(self, x: torch.Tensor, layer_scale: torch.Tensor) -> torch.Tensor:
-        x = _onednn_pointwise(x, self.fc1.weight.flatten(1), self.fc1.bias, "none")
-        x = _onednn_conv(x, self.dwconv.weight, self.dwconv.bias, self.dwconv.padding, self.dwconv.groups, "gelu")
-        weight = self.fc2.weight.flatten(1) * layer_scale[:, None]
-        return _onednn_pointwise(x, weight, self.fc2.bias * layer_scale, "none")
-
 
 @register_notrace_module
 class FCViTBlock(nn.Module):
     """MetaFormer block: norm -> token mixer -> scaled residual, norm -> channel mixer -> scaled residual.
 
-    In CPU float32 inference (eval mode, no autograd, eager) the block runs :meth:`forward_fused`,
-    which computes the same function with fused oneDNN kernels and fewer temporaries; everywhere
-    else (training, CUDA, autocast, TorchScript, torch.compile, ONNX export) it runs the plain
-    PyTorch ops of :meth:`forward`. timm's FX tracer keeps the block as one call (a registered leaf),
-    so a traced model chooses its path exactly as the untraced one does.
+    Wherever :func:`fcvit.models.fast_paths.block_applies` allows (eager or ``torch.compile``, CPU or
+    CUDA, training or inference) :meth:`forward` hands the block to
+    :func:`fcvit.models.fast_paths.block_forward`, which computes the same function with less
+    memory and fused kernels; TorchScript, ONNX export and the switch turned off run the plain
+    PyTorch ops below. timm's FX tracer keeps the block as one call (a registered leaf), so a traced
+    model chooses its path exactly as the untraced one does.
     """
 
     def __init__(
@@ -315,8 +265,8 @@ class FCViTBlock(nn.Module):
         self.layer_scale_2 = nn.Parameter(init * torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self._use_fused(x):
-            return self.forward_fused(x)
+        if not torch.jit.is_scripting() and self._fast_path_applies(x):
+            return self._fast_forward(x)
         scale1 = self.layer_scale_1.reshape(-1, 1, 1)
         if self.training and self.has_drop_path:
             x = x + self.drop_path(scale1 * self.token_mixer(self.norm1(x)))
@@ -325,90 +275,12 @@ class FCViTBlock(nn.Module):
         return x + self.drop_path(self.channel_mixer(self.norm2(x), self.layer_scale_2))
 
     @torch.jit.unused
-    def _use_fused(self, x: torch.Tensor) -> bool:
-        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return False
-        return (
-            _FUSED_INFERENCE[0]
-            and not self.training
-            and not torch.is_grad_enabled()
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and x.dim() == 4
-            and not _cpu_autocast_enabled()
-            and self.token_mixer.fusable
-            and self.channel_mixer.fusable
-        )
+    def _fast_path_applies(self, x: torch.Tensor) -> bool:
+        return fast_paths.block_applies(self, x)
 
     @torch.jit.unused
-    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """The block's inference function with fused oneDNN kernels; equal to :meth:`forward` in eval mode."""
-        y = self.token_mixer.forward_fused(self.norm1(x))
-        x = torch.addcmul(x, self.layer_scale_1.reshape(-1, 1, 1), y)
-        y = self.channel_mixer.forward_fused(self.norm2(x), self.layer_scale_2)
-        return y.add_(x)  # y is a fresh temporary: adding in place saves allocating the output
-
-
-# The largest hidden activation (bytes) the channel mixer makes at once on the CPU; it runs its batch in
-# slices above that. With autograd on, the limit sits under glibc's mmap threshold (32 MiB): larger
-# blocks go back to the kernel when freed and are page-faulted in again on every step (about 2 ms
-# per 4 MiB on the machine of docs/benchmarks.md). Without autograd nothing is kept for a backward
-# pass, and slices small enough for the last-level cache let the depth-wise conv read the first 1x1's
-# output, and the second 1x1 the conv's, from cache instead of memory. 0 turns slicing off.
-CPU_SLICE_BYTES = {"grad": 32 * 1024 * 1024 - 4096, "no_grad": 4 * 1024 * 1024}
-
-
-def set_cpu_slice_bytes(grad: Optional[int] = None, no_grad: Optional[int] = None) -> Dict[str, int]:
-    """Set the channel mixer's CPU slice limits (with / without autograd); returns the previous ones."""
-    previous = dict(CPU_SLICE_BYTES)
-    if grad is not None:
-        CPU_SLICE_BYTES["grad"] = max(0, int(grad))
-    if no_grad is not None:
-        CPU_SLICE_BYTES["no_grad"] = max(0, int(no_grad))
-    return previous
-
-
-# ---------------------------------------------------------------------------------------------------
-# fused CPU inference kernels (oneDNN post-ops)
-
-_FUSED_OPS_AVAILABLE = (
-    torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-)
-_FUSED_INFERENCE = [_FUSED_OPS_AVAILABLE]
-
-
-def set_fused_inference(enabled: bool) -> bool:
-    """Switch the fused CPU inference path of :class:`FCViTBlock` on or off; returns the previous setting.
-
-    It is on by default where PyTorch has oneDNN. Turning it off runs the plain PyTorch ops everywhere
-    (the benchmarks use this to show what the fusion is worth).
-    """
-    previous = _FUSED_INFERENCE[0]
-    _FUSED_INFERENCE[0] = bool(enabled) and _FUSED_OPS_AVAILABLE
-    return previous
-
-
-def fused_inference_enabled() -> bool:
-    return _FUSED_INFERENCE[0]
-
-
-def _onednn_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], attr: str) -> torch.Tensor:
-    """1x1 convolution (2-D weight) on an NCHW-shaped tensor through oneDNN, with ``attr`` ('none' or
-    'gelu', the exact erf GELU) applied inside the kernel."""
-    b, c, h, w = x.shape
-    y = torch.ops.mkldnn._linear_pointwise(
-        x.permute(0, 2, 3, 1).reshape(b * h * w, c), weight, bias, attr, [], "none" if attr == "gelu" else "")
-    return y.view(b, h, w, weight.shape[0]).permute(0, 3, 1, 2)
-
-
-def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: Tuple[int, ...],
-                 groups: int, attr: str) -> torch.Tensor:
-    """Stride-1 convolution through oneDNN with ``attr`` ('none' or 'gelu') fused; keeps channels-last."""
-    return torch.ops.mkldnn._convolution_pointwise(
-        x.contiguous(memory_format=torch.channels_last), weight, bias, list(padding), [1, 1], [1, 1], groups,
-        attr, [], "none" if attr == "gelu" else "")
+    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_paths.block_forward(self, x)
 
 
 def init_weights(module: nn.Module) -> None:

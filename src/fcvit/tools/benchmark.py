@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +24,7 @@ from torch import nn
 from ..engine.distributed import resolve_device
 from ..errors import UserError
 from ..models.depthwise import set_weight_grad_method
-from ..models.layers import set_cpu_slice_bytes, set_fused_inference
+from ..models.fast_paths import set_cpu_slice_bytes, set_fast_paths
 from .profile import count_gmacs, count_params
 
 __all__ = ["BenchmarkResult", "Candidate", "timm_candidate", "run_benchmark", "format_table"]
@@ -34,15 +36,15 @@ MODES = ("infer", "train")
 class Candidate:
     """A model to measure: a label and how to build it (called once, before the rounds).
 
-    ``fused_inference`` pins FCViT's fused CPU inference path on or off while this model runs
-    (``None`` leaves the global setting alone); ``cpu_shortcuts=False`` runs FCViT without its other CPU
+    ``fast_paths`` pins FCViT's fast paths (:mod:`fcvit.models.fast_paths`) on or off while this model
+    runs (``None`` leaves the global setting alone; off, the blocks run the plain ops); ``cpu_shortcuts=False`` runs FCViT without its other CPU
     shortcuts (the channel mixer's batch slices and the faster depth-wise weight gradient), which is
     how the benchmarks show what they are worth.
     """
 
     label: str
     build: Callable[[], nn.Module]
-    fused_inference: Optional[bool] = None
+    fast_paths: Optional[bool] = None
     cpu_shortcuts: Optional[bool] = None
 
 
@@ -88,15 +90,15 @@ def _synchronize(device: torch.device) -> None:
 
 
 @contextlib.contextmanager
-def _fused_setting(value: Optional[bool]) -> Iterator[None]:
+def _fast_paths_setting(value: Optional[bool]) -> Iterator[None]:
     if value is None:
         yield
         return
-    previous = set_fused_inference(value)
+    previous = set_fast_paths(value)
     try:
         yield
     finally:
-        set_fused_inference(previous)
+        set_fast_paths(previous)
 
 
 @contextlib.contextmanager
@@ -141,7 +143,7 @@ class _Runner:
             model.eval()
 
     def step(self) -> None:
-        with _fused_setting(self.candidate.fused_inference), _cpu_shortcuts_setting(self.candidate.cpu_shortcuts):
+        with _fast_paths_setting(self.candidate.fast_paths), _cpu_shortcuts_setting(self.candidate.cpu_shortcuts):
             if self.mode == "infer":
                 with torch.inference_mode(), self.autocast():
                     self.model(self.inputs)
@@ -173,16 +175,53 @@ class _Runner:
         return _cpu_peak_memory_mb(self.step)
 
 
+# what the profiler's C++ side prints on its own (kineto's USDT trace points, allocator notes, its CUDA probe)
+_PROFILER_NOISE = re.compile(
+    r"USDT:|profiler_(start|stop)|ActivityProfiler|Memory block of unknown size|gpuGetDeviceCount|"
+    r"DeviceProperties\.cpp")
+
+
+@contextlib.contextmanager
+def _quiet_native_output() -> Iterator[None]:
+    """Capture what native code writes to stdout/stderr (file descriptors 1 and 2) meanwhile; pass on
+    every line except the profiler's own chatter, so a benchmark's output stays a table."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            kept = [line for line in sink.read().decode(errors="replace").splitlines()
+                    if line.strip() and not _PROFILER_NOISE.search(line)]
+    for line in kept:
+        print(line, file=sys.stderr)
+
+
 def _cpu_peak_memory_mb(step: Callable[[], None]) -> Optional[float]:
-    """Peak of the CPU allocator's running total during ``step``, read from the profiler's memory events."""
+    """Peak of the CPU allocator's running total during ``step``, read from the profiler's memory events.
+
+    The profiler is the one CPU allocator statistic PyTorch offers; its native trace lines are kept
+    from the output (:func:`_quiet_native_output`).
+    """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     try:
-        prof.export_chrome_trace(path)
+        with _quiet_native_output():
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                step()
+            prof.export_chrome_trace(path)
         with open(path) as f:
             events = json.load(f).get("traceEvents", [])
     finally:

@@ -1,12 +1,12 @@
 """Model size and cost: parameters and multiply-accumulates, as the model tables report them."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Callable, Dict, List, Set, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["count_params", "count_gmacs"]
+__all__ = ["count_params", "count_gmacs", "saved_activation_bytes"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -72,3 +72,47 @@ def count_gmacs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 22
         for h in handles:
             h.remove()
     return sum(totals) / 1e9
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor, depth: int = 4) -> Dict[str, int]:
+    """Bytes of activations the forward pass of ``model(x)`` keeps for backward, per module.
+
+    Counts every tensor autograd saves (``torch.autograd.graph.saved_tensors_hooks``), once per
+    storage (views of one tensor saved by several ops count once, for the first module that saved
+    it), without parameters. Keys are module names cut to ``depth`` components (``network.0.1.
+    token_mixer``); what is saved outside any named module is under ``""``. This is what training
+    memory is made of, and how docs/benchmarks.md breaks it down.
+    """
+    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: Set[int] = set()
+    totals: Dict[str, int] = {}
+    stack: List[str] = [""]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in seen and key not in param_storages and storage.nbytes() > 0:
+            seen.add(key)
+            totals[stack[-1]] = totals.get(stack[-1], 0) + storage.nbytes()
+        return t
+
+    def enter(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: object) -> None:
+            stack.append(name)
+        return hook
+
+    def leave(_module: nn.Module, _inputs: object, _output: object) -> None:
+        stack.pop()
+
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(enter(".".join(name.split(".")[:depth]))))
+        handles.append(module.register_forward_hook(leave))
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)
+        del out
+    finally:
+        for h in handles:
+            h.remove()
+    return totals

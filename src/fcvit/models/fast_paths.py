@@ -1,0 +1,448 @@
+"""FCViT's fast paths: the same function as :mod:`fcvit.models.layers`, computed cheaper.
+
+``layers.py`` holds the math; this module holds how it runs fast, behind ONE switch
+(:func:`set_fast_paths`, on by default), the way timm switches its fused attention. A block takes
+the fast path from a single dispatch point (:meth:`fcvit.models.layers.FCViTBlock.forward`) when
+:func:`block_applies` says so; otherwise (switch off, FX proxies, ``torch.jit`` tracing or
+scripting, ONNX export, a block built with other norms or activations) it runs the plain ops.
+
+Two sub-parts of every block run as custom operators (``torch.library.custom_op``, namespace
+``fcvit``), each with a fake (shape) implementation and an autograd formula, so ``torch.compile``
+(``fullgraph=True`` included) calls them as they are instead of tracing the slower plain ops:
+
+- ``fcvit::bottleneck_mlp``: the token mixer's ``GELU(1x1(GELU(1x1(x))))``;
+- ``fcvit::channel_mixer``: ``GroupNorm -> 1x1 -> 3x3 depth-wise -> GELU -> 1x1``.
+
+For training they keep less for the backward pass than the plain ops (docs/benchmarks.md has the
+per-tensor breakdown): the channel mixer saves its input and the first 1x1's output only and
+recomputes the normalisation, the depth-wise convolution and the GELU in backward (the plain ops
+keep the hidden activation, 4-8x wider than the block, three times), and the bottleneck MLP saves
+its input and its narrow hidden pre-activation and recomputes the rest. Outputs and gradients are
+those of the plain ops up to float rounding (tests/test_memory.py). Under autocast (CPU or CUDA)
+the operators take the autocast dtype for their products and float32 for the normalisation, as
+autocast does for the plain ops.
+
+Inference (autograd off) uses sibling operators that keep nothing; on the CPU in float32 they run
+oneDNN kernels with the GELU applied inside the preceding product (``torch.ops.mkldnn``), and the
+channel mixer runs its batch in slices so its wide hidden activation stays in cache
+(:data:`CPU_SLICE_BYTES`). In eager CPU training the channel mixer is also called on batch slices,
+so no single hidden tensor crosses glibc's mmap threshold.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "set_fast_paths", "fast_paths_enabled", "block_applies", "block_forward",
+    "bottleneck_mlp", "channel_mixer", "batch_slices",
+    "CPU_SLICE_BYTES", "set_cpu_slice_bytes", "set_fused_inference", "fused_inference_enabled",
+]
+
+# ---------------------------------------------------------------------------------------------------
+# the switch and its tuning knobs
+
+_ENABLED = [True]
+
+# oneDNN kernels with a GELU post-op, used for CPU float32 inference where PyTorch ships them
+_ONEDNN_FUSED = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+)
+
+# The largest hidden activation (bytes) the channel mixer makes at once on the CPU; it runs its batch in
+# slices above that. With autograd on, the limit sits under glibc's mmap threshold (32 MiB): larger
+# blocks go back to the kernel when freed and are page-faulted in again on every step. Without
+# autograd, slices small enough for the last-level cache let each kernel read the previous one's
+# output from cache instead of memory. 0 turns slicing off.
+CPU_SLICE_BYTES: Dict[str, int] = {"grad": 32 * 1024 * 1024 - 4096, "no_grad": 4 * 1024 * 1024}
+
+
+def set_fast_paths(enabled: bool) -> bool:
+    """Switch every FCViT fast path on or off; returns the previous setting.
+
+    Off, blocks run the plain PyTorch ops of :mod:`fcvit.models.layers` (the benchmarks and tests
+    use this to compare against the plain computation).
+    """
+    previous = _ENABLED[0]
+    _ENABLED[0] = bool(enabled)
+    return previous
+
+
+def fast_paths_enabled() -> bool:
+    return _ENABLED[0]
+
+
+def set_fused_inference(enabled: bool) -> bool:
+    """Compatibility name of :func:`set_fast_paths` (earlier releases switched inference only)."""
+    return set_fast_paths(enabled)
+
+
+def fused_inference_enabled() -> bool:
+    """Whether CPU float32 inference runs fused oneDNN kernels (fast paths on and oneDNN present)."""
+    return _ENABLED[0] and _ONEDNN_FUSED
+
+
+def set_cpu_slice_bytes(grad: Optional[int] = None, no_grad: Optional[int] = None) -> Dict[str, int]:
+    """Set the channel mixer's CPU slice limits (with / without autograd); returns the previous ones."""
+    previous = dict(CPU_SLICE_BYTES)
+    if grad is not None:
+        CPU_SLICE_BYTES["grad"] = max(0, int(grad))
+    if no_grad is not None:
+        CPU_SLICE_BYTES["no_grad"] = max(0, int(no_grad))
+    return previous
+
+
+def batch_slices(x: Tensor, hidden_channels: int, limit: int) -> int:
+    """How many batch slices keep a ``hidden_channels`` activation of ``x``'s map under ``limit`` bytes."""
+    if limit <= 0 or x.device.type != "cpu" or x.shape[0] < 2:
+        return 1
+    sample_bytes = x.shape[2] * x.shape[3] * hidden_channels * x.element_size()
+    per_slice = max(1, limit // sample_bytes)
+    return -(-x.shape[0] // per_slice)
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers shared by the operators
+
+def _nhwc(x: Tensor) -> Tensor:
+    return x.permute(0, 2, 3, 1)
+
+
+def _nchw(x: Tensor) -> Tensor:
+    return x.permute(0, 3, 1, 2)
+
+
+def _rows(x: Tensor) -> Tensor:
+    """An NHWC tensor as ``(pixels, channels)`` rows (a view when it is contiguous)."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _norm_dtype(x: Tensor) -> torch.dtype:
+    """Normalisation runs in float32 for half-precision inputs, as autocast runs ``group_norm``."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    b, c, h, w = x.shape
+    dtype = _norm_dtype(x)
+    return torch.native_group_norm(x.to(dtype), weight.to(dtype), bias.to(dtype), b, c, h * w, groups, eps)
+
+
+def _use_onednn(x: Tensor, weight: Tensor) -> bool:
+    return _ONEDNN_FUSED and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+
+
+def _onednn_pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], attr: str) -> Tensor:
+    """1x1 convolution (2-D weight) of an NCHW-shaped tensor through oneDNN, ``attr`` ('none' or 'gelu',
+    the exact erf GELU) applied inside the kernel."""
+    b, c, h, w = x.shape
+    y = torch.ops.mkldnn._linear_pointwise(
+        _rows(_nhwc(x)), weight, bias, attr, [], "none" if attr == "gelu" else "")
+    return _nchw(y.view(b, h, w, weight.shape[0]))
+
+
+def _onednn_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: List[int], attr: str) -> Tensor:
+    """Stride-1 depth-wise convolution through oneDNN with ``attr`` ('none' or 'gelu') fused; channels-last."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x.contiguous(memory_format=torch.channels_last), weight, bias, padding, [1, 1], [1, 1], weight.shape[0],
+        attr, [], "none" if attr == "gelu" else "")
+
+
+def _strided_like(t: Tensor, ref: Tensor) -> Tensor:
+    """``t`` with ``ref``'s strides, which the fake implementations promise to ``torch.compile``."""
+    return t if t.stride() == ref.stride() else torch.empty_like(ref, dtype=t.dtype).copy_(t)
+
+
+def _empty_nchw(like: Tensor, b: int, c: int, h: int, w: int, dtype: torch.dtype) -> Tensor:
+    """An NCHW-shaped tensor stored channels-last, as the operators return them."""
+    return _nchw(like.new_empty(b, h, w, c, dtype=dtype))
+
+
+# ---------------------------------------------------------------------------------------------------
+# fcvit::bottleneck_mlp: GELU(1x1(GELU(1x1(x)))), the token mixer's narrow MLP
+
+@torch.library.custom_op("fcvit::bottleneck_mlp", mutates_args=())
+def _bottleneck_mlp(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tuple[Tensor, Tensor]:
+    """Returns the output (NCHW shape, channels-last) and the hidden pre-activation (NHWC), kept for backward."""
+    hidden = F.linear(_nhwc(x), w0, b0)
+    out = F.gelu(F.linear(F.gelu(hidden), w1, b1))
+    return _nchw(out), hidden
+
+
+@_bottleneck_mlp.register_fake
+def _(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tuple[Tensor, Tensor]:
+    b, _, h, w = x.shape
+    return _empty_nchw(x, b, w1.shape[0], h, w, x.dtype), x.new_empty(b, h, w, w0.shape[0])
+
+
+@torch.library.custom_op("fcvit::bottleneck_mlp_backward", mutates_args=())
+def _bottleneck_mlp_backward(
+        grad: Tensor, x: Tensor, hidden: Tensor, w0: Tensor, w1: Tensor, b1: Tensor,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    act = F.gelu(hidden)
+    pre = F.linear(act, w1, b1)  # recomputed: a product with the narrow hidden layer, cheap
+    grad_pre = torch.ops.aten.gelu_backward(_nhwc(grad), pre)
+    del pre
+    grad_pre_rows = _rows(grad_pre)
+    grad_w1 = grad_pre_rows.t().mm(_rows(act))
+    grad_b1 = grad_pre_rows.sum(0)
+    grad_hidden = torch.ops.aten.gelu_backward(grad_pre.matmul(w1), hidden)
+    del grad_pre, grad_pre_rows, act
+    grad_hidden_rows = _rows(grad_hidden)
+    grad_w0 = grad_hidden_rows.t().mm(_rows(_nhwc(x)))
+    grad_b0 = grad_hidden_rows.sum(0)
+    grad_x = _nchw(grad_hidden.matmul(w0))
+    return grad_x, grad_w0, grad_b0, grad_w1, grad_b1
+
+
+@_bottleneck_mlp_backward.register_fake
+def _(grad: Tensor, x: Tensor, hidden: Tensor, w0: Tensor, w1: Tensor, b1: Tensor):
+    b, c, h, w = x.shape
+    return (_empty_nchw(x, b, c, h, w, hidden.dtype), torch.empty_like(w0), w0.new_empty(w0.shape[0]),
+            torch.empty_like(w1), torch.empty_like(b1))
+
+
+def _bottleneck_setup(ctx, inputs, output) -> None:
+    x, w0, _b0, w1, b1 = inputs
+    ctx.save_for_backward(x, output[1], w0, w1, b1)
+
+
+def _bottleneck_backward(ctx, grad: Tensor, _grad_hidden: Optional[Tensor]):
+    x, hidden, w0, w1, b1 = ctx.saved_tensors
+    return torch.ops.fcvit.bottleneck_mlp_backward(grad, x, hidden, w0, w1, b1)
+
+
+_bottleneck_mlp.register_autograd(_bottleneck_backward, setup_context=_bottleneck_setup)
+
+
+@torch.library.custom_op("fcvit::bottleneck_mlp_infer", mutates_args=())
+def _bottleneck_mlp_infer(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
+    """The same function keeping nothing; oneDNN with the GELUs fused on CPU float32."""
+    if _use_onednn(x, w0) and fused_inference_enabled():
+        return _onednn_pointwise(_onednn_pointwise(x, w0, b0, "gelu"), w1, b1, "gelu").contiguous(
+            memory_format=torch.channels_last)
+    return _nchw(F.gelu(F.linear(F.gelu(F.linear(_nhwc(x), w0, b0)), w1, b1)))
+
+
+@_bottleneck_mlp_infer.register_fake
+def _(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
+    b, _, h, w = x.shape
+    return _empty_nchw(x, b, w1.shape[0], h, w, x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# fcvit::channel_mixer: GroupNorm -> 1x1 -> 3x3 depth-wise -> GELU -> 1x1
+
+def _mixer_hidden(h1: Tensor, wdw: Tensor, bdw: Tensor) -> Tensor:
+    """The depth-wise 3x3 convolution of the first 1x1's output (NHWC in, NCHW channels-last out)."""
+    return F.conv2d(_nchw(h1), wdw, bdw, padding=wdw.shape[-1] // 2, groups=wdw.shape[0])
+
+
+@torch.library.custom_op("fcvit::channel_mixer", mutates_args=())
+def _channel_mixer(
+        x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
+        w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns the mixer's output and, for backward, the first 1x1's output (NHWC) and the norm's statistics."""
+    z, mean, rstd = _group_norm(x, norm_w, norm_b, groups, eps)
+    h1 = F.linear(_nhwc(z.to(w1.dtype)), w1, b1)
+    del z
+    act = F.gelu(_mixer_hidden(h1, wdw, bdw))
+    out = F.linear(_nhwc(act), w2, b2)
+    return _nchw(out), h1, mean, rstd
+
+
+@_channel_mixer.register_fake
+def _(x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
+      w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor):
+    b, _, h, w = x.shape
+    stats = x.new_empty(b, groups, dtype=_norm_dtype(x))
+    return (_empty_nchw(x, b, w2.shape[0], h, w, w2.dtype), x.new_empty(b, h, w, w1.shape[0], dtype=w1.dtype),
+            stats, torch.empty_like(stats))
+
+
+@torch.library.custom_op("fcvit::channel_mixer_backward", mutates_args=())
+def _channel_mixer_backward(
+        grad: Tensor, x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float, h1: Tensor,
+        mean: Tensor, rstd: Tensor, w1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    b, c, h, w = x.shape
+    hidden = _mixer_hidden(h1, wdw, bdw)  # recomputed: a 3x3 depth-wise convolution
+    grad_rows = _rows(_nhwc(grad.to(w2.dtype)))
+    act = F.gelu(hidden)
+    grad_w2 = grad_rows.t().mm(_rows(_nhwc(act)))
+    grad_b2 = grad_rows.sum(0)
+    del act
+    grad_hidden = torch.ops.aten.gelu_backward(grad_rows.mm(w2).view(b, h, w, -1), _nhwc(hidden))
+    del hidden
+    grad_h1, grad_wdw, grad_bdw = torch.ops.aten.convolution_backward(
+        _nchw(grad_hidden), _nchw(h1), wdw, [wdw.shape[0]], [1, 1], [wdw.shape[-1] // 2] * 2, [1, 1], False,
+        [0, 0], wdw.shape[0], [True, True, True])
+    del grad_hidden
+    grad_h1_rows = _rows(_nhwc(grad_h1))
+    z = _group_norm(x, norm_w, norm_b, groups, eps)[0].to(w1.dtype)  # recomputed: one pass over x
+    grad_w1 = grad_h1_rows.t().mm(_rows(_nhwc(z)))
+    grad_b1 = grad_h1_rows.sum(0)
+    del z
+    grad_z = _nchw(grad_h1_rows.mm(w1).view(b, h, w, c)).to(mean.dtype)
+    del grad_h1, grad_h1_rows
+    grad_x, grad_nw, grad_nb = torch.ops.aten.native_group_norm_backward(
+        grad_z, x.to(mean.dtype), mean, rstd, norm_w.to(mean.dtype), b, c, h * w, groups, [True, True, True])
+    return (_strided_like(grad_x.to(x.dtype), x), grad_nw.to(norm_w.dtype), grad_nb.to(norm_b.dtype), grad_w1,
+            grad_b1, _strided_like(grad_wdw, wdw), grad_bdw, grad_w2, grad_b2)
+
+
+@_channel_mixer_backward.register_fake
+def _(grad: Tensor, x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float, h1: Tensor,
+      mean: Tensor, rstd: Tensor, w1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor):
+    return (torch.empty_like(x), torch.empty_like(norm_w), torch.empty_like(norm_b), torch.empty_like(w1),
+            w1.new_empty(w1.shape[0]), torch.empty_like(wdw), torch.empty_like(bdw), torch.empty_like(w2),
+            w2.new_empty(w2.shape[0]))
+
+
+def _mixer_setup(ctx, inputs, output) -> None:
+    x, norm_w, norm_b, groups, eps, w1, _b1, wdw, bdw, w2, _b2 = inputs
+    _out, h1, mean, rstd = output
+    ctx.groups, ctx.eps = groups, eps
+    ctx.save_for_backward(x, norm_w, norm_b, h1, mean, rstd, w1, wdw, bdw, w2)
+
+
+def _mixer_backward(ctx, grad: Tensor, *_unused: Optional[Tensor]):
+    x, norm_w, norm_b, h1, mean, rstd, w1, wdw, bdw, w2 = ctx.saved_tensors
+    g = torch.ops.fcvit.channel_mixer_backward(
+        grad, x, norm_w, norm_b, ctx.groups, ctx.eps, h1, mean, rstd, w1, wdw, bdw, w2)
+    return g[0], g[1], g[2], None, None, g[3], g[4], g[5], g[6], g[7], g[8]
+
+
+_channel_mixer.register_autograd(_mixer_backward, setup_context=_mixer_setup)
+
+
+def _channel_mixer_infer_part(x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
+                              w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    z = _group_norm(x, norm_w, norm_b, groups, eps)[0].to(w1.dtype)
+    if _use_onednn(z, w1) and fused_inference_enabled():
+        h1 = _onednn_pointwise(z, w1, b1, "none")
+        act = _onednn_conv(h1, wdw, bdw, [wdw.shape[-1] // 2] * 2, "gelu")
+        return _onednn_pointwise(act, w2, b2, "none")
+    act = F.gelu(_mixer_hidden(F.linear(_nhwc(z), w1, b1), wdw, bdw))
+    return _nchw(F.linear(_nhwc(act), w2, b2))
+
+
+@torch.library.custom_op("fcvit::channel_mixer_infer", mutates_args=())
+def _channel_mixer_infer(
+        x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
+        w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor,
+) -> Tensor:
+    """The mixer keeping nothing, in cache-sized batch slices on the CPU (oneDNN-fused in float32)."""
+    args = (norm_w, norm_b, groups, eps, w1, b1, wdw, bdw, w2, b2)
+    slices = batch_slices(x, w1.shape[0], CPU_SLICE_BYTES["no_grad"])
+    if slices > 1:
+        out = torch.cat([_channel_mixer_infer_part(part, *args) for part in x.tensor_split(slices)])
+    else:
+        out = _channel_mixer_infer_part(x, *args)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+@_channel_mixer_infer.register_fake
+def _(x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
+      w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    b, _, h, w = x.shape
+    return _empty_nchw(x, b, w2.shape[0], h, w, w2.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# calling the operators from the modules
+
+def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    device = x.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
+
+
+def _autocast_off(x: Tensor, dtype: Optional[torch.dtype]) -> ContextManager[None]:
+    """The operators get their inputs cast already; autocast must not cast them again inside."""
+    return torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext()
+
+
+def _needs_grad(x: Tensor, params: List[Tensor]) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+
+
+def bottleneck_mlp(x: Tensor, fc0: nn.Module, fc1: nn.Module) -> Tensor:
+    """``GELU(fc1(GELU(fc0(x))))`` for two :class:`~fcvit.models.layers.PointwiseConv` layers."""
+    params = [fc0.weight.flatten(1), fc0.bias, fc1.weight.flatten(1), fc1.bias]
+    dtype = _autocast_dtype(x)
+    if dtype is not None:
+        x, params = x.to(dtype), [p.to(dtype) for p in params]
+    with _autocast_off(x, dtype):
+        if _needs_grad(x, params):
+            return torch.ops.fcvit.bottleneck_mlp(x, *params)[0]
+        return torch.ops.fcvit.bottleneck_mlp_infer(x, *params)
+
+
+def channel_mixer(x: Tensor, norm: nn.GroupNorm, mixer: nn.Module, layer_scale: Tensor) -> Tensor:
+    """``layer_scale * mixer(norm(x))`` for a :class:`~fcvit.models.layers.ChannelMixer` without dropout."""
+    weights = [mixer.fc1.weight.flatten(1), mixer.fc1.bias, mixer.dwconv.weight, mixer.dwconv.bias,
+               mixer.fc2.weight.flatten(1) * layer_scale[:, None], mixer.fc2.bias * layer_scale]
+    dtype = _autocast_dtype(x)
+    if dtype is not None:
+        weights = [w.to(dtype) for w in weights]
+    norm_args = (norm.weight, norm.bias, norm.num_groups, norm.eps)
+    with _autocast_off(x, dtype):
+        if not _needs_grad(x, [norm.weight, norm.bias] + weights):
+            return torch.ops.fcvit.channel_mixer_infer(x, *norm_args, *weights)
+        slices = 1 if _compiling(x) else batch_slices(x, mixer.fc1.out_channels, CPU_SLICE_BYTES["grad"])
+        if slices > 1:
+            return torch.cat([torch.ops.fcvit.channel_mixer(part, *norm_args, *weights)[0]
+                              for part in x.tensor_split(slices)])
+        return torch.ops.fcvit.channel_mixer(x, *norm_args, *weights)[0]
+
+
+def _compiling(x: object) -> bool:
+    return isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _exporting() -> bool:
+    """``torch.export`` (and the ONNX exporter built on it) must record the plain ops."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting()) if is_exporting is not None else False
+
+
+def _is_exact_gelu(module: nn.Module) -> bool:
+    return type(module) is nn.GELU and module.approximate == "none"
+
+
+def block_applies(block: nn.Module, x: Tensor) -> bool:
+    """Whether ``block`` computes ``x`` on the fast path: switch on, a real tensor, standard sub-layers."""
+    if not _ENABLED[0] or isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing():
+        return False
+    if torch.onnx.is_in_onnx_export() or _exporting() or x.dim() != 4 or not x.is_floating_point():
+        return False
+    tm, cm = block.token_mixer, block.channel_mixer
+    if not all(_is_exact_gelu(m) for m in (tm.fc1[1], tm.act1, tm.fc2[1], tm.act2, cm.act)):
+        return False
+    if block.training and (cm.drop1.p > 0 or cm.drop2.p > 0):
+        return False
+    norm = block.norm2
+    return (isinstance(norm, nn.GroupNorm) and type(norm).forward is nn.GroupNorm.forward and norm.affine
+            and cm.dwconv.bias is not None)
+
+
+def block_forward(block: nn.Module, x: Tensor) -> Tensor:
+    """The block's function on the fast path; equal to the plain ``FCViTBlock`` math up to float rounding."""
+    tm = block.token_mixer
+    y = block.norm1(x)
+    for gc, dw, fc in ((tm.gc1, tm.dw1, tm.fc1), (tm.gc2, tm.dw2, tm.fc2)):
+        y = bottleneck_mlp(dw(gc.add_context(y)), fc[0], fc[2])
+    scale1 = block.layer_scale_1.reshape(-1, 1, 1)
+    drop = block.training and block.has_drop_path
+    x = x + block.drop_path(scale1 * y) if drop else torch.addcmul(x, scale1, y)
+    mix = channel_mixer(x, block.norm2, block.channel_mixer, block.layer_scale_2)
+    return x + block.drop_path(mix) if drop else mix + x

@@ -150,8 +150,8 @@ def test_train_at_224_with_the_default_augmentation(trained_224):
     state = load_train_state(trained_224 / LAST_NAME)
     args = state["args"]
     # the recipe really was on: RandAugment, mixup/cutmix, random erasing, random interpolation, 224 px
-    assert args.aa == "rand-m9-mstd0.5-inc1" and args.mixup > 0 and args.cutmix > 0 and args.reprob > 0
-    assert args.train_interpolation == "random" and args.color_jitter > 0 and args.img_size is None
+    assert args["aa"] == "rand-m9-mstd0.5-inc1" and args["mixup"] > 0 and args["cutmix"] > 0 and args["reprob"] > 0
+    assert args["train_interpolation"] == "random" and args["color_jitter"] > 0 and args["img_size"] is None
     assert tuple(state["data_config"]["input_size"]) == (3, 224, 224)
     assert state["class_names"] == sorted(CLASSES) and state["global_step"] == 16 // 4
     rows = read_summary(trained_224)

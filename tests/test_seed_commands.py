@@ -171,7 +171,7 @@ def test_distributed_train_sh_two_processes_over_gloo_with_apex_amp(photos, tmp_
                  "float16 autocast + GradScaler"):
         assert part in start, (part, start)
     state = load_train_state(out / LAST_NAME)
-    assert state["args"].amp and state["args"].amp_dtype == "float16" and state["args"].drop_path == 0.1
+    assert state["args"]["amp"] and state["args"]["amp_dtype"] == "float16" and state["args"]["drop_path"] == 0.1
     assert "scaler" in state and state["global_step"] == 8 // 4
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
 
@@ -436,7 +436,7 @@ def test_no_resume_opt_keeps_weights_and_starts_a_fresh_optimizer(data, tmp_path
     out = tmp_path / "run"
     fcvit_train(data, out, 1)
     first = load_train_state(out / LAST_NAME)
-    fcvit_train(data, out, 2, "--no-resume-opt")
+    fcvit_train(data, out, 2, "--no-resume-opt", "--resume-override")  # 1 -> 2 epochs: a changed length
     log = (out / "log.txt").read_text()
     assert "fresh optimizer and loss scaler: --no-resume-opt" in log
     second = load_train_state(out / LAST_NAME)
@@ -456,7 +456,7 @@ def test_ema_on_cpu_is_kept_but_not_evaluated(data, tmp_path):
 def test_start_epoch_overrides_a_resumed_epoch(data, tmp_path):
     out = tmp_path / "run"
     fcvit_train(data, out, 1)
-    fcvit_train(data, out, 3, "--start-epoch", "2")
+    fcvit_train(data, out, 3, "--start-epoch", "2", "--resume-override")  # 1 -> 3 epochs: a changed length
     state = load_train_state(out / LAST_NAME)
     assert (state["epoch"], state["global_step"]) == (3, 9)
     assert "--start-epoch 2 overrides the resumed epoch 1" in (out / "log.txt").read_text()

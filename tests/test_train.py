@@ -76,7 +76,7 @@ def test_train_then_validate_and_plot(data, tmp_path, capsys):
     last = load_train_state(out / LAST_NAME)
     assert last["class_names"] == ["blue", "green", "red"] and last["epoch"] == 2
     assert last["global_step"] == 2 * (12 // 4)
-    assert last["args"].model_kwargs == {"depths": (1, 1, 1, 1), "dims": (16, 16, 32, 32)}
+    assert last["args"]["model_kwargs"] == {"depths": (1, 1, 1, 1), "dims": (16, 16, 32, 32)}
 
     # validate the best checkpoint: same number the training run ranked it by (EMA weights, as trained)
     best = load_train_state(out / "model_best.pth.tar")
@@ -162,7 +162,7 @@ def test_two_process_torchrun_gloo(data, tmp_path):
     assert sorted(os.listdir(out)) == sorted([LAST_NAME, "model_best.pth.tar", "checkpoint-0.pth.tar",
                                               "summary.csv", "log.txt"])
     state = load_train_state(out / LAST_NAME)
-    assert state["args"].batch_size == 4 and state["global_step"] == 12 // (4 * 2)
+    assert state["args"]["batch_size"] == 4 and state["global_step"] == 12 // (4 * 2)
     assert "2 process(es)" in (out / "log.txt").read_text()
     rows = list(csv.DictReader(open(out / "summary.csv")))
     top1 = float(rows[0]["eval_top1"])

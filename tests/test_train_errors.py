@@ -160,7 +160,7 @@ def test_config_file_and_unknown_keys(capsys, data, tmp_path):
     code, _, err = train(capsys, data, tmp_path / "out", "--config", good, "-b", "4")
     assert code == 0, err
     args = load_train_state(tmp_path / "out" / LAST_NAME)["args"]
-    assert args.weight_decay == 0.01 and args.batch_size == 4  # the command line beats the file
+    assert args["weight_decay"] == 0.01 and args["batch_size"] == 4  # the command line beats the file
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 1\nlearning_rate: 0.1\n")
     code, _, err = train(capsys, data, tmp_path / "out2", "--config", bad)
@@ -191,5 +191,5 @@ def test_fp16_grad_scaler_channels_last_and_grad_checkpointing(capsys, data, tmp
     assert code == 0, err
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     state = load_train_state(out / LAST_NAME)
-    assert state["scaler"]["scale"] > 0 and state["args"].amp_dtype == "float16"
+    assert state["scaler"]["scale"] > 0 and state["args"]["amp_dtype"] == "float16"
     assert "float16 autocast + GradScaler" in (out / "log.txt").read_text()

@@ -105,6 +105,9 @@ def add_resume(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default="auto", metavar="auto|CKPT|''",
                    help="'auto' (default) continues from OUTPUT/last.pth.tar when it exists, a path continues from "
                         "that checkpoint, '' starts fresh")
+    p.add_argument("--resume-override", action="store_true",
+                   help="continue a run with settings that differ from its own (lr, length, schedule, batch, "
+                        "data, model): without it such a resume is refused; with it the new values apply")
 
 
 def add_keep_best(p: argparse.ArgumentParser, default: int, metric: str) -> None:

@@ -56,6 +56,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     from ..tasks.classification.train import build_eval_loader, check_classes, create_model, evaluate
     from ..errors import UserError
     from ..models import extract_state_dict, load_weights, read_checkpoint
+    from ..models.checkpoint import checkpoint_args
     from .original_flags import resolve_original_validate_flags
     from .train import resolve_data_source
 
@@ -84,9 +85,9 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         for note in notes:
             _logger.info(note)
         args.drop_path = 0.0
-        stored = checkpoint.get("args")  # a run trained with --model-kwargs needs them to rebuild its shape
-        same_model = getattr(stored, "model", None) == args.model
-        args.model_kwargs = dict(getattr(stored, "model_kwargs", None) or {}) if same_model else {}
+        stored = checkpoint_args(checkpoint)  # a run trained with --model-kwargs needs them to rebuild its shape
+        same_model = stored.get("model") == args.model
+        args.model_kwargs = dict(stored.get("model_kwargs") or {}) if same_model else {}
         model = create_model(args, num_classes)
         load_weights(model, state_dict, args.model)
         model.to(ctx.device)

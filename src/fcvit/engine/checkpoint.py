@@ -13,6 +13,8 @@ A checkpoint is a dict of tensors and plain values (``model``/``state_dict``, ``
 from __future__ import annotations
 
 import argparse
+import filecmp
+import glob
 import logging
 import math
 import os
@@ -29,7 +31,7 @@ from .rng import get_rng_state, set_rng_state
 
 __all__ = [
     "LAST_NAME", "BEST_NAME", "atomic_save", "atomic_copy", "plain_args", "build_train_state",
-    "restore_train_state", "load_train_state", "resolve_resume", "CheckpointSaver",
+    "restore_train_state", "load_train_state", "load_resume_state", "resolve_resume", "CheckpointSaver",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -49,12 +51,13 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def plain_args(args: argparse.Namespace | Mapping[str, Any] | None) -> Optional[argparse.Namespace]:
-    """The run's arguments with every value reduced to plain types (callables and objects become text)."""
+def plain_args(args: argparse.Namespace | Mapping[str, Any] | None) -> Optional[Dict[str, Any]]:
+    """The run's arguments as a dict of plain values (callables and objects become text), so that the
+    checkpoint opens with a plain ``torch.load(path, weights_only=True)``."""
     if args is None:
         return None
     items = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    return argparse.Namespace(**{k: _plain(v) for k, v in items.items() if k != "func"})
+    return {str(k): _plain(v) for k, v in items.items() if k != "func"}
 
 
 def build_train_state(
@@ -168,6 +171,24 @@ def resolve_resume(resume: Optional[str], output_dir: str | os.PathLike) -> Opti
     return resume
 
 
+def load_resume_state(path: str, resume: Optional[str]) -> Dict[str, Any]:
+    """The state to resume from; under ``--resume auto`` an unreadable ``last.pth.tar`` (a write cut short by
+    a full disk) is refused with the way to continue, and the file is left in place for the user."""
+    from ..models.checkpoint import UnreadableCheckpoint
+
+    try:
+        return load_train_state(path)
+    except UnreadableCheckpoint as exc:
+        if resume != "auto":
+            raise
+        folder = os.path.dirname(os.path.abspath(path))
+        kept = sorted(glob.glob(os.path.join(glob.escape(folder), "checkpoint-*.pth.tar")), key=os.path.getmtime)
+        way = (f"continue from the newest best checkpoint with --resume {kept[-1]}, or start over with --resume ''"
+               if kept else "restore it from a copy, or start over with --resume ''")
+        raise UserError(f"--resume auto cannot continue the run in {folder}: its {LAST_NAME} {exc.problem}; "
+                        f"{way} (the file is left as it is until a new one replaces it).") from None
+
+
 @dataclass
 class _Entry:
     tag: int
@@ -193,6 +214,7 @@ class CheckpointSaver:
         self.keep_best = max(int(keep_best), 0)
         self.ctx = ctx or DistContext()
         self.best: List[_Entry] = []
+        self._protected: set = set()  # best files of a resumed run that kept more of them
         if self.ctx.is_main and os.path.isdir(self.output_dir):
             removed = remove_stale_temporaries(self.output_dir)  # what a killed writer left
             if removed:
@@ -217,11 +239,44 @@ class CheckpointSaver:
         return {"metric": self.metric, "mode": self.mode,
                 "best": [{"tag": e.tag, "value": e.value, "path": os.path.basename(e.path)} for e in self.best]}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("metric") != self.metric or state.get("mode") != self.mode:
-            return  # ranked by something else: start a new ranking, keep the files
-        self.best = [_Entry(int(e["tag"]), float(e["value"]), os.path.join(self.output_dir, e["path"]))
-                     for e in state.get("best", []) if os.path.exists(os.path.join(self.output_dir, e["path"]))]
+    def load_state_dict(self, state: Mapping[str, Any], source: Optional[str] = None) -> None:
+        """Continue the resumed run's ranking. Its best files are never deleted because this run ranks by
+        another metric or keeps fewer: they stay on disk (logged), whatever this run's ranking does.
+
+        ``source`` is the file resumed from: when it is this folder's ``last.pth.tar`` and the save that
+        wrote it was stopped while copying it to its best files, the copies are completed first.
+        """
+        if source is not None and self.ctx.is_main:
+            self._complete_copies(state.get("copies"), source)
+        stored = [_Entry(int(e["tag"]), float(e["value"]), os.path.join(self.output_dir, e["path"]))
+                  for e in state.get("best", []) if os.path.exists(os.path.join(self.output_dir, e["path"]))]
+        if stored and (state.get("metric") != self.metric or state.get("mode") != self.mode):
+            if self.ctx.is_main:
+                _logger.info("The resumed run ranked its best checkpoints by %s (%s), this one by %s (%s): a new "
+                             "ranking starts; %s stay as they are.", state.get("metric"), state.get("mode"),
+                             self.metric, self.mode, ", ".join(os.path.basename(e.path) for e in stored))
+            return
+        self.best = stored[:self.keep_best]
+        if len(stored) > self.keep_best:  # the user asked to keep fewer from now on, not to delete these
+            self._protected = {e.path for e in stored}
+            if self.ctx.is_main:
+                _logger.info("--keep-best %d keeps fewer best checkpoints than the resumed run (%d): its %s stay on "
+                             "disk, never removed by this run's ranking.", self.keep_best, len(stored),
+                             ", ".join(os.path.basename(e.path) for e in stored))
+
+    def _complete_copies(self, copies: Any, source: str) -> None:
+        """Finish the best copies a stop cut short: the resumed ``last.pth.tar`` IS that best checkpoint."""
+        if not isinstance(copies, Mapping) or not os.path.isfile(self.last_path) \
+                or not os.path.samefile(source, self.last_path):
+            return
+        targets = [os.path.join(self.output_dir, str(copies["entry"]))]
+        if copies.get("best"):
+            targets.append(self.best_path)
+        for target in targets:
+            if not os.path.isfile(target) or not filecmp.cmp(source, target, shallow=False):
+                atomic_copy(source, target)
+                _logger.info("Completed the copy of %s to %s that a stop interrupted.", LAST_NAME,
+                             os.path.basename(target))
 
     def save(self, state: Dict[str, Any], tag: int, metrics: Optional[Mapping[str, float]] = None) -> Optional[str]:
         """Write ``state`` as ``last`` and, if ``metrics[self.metric]`` ranks in the best k, as a best file.
@@ -249,6 +304,8 @@ class CheckpointSaver:
         previous = self.best
         self.best = ranking
         state["saver"] = self.state_dict()
+        if entry is not None:  # what this file is about to be copied to, so a resume can finish the copies
+            state["saver"]["copies"] = {"entry": os.path.basename(entry.path), "best": ranking[0] is entry}
         if value is not None:
             state.setdefault("metric", value)
         try:
@@ -261,7 +318,10 @@ class CheckpointSaver:
             self.best = previous
             raise
         for old in dropped:
-            if old.path != (entry.path if entry else None) and os.path.exists(old.path):
+            if old.path in self._protected:
+                _logger.info("%s leaves the best %d but stays: the resumed run kept it.",
+                             os.path.basename(old.path), self.keep_best)
+            elif old.path != (entry.path if entry else None) and os.path.exists(old.path):
                 os.remove(old.path)
         return self.best_path if entry is not None and ranking[0] is entry else None
 

@@ -13,10 +13,12 @@ continues with exactly the batches, augmentations and random streams an uninterr
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -28,7 +30,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..data.samplers import ShardSampler
 from ..errors import UserError
 from .amp import AmpSettings, backward_step
-from .checkpoint import CheckpointSaver, build_train_state, load_train_state, resolve_resume, restore_train_state
+from ..models.checkpoint import checkpoint_args
+from .checkpoint import (CheckpointSaver, build_train_state, load_resume_state, plain_args, resolve_resume,
+                         restore_train_state)
 from .control import GracefulStop, check_finite
 from .distributed import DistContext, all_reduce_mean, barrier, unwrap_model, wrap_ddp
 from .logs import ProgressBar, SummaryLog
@@ -51,7 +55,11 @@ class TrainSpec:
     ``step(model, batch)`` computes the loss of one batch under autocast; ``evaluate(model)`` returns
     ``(ranking, row)``: the metrics the best checkpoints are ranked by (must hold ``metric``) and the
     fields its summary row gets. ``checkpoint_fields`` go into every checkpoint (architecture, classes);
-    ``check_resume(state)`` refuses a checkpoint of another model or data.
+    ``check_resume(state)`` refuses a checkpoint of another model or data. ``run_shaping`` names the
+    arguments (``LoopSettings.args``) whose change makes a resumed run another run (model, data, lr,
+    length, schedule, batch): a resume with other values is refused unless ``resume_override``, which
+    applies them (optimizer settings and a schedule rebuilt for the new values). ``new_run_only`` are
+    those of them only a new run can apply (initial weights): their change is refused even then.
     """
 
     name: str
@@ -74,6 +82,8 @@ class TrainSpec:
     clip_parameters: Optional[List[nn.Parameter]] = None
     oom_hint: str = "or add --amp"
     describe: str = ""
+    run_shaping: Tuple[str, ...] = ()
+    new_run_only: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -85,6 +95,7 @@ class LoopSettings:
     args: Any = None
     resume: Optional[str] = "auto"
     resume_optimizer: bool = True
+    resume_override: bool = False
     keep_best: int = 1
     eval_interval: int = 1
     save_interval: int = 0  # extra saves of last.pth.tar: every N batches of an epoch, or N iterations
@@ -197,18 +208,8 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
     global_step, epoch, done, window_state = 0, 0, 0, None
     resume_path = resolve_resume(settings.resume, out)
     if resume_path:
-        state = load_train_state(resume_path)
-        if spec.check_resume is not None:
-            spec.check_resume(state)
-        fresh = not settings.resume_optimizer
-        counters = restore_train_state(state, spec.model, None if fresh else spec.optimizer, spec.scheduler,
-                                       None if fresh else amp.scaler, spec.model_ema, ctx=ctx)
-        global_step, epoch = counters["global_step"], counters["epoch"]
-        done = int(state.get("step_in_epoch", state.get("epoch_batches_done", 0)))
-        window_state = state.get("epoch_progress")
-        saver.load_state_dict(state.get("saver") or {})
-        _logger.info("Resumed from %s: epoch %d, step %d of it, global step %d%s.", resume_path, epoch, done,
-                     global_step, " (fresh optimizer and loss scaler: --no-resume-opt)" if fresh else "")
+        global_step, epoch, done, window_state = _resume(spec, settings, resume_path, saver, ctx, per_epoch,
+                                                         total_steps)
     if settings.start_epoch is not None and settings.start_epoch != epoch:  # the original's rule: it always wins
         if resume_path:
             _logger.info("--start-epoch %d overrides the resumed epoch %d.", settings.start_epoch, epoch)
@@ -238,6 +239,7 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
             spec.model, spec.optimizer, spec.scheduler, amp.scaler, spec.model_ema, epoch=data_epoch,
             global_step=step, args=settings.args, ctx=ctx, step_in_epoch=batches_done,
             epoch_progress=window.state() if window is not None else None, task=spec.name,
+            batches_per_epoch=per_epoch,
             **spec.checkpoint_fields)
 
     def last_checkpoint() -> Optional[str]:
@@ -330,6 +332,102 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
     return {"output": out, "last": saver.last_path, "best": saver.best_path if saver.best else None,
             "best_value": saver.best_value(), "metric": spec.metric, "metrics": ranking,
             "interrupted": interrupted, "global_step": global_step, "epoch": epoch}
+
+
+def _resume(spec: TrainSpec, settings: LoopSettings, path: str, saver: CheckpointSaver, ctx: DistContext,
+            per_epoch: int, total_steps: int) -> Tuple[int, int, int, Optional[Mapping[str, Any]]]:
+    """Load the run to continue; returns (global step, data epoch, batches of it done, partial row sums).
+
+    Run-shaping arguments that differ from the resumed run's are refused, or with ``--resume-override``
+    applied: the optimizer takes the new settings and the schedule the new lr and length.
+    """
+    state = load_resume_state(path, settings.resume)
+    changed = _changed_arguments(spec.run_shaping, checkpoint_args(state), settings.args)
+    position = int(state.get("global_step", 0)) if spec.unit == "iter" else int(state.get("epoch", 0))
+    unit = "iterations" if spec.unit == "iter" else "epochs"
+    fixed = [c for c in changed if c[0] in spec.new_run_only]
+    if fixed:
+        raise UserError(f"The run in '{path}' was started with other settings ({_describe_changes(fixed)}) that "
+                        "only a new run can take: pass its values to continue it, or --resume '' or another "
+                        "--output to start a new run.")
+    if changed and not settings.resume_override:
+        past = (f"; it has already trained {position} {unit}, the new settings ask for {spec.length}"
+                if position >= spec.length else "")
+        raise UserError(f"The run in '{path}' was started with other settings ({_describe_changes(changed)}){past}: "
+                        "pass its values to continue it, add --resume-override to continue with the new ones, or "
+                        "choose another --output.")
+    if spec.check_resume is not None:
+        spec.check_resume(state)
+    new_schedule = _schedule_snapshot(spec) if changed else None
+    fresh = not settings.resume_optimizer
+    counters = restore_train_state(state, spec.model, None if fresh else spec.optimizer, spec.scheduler,
+                                   None if fresh else settings.amp.scaler, spec.model_ema, ctx=ctx)
+    global_step, epoch = counters["global_step"], counters["epoch"]
+    done = int(state.get("step_in_epoch", state.get("epoch_batches_done", 0)))
+    window_state = state.get("epoch_progress")
+    saver.load_state_dict(state.get("saver") or {}, source=path)
+    _logger.info("Resumed from %s: epoch %d, step %d of it, global step %d%s.", path, epoch, done,
+                 global_step, " (fresh optimizer and loss scaler: --no-resume-opt)" if fresh else "")
+    stored_per_epoch = state.get("batches_per_epoch")
+    if spec.unit == "epoch" and stored_per_epoch is not None and int(stored_per_epoch) != per_epoch:
+        if done:
+            _logger.info("An epoch now has %d steps, not %d: epoch %d restarts from its first batch.", per_epoch,
+                         int(stored_per_epoch), epoch)
+        global_step, done, window_state = epoch * per_epoch, 0, None
+    if new_schedule is not None:
+        _apply_schedule(spec, new_schedule, global_step)
+        if global_step >= total_steps:
+            _logger.info("--resume-override: the run has already trained %d %s and the new settings (%s) ask for "
+                         "%d: nothing to train; its checkpoints and best files stay as they are.", position, unit,
+                         _describe_changes(changed), spec.length)
+        else:
+            _logger.info("--resume-override: continuing with %s; the optimizer settings and the learning-rate "
+                         "schedule follow the new values from global step %d.", _describe_changes(changed),
+                         global_step)
+    return global_step, epoch, done, window_state
+
+
+def _comparable(value: Any) -> Any:
+    """Argument values as a checkpoint stores them, with tuples and lists alike."""
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _comparable(v) for k, v in value.items()}
+    return value
+
+
+def _changed_arguments(names: Tuple[str, ...], stored: Mapping[str, Any], given: Any
+                       ) -> List[Tuple[str, Any, Any]]:
+    """(name, resumed run's value, this run's value) for each run-shaping argument both know and that differs."""
+    now = plain_args(given) or {}
+    return [(name, stored[name], now[name]) for name in names
+            if name in stored and name in now and _comparable(stored[name]) != _comparable(now[name])]
+
+
+def _describe_changes(changed: List[Tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"--{name.replace('_', '-')} {old!r}, now {new!r}" for name, old, new in changed)
+
+
+def _schedule_snapshot(spec: TrainSpec) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """The optimizer settings and schedule this run built from its arguments, before a resume replaces them."""
+    groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+              for group in spec.optimizer.param_groups]
+    return groups, copy.deepcopy(spec.scheduler.state_dict())
+
+
+def _apply_schedule(spec: TrainSpec, snapshot: Tuple[List[Dict[str, Any]], Dict[str, Any]], global_step: int
+                    ) -> None:
+    """Put this run's optimizer settings and schedule back over the resumed ones (moments are kept) and move
+    the schedule to ``global_step``: timm's schedules are placed by the loop, torch's are stepped there."""
+    groups, schedule = snapshot
+    for group, new in zip(spec.optimizer.param_groups, groups):
+        group.update(copy.deepcopy(new))
+    spec.scheduler.load_state_dict(copy.deepcopy(schedule))
+    if not hasattr(spec.scheduler, "step_update"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "step() before optimizer.step()": replaying, not training
+            for _ in range(global_step):
+                spec.scheduler.step()
 
 
 def _one_step(spec: TrainSpec, model: nn.Module, batch: Any, amp: AmpSettings, settings: LoopSettings,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 import zipfile
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -19,6 +20,8 @@ from .fcvit import MODEL_CONFIGS
 
 __all__ = [
     "read_checkpoint",
+    "checkpoint_args",
+    "UnreadableCheckpoint",
     "extract_state_dict",
     "normalize_state_dict",
     "guess_variant",
@@ -28,36 +31,120 @@ __all__ = [
 _STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 
 
+class UnreadableCheckpoint(UserError):
+    """A checkpoint file that cannot be opened; ``problem`` says what is wrong with it, ``fix`` what to do.
+
+    Callers that know more about where the file came from (``--resume auto``) reuse ``problem`` in a
+    sentence of their own.
+    """
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        self.path, self.problem, self.fix = path, problem, fix
+        super().__init__(f"Checkpoint '{path}' {problem}: {fix}.")
+
+
+#: what ``torch.save(..., _use_new_zipfile_serialization=False)`` files start with (a pickled magic number)
+_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:14]
+_COPY_AGAIN = "copy or download it again, or use another checkpoint"
+
+
 def read_checkpoint(path: str | os.PathLike) -> Dict[str, object]:
-    """Open a checkpoint file safely; ``.safetensors`` files give their tensors directly."""
+    """Open a checkpoint file safely; ``.safetensors`` files give their tensors directly.
+
+    Every way a file can fail to open ends in one sentence that tells the cases apart: empty (a write
+    cut short), incomplete or damaged, not a checkpoint at all, refused as unsafe, or not a dict.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise UserError(f"Checkpoint '{path}' does not exist: check the path.")
     if os.path.isdir(path):
         raise UserError(f"Checkpoint '{path}' is a folder: pass the checkpoint file inside it.")
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise UnreadableCheckpoint(path, f"cannot be opened ({exc.strerror or exc})",
+                                   "check its permissions or copy it somewhere readable") from None
+    if size == 0:
+        raise UnreadableCheckpoint(path, "is empty (0 bytes), as a write cut short (e.g. by a full disk) leaves "
+                                   "it", _COPY_AGAIN)
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(path, device="cpu"))
-        except Exception as exc:  # safetensors raises its own error types
-            raise UserError(f"Checkpoint '{path}' is not a readable safetensors file ({exc}); "
-                            "it may be truncated: download or copy it again.") from None
+        return _read_safetensors(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UserError(
-            f"Checkpoint '{path}' was refused because loading it would run code or build objects "
-            f"that are not plain weights ({str(exc).splitlines()[0][:200]}); re-save it as a plain state "
-            "dict or .safetensors from a trusted environment.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(f"Checkpoint '{path}' could not be read ({str(exc).splitlines()[0][:200]}); "
-                        "it is probably truncated or not a PyTorch file: download or copy it again.") from None
+        refused = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+        if refused:
+            raise UnreadableCheckpoint(
+                path, f"was refused because loading it would run code or build objects that are not plain "
+                      f"weights (it names {refused[0]})",
+                "re-save its state dict with torch.save or as .safetensors from a trusted environment") from None
+        raise _not_loadable(path, head, size) from None
+    except MemoryError:
+        raise
+    except Exception:  # torch.load fails on damaged files with many error types (EOF, zip, key, index...)
+        raise _not_loadable(path, head, size) from None
     if isinstance(obj, Mapping):
         return dict(obj)
-    raise UserError(f"Checkpoint '{path}' holds a {type(obj).__name__}, not a dict of weights: "
-                    "save model.state_dict() instead of the model object.")
+    raise UnreadableCheckpoint(path, f"holds a {type(obj).__name__}, not a dict of weights",
+                               "save model.state_dict() instead of the object")
+
+
+def _read_safetensors(path: str) -> Dict[str, object]:
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(path, device="cpu"))
+    except Exception:  # safetensors raises its own error types
+        raise UnreadableCheckpoint(path, "is not a complete safetensors file (it may be truncated)",
+                                   _COPY_AGAIN) from None
+
+
+def _not_loadable(path: str, head: bytes, size: int) -> UnreadableCheckpoint:
+    """Why ``torch.load`` failed, told from the file's first bytes: damaged PyTorch file or another kind."""
+    if head.startswith(b"PK\x03\x04"):
+        if zipfile.is_zipfile(path):
+            return UnreadableCheckpoint(path, "is a zip archive but not a PyTorch checkpoint",
+                                        "pass a file written by torch.save or a .safetensors file")
+        return UnreadableCheckpoint(path, f"is incomplete or damaged (a PyTorch zip file of {size} bytes whose "
+                                          "archive ends early), as a copy or write cut short leaves it", _COPY_AGAIN)
+    if head.startswith(_LEGACY_MAGIC) or _LEGACY_MAGIC.startswith(head):
+        return UnreadableCheckpoint(path, f"is incomplete or damaged (an old-format PyTorch file of {size} bytes "
+                                          "that does not decode to the end)", _COPY_AGAIN)
+    if head.startswith(b"\x80"):  # a pickle protocol opcode without PyTorch's magic number
+        return UnreadableCheckpoint(path, "is a plain Python pickle, not a PyTorch checkpoint",
+                                    "save the weights with torch.save or as .safetensors")
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        return UnreadableCheckpoint(path, "holds safetensors data without the .safetensors extension",
+                                    "rename it to end in .safetensors")
+    text = head.decode("utf-8", errors="strict") if _is_text(head) else None
+    if text is not None:
+        start = text.strip().splitlines()[0][:16] if text.strip() else ""
+        return UnreadableCheckpoint(path, f"is a text file (it starts with {start!r}), not a checkpoint, as a "
+                                          "failed download can leave", "download or copy the checkpoint again")
+    return UnreadableCheckpoint(path, f"is not a PyTorch checkpoint (it starts with bytes {head[:8].hex(' ')})",
+                                "pass a file written by torch.save or a .safetensors file")
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\r\n\t" for c in decoded)
+
+
+def checkpoint_args(checkpoint: Mapping[str, object]) -> Dict[str, object]:
+    """The run arguments a checkpoint stores under ``'args'`` as a dict: fcvit writes a dict of plain
+    values, timm-style scripts (and fcvit before) an ``argparse.Namespace``; neither means ``{}``."""
+    stored = checkpoint.get("args")
+    if isinstance(stored, argparse.Namespace):
+        return dict(vars(stored))
+    if isinstance(stored, Mapping):
+        return dict(stored)
+    return {}
 
 
 def extract_state_dict(checkpoint: Mapping[str, object], use_ema: bool = True) -> Dict[str, torch.Tensor]:

@@ -293,6 +293,30 @@ def _epochs_note(args: argparse.Namespace, num_epochs: int) -> str:
             f"{getattr(args, 'lr_cycle_limit', 1)}, + {cooldown} cooldown epochs")
 
 
+#: arguments whose change makes a resumed run another run (refused unless --resume-override, which applies them)
+RUN_SHAPING = (
+    "model", "model_kwargs", "num_classes", "dataset", "data", "train_split", "img_size", "input_size",
+    "initial_checkpoint", "batch_size", "opt", "opt_eps", "opt_betas", "momentum", "weight_decay", "lr", "lr_base",
+    "lr_base_size", "lr_base_scale", "sched", "sched_on_updates", "epochs", "warmup_lr", "warmup_epochs", "min_lr",
+    "cooldown_epochs", "decay_epochs", "decay_rate", "patience_epochs", "lr_noise", "lr_noise_pct", "lr_noise_std",
+    "lr_cycle_mul", "lr_cycle_decay", "lr_cycle_limit", "lr_k_decay", "seed", "drop", "drop_path", "smoothing",
+    "mixup", "cutmix", "aa", "reprob", "aug_splits", "jsd_loss", "bce_loss", "model_ema", "model_ema_decay",
+    "eval_metric")
+
+
+def check_initial_with_resume(args: argparse.Namespace) -> None:
+    """``--initial-checkpoint`` starts a NEW run, so it conflicts with an explicit ``--resume CKPT`` (whose weights
+    would replace it). ``--resume auto`` without a ``last.pth.tar`` starts a new run from the initial weights; with
+    one, rerunning the same command continues that run (the loop refuses another --initial-checkpoint)."""
+    from ...engine import resolve_resume
+
+    explicit_resume = args.resume not in ("", "auto")
+    if getattr(args, "initial_checkpoint", "") and explicit_resume and resolve_resume(args.resume, args.output):
+        raise UserError(f"--initial-checkpoint and --resume {args.resume} conflict: a resumed run continues from "
+                        "its own weights, so drop --initial-checkpoint to continue it, or drop --resume (or pass "
+                        "--resume '') to start a new run from the initial weights.")
+
+
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """The full run behind ``fcvit train``: returns the final metrics and where the outputs are."""
     return run_distributed(_train, args)
@@ -307,6 +331,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     from .transforms import create_train_transform
 
     output_dir = args.output
+    check_initial_with_resume(args)
     notes = list(vars(args).pop("compat_notes", None) or [])  # from flags of the original train.py
     if ctx.is_main:
         os.makedirs(output_dir, exist_ok=True)
@@ -440,9 +465,11 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
         if args.clip_grad else None,
         oom_hint="--grad-checkpointing or --amp",
         describe=f"{len(train_set)} images of {num_classes} classes, {len(val_loader.dataset)} for validation, "
-                 f"lr {lr:.3g}{_epochs_note(args, num_epochs)}")
+                 f"lr {lr:.3g}{_epochs_note(args, num_epochs)}",
+        run_shaping=RUN_SHAPING, new_run_only=("initial_checkpoint",))
     settings = LoopSettings(
         output=output_dir, amp=amp, args=args, resume=args.resume,
+        resume_override=getattr(args, "resume_override", False),
         resume_optimizer=not getattr(args, "no_resume_opt", False), keep_best=args.keep_best,
         eval_interval=1, save_interval=getattr(args, "recovery_interval", 0) or 0,
         log_interval=getattr(args, "log_interval", 0) or 0, clip_grad=args.clip_grad, clip_mode=args.clip_mode,

@@ -257,6 +257,13 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
+#: arguments whose change makes a resumed run another run (refused unless --resume-override, which applies them)
+RUN_SHAPING = (
+    "backbone", "backbone_depths", "backbone_dims", "data", "min_size", "max_size", "batch_size", "epochs", "lr",
+    "lr_steps", "weight_decay", "warmup_iters", "warmup_factor", "flip_prob", "drop_path", "freeze_bn_stats",
+    "fpn_channels", "representation_size", "seed")
+
+
 def train(args: argparse.Namespace) -> Dict[str, float]:
     """The whole run; returns the last evaluation's metrics (empty if it stopped before one)."""
     return run_distributed(_train, args)
@@ -332,9 +339,11 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
         oom_hint="a smaller --min-size/--max-size, or --amp",
         describe=f"{len(categories)} classes, {len(train_set)} train / {len(val_set)} val images, sizes "
                  f"{args.min_size}/{args.max_size}, backbone BatchNorm {bn_note}; "
-                 + ", ".join(f"{k} {v}" for k, v in config.items() if k in PAPER_SETTINGS))
+                 + ", ".join(f"{k} {v}" for k, v in config.items() if k in PAPER_SETTINGS),
+        run_shaping=RUN_SHAPING)
     settings = LoopSettings(
-        output=out, amp=amp, args=args, resume=args.resume, keep_best=args.keep_best,
+        output=out, amp=amp, args=args, resume=args.resume,
+        resume_override=getattr(args, "resume_override", False), keep_best=args.keep_best,
         eval_interval=args.eval_interval, save_interval=args.save_interval, log_interval=args.log_interval,
         clip_grad=args.clip_grad, tensorboard=args.tensorboard)
     return run_training(spec, ctx, settings)["metrics"]

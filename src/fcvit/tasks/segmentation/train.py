@@ -107,6 +107,14 @@ def distributed_batch_norm(model: SemanticFPN, scope: str, ctx: DistContext) -> 
     return model
 
 
+#: arguments whose change makes a resumed run another run (refused unless --resume-override, which applies them:
+#: a new --iters re-spreads the poly decay over the new length)
+RUN_SHAPING = (
+    "backbone", "backbone_depths", "backbone_dims", "data", "num_classes", "class_names", "no_reduce_zero_label",
+    "iters", "crop_size", "batch_size", "lr", "weight_decay", "power", "drop_path", "head_norm", "photometric",
+    "fpn_channels", "head_channels", "seed")
+
+
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """The whole run; returns the last evaluation's scores (empty if it stopped before one)."""
     return run_distributed(_train, args)
@@ -171,10 +179,6 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
         if state.get(CONFIG_KEY) and dict(state[CONFIG_KEY]) != config:
             raise UserError(f"The checkpoint to resume holds another model ({state[CONFIG_KEY]}): resume with the "
                             "same --backbone and class options, or use another --output.")
-        trained_for = getattr(state.get("args"), "iters", None)
-        if trained_for is not None and int(trained_for) != args.iters:
-            raise UserError(f"The run to resume was set up for --iters {trained_for} (its poly decay ends there), not "
-                            f"{args.iters}: resume with --iters {trained_for}, or use another --output.")
 
     spec = TrainSpec(
         name=f"Semantic FPN on {args.backbone}", model=model, optimizer=optimizer, scheduler=scheduler,
@@ -184,9 +188,11 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
                                eval_short_side=args.crop_size, eval_antialias=bool(args.antialias),
                                **{CONFIG_KEY: config}),
         oom_hint="a smaller --crop-size, or --amp",
-        describe=f"{num_classes} classes, {len(train_set)} train / {len(val_set)} val images")
+        describe=f"{num_classes} classes, {len(train_set)} train / {len(val_set)} val images",
+        run_shaping=RUN_SHAPING)
     settings = LoopSettings(
-        output=out, amp=amp, args=args, resume=args.resume, keep_best=args.keep_best,
+        output=out, amp=amp, args=args, resume=args.resume,
+        resume_override=getattr(args, "resume_override", False), keep_best=args.keep_best,
         eval_interval=args.eval_interval if args.eval_interval > 0 else args.iters,
         save_interval=args.save_interval, log_interval=args.log_interval, clip_grad=args.clip_grad,
         tensorboard=args.tensorboard)

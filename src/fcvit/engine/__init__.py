@@ -36,7 +36,7 @@ checkpoints
 - ``CheckpointSaver(output_dir, metric, mode='max'|'min', keep_best=k, ctx)``: ``.save(state, tag,
   metrics)`` writes last.pth.tar and keeps checkpoint-<tag>.pth.tar for the best k plus model_best.pth.tar
   (main rank only; metrics=None for iteration saves); ``.state_dict()``/``.load_state_dict()`` for resume.
-- ``plain_args(args)``: a Namespace of plain values, safe for weights_only loading.
+- ``plain_args(args)``: a dict of plain values (stored under ``args``), safe for plain weights_only loading.
 - ``LAST_NAME``, ``BEST_NAME``: 'last.pth.tar', 'model_best.pth.tar'.
 
 control

@@ -118,7 +118,6 @@ def test_old_namespace_checkpoints_still_read(tmp_path):
 
 _KILLED_WRITER = """
 import os, signal, sys
-import torch
 from fcvit.files import atomic_write
 
 def half_then_die(f):

@@ -5,7 +5,7 @@ import argparse
 import csv
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List
 
 import pytest
 import torch

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .fcvit import MODEL_CONFIGS
+from .configs import MODEL_CONFIGS
 
 __all__ = [
     "read_checkpoint",

@@ -9,7 +9,6 @@ the annotation of ``forward`` into the traced graph's signature, and a string an
 global named ``_torch_Tensor_`` there that TorchScript cannot resolve, so the traced model would not
 script.
 """
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
@@ -21,6 +20,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..errors import UserError
+from .configs import MODEL_CONFIGS, FCViTConfig
 from .layers import ConvEmbed, FCViTBlock, GroupNorm1, init_weights
 
 __all__ = [
@@ -30,27 +30,6 @@ __all__ = [
 
 # where the authors publish the ImageNet checkpoints (the original repository's download links)
 PUBLISHED_WEIGHTS_URL = "https://github.com/ma-xu/FCViT/releases"
-
-
-@dataclass(frozen=True)
-class FCViTConfig:
-    """Shape of one FCViT variant."""
-
-    depths: Tuple[int, ...]
-    dims: Tuple[int, ...]
-    mlp_ratios: Tuple[float, ...] = (8, 8, 4, 4)
-    drop_path_rate: float = 0.1  # the ImageNet recipe's value for this variant
-    crop_pct: float = 0.9
-    published_top1: Optional[float] = None  # ImageNet-1k top-1 (%) of the published checkpoint
-
-
-MODEL_CONFIGS: Dict[str, FCViTConfig] = {
-    "fcvit_tiny": FCViTConfig(depths=(3, 3, 5, 2), dims=(32, 64, 160, 320), published_top1=74.9),
-    "fcvit_b12": FCViTConfig(depths=(2, 2, 6, 2), dims=(64, 128, 320, 512), published_top1=80.9),
-    "fcvit_b24": FCViTConfig(depths=(4, 4, 12, 4), dims=(64, 128, 320, 512), crop_pct=0.95, published_top1=82.5),
-    "fcvit_b48": FCViTConfig(depths=(8, 8, 24, 8), dims=(64, 128, 320, 512), drop_path_rate=0.2, crop_pct=0.95,
-                             published_top1=83.6),
-}
 
 
 def _build_network(

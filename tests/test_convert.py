@@ -142,7 +142,7 @@ def test_convert_errors_are_one_sentence(capsys, tmp_path, published, case):
     assert code == 2
     assert err.startswith("fcvit convert: error: ") and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
-    expected = {"missing": "does not exist", "corrupt": "could not be read", "foreign_arch": "resnet18",
+    expected = {"missing": "does not exist", "corrupt": "is incomplete or damaged", "foreign_arch": "resnet18",
                 "foreign_shapes": "FCViT variant", "input_in_output": "write over the checkpoint",
                 "output_is_file": "is a file", "unknown_model": "fcvit_b12",
                 "wrong_model": "looks like fcvit_tiny"}[case]

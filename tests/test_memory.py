@@ -99,15 +99,15 @@ def test_operators_pass_opcheck():
     """Fake (shape) implementations, schemas and autograd registrations agree with the real kernels."""
     torch.manual_seed(0)
     x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
-    mlp = (torch.randn(2, 8), torch.randn(2), torch.randn(8, 2), torch.randn(8))
+    mlp = (torch.randn(8, 1, 3, 3), torch.randn(8), torch.randn(2, 8), torch.randn(2), torch.randn(8, 2), torch.randn(8))
     mixer = (torch.rand(8) + 0.5, torch.randn(8), 1, 1e-5, torch.randn(32, 8), torch.randn(32),
              torch.randn(32, 1, 3, 3), torch.randn(32), torch.randn(8, 32), torch.randn(8))
     mlp = tuple(t.requires_grad_() for t in mlp)
     mixer = tuple(t.requires_grad_() if isinstance(t, torch.Tensor) else t for t in mixer)
-    torch.library.opcheck(torch.ops.fcvit.bottleneck_mlp, (x, *mlp))
+    torch.library.opcheck(torch.ops.fcvit.conv_mlp, (x, *mlp))
     torch.library.opcheck(torch.ops.fcvit.channel_mixer, (x, *mixer))
     with torch.no_grad():
-        torch.library.opcheck(torch.ops.fcvit.bottleneck_mlp_infer, (x.detach(), *(t.detach() for t in mlp)))
+        torch.library.opcheck(torch.ops.fcvit.conv_mlp_infer, (x.detach(), *(t.detach() for t in mlp)))
         torch.library.opcheck(torch.ops.fcvit.channel_mixer_infer,
                               (x.detach(), *(t.detach() if isinstance(t, torch.Tensor) else t for t in mixer)))
 
@@ -122,12 +122,13 @@ def test_operators_gradcheck_in_float64():
     def mixer(x, nw, nb, w1, b1, wdw, bdw, w2, b2):
         return torch.ops.fcvit.channel_mixer(x, nw, nb, 1, 1e-5, w1, b1, wdw, bdw, w2, b2)[0]
 
-    def mlp(x, w0, b0, w1, b1):
-        return torch.ops.fcvit.bottleneck_mlp(x, w0, b0, w1, b1)[0]
+    def mlp(x, wdw, bdw, w0, b0, w1, b1):
+        return torch.ops.fcvit.conv_mlp(x, wdw, bdw, w0, b0, w1, b1)[0]
 
     assert torch.autograd.gradcheck(mixer, args)
-    mlp_args = [x, *(t.requires_grad_() for t in (weights[0][:4].detach(), weights[1][:4].detach(),
-                                                   weights[0][:4].detach().t().contiguous(), norm[1].detach()))]
+    mlp_args = [x, *(t.requires_grad_() for t in (
+        torch.randn(8, 1, 5, 5, dtype=torch.float64) * 0.3, norm[1].detach().clone(), weights[0][:4].detach().clone(),
+        weights[1][:4].detach().clone(), weights[0][:4].detach().t().contiguous(), norm[1].detach().clone()))]
     assert torch.autograd.gradcheck(mlp, mlp_args)
 
 
@@ -161,7 +162,7 @@ def test_compiled_training_calls_the_operators_without_graph_breaks(micro_refere
     compiled = torch.compile(compiled_model, fullgraph=True, backend=recording_backend)
     out_compiled, grads = _step(compiled, x, fast=True)
     assert any("fcvit.channel_mixer" in t for t in targets)
-    assert any("fcvit.bottleneck_mlp" in t for t in targets)
+    assert any("fcvit.conv_mlp" in t for t in targets)
     torch.testing.assert_close(out_compiled, out_eager, atol=1e-5, rtol=0)
     _assert_grads_close({k.removeprefix("_orig_mod."): v for k, v in grads.items()}, eager, 1e-4)
     torch._dynamo.reset()
@@ -178,3 +179,25 @@ def test_inference_with_fast_paths_on_and_off_match_the_fixture(micro_reference,
             torch.testing.assert_close(model(micro_reference["input"]), micro_reference["logits"], atol=1e-4, rtol=0)
     finally:
         fast_paths.set_fast_paths(previous)
+
+
+def test_drop_path_in_training_gives_the_plain_result():
+    """With drop-path active the first residual stays outside the operator; same draws, same result."""
+    block = FCViTBlock(16, mlp_ratio=4, drop_path=0.5).train()
+    nn.init.uniform_(block.layer_scale_1, 0.5, 1.0)
+    nn.init.uniform_(block.layer_scale_2, 0.5, 1.0)
+    x = torch.randn(4, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    results = []
+    for fast in (True, False):
+        previous = fast_paths.set_fast_paths(fast)
+        try:
+            torch.manual_seed(3)
+            xa = x.clone().requires_grad_()
+            out = block(xa)
+            out.square().sum().backward()
+            results.append((out.detach(), xa.grad))
+        finally:
+            fast_paths.set_fast_paths(previous)
+    (out_fast, grad_fast), (out_plain, grad_plain) = results
+    torch.testing.assert_close(out_fast, out_plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(grad_fast, grad_plain, atol=1e-4, rtol=1e-4)

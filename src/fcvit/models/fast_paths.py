@@ -10,14 +10,17 @@ Two sub-parts of every block run as custom operators (``torch.library.custom_op`
 ``fcvit``), each with a fake (shape) implementation and an autograd formula, so ``torch.compile``
 (``fullgraph=True`` included) calls them as they are instead of tracing the slower plain ops:
 
-- ``fcvit::bottleneck_mlp``: the token mixer's ``GELU(1x1(GELU(1x1(x))))``;
+- ``fcvit::conv_mlp``: a token-mixer round after its global context,
+  ``GELU(1x1(GELU(1x1(depth-wise 11x11(x)))))``;
 - ``fcvit::channel_mixer``: ``GroupNorm -> 1x1 -> 3x3 depth-wise -> GELU -> 1x1``.
 
 For training they keep less for the backward pass than the plain ops (docs/benchmarks.md has the
 per-tensor breakdown): the channel mixer saves its input and the first 1x1's output only and
 recomputes the normalisation, the depth-wise convolution and the GELU in backward (the plain ops
-keep the hidden activation, 4-8x wider than the block, three times), and the bottleneck MLP saves
-its input and its narrow hidden pre-activation and recomputes the rest. Outputs and gradients are
+keep the hidden activation, 4-8x wider than the block, three times), and a token-mixer round saves
+its input and its narrow hidden pre-activation and recomputes the convolution and the GELUs (the
+plain ops keep four block-sized tensors); its depth-wise weight gradient takes the faster CPU
+formulations of :mod:`fcvit.models.depthwise`. Outputs and gradients are
 those of the plain ops up to float rounding (tests/test_memory.py). Under autocast (CPU or CUDA)
 the operators take the autocast dtype for their products and float32 for the normalisation, as
 autocast does for the plain ops.
@@ -37,9 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .depthwise import depthwise_conv_backward
+
 __all__ = [
     "set_fast_paths", "fast_paths_enabled", "block_applies", "block_forward",
-    "bottleneck_mlp", "channel_mixer", "batch_slices",
+    "conv_mlp", "channel_mixer", "batch_slices",
     "CPU_SLICE_BYTES", "set_cpu_slice_bytes", "set_fused_inference", "fused_inference_enabled",
 ]
 
@@ -159,79 +164,124 @@ def _strided_like(t: Tensor, ref: Tensor) -> Tensor:
     return t if t.stride() == ref.stride() else torch.empty_like(ref, dtype=t.dtype).copy_(t)
 
 
+def _gelu_backward_(grad: Tensor, x: Tensor, into_grad: bool = False) -> Tensor:
+    """The exact GELU's input gradient written over ``x`` (or over ``grad``): both are temporaries of
+    the backward formulas, and reusing one saves allocating (and page-faulting) a third tensor."""
+    out = grad if into_grad else x
+    return torch.ops.aten.gelu_backward.grad_input(grad, x, grad_input=out)
+
+
 def _empty_nchw(like: Tensor, b: int, c: int, h: int, w: int, dtype: torch.dtype) -> Tensor:
     """An NCHW-shaped tensor stored channels-last, as the operators return them."""
     return _nchw(like.new_empty(b, h, w, c, dtype=dtype))
 
 
 # ---------------------------------------------------------------------------------------------------
-# fcvit::bottleneck_mlp: GELU(1x1(GELU(1x1(x)))), the token mixer's narrow MLP
+# fcvit::conv_mlp: GELU(1x1(GELU(1x1(depth-wise(x))))), the rest of a token-mixer round
 
-@torch.library.custom_op("fcvit::bottleneck_mlp", mutates_args=())
-def _bottleneck_mlp(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tuple[Tensor, Tensor]:
-    """Returns the output (NCHW shape, channels-last) and the hidden pre-activation (NHWC), kept for backward."""
-    hidden = F.linear(_nhwc(x), w0, b0)
+def _depthwise(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Stride-1 "same" depth-wise convolution, as :class:`~fcvit.models.depthwise.DepthwiseConv2d` computes it."""
+    return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
+
+
+@torch.library.custom_op("fcvit::conv_mlp", mutates_args=())
+def _conv_mlp(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor,
+              residual: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Returns the output (NCHW shape, channels-last) and the narrow hidden pre-activation (NHWC), which
+    backward needs with ``x``; the convolution's output and the GELUs are recomputed from them.
+
+    With ``residual`` and ``scale`` the output is ``residual + scale * GELU(...)``: the block's first
+    residual, which then keeps nothing of its own for backward (``scale``'s gradient needs the GELU's
+    output, recomputed too).
+    """
+    hidden = F.linear(_nhwc(_depthwise(x, wdw, bdw)), w0, b0)
     out = F.gelu(F.linear(F.gelu(hidden), w1, b1))
+    if residual is not None and scale is not None:
+        out = torch.addcmul(_nhwc(residual), scale, out)
     return _nchw(out), hidden
 
 
-@_bottleneck_mlp.register_fake
-def _(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tuple[Tensor, Tensor]:
+@_conv_mlp.register_fake
+def _(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor,
+      residual: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     b, _, h, w = x.shape
-    return _empty_nchw(x, b, w1.shape[0], h, w, x.dtype), x.new_empty(b, h, w, w0.shape[0])
+    dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    return _empty_nchw(x, b, w1.shape[0], h, w, dtype), x.new_empty(b, h, w, w0.shape[0])
 
 
-@torch.library.custom_op("fcvit::bottleneck_mlp_backward", mutates_args=())
-def _bottleneck_mlp_backward(
-        grad: Tensor, x: Tensor, hidden: Tensor, w0: Tensor, w1: Tensor, b1: Tensor,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+@torch.library.custom_op("fcvit::conv_mlp_backward", mutates_args=())
+def _conv_mlp_backward(
+        grad: Tensor, x: Tensor, hidden: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, w1: Tensor, b1: Tensor,
+        scale: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``x``, the six weights and ``scale`` (zeros when there is none)."""
     act = F.gelu(hidden)
     pre = F.linear(act, w1, b1)  # recomputed: a product with the narrow hidden layer, cheap
-    grad_pre = torch.ops.aten.gelu_backward(_nhwc(grad), pre)
-    del pre
+    grad_out = _nhwc(grad).to(pre.dtype)
+    if scale is not None:
+        grad_scale = _rows(grad_out * F.gelu(pre)).sum(0).to(scale.dtype)
+        grad_out = grad_out * scale.to(pre.dtype)
+    else:
+        grad_scale = pre.new_zeros(pre.shape[-1])
+    grad_pre = _gelu_backward_(grad_out, pre)
+    del grad_out
     grad_pre_rows = _rows(grad_pre)
     grad_w1 = grad_pre_rows.t().mm(_rows(act))
     grad_b1 = grad_pre_rows.sum(0)
-    grad_hidden = torch.ops.aten.gelu_backward(grad_pre.matmul(w1), hidden)
-    del grad_pre, grad_pre_rows, act
+    grad_hidden = _gelu_backward_(grad_pre.matmul(w1), hidden, into_grad=True)
+    del grad_pre, grad_pre_rows, act, pre
     grad_hidden_rows = _rows(grad_hidden)
-    grad_w0 = grad_hidden_rows.t().mm(_rows(_nhwc(x)))
+    conv = _depthwise(x, wdw, bdw)  # recomputed
+    grad_w0 = grad_hidden_rows.t().mm(_rows(_nhwc(conv)))
     grad_b0 = grad_hidden_rows.sum(0)
-    grad_x = _nchw(grad_hidden.matmul(w0))
-    return grad_x, grad_w0, grad_b0, grad_w1, grad_b1
+    del conv
+    grad_conv = _nchw(grad_hidden.matmul(w0))
+    del grad_hidden, grad_hidden_rows
+    pad = wdw.shape[-1] // 2
+    grad_x, grad_wdw, grad_bdw = depthwise_conv_backward(x, grad_conv, wdw, (pad, pad))
+    return (_strided_like(grad_x, x), _strided_like(grad_wdw, wdw), grad_bdw, grad_w0, grad_b0, grad_w1, grad_b1,
+            grad_scale)
 
 
-@_bottleneck_mlp_backward.register_fake
-def _(grad: Tensor, x: Tensor, hidden: Tensor, w0: Tensor, w1: Tensor, b1: Tensor):
-    b, c, h, w = x.shape
-    return (_empty_nchw(x, b, c, h, w, hidden.dtype), torch.empty_like(w0), w0.new_empty(w0.shape[0]),
-            torch.empty_like(w1), torch.empty_like(b1))
+@_conv_mlp_backward.register_fake
+def _(grad: Tensor, x: Tensor, hidden: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, w1: Tensor, b1: Tensor,
+      scale: Optional[Tensor] = None):
+    return (torch.empty_like(x), torch.empty_like(wdw), torch.empty_like(bdw), torch.empty_like(w0),
+            w0.new_empty(w0.shape[0]), torch.empty_like(w1), torch.empty_like(b1),
+            w1.new_empty(w1.shape[0], dtype=w1.dtype if scale is None else scale.dtype))
 
 
-def _bottleneck_setup(ctx, inputs, output) -> None:
-    x, w0, _b0, w1, b1 = inputs
-    ctx.save_for_backward(x, output[1], w0, w1, b1)
+def _conv_mlp_setup(ctx, inputs, output) -> None:
+    x, wdw, bdw, w0, _b0, w1, b1, residual, scale = inputs
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the hidden output nobody uses
+    ctx.has_residual = residual is not None and scale is not None
+    saved = (x, output[1], wdw, bdw, w0, w1, b1) + ((scale,) if ctx.has_residual else ())
+    ctx.save_for_backward(*saved)
 
 
-def _bottleneck_backward(ctx, grad: Tensor, _grad_hidden: Optional[Tensor]):
-    x, hidden, w0, w1, b1 = ctx.saved_tensors
-    return torch.ops.fcvit.bottleneck_mlp_backward(grad, x, hidden, w0, w1, b1)
+def _conv_mlp_grad(ctx, grad: Optional[Tensor], _grad_hidden: Optional[Tensor]):
+    if grad is None:
+        return (None,) * 9
+    g = torch.ops.fcvit.conv_mlp_backward(grad, *ctx.saved_tensors)
+    if ctx.has_residual:  # the residual's gradient is the output's: no operator, no copy
+        return g[0], g[1], g[2], g[3], g[4], g[5], g[6], grad, g[7]
+    return g[0], g[1], g[2], g[3], g[4], g[5], g[6], None, None
 
 
-_bottleneck_mlp.register_autograd(_bottleneck_backward, setup_context=_bottleneck_setup)
+_conv_mlp.register_autograd(_conv_mlp_grad, setup_context=_conv_mlp_setup)
 
 
-@torch.library.custom_op("fcvit::bottleneck_mlp_infer", mutates_args=())
-def _bottleneck_mlp_infer(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
+@torch.library.custom_op("fcvit::conv_mlp_infer", mutates_args=())
+def _conv_mlp_infer(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
     """The same function keeping nothing; oneDNN with the GELUs fused on CPU float32."""
     if _use_onednn(x, w0) and fused_inference_enabled():
-        return _onednn_pointwise(_onednn_pointwise(x, w0, b0, "gelu"), w1, b1, "gelu").contiguous(
-            memory_format=torch.channels_last)
-    return _nchw(F.gelu(F.linear(F.gelu(F.linear(_nhwc(x), w0, b0)), w1, b1)))
+        conv = _onednn_conv(x, wdw, bdw, [wdw.shape[-1] // 2] * 2, "none")
+        return _onednn_pointwise(_onednn_pointwise(conv, w0, b0, "gelu"), w1, b1, "gelu")
+    return _nchw(F.gelu(F.linear(F.gelu(F.linear(_nhwc(_depthwise(x, wdw, bdw)), w0, b0)), w1, b1)))
 
 
-@_bottleneck_mlp_infer.register_fake
-def _(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
+@_conv_mlp_infer.register_fake
+def _(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
     b, _, h, w = x.shape
     return _empty_nchw(x, b, w1.shape[0], h, w, x.dtype)
 
@@ -279,11 +329,12 @@ def _channel_mixer_backward(
     grad_w2 = grad_rows.t().mm(_rows(_nhwc(act)))
     grad_b2 = grad_rows.sum(0)
     del act
-    grad_hidden = torch.ops.aten.gelu_backward(grad_rows.mm(w2).view(b, h, w, -1), _nhwc(hidden))
+    grad_hidden = _gelu_backward_(grad_rows.mm(w2).view(b, h, w, -1), _nhwc(hidden), into_grad=True)
     del hidden
-    grad_h1, grad_wdw, grad_bdw = torch.ops.aten.convolution_backward(
-        _nchw(grad_hidden), _nchw(h1), wdw, [wdw.shape[0]], [1, 1], [wdw.shape[-1] // 2] * 2, [1, 1], False,
-        [0, 0], wdw.shape[0], [True, True, True])
+    grad_bdw = _rows(grad_hidden).sum(0)
+    grad_h1, grad_wdw, _ = torch.ops.aten.convolution_backward(  # the bias gradient apart: faster
+        _nchw(grad_hidden), _nchw(h1), wdw, None, [1, 1], [wdw.shape[-1] // 2] * 2, [1, 1], False,
+        [0, 0], wdw.shape[0], [True, True, False])
     del grad_hidden
     grad_h1_rows = _rows(_nhwc(grad_h1))
     z = _group_norm(x, norm_w, norm_b, groups, eps)[0].to(w1.dtype)  # recomputed: one pass over x
@@ -310,11 +361,14 @@ def _mixer_setup(ctx, inputs, output) -> None:
     x, norm_w, norm_b, groups, eps, w1, _b1, wdw, bdw, w2, _b2 = inputs
     _out, h1, mean, rstd = output
     ctx.groups, ctx.eps = groups, eps
+    ctx.set_materialize_grads(False)  # the outputs kept for backward get no zero-filled gradients
     ctx.save_for_backward(x, norm_w, norm_b, h1, mean, rstd, w1, wdw, bdw, w2)
 
 
-def _mixer_backward(ctx, grad: Tensor, *_unused: Optional[Tensor]):
+def _mixer_backward(ctx, grad: Optional[Tensor], *_unused: Optional[Tensor]):
     x, norm_w, norm_b, h1, mean, rstd, w1, wdw, bdw, w2 = ctx.saved_tensors
+    if grad is None:
+        return (None,) * 11
     g = torch.ops.fcvit.channel_mixer_backward(
         grad, x, norm_w, norm_b, ctx.groups, ctx.eps, h1, mean, rstd, w1, wdw, bdw, w2)
     return g[0], g[1], g[2], None, None, g[3], g[4], g[5], g[6], g[7], g[8]
@@ -375,16 +429,20 @@ def _needs_grad(x: Tensor, params: List[Tensor]) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
 
 
-def bottleneck_mlp(x: Tensor, fc0: nn.Module, fc1: nn.Module) -> Tensor:
-    """``GELU(fc1(GELU(fc0(x))))`` for two :class:`~fcvit.models.layers.PointwiseConv` layers."""
-    params = [fc0.weight.flatten(1), fc0.bias, fc1.weight.flatten(1), fc1.bias]
+def conv_mlp(x: Tensor, dw: nn.Conv2d, fc0: nn.Module, fc1: nn.Module, residual: Optional[Tensor] = None,
+             scale: Optional[Tensor] = None) -> Tensor:
+    """``GELU(fc1(GELU(fc0(dw(x)))))``, a token-mixer round after its global context; with ``residual``
+    and ``scale`` (per channel), ``residual + scale * GELU(...)``."""
+    params = [dw.weight, dw.bias, fc0.weight.flatten(1), fc0.bias, fc1.weight.flatten(1), fc1.bias]
     dtype = _autocast_dtype(x)
     if dtype is not None:
         x, params = x.to(dtype), [p.to(dtype) for p in params]
     with _autocast_off(x, dtype):
-        if _needs_grad(x, params):
-            return torch.ops.fcvit.bottleneck_mlp(x, *params)[0]
-        return torch.ops.fcvit.bottleneck_mlp_infer(x, *params)
+        if _needs_grad(x, params) or (scale is not None and _needs_grad(scale, [])) or (
+                residual is not None and _needs_grad(residual, [])):
+            return torch.ops.fcvit.conv_mlp(x, *params, residual, scale)[0]
+        y = torch.ops.fcvit.conv_mlp_infer(x, *params)
+        return y if residual is None or scale is None else torch.addcmul(residual, scale.reshape(-1, 1, 1), y)
 
 
 def channel_mixer(x: Tensor, norm: nn.GroupNorm, mixer: nn.Module, layer_scale: Tensor) -> Tensor:
@@ -430,6 +488,8 @@ def block_applies(block: nn.Module, x: Tensor) -> bool:
         return False
     if block.training and (cm.drop1.p > 0 or cm.drop2.p > 0):
         return False
+    if tm.dw1.bias is None or tm.dw2.bias is None:
+        return False
     norm = block.norm2
     return (isinstance(norm, nn.GroupNorm) and type(norm).forward is nn.GroupNorm.forward and norm.affine
             and cm.dwconv.bias is not None)
@@ -439,10 +499,12 @@ def block_forward(block: nn.Module, x: Tensor) -> Tensor:
     """The block's function on the fast path; equal to the plain ``FCViTBlock`` math up to float rounding."""
     tm = block.token_mixer
     y = block.norm1(x)
-    for gc, dw, fc in ((tm.gc1, tm.dw1, tm.fc1), (tm.gc2, tm.dw2, tm.fc2)):
-        y = bottleneck_mlp(dw(gc.add_context(y)), fc[0], fc[2])
-    scale1 = block.layer_scale_1.reshape(-1, 1, 1)
+    y = conv_mlp(tm.gc1.add_context(y), tm.dw1, tm.fc1[0], tm.fc1[2])
     drop = block.training and block.has_drop_path
-    x = x + block.drop_path(scale1 * y) if drop else torch.addcmul(x, scale1, y)
+    if drop:
+        y = conv_mlp(tm.gc2.add_context(y), tm.dw2, tm.fc2[0], tm.fc2[2])
+        x = x + block.drop_path(block.layer_scale_1.reshape(-1, 1, 1) * y)
+    else:  # the first residual inside the operator: x + layer_scale_1 * token_mixer(norm1(x))
+        x = conv_mlp(tm.gc2.add_context(y), tm.dw2, tm.fc2[0], tm.fc2[2], residual=x, scale=block.layer_scale_1)
     mix = channel_mixer(x, block.norm2, block.channel_mixer, block.layer_scale_2)
     return x + block.drop_path(mix) if drop else mix + x

@@ -1,12 +1,13 @@
-"""Model size and cost: parameters and multiply-accumulates, as the model tables report them."""
+"""Model size and cost: parameters, multiply-accumulates, and the activations training keeps for backward."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Set, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["count_params", "count_gmacs", "saved_activation_bytes"]
+__all__ = ["count_params", "count_gmacs", "SavedTensor", "saved_activations", "saved_activation_bytes"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -74,18 +75,28 @@ def count_gmacs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 22
     return sum(totals) / 1e9
 
 
-def saved_activation_bytes(model: nn.Module, x: torch.Tensor, depth: int = 4) -> Dict[str, int]:
-    """Bytes of activations the forward pass of ``model(x)`` keeps for backward, per module.
+@dataclass(frozen=True)
+class SavedTensor:
+    """One tensor autograd kept for backward: the module that saved it, its shape, dtype and bytes."""
 
-    Counts every tensor autograd saves (``torch.autograd.graph.saved_tensors_hooks``), once per
-    storage (views of one tensor saved by several ops count once, for the first module that saved
-    it), without parameters. Keys are module names cut to ``depth`` components (``network.0.1.
-    token_mixer``); what is saved outside any named module is under ``""``. This is what training
-    memory is made of, and how docs/benchmarks.md breaks it down.
+    module: str
+    shape: Tuple[int, ...]
+    dtype: torch.dtype
+    nbytes: int
+
+
+def saved_activations(model: nn.Module, x: torch.Tensor, depth: int = 4) -> List[SavedTensor]:
+    """Every activation the forward pass of ``model(x)`` keeps for backward, in the order saved.
+
+    Records what autograd saves (``torch.autograd.graph.saved_tensors_hooks``), once per storage
+    (views of one tensor saved by several ops count once, for the first module that saved it), and
+    no parameters. ``module`` is the name of the innermost module running at the time, cut to
+    ``depth`` components (``network.0.1.token_mixer``); ``""`` is outside any named module. This is
+    what training memory is made of, and how docs/benchmarks.md breaks it down.
     """
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: Set[int] = set()
-    totals: Dict[str, int] = {}
+    records: List[SavedTensor] = []
     stack: List[str] = [""]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -93,7 +104,7 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, depth: int = 4) ->
         key = storage.data_ptr()
         if key not in seen and key not in param_storages and storage.nbytes() > 0:
             seen.add(key)
-            totals[stack[-1]] = totals.get(stack[-1], 0) + storage.nbytes()
+            records.append(SavedTensor(stack[-1], tuple(t.shape), t.dtype, storage.nbytes()))
         return t
 
     def enter(name: str) -> Callable[..., None]:
@@ -115,4 +126,12 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, depth: int = 4) ->
     finally:
         for h in handles:
             h.remove()
+    return records
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor, depth: int = 4) -> Dict[str, int]:
+    """Bytes :func:`saved_activations` finds, summed per module name."""
+    totals: Dict[str, int] = {}
+    for record in saved_activations(model, x, depth):
+        totals[record.module] = totals.get(record.module, 0) + record.nbytes
     return totals

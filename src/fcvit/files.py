@@ -1,7 +1,7 @@
 """Writing files so that a kill at any moment leaves the old complete file or the new one, never half.
 
 Every file fcvit writes goes through :func:`atomic_write`: the content goes to a hidden temporary file
-beside the target (``.NAME.XXXXXXXX.tmp``), is flushed to disk, and only then renamed over the target.
+beside the target (``.NAME.<random>.tmp``), is flushed to disk, and only then renamed over the target.
 The temporaries share one name pattern so that :func:`remove_stale_temporaries` can clear those a
 killed process left behind.
 """

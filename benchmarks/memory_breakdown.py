@@ -60,9 +60,13 @@ def main() -> None:
         print(f"\n### {args.block}, {label}: {sum(r.nbytes for r in mine) / MB:.1f} MB\n")
         print("| saved inside | shape | MB |")
         print("|---|---|---|")
+        small = [r for r in mine if r.nbytes < MB / 2]
         for r in mine:
-            print(f"| {r.module[len(args.block) + 1:] or '(the block)'} | {'x'.join(map(str, r.shape))} | "
-                  f"{r.nbytes / MB:.2f} |")
+            if r.nbytes >= MB / 2:
+                print(f"| {r.module[len(args.block) + 1:] or '(the block: operators)'} | "
+                      f"{'x'.join(map(str, r.shape))} | {r.nbytes / MB:.2f} |")
+        print(f"| {len(small)} tensors under 0.5 MB (statistics, global tokens) | - | "
+              f"{sum(r.nbytes for r in small) / MB:.2f} |")
 
 
 if __name__ == "__main__":

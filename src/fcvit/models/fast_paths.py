@@ -195,7 +195,10 @@ def _conv_mlp(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: T
     output, recomputed too).
     """
     hidden = F.linear(_nhwc(_depthwise(x, wdw, bdw)), w0, b0)
-    out = F.gelu(F.linear(F.gelu(hidden), w1, b1))
+    if _use_onednn(hidden, w1) and fused_inference_enabled():  # the last GELU inside the product
+        out = _nhwc(_onednn_pointwise(_nchw(F.gelu(hidden)), w1, b1, "gelu"))
+    else:
+        out = F.gelu(F.linear(F.gelu(hidden), w1, b1))
     if residual is not None and scale is not None:
         out = torch.addcmul(_nhwc(residual), scale, out)
     return _nchw(out), hidden
@@ -303,6 +306,9 @@ def _channel_mixer(
     z, mean, rstd = _group_norm(x, norm_w, norm_b, groups, eps)
     h1 = F.linear(_nhwc(z.to(w1.dtype)), w1, b1)
     del z
+    if _use_onednn(h1, w1) and fused_inference_enabled():  # the GELU inside the convolution: one pass less
+        act = _onednn_conv(_nchw(h1), wdw, bdw, [wdw.shape[-1] // 2] * 2, "gelu")
+        return _onednn_pointwise(act, w2, b2, "none"), h1, mean, rstd
     act = F.gelu(_mixer_hidden(h1, wdw, bdw))
     out = F.linear(_nhwc(act), w2, b2)
     return _nchw(out), h1, mean, rstd

@@ -23,6 +23,16 @@ compiled() {
   run --model fcvit_b12 --compare convnext_nano,poolformer_s12 --mode infer --compile --variants fast \
       --rounds 5 --json $OUT/b12_infer_compile.json
 }
+issue15() {  # training memory and compiled mode against the peers, one process per table
+  local models="--model fcvit_tiny,fcvit_b12 --compare convnext_atto,convnext_nano,poolformer_s12 --threads 2"
+  local rounds="--iters 1 --rounds 5 --warmup 1"
+  "$PY" -m fcvit.cli.main benchmark $models --mode train $rounds --results-file $OUT/issue15_after_train.json
+  "$PY" -m fcvit.cli.main benchmark $models --mode infer $rounds --results-file $OUT/issue15_after_infer_eager.json
+  "$PY" -m fcvit.cli.main benchmark $models --mode infer --compile $rounds \
+      --results-file $OUT/issue15_after_infer_compile.json
+  "$PY" benchmarks/memory_breakdown.py --model fcvit_tiny > $OUT/memory_tiny.md
+  "$PY" benchmarks/memory_breakdown.py --model fcvit_b12 > $OUT/memory_b12.md
+}
 profiles() {
   "$PY" benchmarks/profile_ops.py --model fcvit_tiny --mode infer > $OUT/profile_tiny_infer.md
   "$PY" benchmarks/profile_ops.py --model fcvit_tiny --mode train > $OUT/profile_tiny_train.md
@@ -31,5 +41,6 @@ case "${1:-all}" in
   eager) eager ;;
   compiled) compiled ;;
   profiles) profiles ;;
+  issue15) issue15 ;;
   all) eager; compiled; profiles ;;
 esac

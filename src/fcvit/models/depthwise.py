@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DepthwiseConv2d", "depthwise_weight_grad", "depthwise_conv_backward", "WEIGHT_GRAD_METHODS"]
+__all__ = ["DepthwiseConv2d", "depthwise_weight_grad", "depthwise_conv_backward", "depthwise_input_grad",
+           "WEIGHT_GRAD_METHODS"]
 
 WEIGHT_GRAD_METHODS = ("auto", "fft", "depthwise", "native")
 _METHOD = ["auto"]
@@ -127,14 +128,29 @@ def depthwise_conv_backward(
     The weight gradient takes the faster CPU formulations for float32 on the CPU (unless the method
     is ``"native"``), PyTorch's own backward everywhere else.
     """
-    groups = weight.shape[0]
     fast = _METHOD[0] != "native" and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-    # the bias gradient apart: inside convolution_backward it cost 5-10x the input gradient on the CPU
-    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-        grad, x, weight, None, [1, 1], list(padding), [1, 1], False, [0, 0], groups, [True, not fast, False])
     if fast:
         grad_w = depthwise_weight_grad(x, grad, weight, padding, _pick_method(x))
-    return grad_x, grad_w, _channel_sums(grad)
+    else:
+        grad_w = _weight_grad_native(x, grad, weight, padding)
+    # the bias gradient apart: inside convolution_backward it cost 5-10x the input gradient on the CPU
+    return depthwise_input_grad(x, grad, weight, padding), grad_w, _channel_sums(grad)
+
+
+def depthwise_input_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,
+                         padding: Tuple[int, int]) -> torch.Tensor:
+    """Input gradient of a stride-1 depth-wise convolution.
+
+    With "same" padding of an odd kernel it is the forward convolution of the output gradient with
+    the flipped kernel: on the CPU about half the time of ``convolution_backward``'s input branch, and
+    it keeps the channels-last layout (no copy afterwards).
+    """
+    kh, kw = weight.shape[-2:]
+    if kh % 2 and kw % 2 and tuple(padding) == (kh // 2, kw // 2) and grad.shape == x.shape:
+        return F.conv2d(grad, weight.flip(-2, -1), None, padding=tuple(padding), groups=weight.shape[0])
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [1, 1], list(padding), [1, 1], False, [0, 0], weight.shape[0],
+        [True, False, False])[0]
 
 
 def _channel_sums(x: torch.Tensor) -> torch.Tensor:

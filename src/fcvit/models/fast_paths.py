@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .depthwise import depthwise_conv_backward
+from .depthwise import depthwise_conv_backward, depthwise_input_grad
 
 __all__ = [
     "set_fast_paths", "fast_paths_enabled", "block_applies", "block_forward",
@@ -337,10 +337,12 @@ def _channel_mixer_backward(
     del act
     grad_hidden = _gelu_backward_(grad_rows.mm(w2).view(b, h, w, -1), _nhwc(hidden), into_grad=True)
     del hidden
-    grad_bdw = _rows(grad_hidden).sum(0)
-    grad_h1, grad_wdw, _ = torch.ops.aten.convolution_backward(  # the bias gradient apart: faster
-        _nchw(grad_hidden), _nchw(h1), wdw, None, [1, 1], [wdw.shape[-1] // 2] * 2, [1, 1], False,
-        [0, 0], wdw.shape[0], [True, True, False])
+    grad_bdw = _rows(grad_hidden).sum(0)  # the bias gradient apart from convolution_backward: faster
+    pad = [wdw.shape[-1] // 2] * 2
+    grad_wdw = torch.ops.aten.convolution_backward(
+        _nchw(grad_hidden), _nchw(h1), wdw, None, [1, 1], pad, [1, 1], False, [0, 0], wdw.shape[0],
+        [False, True, False])[1]
+    grad_h1 = depthwise_input_grad(_nchw(h1), _nchw(grad_hidden), wdw, (pad[0], pad[1]))
     del grad_hidden
     grad_h1_rows = _rows(_nhwc(grad_h1))
     z = _group_norm(x, norm_w, norm_b, groups, eps)[0].to(w1.dtype)  # recomputed: one pass over x

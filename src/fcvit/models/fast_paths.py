@@ -152,6 +152,16 @@ def _onednn_pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], attr: s
     return _nchw(y.view(b, h, w, weight.shape[0]))
 
 
+def _linear_nhwc(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``F.linear`` over the channels of an NCHW-shaped tensor, returned NHWC; through oneDNN on CPU float32,
+    which adds the bias inside the kernel (``addmm`` first copies it into every output row)."""
+    if _use_onednn(x, weight) and fused_inference_enabled():
+        b, c, h, w = x.shape
+        y = torch.ops.mkldnn._linear_pointwise(_rows(_nhwc(x)), weight, bias, "none", [], "")
+        return y.view(b, h, w, weight.shape[0])
+    return F.linear(_nhwc(x), weight, bias)
+
+
 def _onednn_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: List[int], attr: str) -> Tensor:
     """Stride-1 depth-wise convolution through oneDNN with ``attr`` ('none' or 'gelu') fused; channels-last."""
     return torch.ops.mkldnn._convolution_pointwise(
@@ -194,7 +204,7 @@ def _conv_mlp(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: T
     residual, which then keeps nothing of its own for backward (``scale``'s gradient needs the GELU's
     output, recomputed too).
     """
-    hidden = F.linear(_nhwc(_depthwise(x, wdw, bdw)), w0, b0)
+    hidden = _linear_nhwc(_depthwise(x, wdw, bdw), w0, b0)
     if _use_onednn(hidden, w1) and fused_inference_enabled():  # the last GELU inside the product
         out = _nhwc(_onednn_pointwise(_nchw(F.gelu(hidden)), w1, b1, "gelu"))
     else:
@@ -304,7 +314,7 @@ def _channel_mixer(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns the mixer's output and, for backward, the first 1x1's output (NHWC) and the norm's statistics."""
     z, mean, rstd = _group_norm(x, norm_w, norm_b, groups, eps)
-    h1 = F.linear(_nhwc(z.to(w1.dtype)), w1, b1)
+    h1 = _linear_nhwc(z.to(w1.dtype), w1, b1)
     del z
     if _use_onednn(h1, w1) and fused_inference_enabled():  # the GELU inside the convolution: one pass less
         act = _onednn_conv(_nchw(h1), wdw, bdw, [wdw.shape[-1] // 2] * 2, "gelu")

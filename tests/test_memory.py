@@ -99,7 +99,8 @@ def test_operators_pass_opcheck():
     """Fake (shape) implementations, schemas and autograd registrations agree with the real kernels."""
     torch.manual_seed(0)
     x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
-    mlp = (torch.randn(8, 1, 3, 3), torch.randn(8), torch.randn(2, 8), torch.randn(2), torch.randn(8, 2), torch.randn(8))
+    mlp = (torch.randn(8, 1, 3, 3), torch.randn(8), torch.randn(2, 8), torch.randn(2), torch.randn(8, 2),
+           torch.randn(8))
     mixer = (torch.rand(8) + 0.5, torch.randn(8), 1, 1e-5, torch.randn(32, 8), torch.randn(32),
              torch.randn(32, 1, 3, 3), torch.randn(32), torch.randn(8, 32), torch.randn(8))
     mlp = tuple(t.requires_grad_() for t in mlp)

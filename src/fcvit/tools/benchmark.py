@@ -37,9 +37,10 @@ class Candidate:
     """A model to measure: a label and how to build it (called once, before the rounds).
 
     ``fast_paths`` pins FCViT's fast paths (:mod:`fcvit.models.fast_paths`) on or off while this model
-    runs (``None`` leaves the global setting alone; off, the blocks run the plain ops); ``cpu_shortcuts=False`` runs FCViT without its other CPU
-    shortcuts (the channel mixer's batch slices and the faster depth-wise weight gradient), which is
-    how the benchmarks show what they are worth.
+    runs (``None`` leaves the global setting alone; off, the blocks run the plain ops);
+    ``cpu_shortcuts=False`` runs FCViT without its other CPU shortcuts (the channel mixer's batch
+    slices and the faster depth-wise weight gradient), which is how the benchmarks show what they are
+    worth.
     """
 
     label: str

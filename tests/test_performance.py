@@ -275,3 +275,12 @@ def test_peak_memory_measurement_prints_no_profiler_noise(capfd):
     assert peak is not None and peak > 0
     out, err = capfd.readouterr()
     assert "USDT" not in out + err and "profiler_start" not in out + err
+
+
+def test_fused_copy_keeps_the_fast_inference_path(micro_reference, fused_calls):
+    """``fcvit.fuse`` drops norm2's affine; the channel-mixer operator still runs and matches the fixture."""
+    fused = fcvit.fuse(_micro_model(micro_reference))
+    with torch.inference_mode():
+        out = fused(micro_reference["input"])
+    assert len(fused_calls) == 5
+    torch.testing.assert_close(out, micro_reference["logits"], atol=ATOL, rtol=0)

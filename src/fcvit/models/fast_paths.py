@@ -470,9 +470,13 @@ def channel_mixer(x: Tensor, norm: nn.GroupNorm, mixer: nn.Module, layer_scale: 
     dtype = _autocast_dtype(x)
     if dtype is not None:
         weights = [w.to(dtype) for w in weights]
-    norm_args = (norm.weight, norm.bias, norm.num_groups, norm.eps)
+    if norm.affine:
+        norm_w, norm_b = norm.weight, norm.bias
+    else:  # fcvit.fuse folds norm2's affine into the mixer: an identity affine computes the same
+        norm_w, norm_b = x.new_ones(x.shape[1]), x.new_zeros(x.shape[1])
+    norm_args = (norm_w, norm_b, norm.num_groups, norm.eps)
     with _autocast_off(x, dtype):
-        if not _needs_grad(x, [norm.weight, norm.bias] + weights):
+        if not _needs_grad(x, [norm_w, norm_b] + weights):
             return torch.ops.fcvit.channel_mixer_infer(x, *norm_args, *weights)
         slices = 1 if _compiling(x) else batch_slices(x, mixer.fc1.out_channels, CPU_SLICE_BYTES["grad"])
         if slices > 1:
@@ -509,8 +513,7 @@ def block_applies(block: nn.Module, x: Tensor) -> bool:
     if tm.dw1.bias is None or tm.dw2.bias is None:
         return False
     norm = block.norm2
-    return (isinstance(norm, nn.GroupNorm) and type(norm).forward is nn.GroupNorm.forward and norm.affine
-            and cm.dwconv.bias is not None)
+    return isinstance(norm, nn.GroupNorm) and type(norm).forward is nn.GroupNorm.forward and cm.dwconv.bias is not None
 
 
 def block_forward(block: nn.Module, x: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""The pieces, interleaved: global context, channel mixer and token mixer, new (fused / plain) vs original-cl.
+"""The pieces, interleaved: global context, channel mixer and token mixer, new (fast path / plain) vs original-cl.
 
     python benchmarks/components_ab.py --threads 2
 
@@ -17,7 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fcvit.models.layers import ChannelMixer, GlobalContext, TokenMixer  # noqa: E402
+from fcvit.models import fast_paths  # noqa: E402
+from fcvit.models.layers import ChannelMixer, GlobalContext, GroupNorm1, TokenMixer  # noqa: E402
 from original_fcvit import GlobalContext as OriginalGC, Mlp, TokenMixer as OriginalTM  # noqa: E402
 
 
@@ -39,13 +40,19 @@ def main() -> None:
         otm.load_state_dict(tm.state_dict())
         ocm, otm = ocm.to(memory_format=cl), otm.to(memory_format=cl)
         scale = torch.ones(dim)
+        norm = GroupNorm1(dim).eval()
+
+        def token_mixer_fast(x: torch.Tensor) -> torch.Tensor:
+            y = fast_paths.conv_mlp(tm.gc1.add_context(x), tm.dw1, tm.fc1[0], tm.fc1[2])
+            return fast_paths.conv_mlp(tm.gc2.add_context(y), tm.dw2, tm.fc2[0], tm.fc2[2])
+
         variants = {
             ("global context + residual", "new"): lambda: gc.add_context(x),
             ("global context + residual", "original-cl"): lambda: x + ogc(x),
-            ("channel mixer", "new, fused"): lambda: cm.forward_fused(x, scale),
-            ("channel mixer", "new, plain"): lambda: cm(x, scale),
-            ("channel mixer", "original-cl"): lambda: ocm(x),
-            ("token mixer", "new, fused"): lambda: tm.forward_fused(x),
+            ("norm + channel mixer", "new, fast path"): lambda: fast_paths.channel_mixer(x, norm, cm, scale),
+            ("norm + channel mixer", "new, plain"): lambda: cm(norm(x), scale),
+            ("norm + channel mixer", "original-cl"): lambda: ocm(norm(x)),
+            ("token mixer", "new, fast path"): lambda: token_mixer_fast(x),
             ("token mixer", "new, plain"): lambda: tm(x),
             ("token mixer", "original-cl"): lambda: otm(x),
         }

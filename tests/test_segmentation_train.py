@@ -75,7 +75,7 @@ def test_training_reduces_the_loss_and_learns_the_regions(trained):
     for name in ("last.pth.tar", "model_best.pth.tar", "log.txt", "results.json"):
         assert (trained / name).is_file(), name
     state = load_train_state(trained / "last.pth.tar")  # weights_only=True
-    assert state["global_step"] == 40 and state["segmenter"]["num_classes"] == NUM_CLASSES
+    assert state["global_step"] == 40 and state["model_config"]["num_classes"] == NUM_CLASSES
     assert state["class_names"] == [f"class {i}" for i in range(NUM_CLASSES)]
     assert state["saver"]["metric"] == "mIoU"
     best = max(float(r["mIoU"]) for r in rows)
@@ -243,3 +243,14 @@ def test_option_mistakes_are_one_sentence(dataset, tmp_path, capsys):
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
     _expect_one_sentence([*base, *SMALL, "--class-names", names], capsys, "2 names but --num-classes is 4")
+
+
+def test_checkpoints_of_earlier_versions_keep_loading(trained, tmp_path):
+    """The model's arguments were stored under 'segmenter' before every task used 'model_config'."""
+    from fcvit.tasks.segmentation.evaluate import load_segmenter
+
+    state = load_train_state(trained / "last.pth.tar")
+    state["segmenter"] = state.pop("model_config")
+    torch.save(state, tmp_path / "old.pth.tar")
+    model, _ = load_segmenter(tmp_path / "old.pth.tar")
+    assert model.num_classes == NUM_CLASSES

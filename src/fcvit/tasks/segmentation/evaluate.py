@@ -22,12 +22,13 @@ from ...models import extract_state_dict, load_weights, read_checkpoint
 from .metrics import ConfusionMatrix
 from .model import SemanticFPN, create_segmenter
 
-__all__ = ["CONFIG_KEY", "infer_logits", "evaluate", "load_segmenter", "eval_loader",
+__all__ = ["CONFIG_KEY", "stored_config", "infer_logits", "evaluate", "load_segmenter", "eval_loader",
            "class_names_from"]
 
 _logger = logging.getLogger(__name__)
 
-CONFIG_KEY = "segmenter"  # checkpoint entry with create_segmenter()'s arguments
+CONFIG_KEY = "model_config"  # create_segmenter()'s arguments; detection stores build_mask_rcnn()'s under the same key
+_LEGACY_CONFIG_KEY = "segmenter"  # checkpoints written before the tasks shared one key
 
 
 def infer_logits(model: nn.Module, image: torch.Tensor, output_size: Tuple[int, int]) -> torch.Tensor:
@@ -79,10 +80,16 @@ def evaluate(
     return scores
 
 
+def stored_config(checkpoint: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+    """``create_segmenter()``'s arguments as training stored them (also from checkpoints of earlier versions)."""
+    config = checkpoint.get(CONFIG_KEY, checkpoint.get(_LEGACY_CONFIG_KEY))
+    return config if isinstance(config, Mapping) else None
+
+
 def load_segmenter(path: str | os.PathLike, device: torch.device | str = "cpu") -> Tuple[SemanticFPN, Dict[str, Any]]:
     """Rebuild a Semantic FPN from a checkpoint written by ``fcvit segment train``; returns (model, checkpoint)."""
     checkpoint = read_checkpoint(path)
-    config = checkpoint.get(CONFIG_KEY)
+    config = stored_config(checkpoint)
     if not isinstance(config, Mapping):
         raise UserError(f"Checkpoint '{path}' has no '{CONFIG_KEY}' entry, so it was not written by "
                         "'fcvit segment train': pass a segmentation checkpoint (last.pth.tar or model_best.pth.tar).")

@@ -33,7 +33,7 @@ from ...engine import (
 from ...errors import UserError
 from .data import SegmentationFolder, default_class_names, read_class_names
 from ...files import write_json
-from .evaluate import CONFIG_KEY, eval_loader, evaluate
+from .evaluate import CONFIG_KEY, eval_loader, evaluate, stored_config
 from .metrics import format_class_table
 from .model import SemanticFPN, create_segmenter, synchronize_batch_norm
 from .transforms import IGNORE_INDEX, eval_transforms, train_transforms
@@ -176,8 +176,9 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
         return summary, summary
 
     def check_resume(state: Mapping[str, Any]) -> None:
-        if state.get(CONFIG_KEY) and dict(state[CONFIG_KEY]) != config:
-            raise UserError(f"The checkpoint to resume holds another model ({state[CONFIG_KEY]}): resume with the "
+        stored = stored_config(state)
+        if stored and dict(stored) != config:
+            raise UserError(f"The checkpoint to resume holds another model ({dict(stored)}): resume with the "
                             "same --backbone and class options, or use another --output.")
 
     spec = TrainSpec(

@@ -285,3 +285,44 @@ def test_validate_does_not_count_a_skipped_image(capsys, tmp_path):
     without = _validate(capsys, data, checkpoint)
     assert with_bad["images"] == without["images"] == 8 and with_bad["skipped"] == 1
     assert with_bad["top1"] == without["top1"] and with_bad["loss"] == pytest.approx(without["loss"])
+
+
+# ---------------------------------------------------------------- files named by --results-file and -o
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "fcvit_tiny.pth.tar"
+    torch.save({"state_dict": timm.create_model("fcvit_tiny", num_classes=2).state_dict()}, path)
+    return path
+
+
+def test_results_file_and_figures_are_replaced_only_when_asked(photos, tiny_checkpoint, tmp_path, capsys):
+    results = tmp_path / "results.json"
+    results.write_text("a user's earlier results")
+    cases = [
+        ["validate", "--dataset", "digits", "--model", "fcvit_tiny", "--checkpoint", tiny_checkpoint, "-j", "0",
+         "--device", "cpu", "--results-file", results],
+        ["analyze", "similarity", photos / "chelsea.png", "--model", "fcvit_tiny", "--results-file", results],
+        ["visualize", "similarity", photos / "chelsea.png", "--model", "fcvit_tiny", "-o", results.with_suffix(".png")],
+        ["benchmark", "--model", "fcvit_tiny", "--compare", "", "--results-file", results],
+    ]
+    results.with_suffix(".png").write_bytes(b"a user's figure")
+    for argv in cases:
+        code, _, err = fcvit(capsys, *argv)
+        line = one_error(err)
+        assert code == 2 and "already exists" in line and "--overwrite" in line, line
+    assert results.read_text() == "a user's earlier results"
+    assert results.with_suffix(".png").read_bytes() == b"a user's figure"
+    code, _, err = fcvit(capsys, "visualize", "similarity", photos / "chelsea.png", "--model", "fcvit_tiny",
+                         "-o", results.with_suffix(".png"), "--overwrite")
+    assert code == 0, err
+    assert results.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"  # asked for: replaced
+
+
+def test_a_figure_is_never_written_over_its_input_image(photos, capsys):
+    before = sha(photos / "chelsea.png")
+    code, _, err = fcvit(capsys, "visualize", "similarity", photos / "chelsea.png", "--model", "fcvit_tiny",
+                         "-o", photos / "chelsea.png", "--overwrite")
+    assert code == 2 and "input image" in one_error(err)
+    assert sha(photos / "chelsea.png") == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .options import add_device, positive_int
+from .options import add_device, add_overwrite, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s.add_argument("--img-size", type=positive_int, default=224, help="FCViT input: shorter side, aspect ratio kept (default 224; ViTs use their own size)")
         s.add_argument("--results-file", metavar="R.json", help="write the results as .json (everything) or .csv")
         s.add_argument("--plot", metavar="F.png", help="plot every measure over depth to this figure")
+        add_overwrite(s, "an existing --results-file or --plot")
         add_device(s)
         s.set_defaults(func=run)
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.results_file and os.path.splitext(args.results_file)[1].lower() not in (".json", ".csv"):
         raise UserError(f"--results-file '{args.results_file}' must end in .json or .csv.")
     reader = ImageReader(expand_image_paths(args.images))  # missing and non-image files: before the model
-    check_outputs([p for p in (args.plot, args.results_file) if p], reader.paths, overwrite=True,
+    check_outputs([p for p in (args.plot, args.results_file) if p], reader.paths, overwrite=args.overwrite,
                   choose="choose another --plot or --results-file", input_name="input image")
     model, weights = create_analysis_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
     args.device = resolve_device(args.device)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_device, non_negative_int, positive_int
+from .options import add_device, add_overwrite, non_negative_int, positive_int
 
 
 def _names(text: str) -> list[str]:
@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", nargs="?", const=True, default=False, metavar="PATH",
                    help="print the results as JSON (--json PATH, the old spelling, writes them like --results-file)")
     p.add_argument("--results-file", default="", metavar="PATH", help="also write the results as JSON to PATH")
+    add_overwrite(p, "an existing --results-file")
     p.set_defaults(func=run)
 
 
@@ -43,13 +44,15 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine import resolve_device
     from ..errors import UserError
-    from ..files import json_text, write_json
+    from ..files import check_outputs, json_text, write_json
     from ..tools.benchmark import format_table, run_benchmark, timm_candidate
 
     if isinstance(args.json, str):  # --json PATH: the spelling of earlier versions
         if args.results_file:
             raise UserError("--json PATH and --results-file both name a file: keep --results-file.")
         args.results_file, args.json = args.json, False
+    if args.results_file:
+        check_outputs([args.results_file], [], args.overwrite, "choose another --results-file")
     args.device = str(resolve_device(args.device))
     models = _names(args.model)
     peers = [p for p in _names(args.compare) if p not in models]

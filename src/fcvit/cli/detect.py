@@ -165,10 +165,14 @@ def run_eval(args: argparse.Namespace) -> int:
     import logging
 
     from ..engine import cleanup_distributed, init_distributed, resolve_amp, setup_logging
+    from ..files import check_outputs
     from ..tasks.detection.dataset import CocoInstances, eval_transforms
     from ..tasks.detection.predict import load_detector
     from ..tasks.detection.train import detection_eval_loader, evaluate, format_metrics, resolve_data_paths
 
+    if args.results_file:
+        check_outputs([args.results_file], [args.checkpoint], args.overwrite, "choose another --results-file",
+                      "checkpoint")
     ctx = init_distributed(args.device)
     try:
         setup_logging(ctx)

@@ -118,6 +118,7 @@ def add_keep_best(p: argparse.ArgumentParser, default: int, metric: str) -> None
 def add_results(p: argparse.ArgumentParser, what: str, file_help: Optional[str] = None) -> None:
     p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
     p.add_argument("--results-file", default="", metavar="PATH", help=file_help or f"also write {what} to PATH")
+    add_overwrite(p, "an existing --results-file")
 
 
 def add_precision(p: argparse.ArgumentParser, training: bool) -> None:

@@ -131,10 +131,13 @@ def run_eval(args: argparse.Namespace) -> int:
         evaluate,
         load_segmenter,
     )
-    from ..files import json_text, write_json
+    from ..files import check_outputs, json_text, write_json
     from ..tasks.segmentation.metrics import format_class_table
     from ..tasks.segmentation.transforms import eval_transforms
 
+    if args.results_file:
+        check_outputs([args.results_file], [args.checkpoint], args.overwrite, "choose another --results-file",
+                      "checkpoint")
     ctx = init_distributed(args.device)
     try:
         model, checkpoint = load_segmenter(args.checkpoint, ctx.device)

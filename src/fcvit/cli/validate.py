@@ -55,6 +55,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     from ..engine import cleanup_distributed, init_distributed, resolve_amp, setup_logging, unwrap_model
     from ..tasks.classification.train import build_eval_loader, check_classes, create_model, evaluate
     from ..errors import UserError
+    from ..files import check_outputs
     from ..models import extract_state_dict, load_weights, read_checkpoint
     from ..models.checkpoint import checkpoint_args
     from .original_flags import resolve_original_validate_flags
@@ -66,6 +67,9 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError("No DATA folder given: pass a folder holding val/<class>/*, or --dataset digits.")
     if not args.checkpoint:
         raise UserError("No --checkpoint given: pass the weights to evaluate (random weights would score chance).")
+    if args.results_file:
+        check_outputs([args.results_file], [args.checkpoint], args.overwrite, "choose another --results-file",
+                      "checkpoint")
     checkpoint = read_checkpoint(args.checkpoint)
     explicit = getattr(args, "_explicit", set())
     for key, value in stored_data_config(checkpoint).items():

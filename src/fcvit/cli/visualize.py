@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .options import add_device, add_seed, positive_int
+from .options import add_device, add_overwrite, add_seed, positive_int
 
 _logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--block", type=int, default=-1, help="block index over the whole network (default -1, the last)")
     s.add_argument("--img-size", type=positive_int, default=224, help="shorter side the image is resized to, keeping its aspect ratio (default 224)")
     s.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
+    add_overwrite(s, "an existing figure")
     add_device(s)
     s.add_argument("--dpi", type=positive_int, default=100, help="figure resolution in dots per inch (default 100)")
     s.set_defaults(func=run_similarity)
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--block", type=int, default=-1, help="block index (default -1, the last)")
     a.add_argument("--head", default="mean", help="mean (default), all (one column per head) or a head index")
     a.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
+    add_overwrite(a, "an existing figure")
     add_device(a)
     a.add_argument("--dpi", type=positive_int, default=100, help="figure resolution in dots per inch (default 100)")
     a.set_defaults(func=run_attention)
@@ -73,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--module", choices=("gc1", "gc2"), default="gc2", help="FCViT global-context module (default gc2)")
     c.add_argument("--img-size", type=positive_int, default=224, help="FCViT input: shorter side, aspect ratio kept (default 224)")
     c.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
+    add_overwrite(c, "an existing figure")
     add_device(c)
     c.add_argument("--dpi", type=positive_int, default=100, help="figure resolution in dots per inch (default 100)")
     c.set_defaults(func=run_compare)
@@ -122,9 +125,11 @@ def run_similarity(args: argparse.Namespace) -> int:
     from ..analysis.plots import check_figure_path, display_image, draw_similarity, save_figure
     from ..data import load_image
     from ..engine import resolve_device
+    from ..files import check_outputs
 
     args.device = resolve_device(args.device)
     check_figure_path(args.output)
+    check_outputs([args.output], [args.image], args.overwrite, "choose another -o", "input image")
     image = load_image(args.image)
     block, maps, weights = _fcvit_maps(args, args.model, args.checkpoint, args.pretrained, image)
     fig = draw_similarity(display_image(image), maps,
@@ -143,11 +148,13 @@ def run_attention(args: argparse.Namespace) -> int:
     from ..analysis.plots import check_figure_path, display_image, draw_attention, save_figure
     from ..data import load_image
     from ..engine import resolve_device
+    from ..files import check_outputs
 
     args.device = resolve_device(args.device)
     head = parse_head(args.head)
     points, k = _query_points(args, default_random=4)
     check_figure_path(args.output)
+    check_outputs([args.output], [args.image], args.overwrite, "choose another -o", "input image")
     image = load_image(args.image)
     block, points, maps, labels, prefix, weights = _vit_maps(args, args.model, args.checkpoint, args.pretrained,
                                                              image, args.block, head, points, k)
@@ -162,6 +169,7 @@ def run_attention(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     from ..engine import resolve_device
+    from ..files import check_outputs
     import torch
 
     args.device = resolve_device(args.device)
@@ -170,6 +178,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     points, k = _query_points(args, default_random=8)
     check_figure_path(args.output)
+    check_outputs([args.output], [args.image], args.overwrite, "choose another -o", "input image")
     image = load_image(args.image)
     vit_block, points, maps, _, _, vit_weights = _vit_maps(args, args.vit, args.vit_checkpoint, args.vit_pretrained,
                                                            image, args.vit_block, "mean", points, k)

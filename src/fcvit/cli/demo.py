@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = result["best"] or result["last"]
     results_file = os.path.join(args.output, "validate.json")
     val_args = sub.choices["validate"].parse_args(
-        ["--dataset", "digits", "--checkpoint", checkpoint, "--results-file", results_file, "--device", args.device,
-         "-j", str(train_args.workers), "-b", "120"])
+        ["--dataset", "digits", "--checkpoint", checkpoint, "--results-file", results_file, "--overwrite",
+         "--device", args.device, "-j", str(train_args.workers), "-b", "120"])  # the demo's own file, renewed
     from .validate import validate
 
     metrics = validate(val_args)

@@ -84,3 +84,37 @@ def test_rows_are_written_per_epoch_and_the_best_is_ranked(tmp_path):
     assert rows[0].startswith("epoch,iter,") and [r.split(",")[:2] for r in rows[1:]] == [
         ["0", "5"], ["1", "10"], ["2", "15"]]
     assert load_train_state(tmp_path / "model_best.pth.tar")["global_step"] == 10
+
+
+def test_a_stop_where_an_evaluation_is_due_saves_first_and_evaluates_on_resume(tmp_path, monkeypatch):
+    """A stop notice (SIGTERM before a kill) may be shorter than an evaluation: save, evaluate when resumed."""
+    calls = {"steps": 0}
+    real = GracefulStop.should_stop
+
+    def stop_at_step_10(self, ctx=None):  # the last step of epoch 1 (5 batches per epoch)
+        calls["steps"] += 1
+        return calls["steps"] == 10 or real(self, ctx)
+
+    evaluated = []
+
+    def scores(model):
+        value = float(model.weight.detach())
+        evaluated.append(value)
+        return {"score": value}, {"score": value}
+
+    straight = _run(tmp_path / "straight", _LossModel(), evaluations=scores)
+    assert len(evaluated) == 3
+    evaluated.clear()
+    with monkeypatch.context() as m:
+        m.setattr(GracefulStop, "should_stop", stop_at_step_10)
+        stopped = _run(tmp_path / "resumed", _LossModel(), evaluations=scores)
+    assert stopped["interrupted"] and len(evaluated) == 1  # epoch 0 only: epoch 1's evaluation was put off
+    state = load_train_state(tmp_path / "resumed" / LAST_NAME)
+    assert state["pending_evaluation"] == {"epoch": 1, "done": 5} and state["global_step"] == 10
+    resumed = _run(tmp_path / "resumed", _LossModel(), evaluations=scores)
+    assert len(evaluated) == 3 and not resumed["interrupted"]  # epoch 1's evaluation first, then epoch 2's
+    rows = (tmp_path / "resumed" / "summary.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [["0", "5"], ["1", "10"], ["2", "15"]]
+    assert straight["best_value"] == pytest.approx(resumed["best_value"])
+    a = load_train_state(tmp_path / "straight" / LAST_NAME)["state_dict"]["weight"]
+    assert torch.equal(a, load_train_state(tmp_path / "resumed" / LAST_NAME)["state_dict"]["weight"])

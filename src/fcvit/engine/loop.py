@@ -205,11 +205,11 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
     summary = SummaryLog(os.path.join(out, "summary.csv"), ctx, step_key=step_key,
                          tensorboard_dir=os.path.join(out, "tensorboard") if settings.tensorboard else None)
 
-    global_step, epoch, done, window_state = 0, 0, 0, None
+    global_step, epoch, done, window_state, pending = 0, 0, 0, None, None
     resume_path = resolve_resume(settings.resume, out)
     if resume_path:
-        global_step, epoch, done, window_state = _resume(spec, settings, resume_path, saver, ctx, per_epoch,
-                                                         total_steps)
+        global_step, epoch, done, window_state, pending = _resume(spec, settings, resume_path, saver, ctx,
+                                                                  per_epoch, total_steps)
     if settings.start_epoch is not None and settings.start_epoch != epoch:  # the original's rule: it always wins
         if resume_path:
             _logger.info("--start-epoch %d overrides the resumed epoch %d.", settings.start_epoch, epoch)
@@ -223,7 +223,7 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
             spec.scheduler.step_update(num_updates=global_step)
 
     train_model = wrap_ddp(spec.model, ctx, broadcast_buffers=settings.broadcast_buffers)
-    if global_step >= total_steps:
+    if global_step >= total_steps and pending is None:
         _logger.info("Already trained for %d of %d %s: nothing to do.", global_step if spec.unit == "iter" else epoch,
                      spec.length, "iterations" if spec.unit == "iter" else "epochs")
     length = f"{spec.length} epochs of {per_epoch} steps" if spec.unit == "epoch" else f"{spec.length} iterations"
@@ -231,15 +231,18 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
                  f" ({spec.describe})" if spec.describe else "", length, batch_size * ctx.world_size, batch_size,
                  ctx.world_size, ctx.device, amp.describe())
 
-    def state_at(step: int, data_epoch: int, batches_done: int, window: Optional[_Window]) -> Dict[str, Any]:
-        """``epoch``: epochs of data completed; ``step_in_epoch``: batches of the next one done."""
+    def state_at(step: int, data_epoch: int, batches_done: int, window: Optional[_Window],
+                 pending_evaluation: bool = False) -> Dict[str, Any]:
+        """``epoch``: epochs of data completed; ``step_in_epoch``: batches of the next one done;
+        ``pending_evaluation``: where the evaluation a stop put off belongs (done first on resume)."""
+        pending_at = {"epoch": data_epoch, "done": batches_done} if pending_evaluation else None
         if batches_done >= per_epoch:
             data_epoch, batches_done = data_epoch + 1, 0
         return build_train_state(
             spec.model, spec.optimizer, spec.scheduler, amp.scaler, spec.model_ema, epoch=data_epoch,
             global_step=step, args=settings.args, ctx=ctx, step_in_epoch=batches_done,
             epoch_progress=window.state() if window is not None else None, task=spec.name,
-            batches_per_epoch=per_epoch,
+            batches_per_epoch=per_epoch, pending_evaluation=pending_at,
             **spec.checkpoint_fields)
 
     def last_checkpoint() -> Optional[str]:
@@ -252,9 +255,28 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
             return epoch_end and settings.eval_interval > 0 and (step // per_epoch) % settings.eval_interval == 0
         return settings.eval_interval > 0 and step % settings.eval_interval == 0
 
+    def evaluate_and_save(step: int, data_epoch: int, batches_done: int, window: _Window) -> Dict[str, float]:
+        """Evaluate, write the summary row, then rank and save (a kill while saving keeps the row)."""
+        if spec.before_evaluate is not None:
+            spec.before_evaluate(spec.model)
+        train_row, lr = window.row(ctx), _lr(spec)
+        scores, eval_row = spec.evaluate(spec.model)
+        _step_epoch_schedule(spec, batches_done >= per_epoch, data_epoch, scores)
+        summary.append(dict(_position_row(spec, data_epoch, step), lr=lr, **train_row, **eval_row))
+        tag = data_epoch if spec.unit == "epoch" else step
+        best = saver.save(state_at(step, data_epoch, batches_done, None), tag, {spec.metric: scores[spec.metric]})
+        _log_evaluation(spec, tag, scores, train_row, best)
+        return scores
+
     ranking: Dict[str, float] = {}
     interrupted = False
     window = _Window(window_state)
+    if pending is not None:  # a stop came where an evaluation was due: it runs now, before training goes on
+        _logger.info("Evaluating what the interrupted run had trained (%s %d) before continuing.",
+                     "epoch" if spec.unit == "epoch" else "iteration",
+                     int(pending["epoch"]) if spec.unit == "epoch" else global_step)
+        ranking = evaluate_and_save(global_step, int(pending["epoch"]), int(pending["done"]), window)
+        window = _Window()
     batches = _batches(spec.train_loader, epoch, done)
     bar = _epoch_bar(ctx, epoch, done, per_epoch, batch_size)
     log_start, log_images = time.perf_counter(), 0
@@ -286,20 +308,15 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
                 window.seconds += time.perf_counter() - tick
 
                 # boundaries: evaluation, end of an epoch, periodic save; the summary row before the checkpoint
+                stop_now = stop.should_stop(ctx)  # once per step on every rank: the ranks agree
                 epoch_end = done >= per_epoch
                 saved = True
-                if evaluation_due(global_step, epoch_end):
+                if evaluation_due(global_step, epoch_end) and stop_now:
+                    # an evaluation can outlast the notice before a kill: save, and evaluate on resume
+                    saver.save(state_at(global_step, epoch, done, window, pending_evaluation=True), global_step, None)
+                elif evaluation_due(global_step, epoch_end):
                     bar.close()
-                    if spec.before_evaluate is not None:
-                        spec.before_evaluate(spec.model)
-                    train_row, lr = window.row(ctx), _lr(spec)
-                    ranking, eval_row = spec.evaluate(spec.model)
-                    _step_epoch_schedule(spec, epoch_end, epoch, ranking)
-                    summary.append(dict(_position_row(spec, epoch, global_step), lr=lr, **train_row, **eval_row))
-                    tag = epoch if spec.unit == "epoch" else global_step
-                    best = saver.save(state_at(global_step, epoch, done, None), tag,
-                                      {spec.metric: ranking[spec.metric]})
-                    _log_evaluation(spec, tag, ranking, train_row, best)
+                    ranking = evaluate_and_save(global_step, epoch, done, window)
                     window = _Window()
                 elif spec.unit == "epoch" and epoch_end:
                     bar.close()
@@ -312,15 +329,15 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
                     saver.save(state_at(global_step, epoch, done, window), global_step, None)
                 else:
                     saved = False
+                if stop_now:
+                    if not saved:
+                        saver.save(state_at(global_step, epoch, done, window), global_step, None)
+                    interrupted = True
+                    break
                 if epoch_end and not bar.closed:
                     bar.close()
                 if bar.closed and global_step < total_steps:
                     bar = _epoch_bar(ctx, epoch + int(epoch_end), 0 if epoch_end else done, per_epoch, batch_size)
-                if stop.should_stop(ctx):  # once per step on every rank: the ranks agree
-                    if not saved:
-                        saver.save(state_at(global_step, epoch, done, window), global_step, None)
-                    interrupted = global_step < total_steps
-                    break
                 tick = time.perf_counter()
     finally:
         bar.close()
@@ -335,8 +352,10 @@ def run_training(spec: TrainSpec, ctx: DistContext, settings: LoopSettings) -> D
 
 
 def _resume(spec: TrainSpec, settings: LoopSettings, path: str, saver: CheckpointSaver, ctx: DistContext,
-            per_epoch: int, total_steps: int) -> Tuple[int, int, int, Optional[Mapping[str, Any]]]:
-    """Load the run to continue; returns (global step, data epoch, batches of it done, partial row sums).
+            per_epoch: int, total_steps: int
+            ) -> Tuple[int, int, int, Optional[Mapping[str, Any]], Optional[Mapping[str, int]]]:
+    """Load the run to continue; returns (global step, data epoch, batches of it done, partial row sums, the
+    evaluation a stop put off: its epoch and batches done, or None).
 
     Run-shaping arguments that differ from the resumed run's are refused, or with ``--resume-override``
     applied: the optimizer takes the new settings and the schedule the new lr and length.
@@ -384,7 +403,8 @@ def _resume(spec: TrainSpec, settings: LoopSettings, path: str, saver: Checkpoin
             _logger.info("--resume-override: continuing with %s; the optimizer settings and the learning-rate "
                          "schedule follow the new values from global step %d.", _describe_changes(changed),
                          global_step)
-    return global_step, epoch, done, window_state
+    pending = state.get("pending_evaluation")
+    return global_step, epoch, done, window_state, pending if isinstance(pending, Mapping) else None
 
 
 def _comparable(value: Any) -> Any:

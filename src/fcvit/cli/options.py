@@ -4,10 +4,13 @@
 - ``-j/--workers``: data-loading processes per process (``--workers`` alone is the same flag).
 - ``--device``: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
 - ``--seed``: 42 everywhere (the original ``train.py``'s).
-- ``--resume``: ``auto`` continues from ``OUTPUT/last.pth.tar`` when it exists; a path; ``''`` starts fresh.
+- ``--resume``: ``auto`` continues from ``OUTPUT/last.pth.tar`` when it exists; a path; ``''`` starts fresh;
+  ``--resume-override`` accepts run-shaping flags that differ from the resumed run's.
+- ``--overwrite``: replace an existing output (an input is never written over).
 - ``--keep-best``: best checkpoints to keep (``--checkpoint-hist`` is timm's spelling of the same flag).
 - ``--json`` prints results as JSON on stdout; ``--results-file PATH`` writes them to a file.
 - ``--amp``/``--amp-dtype``: mixed precision; ``--tensorboard``: mirror ``summary.csv`` to TensorBoard.
+- Numbers go through the checked types below, so a value out of range is one argparse line, exit 2.
 """
 from __future__ import annotations
 

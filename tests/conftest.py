@@ -29,6 +29,16 @@ def shared_fixture(name: str) -> dict:
     return load_fixture(path)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models on a shared 2-core machine: one intra-op thread is faster and fair to parallel runs.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def micro_reference() -> dict:
     return load_fixture(MICRO_FIXTURES / "fcvit_micro_reference.pt")

@@ -46,12 +46,7 @@ TINY_KWARGS = dict(fpn_channels=32, representation_size=128,
 ALL_FIELDS = [f"{iou}_{f}" for iou in ("bbox", "segm") for f in AP_FIELDS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,7 @@ CATEGORIES = [{"id": 1, "name": "person"}, {"id": 5, "name": "airplane"}, {"id":
 ONE_LOADER = ["--workers", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the suite shares two cores with other runs
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

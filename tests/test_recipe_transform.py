@@ -31,12 +31,7 @@ DRAWS_PER_SEED = 500
 SEEDS = (0, 1, 2, 3)  # 4 x 500 = 2,000 draws
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: one thread is faster and fair to parallel test runs
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def default_train_transform() -> Callable:

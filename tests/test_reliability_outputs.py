@@ -26,12 +26,7 @@ from train_helpers import make_folder_dataset
 TINY_BACKBONE = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fcvit(capsys, *argv) -> tuple:

@@ -32,13 +32,7 @@ from fcvit.tasks.segmentation.transforms import CatMaxRatioCrop, PadTo, RandomRe
 TINY_BACKBONE = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_pair(root: Path, folder: str, name: str, image_size=(40, 30), labels=None) -> None:

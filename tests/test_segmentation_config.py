@@ -47,13 +47,7 @@ TINY_BACKBONE = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
 MULTI_GPU = DistContext(rank=0, world_size=8, local_rank=0, device=torch.device("cuda"))  # what torchrun gives
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ SMALL = ["--backbone", "fcvit_tiny", "--backbone-depths", "1", "1", "1", "1", "-
          "--workers", "0", "--device", "cpu", "--log-interval", "10", "--seed", "0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cli(argv, capsys) -> tuple:

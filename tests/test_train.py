@@ -18,12 +18,7 @@ from fcvit.engine import LAST_NAME, load_train_state
 from train_helpers import FAST, TINY_MODEL, cli_env, fcvit_cmd, make_folder_dataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # same arithmetic as the OMP_NUM_THREADS=1 subprocesses
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ from fcvit.engine import LAST_NAME, atomic_save, build_train_state, load_train_s
 from train_helpers import FAST, TINY_MODEL, make_folder_dataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

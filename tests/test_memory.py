@@ -55,7 +55,10 @@ def test_fast_path_gradients_equal_the_plain_ops(micro_reference):
 
 
 def test_fast_path_keeps_less_for_backward():
-    """A block shaped like fcvit_tiny's second stage (64 channels, 8x-wide channel mixer): about half."""
+    """A block shaped like fcvit_tiny's second stage (64 channels, 8x-wide channel mixer): under a third.
+
+    The channel mixer keeps nothing as wide as its hidden layer (0.22x of the plain ops in total; it
+    was 0.5x while the mixer kept the first 1x1's output)."""
     block = FCViTBlock(64, mlp_ratio=8).train()
     x = torch.randn(2, 64, 14, 14).contiguous(memory_format=torch.channels_last).requires_grad_()
     previous = fast_paths.set_fast_paths(False)
@@ -64,7 +67,7 @@ def test_fast_path_keeps_less_for_backward():
     finally:
         fast_paths.set_fast_paths(previous)
     fast = sum(saved_activation_bytes(block, x).values())
-    assert fast < 0.55 * plain, (fast, plain)
+    assert fast < 0.3 * plain, (fast, plain)
 
 
 def test_saved_activation_bytes_counts_each_storage_once_per_module():

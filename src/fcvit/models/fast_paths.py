@@ -65,7 +65,7 @@ _ONEDNN_FUSED = (
 # blocks go back to the kernel when freed and are page-faulted in again on every step. Without
 # autograd, slices small enough for the last-level cache let each kernel read the previous one's
 # output from cache instead of memory. 0 turns slicing off.
-CPU_SLICE_BYTES: Dict[str, int] = {"grad": 32 * 1024 * 1024 - 4096, "no_grad": 4 * 1024 * 1024}
+CPU_SLICE_BYTES: Dict[str, int] = {"grad": 8 * 1024 * 1024, "no_grad": 4 * 1024 * 1024}
 
 
 def set_fast_paths(enabled: bool) -> bool:
@@ -307,21 +307,55 @@ def _mixer_hidden(h1: Tensor, wdw: Tensor, bdw: Tensor) -> Tensor:
     return F.conv2d(_nchw(h1), wdw, bdw, padding=wdw.shape[-1] // 2, groups=wdw.shape[0])
 
 
+def _slice_ranges(x: Tensor, hidden_channels: int) -> List[Tuple[int, int]]:
+    """Sample ranges for the training channel mixer: one range off the CPU, cache-sized slices on it."""
+    slices = batch_slices(x, hidden_channels, CPU_SLICE_BYTES["grad"])
+    size, extra = divmod(x.shape[0], slices)  # the sizes of ``tensor_split``: the first ``extra`` one larger
+    stops = [(i + 1) * size + min(i + 1, extra) for i in range(slices)]
+    return list(zip([0] + stops[:-1], stops))
+
+
+def _mixer_act(h1: Tensor, wdw: Tensor, bdw: Tensor) -> Tensor:
+    """GELU of the depth-wise 3x3 convolution (NHWC in, NCHW channels-last out); one oneDNN kernel on CPU float32."""
+    if _use_onednn(h1, wdw) and fused_inference_enabled():
+        return _onednn_conv(_nchw(h1), wdw, bdw, [wdw.shape[-1] // 2] * 2, "gelu")
+    return F.gelu(_mixer_hidden(h1, wdw, bdw))
+
+
+def _mixer_h1(z_rows: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
+    """The first 1x1 convolution on ``(pixels, channels)`` rows (oneDNN with the bias inside on CPU float32)."""
+    if _use_onednn(z_rows, w1) and fused_inference_enabled():
+        return torch.ops.mkldnn._linear_pointwise(z_rows, w1, b1, "none", [], "")
+    return F.linear(z_rows, w1, b1)
+
+
 @torch.library.custom_op("fcvit::channel_mixer", mutates_args=())
 def _channel_mixer(
         x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
         w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Returns the mixer's output and, for backward, the first 1x1's output (NHWC) and the norm's statistics."""
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Returns the mixer's output and, for backward, the norm's statistics; nothing as wide as the hidden
+    layer is kept (backward recomputes it from ``x``).
+
+    On the CPU the part after the normalisation runs over batch slices whose hidden activation fits
+    in cache (:data:`CPU_SLICE_BYTES` ``"cache"``): each slice's temporaries come back from the
+    allocator's free lists and are read from cache, not memory. The normalisation runs on the whole
+    batch (PyTorch's channels-last GroupNorm is slow on small slices).
+    """
+    b, c, h, w = x.shape
     z, mean, rstd = _group_norm(x, norm_w, norm_b, groups, eps)
-    h1 = _linear_nhwc(z.to(w1.dtype), w1, b1)
+    z_rows = _rows(_nhwc(z.to(w1.dtype)))
     del z
-    if _use_onednn(h1, w1) and fused_inference_enabled():  # the GELU inside the convolution: one pass less
-        act = _onednn_conv(_nchw(h1), wdw, bdw, [wdw.shape[-1] // 2] * 2, "gelu")
-        return _onednn_pointwise(act, w2, b2, "none"), h1, mean, rstd
-    act = F.gelu(_mixer_hidden(h1, wdw, bdw))
-    out = F.linear(_nhwc(act), w2, b2)
-    return _nchw(out), h1, mean, rstd
+    out = x.new_empty(b, h, w, w2.shape[0], dtype=w2.dtype)
+    out_rows = _rows(out)
+    for start, stop in _slice_ranges(x, w1.shape[0]):
+        rows = slice(start * h * w, stop * h * w)
+        h1 = _mixer_h1(z_rows[rows], w1, b1).view(stop - start, h, w, -1)
+        act = _mixer_act(h1, wdw, bdw)
+        del h1
+        torch.addmm(b2, _rows(_nhwc(act)), w2.t(), out=out_rows[rows])
+        del act
+    return _nchw(out), mean, rstd
 
 
 @_channel_mixer.register_fake
@@ -329,66 +363,74 @@ def _(x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
       w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor):
     b, _, h, w = x.shape
     stats = x.new_empty(b, groups, dtype=_norm_dtype(x))
-    return (_empty_nchw(x, b, w2.shape[0], h, w, w2.dtype), x.new_empty(b, h, w, w1.shape[0], dtype=w1.dtype),
-            stats, torch.empty_like(stats))
+    return _empty_nchw(x, b, w2.shape[0], h, w, w2.dtype), stats, torch.empty_like(stats)
 
 
 @torch.library.custom_op("fcvit::channel_mixer_backward", mutates_args=())
 def _channel_mixer_backward(
-        grad: Tensor, x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float, h1: Tensor,
-        mean: Tensor, rstd: Tensor, w1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor,
+        grad: Tensor, x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
+        mean: Tensor, rstd: Tensor, w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Recomputes the normalisation, and per batch slice the hidden layer (the first 1x1, the 3x3
+    convolution and the GELU); the weight gradients accumulate over the slices."""
     b, c, h, w = x.shape
-    hidden = _mixer_hidden(h1, wdw, bdw)  # recomputed: a 3x3 depth-wise convolution
-    grad_rows = _rows(_nhwc(grad.to(w2.dtype)))
-    act = F.gelu(hidden)
-    grad_w2 = grad_rows.t().mm(_rows(_nhwc(act)))
-    grad_b2 = grad_rows.sum(0)
-    del act
-    grad_hidden = _gelu_backward_(grad_rows.mm(w2).view(b, h, w, -1), _nhwc(hidden), into_grad=True)
-    del hidden
-    grad_bdw = _rows(grad_hidden).sum(0)  # the bias gradient apart from convolution_backward: faster
+    hidden_channels = w1.shape[0]
     pad = [wdw.shape[-1] // 2] * 2
-    grad_wdw = torch.ops.aten.convolution_backward(
-        _nchw(grad_hidden), _nchw(h1), wdw, None, [1, 1], pad, [1, 1], False, [0, 0], wdw.shape[0],
-        [False, True, False])[1]
-    grad_h1 = depthwise_input_grad(_nchw(h1), _nchw(grad_hidden), wdw, (pad[0], pad[1]))
-    del grad_hidden
-    grad_h1_rows = _rows(_nhwc(grad_h1))
-    z = _group_norm(x, norm_w, norm_b, groups, eps)[0].to(w1.dtype)  # recomputed: one pass over x
-    grad_w1 = grad_h1_rows.t().mm(_rows(_nhwc(z)))
-    grad_b1 = grad_h1_rows.sum(0)
-    del z
-    grad_z = _nchw(grad_h1_rows.mm(w1).view(b, h, w, c)).to(mean.dtype)
-    del grad_h1, grad_h1_rows
+    grad_rows = _rows(_nhwc(grad.to(w2.dtype)))
+    z_rows = _rows(_nhwc(_group_norm(x, norm_w, norm_b, groups, eps)[0].to(w1.dtype)))
+    grad_w1, grad_b1 = torch.zeros_like(w1), w1.new_zeros(hidden_channels)
+    grad_wdw, grad_bdw = torch.zeros_like(wdw), torch.zeros_like(bdw)
+    grad_w2, grad_b2 = torch.zeros_like(w2), grad_rows.sum(0)
+    grad_z = x.new_empty(b, h, w, c, dtype=w1.dtype)
+    grad_z_rows = _rows(grad_z)
+    for start, stop in _slice_ranges(x, hidden_channels):
+        rows = slice(start * h * w, stop * h * w)
+        h1 = _nchw(_mixer_h1(z_rows[rows], w1, b1).view(stop - start, h, w, hidden_channels))
+        hidden = _rows(_nhwc(_mixer_hidden(_nhwc(h1), wdw, bdw)))
+        grad_w2.addmm_(grad_rows[rows].t(), F.gelu(hidden))
+        grad_hidden = _gelu_backward_(grad_rows[rows].mm(w2), hidden, into_grad=True)
+        del hidden
+        grad_bdw += grad_hidden.sum(0)  # the bias gradient apart from convolution_backward: faster
+        grad_hidden = _nchw(grad_hidden.view(stop - start, h, w, hidden_channels))
+        grad_wdw += torch.ops.aten.convolution_backward(
+            grad_hidden, h1, wdw, None, [1, 1], pad, [1, 1], False, [0, 0], hidden_channels,
+            [False, True, False])[1]
+        grad_h1 = _rows(_nhwc(depthwise_input_grad(h1, grad_hidden, wdw, (pad[0], pad[1]))))
+        del grad_hidden, h1
+        grad_w1.addmm_(grad_h1.t(), z_rows[rows])
+        grad_b1 += grad_h1.sum(0)
+        torch.mm(grad_h1, w1, out=grad_z_rows[rows])
+        del grad_h1
+    del z_rows
     grad_x, grad_nw, grad_nb = torch.ops.aten.native_group_norm_backward(
-        grad_z, x.to(mean.dtype), mean, rstd, norm_w.to(mean.dtype), b, c, h * w, groups, [True, True, True])
+        _nchw(grad_z).to(mean.dtype), x.to(mean.dtype), mean, rstd, norm_w.to(mean.dtype), b, c, h * w, groups,
+        [True, True, True])
     return (_strided_like(grad_x.to(x.dtype), x), grad_nw.to(norm_w.dtype), grad_nb.to(norm_b.dtype), grad_w1,
             grad_b1, _strided_like(grad_wdw, wdw), grad_bdw, grad_w2, grad_b2)
 
 
 @_channel_mixer_backward.register_fake
-def _(grad: Tensor, x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float, h1: Tensor,
-      mean: Tensor, rstd: Tensor, w1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor):
+def _(grad: Tensor, x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
+      mean: Tensor, rstd: Tensor, w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor):
     return (torch.empty_like(x), torch.empty_like(norm_w), torch.empty_like(norm_b), torch.empty_like(w1),
             w1.new_empty(w1.shape[0]), torch.empty_like(wdw), torch.empty_like(bdw), torch.empty_like(w2),
             w2.new_empty(w2.shape[0]))
 
 
 def _mixer_setup(ctx, inputs, output) -> None:
-    x, norm_w, norm_b, groups, eps, w1, _b1, wdw, bdw, w2, _b2 = inputs
-    _out, h1, mean, rstd = output
+    x, norm_w, norm_b, groups, eps, w1, b1, wdw, bdw, w2, _b2 = inputs
+    _out, mean, rstd = output
     ctx.groups, ctx.eps = groups, eps
-    ctx.set_materialize_grads(False)  # the outputs kept for backward get no zero-filled gradients
-    ctx.save_for_backward(x, norm_w, norm_b, h1, mean, rstd, w1, wdw, bdw, w2)
+    ctx.set_materialize_grads(False)  # the statistics get no zero-filled gradients
+    ctx.save_for_backward(x, norm_w, norm_b, mean, rstd, w1, b1, wdw, bdw, w2)
 
 
 def _mixer_backward(ctx, grad: Optional[Tensor], *_unused: Optional[Tensor]):
-    x, norm_w, norm_b, h1, mean, rstd, w1, wdw, bdw, w2 = ctx.saved_tensors
+    x, norm_w, norm_b, mean, rstd, w1, b1, wdw, bdw, w2 = ctx.saved_tensors
     if grad is None:
         return (None,) * 11
     g = torch.ops.fcvit.channel_mixer_backward(
-        grad, x, norm_w, norm_b, ctx.groups, ctx.eps, h1, mean, rstd, w1, wdw, bdw, w2)
+        grad, x, norm_w, norm_b, ctx.groups, ctx.eps, mean, rstd, w1, b1, wdw, bdw, w2)
     return g[0], g[1], g[2], None, None, g[3], g[4], g[5], g[6], g[7], g[8]
 
 
@@ -483,10 +525,6 @@ def channel_mixer(x: Tensor, norm: nn.GroupNorm, mixer: nn.Module, layer_scale: 
     with _autocast_off(x, dtype):
         if not _needs_grad(x, [norm_w, norm_b] + weights):
             return torch.ops.fcvit.channel_mixer_infer(x, *norm_args, *weights)
-        slices = 1 if _compiling(x) else batch_slices(x, mixer.fc1.out_channels, CPU_SLICE_BYTES["grad"])
-        if slices > 1:
-            return torch.cat([torch.ops.fcvit.channel_mixer(part, *norm_args, *weights)[0]
-                              for part in x.tensor_split(slices)])
         return torch.ops.fcvit.channel_mixer(x, *norm_args, *weights)[0]
 
 

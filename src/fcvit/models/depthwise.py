@@ -122,15 +122,20 @@ def depthwise_weight_grad(
 
 def depthwise_conv_backward(
         x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, padding: Tuple[int, int],
+        method: Optional[str] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Input, weight and bias gradients of a stride-1 depth-wise convolution with bias.
 
     The weight gradient takes the faster CPU formulations for float32 on the CPU (unless the method
-    is ``"native"``), PyTorch's own backward everywhere else.
+    is ``"native"``), PyTorch's own backward everywhere else. ``method`` overrides the size-based
+    choice of ``"auto"`` (a caller working on cache-sized batch slices knows better).
     """
     fast = _METHOD[0] != "native" and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
     if fast:
-        grad_w = depthwise_weight_grad(x, grad, weight, padding, _pick_method(x))
+        picked = _pick_method(x)
+        if method is not None and _METHOD[0] == "auto" and picked in ("fft", "depthwise"):
+            picked = method
+        grad_w = depthwise_weight_grad(x, grad, weight, padding, picked)
     else:
         grad_w = _weight_grad_native(x, grad, weight, padding)
     # the bias gradient apart: inside convolution_backward it cost 5-10x the input gradient on the CPU

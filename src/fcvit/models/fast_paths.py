@@ -65,7 +65,11 @@ _ONEDNN_FUSED = (
 # blocks go back to the kernel when freed and are page-faulted in again on every step. Without
 # autograd, slices small enough for the last-level cache let each kernel read the previous one's
 # output from cache instead of memory. 0 turns slicing off.
-CPU_SLICE_BYTES: Dict[str, int] = {"grad": 8 * 1024 * 1024, "no_grad": 4 * 1024 * 1024}
+# channel mixers with this many input channels or more keep their hidden layer for backward (see
+# keep_mixer_hidden); 0 keeps it everywhere, a huge value recomputes it everywhere
+KEEP_HIDDEN_FROM_CHANNELS = [128]
+
+CPU_SLICE_BYTES: Dict[str, int] = {"grad": 8 * 1024 * 1024, "mlp": 1024 * 1024, "no_grad": 4 * 1024 * 1024}
 
 
 def set_fast_paths(enabled: bool) -> bool:
@@ -93,9 +97,23 @@ def fused_inference_enabled() -> bool:
     return _ENABLED[0] and _ONEDNN_FUSED
 
 
-def set_cpu_slice_bytes(grad: Optional[int] = None, no_grad: Optional[int] = None) -> Dict[str, int]:
-    """Set the channel mixer's CPU slice limits (with / without autograd); returns the previous ones."""
+def keep_mixer_hidden(channels: int) -> bool:
+    """Whether a training channel mixer with ``channels`` inputs keeps its first 1x1's output for backward.
+
+    Recomputing that product costs ``channels`` multiply-adds per element it would keep, so it is kept
+    where that is dear (:data:`KEEP_HIDDEN_FROM_CHANNELS` and up) and recomputed in the wide early
+    stages, where it is cheap and the tensor is largest.
+    """
+    return channels >= KEEP_HIDDEN_FROM_CHANNELS[0]
+
+
+def set_cpu_slice_bytes(grad: Optional[int] = None, no_grad: Optional[int] = None,
+                        mlp: Optional[int] = None) -> Dict[str, int]:
+    """Set the CPU slice limits (channel mixer with / without autograd, token-mixer backward); returns
+    the previous ones."""
     previous = dict(CPU_SLICE_BYTES)
+    if mlp is not None:
+        CPU_SLICE_BYTES["mlp"] = max(0, int(mlp))
     if grad is not None:
         CPU_SLICE_BYTES["grad"] = max(0, int(grad))
     if no_grad is not None:
@@ -110,6 +128,13 @@ def batch_slices(x: Tensor, hidden_channels: int, limit: int) -> int:
     sample_bytes = x.shape[2] * x.shape[3] * hidden_channels * x.element_size()
     per_slice = max(1, limit // sample_bytes)
     return -(-x.shape[0] // per_slice)
+
+
+def _slice_ranges(batch: int, slices: int) -> List[Tuple[int, int]]:
+    """``(start, stop)`` of ``slices`` batch slices, sized as ``tensor_split`` sizes them."""
+    size, extra = divmod(batch, slices)
+    stops = [(i + 1) * size + min(i + 1, extra) for i in range(slices)]
+    return list(zip([0] + stops[:-1], stops))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,22 +221,23 @@ def _depthwise(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 @torch.library.custom_op("fcvit::conv_mlp", mutates_args=())
 def _conv_mlp(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor,
-              residual: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """Returns the output (NCHW shape, channels-last) and the narrow hidden pre-activation (NHWC), which
-    backward needs with ``x``; the convolution's output and the GELUs are recomputed from them.
+              residual: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Returns the output (NCHW shape, channels-last), and for backward the convolution's output and the
+    narrow hidden pre-activation (NHWC); the GELUs are recomputed from them.
 
     With ``residual`` and ``scale`` the output is ``residual + scale * GELU(...)``: the block's first
     residual, which then keeps nothing of its own for backward (``scale``'s gradient needs the GELU's
     output, recomputed too).
     """
-    hidden = _linear_nhwc(_depthwise(x, wdw, bdw), w0, b0)
+    conv = _depthwise(x, wdw, bdw)
+    hidden = _linear_nhwc(conv, w0, b0)
     if _use_onednn(hidden, w1) and fused_inference_enabled():  # the last GELU inside the product
         out = _nhwc(_onednn_pointwise(_nchw(F.gelu(hidden)), w1, b1, "gelu"))
     else:
         out = F.gelu(F.linear(F.gelu(hidden), w1, b1))
     if residual is not None and scale is not None:
         out = torch.addcmul(_nhwc(residual), scale, out)
-    return _nchw(out), hidden
+    return _nchw(out), _strided_like(conv, x), hidden
 
 
 @_conv_mlp.register_fake
@@ -219,47 +245,62 @@ def _(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b
       residual: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     b, _, h, w = x.shape
     dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
-    return _empty_nchw(x, b, w1.shape[0], h, w, dtype), x.new_empty(b, h, w, w0.shape[0])
+    return _empty_nchw(x, b, w1.shape[0], h, w, dtype), torch.empty_like(x), x.new_empty(b, h, w, w0.shape[0])
 
 
 @torch.library.custom_op("fcvit::conv_mlp_backward", mutates_args=())
 def _conv_mlp_backward(
-        grad: Tensor, x: Tensor, hidden: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, w1: Tensor, b1: Tensor,
+        grad: Tensor, x: Tensor, conv: Tensor, hidden: Tensor, wdw: Tensor, w0: Tensor, w1: Tensor, b1: Tensor,
         scale: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of ``x``, the six weights and ``scale`` (zeros when there is none)."""
-    act = F.gelu(hidden)
-    pre = F.linear(act, w1, b1)  # recomputed: a product with the narrow hidden layer, cheap
-    grad_out = _nhwc(grad).to(pre.dtype)
-    if scale is not None:
-        grad_scale = _rows(grad_out * F.gelu(pre)).sum(0).to(scale.dtype)
-        grad_out = grad_out * scale.to(pre.dtype)
-    else:
-        grad_scale = pre.new_zeros(pre.shape[-1])
-    grad_pre = _gelu_backward_(grad_out, pre)
-    del grad_out
-    grad_pre_rows = _rows(grad_pre)
-    grad_w1 = grad_pre_rows.t().mm(_rows(act))
-    grad_b1 = grad_pre_rows.sum(0)
-    grad_hidden = _gelu_backward_(grad_pre.matmul(w1), hidden, into_grad=True)
-    del grad_pre, grad_pre_rows, act, pre
-    grad_hidden_rows = _rows(grad_hidden)
-    conv = _depthwise(x, wdw, bdw)  # recomputed
-    grad_w0 = grad_hidden_rows.t().mm(_rows(_nhwc(conv)))
-    grad_b0 = grad_hidden_rows.sum(0)
-    del conv
-    grad_conv = _nchw(grad_hidden.matmul(w0))
-    del grad_hidden, grad_hidden_rows
+    """Gradients of ``x``, the six weights and ``scale`` (zeros when there is none).
+
+    On the CPU it runs over cache-sized batch slices (:data:`CPU_SLICE_BYTES` ``"mlp"``, counted on
+    ``x``): the GELUs are recomputed, and every gradient formed, while a slice's tensors are still in
+    cache; the weight gradients accumulate over the slices.
+    """
+    b, c, h, w = x.shape
     pad = wdw.shape[-1] // 2
-    grad_x, grad_wdw, grad_bdw = depthwise_conv_backward(x, grad_conv, wdw, (pad, pad))
-    return (_strided_like(grad_x, x), _strided_like(grad_wdw, wdw), grad_bdw, grad_w0, grad_b0, grad_w1, grad_b1,
-            grad_scale)
+    dtype = hidden.dtype
+    grad_rows, hidden_rows = _rows(_nhwc(grad)), _rows(hidden)
+    grad_w0, grad_b0 = torch.zeros_like(w0), w0.new_zeros(w0.shape[0])
+    grad_w1, grad_b1 = torch.zeros_like(w1), torch.zeros_like(b1)
+    grad_wdw, grad_bdw = torch.zeros_like(wdw), wdw.new_zeros(wdw.shape[0])
+    grad_scale = w1.new_zeros(w1.shape[0], dtype=w1.dtype if scale is None else scale.dtype)
+    grad_x = torch.empty_like(x)
+    slices = batch_slices(x, c, CPU_SLICE_BYTES["mlp"])
+    method = "depthwise" if slices > 1 else None  # on a slice the forward-convolution form is the fastest
+    for start, stop in _slice_ranges(b, slices):
+        rows = slice(start * h * w, stop * h * w)
+        act = F.gelu(hidden_rows[rows])
+        pre = F.linear(act, w1, b1)  # recomputed: a product with the narrow hidden layer, cheap
+        grad_out = grad_rows[rows].to(dtype)
+        if scale is not None:
+            grad_scale += (grad_out * F.gelu(pre)).sum(0).to(grad_scale.dtype)
+            grad_out = grad_out * scale.to(dtype)
+        grad_pre = _gelu_backward_(grad_out, pre)
+        del grad_out
+        grad_w1.addmm_(grad_pre.t(), act)
+        grad_b1 += grad_pre.sum(0)
+        grad_hidden = _gelu_backward_(grad_pre.mm(w1), hidden_rows[rows], into_grad=True)
+        del grad_pre, act, pre
+        x_part = x[start:stop]
+        grad_w0.addmm_(grad_hidden.t(), _rows(_nhwc(conv[start:stop])))
+        grad_b0 += grad_hidden.sum(0)
+        grad_conv = _nchw(grad_hidden.mm(w0).view(stop - start, h, w, c))
+        del grad_hidden
+        part_x, part_wdw, part_bdw = depthwise_conv_backward(x_part, grad_conv, wdw, (pad, pad), method)
+        grad_x[start:stop] = part_x
+        grad_wdw += part_wdw
+        grad_bdw += part_bdw
+        del grad_conv, part_x
+    return grad_x, grad_wdw, grad_bdw, grad_w0, grad_b0, grad_w1, grad_b1, grad_scale
 
 
 @_conv_mlp_backward.register_fake
-def _(grad: Tensor, x: Tensor, hidden: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, w1: Tensor, b1: Tensor,
+def _(grad: Tensor, x: Tensor, conv: Tensor, hidden: Tensor, wdw: Tensor, w0: Tensor, w1: Tensor, b1: Tensor,
       scale: Optional[Tensor] = None):
-    return (torch.empty_like(x), torch.empty_like(wdw), torch.empty_like(bdw), torch.empty_like(w0),
+    return (torch.empty_like(x), torch.empty_like(wdw), wdw.new_empty(wdw.shape[0]), torch.empty_like(w0),
             w0.new_empty(w0.shape[0]), torch.empty_like(w1), torch.empty_like(b1),
             w1.new_empty(w1.shape[0], dtype=w1.dtype if scale is None else scale.dtype))
 
@@ -268,11 +309,11 @@ def _conv_mlp_setup(ctx, inputs, output) -> None:
     x, wdw, bdw, w0, _b0, w1, b1, residual, scale = inputs
     ctx.set_materialize_grads(False)  # no zero-filled gradient for the hidden output nobody uses
     ctx.has_residual = residual is not None and scale is not None
-    saved = (x, output[1], wdw, bdw, w0, w1, b1) + ((scale,) if ctx.has_residual else ())
+    saved = (x, output[1], output[2], wdw, w0, w1, b1) + ((scale,) if ctx.has_residual else ())
     ctx.save_for_backward(*saved)
 
 
-def _conv_mlp_grad(ctx, grad: Optional[Tensor], _grad_hidden: Optional[Tensor]):
+def _conv_mlp_grad(ctx, grad: Optional[Tensor], _grad_conv: Optional[Tensor], _grad_hidden: Optional[Tensor]):
     if grad is None:
         return (None,) * 9
     g = torch.ops.fcvit.conv_mlp_backward(grad, *ctx.saved_tensors)
@@ -307,14 +348,6 @@ def _mixer_hidden(h1: Tensor, wdw: Tensor, bdw: Tensor) -> Tensor:
     return F.conv2d(_nchw(h1), wdw, bdw, padding=wdw.shape[-1] // 2, groups=wdw.shape[0])
 
 
-def _slice_ranges(x: Tensor, hidden_channels: int) -> List[Tuple[int, int]]:
-    """Sample ranges for the training channel mixer: one range off the CPU, cache-sized slices on it."""
-    slices = batch_slices(x, hidden_channels, CPU_SLICE_BYTES["grad"])
-    size, extra = divmod(x.shape[0], slices)  # the sizes of ``tensor_split``: the first ``extra`` one larger
-    stops = [(i + 1) * size + min(i + 1, extra) for i in range(slices)]
-    return list(zip([0] + stops[:-1], stops))
-
-
 def _mixer_act(h1: Tensor, wdw: Tensor, bdw: Tensor) -> Tensor:
     """GELU of the depth-wise 3x3 convolution (NHWC in, NCHW channels-last out); one oneDNN kernel on CPU float32."""
     if _use_onednn(h1, wdw) and fused_inference_enabled():
@@ -332,10 +365,10 @@ def _mixer_h1(z_rows: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
 @torch.library.custom_op("fcvit::channel_mixer", mutates_args=())
 def _channel_mixer(
         x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
-        w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """Returns the mixer's output and, for backward, the norm's statistics; nothing as wide as the hidden
-    layer is kept (backward recomputes it from ``x``).
+        w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor, keep_hidden: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns the mixer's output and, for backward, the norm's statistics and (with ``keep_hidden``) the
+    first 1x1's output, NHWC; without it the tensor is empty and backward recomputes the product.
 
     On the CPU the part after the normalisation runs over batch slices whose hidden activation fits
     in cache (:data:`CPU_SLICE_BYTES` ``"cache"``): each slice's temporaries come back from the
@@ -348,31 +381,36 @@ def _channel_mixer(
     del z
     out = x.new_empty(b, h, w, w2.shape[0], dtype=w2.dtype)
     out_rows = _rows(out)
-    for start, stop in _slice_ranges(x, w1.shape[0]):
+    kept = x.new_empty((b, h, w, w1.shape[0]) if keep_hidden else (0,), dtype=w1.dtype)
+    for start, stop in _slice_ranges(b, batch_slices(x, w1.shape[0], CPU_SLICE_BYTES["grad"])):
         rows = slice(start * h * w, stop * h * w)
-        h1 = _mixer_h1(z_rows[rows], w1, b1).view(stop - start, h, w, -1)
+        if keep_hidden:
+            h1 = torch.addmm(b1, z_rows[rows], w1.t(), out=_rows(kept)[rows]).view(stop - start, h, w, -1)
+        else:
+            h1 = _mixer_h1(z_rows[rows], w1, b1).view(stop - start, h, w, -1)
         act = _mixer_act(h1, wdw, bdw)
         del h1
         torch.addmm(b2, _rows(_nhwc(act)), w2.t(), out=out_rows[rows])
         del act
-    return _nchw(out), mean, rstd
+    return _nchw(out), mean, rstd, kept
 
 
 @_channel_mixer.register_fake
 def _(x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
-      w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor):
+      w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor, keep_hidden: bool = False):
     b, _, h, w = x.shape
     stats = x.new_empty(b, groups, dtype=_norm_dtype(x))
-    return _empty_nchw(x, b, w2.shape[0], h, w, w2.dtype), stats, torch.empty_like(stats)
+    kept = x.new_empty((b, h, w, w1.shape[0]) if keep_hidden else (0,), dtype=w1.dtype)
+    return _empty_nchw(x, b, w2.shape[0], h, w, w2.dtype), stats, torch.empty_like(stats), kept
 
 
 @torch.library.custom_op("fcvit::channel_mixer_backward", mutates_args=())
 def _channel_mixer_backward(
         grad: Tensor, x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
-        mean: Tensor, rstd: Tensor, w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor,
+        mean: Tensor, rstd: Tensor, w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, kept: Tensor,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Recomputes the normalisation, and per batch slice the hidden layer (the first 1x1, the 3x3
-    convolution and the GELU); the weight gradients accumulate over the slices."""
+    """Recomputes the normalisation, and per batch slice the hidden layer (the first 1x1 unless it was
+    ``kept``, the 3x3 convolution and the GELU); the weight gradients accumulate over the slices."""
     b, c, h, w = x.shape
     hidden_channels = w1.shape[0]
     pad = [wdw.shape[-1] // 2] * 2
@@ -383,9 +421,10 @@ def _channel_mixer_backward(
     grad_w2, grad_b2 = torch.zeros_like(w2), grad_rows.sum(0)
     grad_z = x.new_empty(b, h, w, c, dtype=w1.dtype)
     grad_z_rows = _rows(grad_z)
-    for start, stop in _slice_ranges(x, hidden_channels):
+    for start, stop in _slice_ranges(b, batch_slices(x, hidden_channels, CPU_SLICE_BYTES["grad"])):
         rows = slice(start * h * w, stop * h * w)
-        h1 = _nchw(_mixer_h1(z_rows[rows], w1, b1).view(stop - start, h, w, hidden_channels))
+        h1 = kept[start:stop] if kept.numel() else _mixer_h1(z_rows[rows], w1, b1).view(stop - start, h, w, -1)
+        h1 = _nchw(h1)
         hidden = _rows(_nhwc(_mixer_hidden(_nhwc(h1), wdw, bdw)))
         grad_w2.addmm_(grad_rows[rows].t(), F.gelu(hidden))
         grad_hidden = _gelu_backward_(grad_rows[rows].mm(w2), hidden, into_grad=True)
@@ -411,27 +450,27 @@ def _channel_mixer_backward(
 
 @_channel_mixer_backward.register_fake
 def _(grad: Tensor, x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
-      mean: Tensor, rstd: Tensor, w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor):
+      mean: Tensor, rstd: Tensor, w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, kept: Tensor):
     return (torch.empty_like(x), torch.empty_like(norm_w), torch.empty_like(norm_b), torch.empty_like(w1),
             w1.new_empty(w1.shape[0]), torch.empty_like(wdw), torch.empty_like(bdw), torch.empty_like(w2),
             w2.new_empty(w2.shape[0]))
 
 
 def _mixer_setup(ctx, inputs, output) -> None:
-    x, norm_w, norm_b, groups, eps, w1, b1, wdw, bdw, w2, _b2 = inputs
-    _out, mean, rstd = output
+    x, norm_w, norm_b, groups, eps, w1, b1, wdw, bdw, w2, _b2, _keep = inputs
+    _out, mean, rstd, kept = output
     ctx.groups, ctx.eps = groups, eps
     ctx.set_materialize_grads(False)  # the statistics get no zero-filled gradients
-    ctx.save_for_backward(x, norm_w, norm_b, mean, rstd, w1, b1, wdw, bdw, w2)
+    ctx.save_for_backward(x, norm_w, norm_b, mean, rstd, w1, b1, wdw, bdw, w2, kept)
 
 
 def _mixer_backward(ctx, grad: Optional[Tensor], *_unused: Optional[Tensor]):
-    x, norm_w, norm_b, mean, rstd, w1, b1, wdw, bdw, w2 = ctx.saved_tensors
+    x, norm_w, norm_b, mean, rstd, w1, b1, wdw, bdw, w2, kept = ctx.saved_tensors
     if grad is None:
-        return (None,) * 11
+        return (None,) * 12
     g = torch.ops.fcvit.channel_mixer_backward(
-        grad, x, norm_w, norm_b, ctx.groups, ctx.eps, mean, rstd, w1, b1, wdw, bdw, w2)
-    return g[0], g[1], g[2], None, None, g[3], g[4], g[5], g[6], g[7], g[8]
+        grad, x, norm_w, norm_b, ctx.groups, ctx.eps, mean, rstd, w1, b1, wdw, bdw, w2, kept)
+    return g[0], g[1], g[2], None, None, g[3], g[4], g[5], g[6], g[7], g[8], None
 
 
 _channel_mixer.register_autograd(_mixer_backward, setup_context=_mixer_setup)
@@ -525,7 +564,7 @@ def channel_mixer(x: Tensor, norm: nn.GroupNorm, mixer: nn.Module, layer_scale: 
     with _autocast_off(x, dtype):
         if not _needs_grad(x, [norm_w, norm_b] + weights):
             return torch.ops.fcvit.channel_mixer_infer(x, *norm_args, *weights)
-        return torch.ops.fcvit.channel_mixer(x, *norm_args, *weights)[0]
+        return torch.ops.fcvit.channel_mixer(x, *norm_args, *weights, keep_mixer_hidden(x.shape[1]))[0]
 
 
 def _compiling(x: object) -> bool:

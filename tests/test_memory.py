@@ -205,3 +205,63 @@ def test_drop_path_in_training_gives_the_plain_result():
     (out_fast, grad_fast), (out_plain, grad_plain) = results
     torch.testing.assert_close(out_fast, out_plain, atol=1e-5, rtol=0)
     torch.testing.assert_close(grad_fast, grad_plain, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("keep_from", [0, 10 ** 9])
+def test_kept_or_recomputed_mixer_hidden_gives_the_plain_gradients(micro_reference, keep_from):
+    """The channel mixer keeps its hidden layer (``0``) or recomputes it (huge): same as the plain ops."""
+    model = _model(micro_reference)
+    x = micro_reference["input"]
+    previous = fast_paths.KEEP_HIDDEN_FROM_CHANNELS[0]
+    fast_paths.KEEP_HIDDEN_FROM_CHANNELS[0] = keep_from
+    try:
+        out_plain, plain = _step(model, x, fast=False)
+        out_fast, fast = _step(model, x, fast=True)
+    finally:
+        fast_paths.KEEP_HIDDEN_FROM_CHANNELS[0] = previous
+    torch.testing.assert_close(out_fast, out_plain, atol=1e-5, rtol=0)
+    _assert_grads_close(fast, plain, 1e-4)
+
+
+def test_mixer_keeps_its_hidden_layer_only_from_the_channel_threshold():
+    """Narrow (early-stage) mixers recompute the wide hidden layer; wide ones keep it for backward."""
+    saved_widths = {}
+    for dim in (64, 128):
+        block = FCViTBlock(dim, mlp_ratio=4).train()
+        x = torch.randn(2, dim, 28, 28).contiguous(memory_format=torch.channels_last).requires_grad_()
+        block_tensor_bytes = x.numel() * x.element_size()
+        saved_widths[dim] = sum(saved_activation_bytes(block, x).values()) / block_tensor_bytes
+    assert not fast_paths.keep_mixer_hidden(64) and fast_paths.keep_mixer_hidden(128)
+    # in block widths, the 128-channel block keeps its 4x-wide hidden layer on top of what the 64 keeps
+    # (the rest differs by the narrow token-mixer hidden and the weight-sized tensors, under half a width)
+    assert saved_widths[128] - saved_widths[64] == pytest.approx(4.0, abs=0.5), saved_widths
+
+
+def test_sliced_token_mixer_backward_equals_one_piece():
+    """The token-mixer backward over cache-sized slices accumulates the same weight gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 16, 9, 9).contiguous(memory_format=torch.channels_last)
+    weights = [torch.randn(16, 1, 5, 5) * 0.2, torch.randn(16) * 0.1, torch.randn(16, 16) * 0.3, torch.randn(16) * 0.1,
+               torch.randn(16, 16) * 0.3, torch.randn(16) * 0.1]
+    residual, scale = torch.randn_like(x), torch.rand(16) + 0.5
+    results = []
+    for limit in (0, 1):  # one piece; one sample per slice
+        previous = fast_paths.set_cpu_slice_bytes(mlp=limit)
+        try:
+            leaves = [t.clone().requires_grad_() for t in (x, *weights, residual, scale)]
+            out = torch.ops.fcvit.conv_mlp(*leaves)[0]
+            out.square().sum().backward()
+            results.append([out.detach()] + [t.grad for t in leaves])
+        finally:
+            fast_paths.set_cpu_slice_bytes(**previous)
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-5 * max(1.0, want.abs().max().item()), rtol=1e-5)
+
+
+def test_operator_with_kept_hidden_passes_opcheck():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    mixer = (torch.rand(8) + 0.5, torch.randn(8), 1, 1e-5, torch.randn(32, 8), torch.randn(32),
+             torch.randn(32, 1, 3, 3), torch.randn(32), torch.randn(8, 32), torch.randn(8), True)
+    mixer = tuple(t.requires_grad_() if isinstance(t, torch.Tensor) else t for t in mixer)
+    torch.library.opcheck(torch.ops.fcvit.channel_mixer, (x, *mixer))

@@ -107,7 +107,7 @@ def _cpu_shortcuts_setting(value: Optional[bool]) -> Iterator[None]:
     if value is None or value:
         yield
         return
-    slices = set_cpu_slice_bytes(grad=0, no_grad=0)
+    slices = set_cpu_slice_bytes(grad=0, no_grad=0, mlp=0)
     method = set_weight_grad_method("native")
     try:
         yield

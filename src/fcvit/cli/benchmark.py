@@ -68,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
         log=log)
     import torch
 
-    payload = dict(command=" ".join(["fcvit"] + sys.argv[1:]), torch=torch.__version__,
+    from ..engine.allocator import keep_freed_memory
+
+    allocator = "glibc keeps freed memory" if keep_freed_memory() else "C library defaults"
+    payload = dict(command=" ".join(["fcvit"] + sys.argv[1:]), torch=torch.__version__, allocator=allocator,
                    results=[r.to_dict() for r in results])
     if args.json:
         print(json_text(payload))
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"# {args.mode}, batch {args.batch_size}, {args.img_size}px, {args.device}, "
           f"{'bf16 autocast' if args.amp else 'fp32'}, {'compiled' if args.compile else 'eager'}, "
           f"{'channels-last' if args.channels_last else 'default memory format'}, "
-          f"{torch.get_num_threads()} threads, median of {args.rounds} rounds x {args.iters} steps")
+          f"{torch.get_num_threads()} threads, median of {args.rounds} rounds x {args.iters} steps, {allocator}")
     print(format_table(results))
     if args.results_file:
         try:

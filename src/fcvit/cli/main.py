@@ -32,6 +32,11 @@ COMMAND_MODULES = [
 ]
 
 
+# commands that run many training or inference steps in their own process: glibc keeps the memory
+# they free between steps mapped (fcvit.engine.allocator; FCVIT_KEEP_FREED_MEMORY=0 turns it off)
+MEMORY_HUNGRY_COMMANDS = {"train", "validate", "demo", "segment", "detect", "benchmark", "predict", "analyze"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcvit",
@@ -51,6 +56,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in MEMORY_HUNGRY_COMMANDS:
+        from ..engine.allocator import keep_freed_memory
+
+        keep_freed_memory()
     try:
         result = args.func(args)
     except UserError as exc:

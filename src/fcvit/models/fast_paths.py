@@ -15,21 +15,21 @@ Two sub-parts of every block run as custom operators (``torch.library.custom_op`
 - ``fcvit::channel_mixer``: ``GroupNorm -> 1x1 -> 3x3 depth-wise -> GELU -> 1x1``.
 
 For training they keep less for the backward pass than the plain ops (docs/benchmarks.md has the
-per-tensor breakdown): the channel mixer saves its input and the first 1x1's output only and
-recomputes the normalisation, the depth-wise convolution and the GELU in backward (the plain ops
-keep the hidden activation, 4-8x wider than the block, three times), and a token-mixer round saves
-its input and its narrow hidden pre-activation and recomputes the convolution and the GELUs (the
-plain ops keep four block-sized tensors); its depth-wise weight gradient takes the faster CPU
-formulations of :mod:`fcvit.models.depthwise`. Outputs and gradients are
-those of the plain ops up to float rounding (tests/test_memory.py). Under autocast (CPU or CUDA)
-the operators take the autocast dtype for their products and float32 for the normalisation, as
-autocast does for the plain ops.
+per-tensor breakdown). The channel mixer saves its input and the norm's statistics; backward
+recomputes the normalisation, the 3x3 depth-wise convolution and the GELU, and, in mixers of fewer
+than :data:`KEEP_HIDDEN_FROM_CHANNELS` channels, the first 1x1 as well (the plain ops keep the hidden
+activation, 4-8x wider than the block, three times). A token-mixer round saves its input, the 11x11
+convolution's output and its narrow hidden pre-activation, and recomputes the GELUs (the plain ops
+keep four block-sized tensors); its depth-wise weight gradient takes the faster CPU formulations of
+:mod:`fcvit.models.depthwise`. Outputs and gradients are those of the plain ops up to float rounding
+(tests/test_memory.py). Under autocast (CPU or CUDA) the operators take the autocast dtype for their
+products and float32 for the normalisation, as autocast does for the plain ops.
 
-Inference (autograd off) uses sibling operators that keep nothing; on the CPU in float32 they run
-oneDNN kernels with the GELU applied inside the preceding product (``torch.ops.mkldnn``), and the
-channel mixer runs its batch in slices so its wide hidden activation stays in cache
-(:data:`CPU_SLICE_BYTES`). In eager CPU training the channel mixer is also called on batch slices,
-so no single hidden tensor crosses glibc's mmap threshold.
+On the CPU both training operators work through their batch in cache-sized slices
+(:data:`CPU_SLICE_BYTES`): a slice's temporaries are reused from the allocator's free lists and read
+back from cache, and the weight gradients accumulate over the slices. Inference (autograd off) uses
+sibling operators that keep nothing; on the CPU in float32 they run oneDNN kernels with the GELU
+applied inside the preceding product (``torch.ops.mkldnn``), the channel mixer in slices too.
 """
 from __future__ import annotations
 
@@ -60,15 +60,15 @@ _ONEDNN_FUSED = (
     and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 )
 
-# The largest hidden activation (bytes) the channel mixer makes at once on the CPU; it runs its batch in
-# slices above that. With autograd on, the limit sits under glibc's mmap threshold (32 MiB): larger
-# blocks go back to the kernel when freed and are page-faulted in again on every step. Without
-# autograd, slices small enough for the last-level cache let each kernel read the previous one's
-# output from cache instead of memory. 0 turns slicing off.
-# channel mixers with this many input channels or more keep their hidden layer for backward (see
-# keep_mixer_hidden); 0 keeps it everywhere, a huge value recomputes it everywhere
+# Channel mixers with this many input channels or more keep their hidden layer for backward (see
+# keep_mixer_hidden); 0 keeps it everywhere, a huge value recomputes it everywhere.
 KEEP_HIDDEN_FROM_CHANNELS = [128]
 
+# Batch slices on the CPU, in bytes: "grad" and "no_grad" bound the channel mixer's hidden activation
+# per slice in training and inference, "mlp" a token-mixer round's input per slice in its backward.
+# Slices of this size keep each kernel's input in cache from the kernel before; smaller ones lose
+# more to per-call overhead than they gain (measured on fcvit_tiny and fcvit_b12, docs/benchmarks.md).
+# 0 turns slicing off.
 CPU_SLICE_BYTES: Dict[str, int] = {"grad": 8 * 1024 * 1024, "mlp": 1024 * 1024, "no_grad": 4 * 1024 * 1024}
 
 

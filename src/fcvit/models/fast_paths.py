@@ -177,13 +177,19 @@ def _onednn_pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], attr: s
     return _nchw(y.view(b, h, w, weight.shape[0]))
 
 
+def _linear_rows(rows: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``F.linear`` on ``(pixels, channels)`` rows; through oneDNN on CPU float32, which adds the bias
+    inside the kernel (``addmm`` first copies it into every output row)."""
+    if _use_onednn(rows, weight) and fused_inference_enabled():
+        return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+    return F.linear(rows, weight, bias)
+
+
 def _linear_nhwc(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``F.linear`` over the channels of an NCHW-shaped tensor, returned NHWC; through oneDNN on CPU float32,
-    which adds the bias inside the kernel (``addmm`` first copies it into every output row)."""
+    """``F.linear`` over the channels of an NCHW-shaped tensor, returned NHWC (oneDNN as :func:`_linear_rows`)."""
     if _use_onednn(x, weight) and fused_inference_enabled():
         b, c, h, w = x.shape
-        y = torch.ops.mkldnn._linear_pointwise(_rows(_nhwc(x)), weight, bias, "none", [], "")
-        return y.view(b, h, w, weight.shape[0])
+        return _linear_rows(_rows(_nhwc(x)), weight, bias).view(b, h, w, weight.shape[0])
     return F.linear(_nhwc(x), weight, bias)
 
 
@@ -355,13 +361,6 @@ def _mixer_act(h1: Tensor, wdw: Tensor, bdw: Tensor) -> Tensor:
     return F.gelu(_mixer_hidden(h1, wdw, bdw))
 
 
-def _mixer_h1(z_rows: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
-    """The first 1x1 convolution on ``(pixels, channels)`` rows (oneDNN with the bias inside on CPU float32)."""
-    if _use_onednn(z_rows, w1) and fused_inference_enabled():
-        return torch.ops.mkldnn._linear_pointwise(z_rows, w1, b1, "none", [], "")
-    return F.linear(z_rows, w1, b1)
-
-
 @torch.library.custom_op("fcvit::channel_mixer", mutates_args=())
 def _channel_mixer(
         x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
@@ -371,7 +370,7 @@ def _channel_mixer(
     first 1x1's output, NHWC; without it the tensor is empty and backward recomputes the product.
 
     On the CPU the part after the normalisation runs over batch slices whose hidden activation fits
-    in cache (:data:`CPU_SLICE_BYTES` ``"cache"``): each slice's temporaries come back from the
+    in cache (:data:`CPU_SLICE_BYTES` ``"grad"``): each slice's temporaries come back from the
     allocator's free lists and are read from cache, not memory. The normalisation runs on the whole
     batch (PyTorch's channels-last GroupNorm is slow on small slices).
     """
@@ -387,7 +386,7 @@ def _channel_mixer(
         if keep_hidden:
             h1 = torch.addmm(b1, z_rows[rows], w1.t(), out=_rows(kept)[rows]).view(stop - start, h, w, -1)
         else:
-            h1 = _mixer_h1(z_rows[rows], w1, b1).view(stop - start, h, w, -1)
+            h1 = _linear_rows(z_rows[rows], w1, b1).view(stop - start, h, w, -1)
         act = _mixer_act(h1, wdw, bdw)
         del h1
         torch.addmm(b2, _rows(_nhwc(act)), w2.t(), out=out_rows[rows])
@@ -423,7 +422,7 @@ def _channel_mixer_backward(
     grad_z_rows = _rows(grad_z)
     for start, stop in _slice_ranges(b, batch_slices(x, hidden_channels, CPU_SLICE_BYTES["grad"])):
         rows = slice(start * h * w, stop * h * w)
-        h1 = kept[start:stop] if kept.numel() else _mixer_h1(z_rows[rows], w1, b1).view(stop - start, h, w, -1)
+        h1 = kept[start:stop] if kept.numel() else _linear_rows(z_rows[rows], w1, b1).view(stop - start, h, w, -1)
         h1 = _nchw(h1)
         hidden = _rows(_nhwc(_mixer_hidden(_nhwc(h1), wdw, bdw)))
         grad_w2.addmm_(grad_rows[rows].t(), F.gelu(hidden))

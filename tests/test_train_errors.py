@@ -188,3 +188,25 @@ def test_fp16_grad_scaler_channels_last_and_grad_checkpointing(capsys, data, tmp
     state = load_train_state(out / LAST_NAME)
     assert state["scaler"]["scale"] > 0 and state["args"]["amp_dtype"] == "float16"
     assert "float16 autocast + GradScaler" in (out / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_unexpected_error_in_the_loop_exits_instead_of_waiting_for_workers(data, tmp_path, workers):
+    """Loader workers ignore SIGTERM (so a stop reaches the main process first); an exception raised by the
+    training loop itself used to leave the process waiting for them forever after its traceback."""
+    import subprocess
+    import sys
+
+    from train_helpers import cli_env
+
+    script = (
+        "import fcvit.engine.loop as loop\n"
+        "def fail(*args, **kwargs):\n"
+        "    raise RuntimeError('an unexpected failure inside the loop')\n"
+        "loop._step_schedule = fail\n"
+        "from fcvit.cli.main import main\n"
+        f"main({['train', str(data), *TINY_MODEL, *FAST, '-j', workers, '--epochs', '1', '--output', str(tmp_path / 'o')]!r})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "RuntimeError: an unexpected failure inside the loop" in done.stderr

@@ -6,7 +6,9 @@ Import from ``fcvit.engine.workers``: ``ignore_stop_signals`` as ``worker_init_f
 """
 from __future__ import annotations
 
+import atexit
 import signal
+import weakref
 from typing import Iterable, Iterator, TypeVar
 
 from ..errors import UserError
@@ -14,6 +16,26 @@ from ..errors import UserError
 __all__ = ["ignore_stop_signals", "user_errors_from_workers"]
 
 T = TypeVar("T")
+
+# loader iterators still running; an exception raised by the loop around one keeps it alive in its traceback
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _shut_down_live_workers() -> None:
+    """At exit, stop the workers of loaders an exception left running.
+
+    Workers ignore SIGTERM (:func:`ignore_stop_signals`), and multiprocessing's own exit handler stops
+    worker processes with SIGTERM and then joins them: without this, an unexpected error inside a loop
+    over a loader printed its traceback and then left the process waiting for its workers forever.
+    Registered when this module is imported, after torch's multiprocessing, so it runs before that handler.
+    """
+    for iterator in list(_LIVE_ITERATORS):
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+atexit.register(_shut_down_live_workers)
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -37,6 +59,10 @@ def user_errors_from_workers(loader: Iterable[T]) -> Iterator[T]:
     process would wait for them forever at exit.
     """
     iterator = iter(loader)
+    try:
+        _LIVE_ITERATORS.add(iterator)
+    except TypeError:  # an iterator without weak references holds no worker processes
+        pass
     marker = "UserError: "
     finished = False
     try:

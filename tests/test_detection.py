@@ -35,7 +35,7 @@ from fcvit.tasks.detection.sampler import AspectRatioBatchSampler, aspect_ratio_
 from fcvit.tasks.detection.synthetic import make_shapes_coco
 import fcvit.engine.loop as loop_module
 import fcvit.tasks.detection.train as train_module
-from fcvit.tasks.detection.train import build_scheduler, detection_step
+from fcvit.tasks.detection.train import build_scheduler, detection_step, late_lr_steps
 from fcvit.engine import DistContext, GracefulStop, NonFiniteLossError, resolve_amp
 
 # a backbone and heads small enough for CPU tests (the recipe's are 256 FPN channels, 1024 box head)
@@ -331,6 +331,14 @@ def test_log_names_the_global_batch_and_the_precision(trained):
     assert "Global batch: 2 images per step (-b 2 per process x 1 process)." in log
     assert "The recipe's lr 2e-4 is for 32 images per step" in log
     assert "Precision: float32 on cpu (the paper's float16 autocast with loss scaling needs CUDA" in log
+    assert f"--lr-steps {TRAIN_EPOCHS}: after the last of --epochs {TRAIN_EPOCHS}, so the lr does not drop" in log
+
+
+def test_lr_steps_after_the_last_epoch_are_named():
+    assert late_lr_steps([8, 11], 12) == ""
+    assert late_lr_steps([8, 11], 4) == ("--lr-steps 8 11: after the last of --epochs 4, so the lr does not drop "
+                                         "there in this run (the 1x schedule steps after epochs 8 and 11 of 12).")
+    assert late_lr_steps([2, 12], 12).startswith("--lr-steps 12: after the last of --epochs 12")
 
 
 def test_training_reduces_the_loss_and_overfits(trained):

@@ -147,6 +147,16 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
     return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay, filter_bias_and_bn=False)
 
 
+def late_lr_steps(lr_steps: Sequence[int], epochs: int) -> str:
+    """A note naming the ``--lr-steps`` that come after the last epoch (so never lower the lr), or ''."""
+    late = [e for e in lr_steps if e >= epochs]
+    if not late:
+        return ""
+    listed = " ".join(str(e) for e in late)
+    return (f"--lr-steps {listed}: after the last of --epochs {epochs}, so the lr does not drop there in this run "
+            "(the 1x schedule steps after epochs 8 and 11 of 12).")
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, iters_per_epoch: int, lr_steps: Sequence[int],
                     warmup_iters: int, warmup_factor: float) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-iteration schedule: linear warmup from ``warmup_factor`` x lr, times 0.1 at each epoch in ``lr_steps``.
@@ -303,6 +313,9 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
     model.to(ctx.device)
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
     scheduler = build_scheduler(optimizer, iters_per_epoch, args.lr_steps, args.warmup_iters, args.warmup_factor)
+    late_steps = late_lr_steps(args.lr_steps, args.epochs)
+    if late_steps:
+        _logger.info(late_steps)
     amp = detection_amp(ctx.device, args.amp, args.amp_dtype)
     if not amp.enabled and args.amp is None:
         _logger.info("Precision: float32 on %s (the paper's float16 autocast with loss scaling needs CUDA; "

@@ -29,6 +29,24 @@ from .options import (
 )
 from .original_flags import add_original_train_flags, resolve_original_train_flags
 
+#: timm's learning-rate schedules (``timm.scheduler.create_scheduler_v2``); ``none`` keeps the optimizer's lr
+SCHEDULES = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "wsd", "rsqrt", "constant", "none")
+_WARMING = tuple(name for name in SCHEDULES if name != "none")
+_CYCLIC = ("cosine", "tanh", "poly")
+#: each schedule option and the schedules that read it; given to another schedule it changes nothing
+SCHEDULE_OPTIONS: Dict[str, tuple] = {
+    "decay_epochs": ("step", "wsd", "rsqrt"),
+    "decay_milestones": ("multistep",),
+    "decay_rate": ("step", "multistep", "plateau", "poly"),
+    "cooldown_epochs": _CYCLIC + ("wsd", "rsqrt"),
+    "patience_epochs": ("plateau",),
+    "min_lr": _CYCLIC + ("plateau", "wsd", "rsqrt"),
+    "lr_cycle_mul": _CYCLIC, "lr_cycle_decay": _CYCLIC, "lr_cycle_limit": _CYCLIC,
+    "lr_k_decay": ("cosine", "poly"),
+    "warmup_epochs": _WARMING, "warmup_lr": _WARMING,
+    "lr_noise": _WARMING, "lr_noise_pct": _WARMING, "lr_noise_std": _WARMING,
+}
+
 # Small-data preset for the built-in digits (8x8 images): the ImageNet recipe's mixup, random erasing,
 # flips and 300 epochs would only slow it down. Any flag given on the command line still wins.
 DATASET_PRESETS: Dict[str, Dict[str, Any]] = {
@@ -91,7 +109,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--weight-decay", type=non_negative_float, default=0.05)
     g.add_argument("--clip-grad", type=positive_float, default=None, help="gradient clipping threshold (default off)")
     g.add_argument("--clip-mode", default="norm", help="norm, value or agc")
-    g.add_argument("--sched", default="cosine", help="timm scheduler name (default cosine)")
+    g.add_argument("--sched", default="cosine", choices=SCHEDULES, metavar="NAME",
+                   help=f"timm lr schedule: {', '.join(SCHEDULES)} (default cosine)")
     g.add_argument("--sched-on-updates", action="store_true", help="step the schedule per update, not per epoch")
     g.add_argument("--lr", type=positive_float, default=None, help="learning rate (default lr-base x global batch / lr-base-size)")
     g.add_argument("--lr-base", type=positive_float, default=1e-3, help="lr for a global batch of --lr-base-size (default 1e-3)")
@@ -101,7 +120,11 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--min-lr", type=non_negative_float, default=1e-6)
     g.add_argument("--epochs", type=positive_int, default=300)
     g.add_argument("--start-epoch", type=non_negative_int, default=None)
-    g.add_argument("--decay-epochs", type=positive_float, default=90, help="step schedulers' period")
+    g.add_argument("--decay-epochs", type=positive_float, default=90,
+                   help="step schedule's period (default 90); wsd/rsqrt: decay length, a fraction of the run "
+                        "below 1 (default 0.2 there)")
+    g.add_argument("--decay-milestones", type=positive_int, nargs="+", default=[90, 180, 270], metavar="EPOCH",
+                   help="multistep schedule's epochs (default 90 180 270)")
     g.add_argument("--decay-rate", "--dr", type=positive_float, default=0.1)
     g.add_argument("--warmup-epochs", type=non_negative_int, default=5)
     g.add_argument("--cooldown-epochs", type=non_negative_int, default=10)
@@ -296,6 +319,7 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     if not args.output:
         args.output = os.path.join("output", "train", args.model)
     _check_split_options(args)
+    notes.extend(_check_schedule_options(args))
     args.compat_notes = notes
     if args.aa in ("", "none", "None"):
         args.aa = None
@@ -313,6 +337,37 @@ def resolve_data_source(args: argparse.Namespace) -> None:
     if args.dataset == "digits" and args.data:
         raise UserError(f"--dataset digits is built in and reads no folder, but DATA '{args.data}' is given too: "
                         "leave out --dataset digits to use the folder, or DATA to use the digits.")
+
+
+def _check_schedule_options(args: argparse.Namespace) -> list:
+    """Refuse what timm's schedules cannot do; return a note naming the schedule options given on the command
+    line that the chosen schedule does not read (timm would drop them without a word)."""
+    from ..errors import UserError
+
+    explicit = set(getattr(args, "_explicit", set()))
+    if args.sched == "plateau" and args.sched_on_updates:
+        raise UserError("--sched plateau steps once per epoch, on the validation metric: leave out "
+                        "--sched-on-updates, or pick a schedule that steps per update.")
+    if args.sched in ("wsd", "rsqrt") and "decay_epochs" not in explicit and args.decay_epochs == 90:
+        args.decay_epochs = 0.2  # timm's default there: decay over the last fifth of the run
+    unused = [name for name in SCHEDULE_OPTIONS if name in explicit and not schedule_reads(args, name)]
+    if not unused:
+        return []
+    flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+    return [f"--sched {args.sched} does not read {flags} here: {'it has' if len(unused) == 1 else 'they have'} no "
+            "effect on this run (docs/reproduction.md lists which schedule reads which option)."]
+
+
+def schedule_reads(args: argparse.Namespace, option: str) -> bool:
+    """Whether the run's schedule uses ``option`` (a key of :data:`SCHEDULE_OPTIONS`) with the other settings
+    given: the cycle options act from a second cycle on, the noise shape only with ``--lr-noise``."""
+    if args.sched not in SCHEDULE_OPTIONS[option]:
+        return False
+    if option in ("lr_cycle_mul", "lr_cycle_decay"):
+        return args.lr_cycle_limit > 1
+    if option in ("lr_noise_pct", "lr_noise_std"):
+        return bool(args.lr_noise)
+    return True
 
 
 def _check_split_options(args: argparse.Namespace) -> None:

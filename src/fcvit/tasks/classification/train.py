@@ -268,6 +268,25 @@ def _resolve_lr(args: argparse.Namespace, world_size: int) -> float:
     return args.lr_base * ratio
 
 
+def _create_schedule(create_scheduler_v2: Any, optimizer: torch.optim.Optimizer, args: argparse.Namespace,
+                     updates_per_epoch: int) -> Tuple[Any, int]:
+    """timm's schedule for ``--sched``; ``none`` is timm's constant schedule without warmup or noise (the lr
+    stays where the optimizer starts it), so the loop always has a schedule to step and checkpoint."""
+    extras = _schedule_extras(args)
+    sched, warmup_epochs = args.sched, args.warmup_epochs
+    if sched == "none":
+        sched, warmup_epochs, extras["noise"] = "constant", 0, None
+    try:
+        return create_scheduler_v2(
+            optimizer, sched=sched, num_epochs=args.epochs, cooldown_epochs=args.cooldown_epochs,
+            min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=warmup_epochs,
+            decay_epochs=args.decay_epochs, decay_milestones=list(getattr(args, "decay_milestones", [90, 180, 270])),
+            decay_rate=args.decay_rate, step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch,
+            **extras)
+    except ValueError as exc:  # timm's own range checks (wsd/rsqrt decay length)
+        raise UserError(f"--sched {args.sched}: {str(exc).rstrip('.')}; change --decay-epochs, --warmup-epochs or --epochs.") from None
+
+
 def _schedule_extras(args: argparse.Namespace) -> Dict[str, Any]:
     """timm scheduler options of the original train.py (lr noise, cycles, k-decay, plateau patience)."""
     noise = getattr(args, "lr_noise", None)
@@ -298,7 +317,7 @@ RUN_SHAPING = (
     "model", "model_kwargs", "num_classes", "dataset", "data", "train_split", "img_size", "input_size",
     "initial_checkpoint", "batch_size", "opt", "opt_eps", "opt_betas", "momentum", "weight_decay", "lr", "lr_base",
     "lr_base_size", "lr_base_scale", "sched", "sched_on_updates", "epochs", "warmup_lr", "warmup_epochs", "min_lr",
-    "cooldown_epochs", "decay_epochs", "decay_rate", "patience_epochs", "lr_noise", "lr_noise_pct", "lr_noise_std",
+    "cooldown_epochs", "decay_epochs", "decay_milestones", "decay_rate", "patience_epochs", "lr_noise", "lr_noise_pct", "lr_noise_std",
     "lr_cycle_mul", "lr_cycle_decay", "lr_cycle_limit", "lr_k_decay", "seed", "drop", "drop_path", "smoothing",
     "mixup", "cutmix", "aa", "reprob", "aug_splits", "jsd_loss", "bce_loss", "model_ema", "model_ema_decay",
     "eval_metric")
@@ -392,12 +411,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     if amp.enabled and amp.dtype is torch.float16 and ctx.device.type == "cpu":
         _logger.info("float16 autocast on CPU runs, but slower than float32 (CPUs lack fast float16 kernels); "
                      "leave out --apex-amp/--amp-dtype float16 there for speed.")
-    scheduler, num_epochs = create_scheduler_v2(
-        optimizer, sched=args.sched, num_epochs=args.epochs, cooldown_epochs=args.cooldown_epochs,
-        min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
-        decay_epochs=args.decay_epochs, decay_rate=args.decay_rate,
-        step_on_epochs=not args.sched_on_updates, updates_per_epoch=batches.batches_per_epoch,
-        **_schedule_extras(args))
+    scheduler, num_epochs = _create_schedule(create_scheduler_v2, optimizer, args, batches.batches_per_epoch)
     ema_on_cpu = args.model_ema and getattr(args, "model_ema_force_cpu", False)
     model_ema = (ModelEmaV3(unwrap_model(model), decay=args.model_ema_decay,
                             device=torch.device("cpu") if ema_on_cpu else None) if args.model_ema else None)

@@ -219,6 +219,9 @@ def test_amp_settings_and_backward_step():
     assert fp16.dtype is torch.float16 and fp16.scaler is not None
     with pytest.raises(UserError, match="amp-dtype"):
         resolve_amp(torch.device("cpu"), enabled=True, dtype="float8")
+    # a named dtype is a request for mixed precision even without --amp
+    implied = resolve_amp(torch.device("cpu"), enabled=False, dtype="bfloat16")
+    assert implied.enabled and implied.dtype is torch.bfloat16
     # clipping by norm limits the update applied by plain SGD
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     before = [p.detach().clone() for p in model.parameters()]
@@ -317,3 +320,19 @@ def test_atomic_save_gives_the_users_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "last.pth.tar").stat().st_mode) == 0o644
+
+
+def test_amp_dtype_is_checked_and_conflicts_with_no_amp(capsys, tmp_path):
+    from fcvit.cli.main import main
+    from fcvit.tasks.detection.train import detection_amp
+
+    for argv in (["train", "--dataset", "digits", "--amp-dtype", "half"],
+                 ["validate", "--dataset", "digits", "--checkpoint", "c.pth", "--amp-dtype", "float8"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "argument --amp-dtype: invalid choice" in err and "Traceback" not in err
+    with pytest.raises(UserError, match=r"^--no-amp and --amp-dtype bfloat16 conflict: drop --no-amp"):
+        detection_amp(torch.device("cpu"), False, "bfloat16")
+    assert not detection_amp(torch.device("cpu"), False).enabled
+    assert detection_amp(torch.device("cpu"), None, "bfloat16").dtype is torch.bfloat16

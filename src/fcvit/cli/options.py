@@ -128,8 +128,9 @@ def add_precision(p: argparse.ArgumentParser, training: bool) -> None:
     p.add_argument("--amp", action="store_true",
                    help="mixed precision (bfloat16 where supported, else float16)" if training
                    else "mixed precision inference")
-    p.add_argument("--amp-dtype", default="auto", help="auto, bfloat16 or float16 (float16 adds a GradScaler in "
-                                                       "training; default auto)")
+    p.add_argument("--amp-dtype", default="auto", choices=("auto", "bfloat16", "bf16", "float16", "fp16"),
+                   metavar="DTYPE", help="auto, bfloat16 or float16 (float16 adds a GradScaler in training; default "
+                                         "auto); bfloat16 or float16 turn mixed precision on without --amp")
 
 
 def add_tensorboard(p: argparse.ArgumentParser) -> None:

@@ -41,9 +41,13 @@ def _bf16_supported(device: torch.device) -> bool:
 
 
 def resolve_amp(device: torch.device, enabled: bool, dtype: str = "auto") -> AmpSettings:
-    """Settings for ``device``: ``dtype`` 'auto' picks bf16 if supported else fp16; fp16 adds a GradScaler."""
+    """Settings for ``device``: ``dtype`` 'auto' picks bf16 if supported else fp16; fp16 adds a GradScaler.
+
+    A dtype other than 'auto' turns mixed precision on by itself (``--amp-dtype bfloat16`` without ``--amp``
+    would otherwise train in float32 without a word).
+    """
     device = torch.device(device)
-    if not enabled:
+    if not enabled and dtype == "auto":
         return AmpSettings(False, torch.float32, device.type)
     if dtype == "auto":
         chosen = torch.bfloat16 if _bf16_supported(device) else torch.float16

@@ -232,6 +232,9 @@ def detection_amp(device: torch.device, amp: Optional[bool], amp_dtype: str = "a
     """
     device = torch.device(device)
     if amp is False:
+        if amp_dtype != "auto":
+            raise UserError(f"--no-amp and --amp-dtype {amp_dtype} conflict: drop --no-amp for {amp_dtype} "
+                            "autocast, or --amp-dtype for float32.")
         return resolve_amp(device, False)
     dtype = "float16" if amp_dtype == "auto" and device.type == "cuda" else amp_dtype
     if amp is None and device.type != "cuda" and amp_dtype == "auto":

@@ -7,19 +7,16 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 import torch
-from timm.scheduler import create_scheduler_v2
 
 from fcvit.cli.main import main
-from fcvit.cli.train import SCHEDULE_OPTIONS, SCHEDULES, build_parser, finalize_args, schedule_reads
+from fcvit.cli.train import (SCHEDULE_OPTIONS, SCHEDULES, build_parser, finalize_args, schedule_reads,
+                             track_explicit)
 from fcvit.errors import UserError
 from fcvit.tasks.classification.train import _create_schedule
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = build_parser(argparse.ArgumentParser())
-    from fcvit.cli.train import track_explicit
-
-    return track_explicit(parser).parse_args(["--dataset", "digits", *argv])
+    return track_explicit(build_parser(argparse.ArgumentParser())).parse_args(["--dataset", "digits", *argv])
 
 
 def base_args(sched: str) -> argparse.Namespace:
@@ -47,7 +44,7 @@ def trajectory(args: argparse.Namespace) -> Tuple[List[float], int]:
     """The lr of every epoch (and the epochs the schedule asks for) as the training loop steps it."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
     args.lr = 1e-2
-    scheduler, num_epochs = _create_schedule(create_scheduler_v2, optimizer, args, updates_per_epoch=10)
+    scheduler, num_epochs = _create_schedule(optimizer, args, updates_per_epoch=10)
     lrs = []
     for epoch in range(num_epochs + 10):
         scheduler.step(epoch, 1.0)  # a metric that never improves: the plateau schedule decays
@@ -124,4 +121,4 @@ def test_a_decay_longer_than_the_run_is_refused_in_one_sentence():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
     with pytest.raises(UserError, match=r"^--sched wsd: .*decay 50.*; change --decay-epochs, --warmup-epochs or "
                                         r"--epochs\.$"):
-        _create_schedule(create_scheduler_v2, optimizer, args, updates_per_epoch=10)
+        _create_schedule(optimizer, args, updates_per_epoch=10)

@@ -268,10 +268,12 @@ def _resolve_lr(args: argparse.Namespace, world_size: int) -> float:
     return args.lr_base * ratio
 
 
-def _create_schedule(create_scheduler_v2: Any, optimizer: torch.optim.Optimizer, args: argparse.Namespace,
+def _create_schedule(optimizer: torch.optim.Optimizer, args: argparse.Namespace,
                      updates_per_epoch: int) -> Tuple[Any, int]:
     """timm's schedule for ``--sched``; ``none`` is timm's constant schedule without warmup or noise (the lr
     stays where the optimizer starts it), so the loop always has a schedule to step and checkpoint."""
+    from timm.scheduler import create_scheduler_v2
+
     extras = _schedule_extras(args)
     sched, warmup_epochs = args.sched, args.warmup_epochs
     if sched == "none":
@@ -343,7 +345,6 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
 
     from .data import create_classification_dataset
@@ -411,7 +412,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     if amp.enabled and amp.dtype is torch.float16 and ctx.device.type == "cpu":
         _logger.info("float16 autocast on CPU runs, but slower than float32 (CPUs lack fast float16 kernels); "
                      "leave out --apex-amp/--amp-dtype float16 there for speed.")
-    scheduler, num_epochs = _create_schedule(create_scheduler_v2, optimizer, args, batches.batches_per_epoch)
+    scheduler, num_epochs = _create_schedule(optimizer, args, batches.batches_per_epoch)
     ema_on_cpu = args.model_ema and getattr(args, "model_ema_force_cpu", False)
     model_ema = (ModelEmaV3(unwrap_model(model), decay=args.model_ema_decay,
                             device=torch.device("cpu") if ema_on_cpu else None) if args.model_ema else None)

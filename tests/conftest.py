@@ -5,10 +5,15 @@ The micro fixtures ship with the tests; the larger fcvit_tiny ones are read from
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
+from torch import nn
+
+from fcvit.ops import set_fused_ops
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TESTS_DIR.parent
@@ -55,3 +60,19 @@ def micro_kwargs(config: dict) -> dict:
     if "num_classes" in config:
         kwargs["num_classes"] = config["num_classes"]
     return kwargs
+
+
+@contextlib.contextmanager
+def fused_ops(enabled: bool, *models: nn.Module) -> Iterator[None]:
+    """fcvit.ops' switch set for the modules built inside, and ``models``' FCViT modules (which read it
+    when they were built) switched the same way meanwhile; switching on keeps what a module decided."""
+    previous = set_fused_ops(enabled)
+    built = [(m, m.fused_ops) for model in models for m in model.modules() if hasattr(m, "fused_ops")]
+    for m, decided in built:
+        m.fused_ops = decided and enabled
+    try:
+        yield
+    finally:
+        set_fused_ops(previous)
+        for m, decided in built:
+            m.fused_ops = decided

@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 from fcvit.models import FCViT
-from fcvit.models import depthwise
-from fcvit.models import fast_paths, layers
-from fcvit.models.depthwise import DepthwiseConv2d, depthwise_weight_grad, set_weight_grad_method
 from fcvit.models.layers import FCViTBlock
+from fcvit.ops import depthwise, mixers
+from fcvit.ops.depthwise import DepthwiseConv2d, depthwise_weight_grad
 
 from conftest import micro_kwargs
 
@@ -55,12 +54,8 @@ def test_depthwise_function_passes_gradcheck():
     weight = torch.randn(3, 1, 5, 5, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
     for method in ("fft", "depthwise"):
-        previous = set_weight_grad_method(method)
-        try:
-            assert torch.autograd.gradcheck(
-                lambda a, w, b: depthwise._DepthwiseConvFunction.apply(a, w, b, (2, 2)), (x, weight, bias))
-        finally:
-            set_weight_grad_method(previous)
+        assert torch.autograd.gradcheck(
+            lambda a, w, b: depthwise._DepthwiseConvFunction.apply(a, w, b, (2, 2), method), (x, weight, bias))
 
 
 def test_module_forward_and_backward_equal_nn_conv2d():
@@ -92,22 +87,20 @@ def test_module_uses_the_plain_op_where_the_shortcut_does_not_apply():
     assert fast(x.requires_grad_()).grad_fn.name().startswith("Convolution")
     assert list(fast.state_dict()) == ["weight", "bias"]  # the keys of the nn.Conv2d it replaces
     with pytest.raises(ValueError, match="Unknown depth-wise"):
-        set_weight_grad_method("winograd")
+        depthwise_weight_grad(x, x, fast.weight, (1, 1), "winograd")
 
 
-def test_model_gradients_do_not_depend_on_the_method(micro_reference):
+def test_model_gradients_do_not_depend_on_the_method(micro_reference, monkeypatch):
     model = FCViT(**micro_kwargs(micro_reference["config"]))
     model.load_state_dict(micro_reference["state_dict"])
     model.train()
     x, target = micro_reference["input"], torch.tensor([3, 7])
     grads = {}
+    pick = depthwise._pick_method
     for method in ("native", "auto"):
-        previous = set_weight_grad_method(method)
-        try:
-            model.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), target).backward()
-        finally:
-            set_weight_grad_method(previous)
+        monkeypatch.setattr(depthwise, "_pick_method", pick if method == "auto" else lambda x: method)
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), target).backward()
         grads[method] = {n: p.grad.clone() for n, p in model.named_parameters()}
     for name, ref in grads["native"].items():
         torch.testing.assert_close(grads["auto"][name], ref, atol=1e-6 + 1e-4 * ref.abs().max().item(), rtol=0,
@@ -115,10 +108,11 @@ def test_model_gradients_do_not_depend_on_the_method(micro_reference):
 
 
 @pytest.fixture
-def restore_slice_bytes():
-    previous = layers.set_cpu_slice_bytes()
-    yield
-    layers.set_cpu_slice_bytes(**previous)
+def restore_slice_bytes(monkeypatch):
+    def set_cpu_slice_bytes(**limits):
+        for key, limit in limits.items():
+            monkeypatch.setitem(mixers.CPU_SLICE_BYTES, key, limit)
+    return set_cpu_slice_bytes
 
 
 def test_channel_mixer_batch_slices_change_nothing(restore_slice_bytes):
@@ -129,11 +123,11 @@ def test_channel_mixer_batch_slices_change_nothing(restore_slice_bytes):
     torch.nn.init.uniform_(block.layer_scale_2, 0.5, 1.0)
     x = torch.randn(5, 8, 6, 6).contiguous(memory_format=torch.channels_last)
     hidden_bytes = 5 * 32 * 6 * 6 * 4
-    assert fast_paths.batch_slices(x, 32, 0) == 1
-    assert fast_paths.batch_slices(x, 32, hidden_bytes // 2) == 3  # 2 would leave slices of 3 samples
+    assert mixers.batch_slices(x, 32, 0) == 1
+    assert mixers.batch_slices(x, 32, hidden_bytes // 2) == 3  # 2 would leave slices of 3 samples
     results = {}
     for limit in (0, hidden_bytes // 2):
-        layers.set_cpu_slice_bytes(grad=limit, no_grad=limit)
+        restore_slice_bytes(grad=limit, no_grad=limit)
         model = copy.deepcopy(block)
         xa = x.clone().requires_grad_()
         out = model(xa)
@@ -154,17 +148,17 @@ def test_channel_mixer_batch_slices_change_nothing(restore_slice_bytes):
 def test_slices_only_on_the_cpu_and_above_one_sample():
     x = torch.randn(4, 8, 6, 6)
     sample_bytes = 32 * 6 * 6 * 4
-    assert fast_paths.batch_slices(x, 32, 4 * sample_bytes) == 1
-    assert fast_paths.batch_slices(x, 32, sample_bytes) == 4
-    assert fast_paths.batch_slices(x[:1], 32, 1) == 1
-    assert fast_paths.batch_slices(x.to("meta"), 32, 1) == 1
+    assert mixers.batch_slices(x, 32, 4 * sample_bytes) == 1
+    assert mixers.batch_slices(x, 32, sample_bytes) == 4
+    assert mixers.batch_slices(x[:1], 32, 1) == 1
+    assert mixers.batch_slices(x.to("meta"), 32, 1) == 1
 
 
 def test_sliced_model_still_matches_the_fixture(micro_reference, restore_slice_bytes):
     """Whole micro model with one sample per slice everywhere, on the fused and the plain path."""
     model = FCViT(**micro_kwargs(micro_reference["config"])).eval()
     model.load_state_dict(micro_reference["state_dict"])
-    layers.set_cpu_slice_bytes(grad=1, no_grad=1)
+    restore_slice_bytes(grad=1, no_grad=1)
     x = micro_reference["input"]
     assert x.shape[0] > 1
     with torch.inference_mode():

@@ -97,14 +97,15 @@ def test_backbone_starts_from_an_imagenet_checkpoint_and_keeps_its_bn_statistics
     import timm
 
     classifier = timm.create_model("fcvit_tiny", depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
-    classifier.patch_embed.norm.running_mean.uniform_()  # ImageNet statistics stand-in
+    classifier.stem.norm.running_mean.uniform_()  # ImageNet statistics stand-in
     torch.save({"state_dict": classifier.state_dict()}, tmp_path / "imagenet.pth")
     model = build_mask_rcnn("fcvit_tiny", 3, pretrained_backbone=tmp_path / "imagenet.pth", min_size=64,
                             max_size=64, **TINY_KWARGS)
     body = model.backbone.body
-    assert torch.equal(body.network[2][0].token_mixer.dw1.weight, classifier.network[2][0].token_mixer.dw1.weight)
-    stats = body.patch_embed.norm.running_mean.clone()
-    assert torch.equal(stats, classifier.patch_embed.norm.running_mean)
+    assert torch.equal(body.trunk.stages[1].blocks[0].token_mixer.dw1.weight,
+                       classifier.stages[1].blocks[0].token_mixer.dw1.weight)
+    stats = body.trunk.stem.norm.running_mean.clone()
+    assert torch.equal(stats, classifier.stem.norm.running_mean)
 
     dataset = CocoInstances(*coco_split_paths(shapes, "train"), train=True, transforms=train_transforms())
     loader = train_module.detection_train_loader(dataset, 2, DistContext(), workers=0)
@@ -120,10 +121,10 @@ def test_backbone_starts_from_an_imagenet_checkpoint_and_keeps_its_bn_statistics
             optimizer.step()
 
     one_epoch(freeze_bn_stats=True)
-    assert torch.equal(body.patch_embed.norm.running_mean, stats)  # frozen statistics...
-    assert not torch.equal(body.patch_embed.norm.weight, classifier.patch_embed.norm.weight)  # ...trained affine
+    assert torch.equal(body.trunk.stem.norm.running_mean, stats)  # frozen statistics...
+    assert not torch.equal(body.trunk.stem.norm.weight, classifier.stem.norm.weight)  # ...trained affine
     one_epoch(freeze_bn_stats=False)
-    assert not torch.equal(body.patch_embed.norm.running_mean, stats)
+    assert not torch.equal(body.trunk.stem.norm.running_mean, stats)
 
 
 # -- data --------------------------------------------------------------------------------------------------
@@ -296,7 +297,7 @@ def trained(shapes, tmp_path_factory):
             str(TRAIN_EPOCHS), "--lr", "1e-3", "--warmup-iters", "3", "--lr-steps", str(TRAIN_EPOCHS),
             "--eval-interval", "0", "--workers", "0", "--device", "cpu", "--log-interval", "0", "--resume", "auto",
             "--seed", "0"]
-    real_check = loop_module.check_finite
+    real_check = loop_module.check_step
     for terminate_at, saved in ((7, (3, 7)), (12, (6, 12)), (None, None)):
 
         def check(loss, step, *rest):
@@ -305,7 +306,7 @@ def trained(shapes, tmp_path_factory):
             return real_check(loss, step, *rest)
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(loop_module, "check_finite", check)
+            mp.setattr(loop_module, "check_step", check)
             with pytest.raises(SystemExit) as exit_info:
                 main(args)
         assert exit_info.value.code == 0
@@ -421,7 +422,7 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(shapes, tmp_path):
                 images, "--output", str(out), *TINY, "--min-size", "64", "--max-size", "64", "-b", "2", "--epochs",
                 "2", "--warmup-iters", "2", "--lr-steps", "2", "--eval-interval", "0", "--workers", "0", "--device",
                 "cpu", "--log-interval", "0", "--resume", "auto"]
-        real_check = loop_module.check_finite
+        real_check = loop_module.check_step
 
         def check(loss, step, *rest):
             if step == terminate_at:
@@ -429,7 +430,7 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(shapes, tmp_path):
             return real_check(loss, step, *rest)
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(loop_module, "check_finite", check)
+            mp.setattr(loop_module, "check_step", check)
             with pytest.raises(SystemExit) as exit_info:
                 main(args)
         assert exit_info.value.code == 0

@@ -90,3 +90,45 @@ def test_detection_resumes_under_two_processes_with_each_ranks_stream(tmp_path):
     _assert_distinct_rank_streams(middle)
     _torchrun(["detect", "train", "--data", data, "--output", resumed, "--resume", middle, *DETECT_SMALL])
     _assert_same_weights(straight / "last.pth.tar", resumed / "last.pth.tar")
+
+
+STOP_ON_RANK_1 = """
+import os, sys
+from fcvit.engine.control import GracefulStop
+calls = {"n": 0}
+def stop_at(self, ctx=None):  # as a SIGINT reaching rank 1 alone during global step STEP
+    calls["n"] += 1
+    return calls["n"] == STEP and os.environ["RANK"] == "1"
+GracefulStop.should_stop = stop_at
+from fcvit.cli.main import main
+main(sys.argv[1:])
+"""
+TIMINGS = {"train_img_per_sec", "model_img_per_sec", "data_wait_share", "seconds", "eval_img_per_sec"}
+
+
+def test_classification_stopped_at_an_epochs_last_step_resumes_exactly_under_two_processes(tmp_path):
+    """The stop is where an evaluation is due: the resumed run evaluates first, with each rank's own BatchNorm
+    statistics (averaged by --dist-bn as the uninterrupted run did) and each rank's part of the epoch's row."""
+    import csv
+
+    from train_helpers import FAST, TINY_MODEL, make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "data")  # 12 images: 3 steps of 2 per rank
+    script = tmp_path / "stop_on_rank_1.py"
+    script.write_text(STOP_ON_RANK_1.replace("STEP", "6"))  # the last step of epoch 1
+    argv = ["train", data, *TINY_MODEL, *FAST, "-b", "2", "--epochs", "3", "--drop-path", "0.1", "--model-ema",
+            "--log-interval", "0"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    _torchrun([*argv, "--output", straight])
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    done = subprocess.run(launcher + [str(a) for a in argv] + ["--output", str(stopped)], env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert load_train_state(stopped / "last.pth.tar")["pending_evaluation"] == {"epoch": 1, "done": 3}
+    _torchrun([*argv, "--output", stopped])
+    rows = [[{k: v for k, v in r.items() if k not in TIMINGS} for r in csv.DictReader(open(out / "summary.csv"))]
+            for out in (straight, stopped)]
+    assert [r["epoch"] for r in rows[0]] == ["0", "1", "2"] and rows[0] == rows[1]
+    _assert_same_weights(straight / "last.pth.tar", stopped / "last.pth.tar")
+    ema = [load_train_state(out / "last.pth.tar")["state_dict_ema"] for out in (straight, stopped)]
+    assert all(torch.equal(ema[0][k], ema[1][k]) for k in ema[0])

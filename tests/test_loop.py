@@ -12,9 +12,9 @@ from fcvit.engine import (
     LAST_NAME,
     DistContext,
     GracefulStop,
-    LoopSettings,
     NonFiniteLossError,
-    TrainSpec,
+    Settings,
+    Task,
     load_train_state,
     resolve_amp,
     run_training,
@@ -51,12 +51,11 @@ def _run(tmp_path, model: _LossModel, batches: int = 5, start_epoch: int = 0, ep
     loader = train_loader(SeededSamples(dataset), SeekableBatches(EpochShardSampler(batches, seed=0), 1), 0, False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    spec = TrainSpec(name="stand-in", model=model, optimizer=optimizer, scheduler=scheduler, train_loader=loader,
-                     step=_step, evaluate=evaluations or (lambda m: ({"score": 1.0}, {"score": 1.0})),
-                     metric="score", unit="epoch", length=epochs)
-    settings = LoopSettings(output=str(tmp_path), amp=resolve_amp(torch.device("cpu"), False), log_interval=0,
-                            start_epoch=start_epoch or None)
-    return run_training(spec, DistContext(), settings)
+    task = Task(model, optimizer, scheduler, loader, name="stand-in", metric="score", unit="epoch", length=epochs)
+    task.step, task.evaluate = _step, evaluations or (lambda m: ({"score": 1.0}, {"score": 1.0}))
+    settings = Settings(output=str(tmp_path), amp=resolve_amp(torch.device("cpu"), False), log_interval=0,
+                        start_epoch=start_epoch or None)
+    return run_training(task, DistContext(), settings)
 
 
 def test_non_finite_loss_stops_before_the_weights_change(tmp_path):

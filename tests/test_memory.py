@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from fcvit.models import FCViT, fast_paths
+from fcvit.models import FCViT
 from fcvit.models.layers import FCViTBlock
+from fcvit.ops import mixers
 from fcvit.tools.profile import saved_activation_bytes
 
-from conftest import micro_kwargs
+from conftest import fused_ops, micro_kwargs
 
 
 def _model(micro_reference: dict) -> FCViT:
@@ -28,13 +29,10 @@ def _model(micro_reference: dict) -> FCViT:
 
 def _step(model: nn.Module, x: torch.Tensor, fast: bool) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Output and parameter gradients of one cross-entropy step, with the fast paths on or off."""
-    previous = fast_paths.set_fast_paths(fast)
-    try:
+    with fused_ops(fast, model):
         model.zero_grad(set_to_none=True)
         out = model(x)
         nn.functional.cross_entropy(out.float(), torch.arange(x.shape[0]) % out.shape[1]).backward()
-    finally:
-        fast_paths.set_fast_paths(previous)
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -61,11 +59,8 @@ def test_fast_path_keeps_less_for_backward():
     was 0.5x while the mixer kept the first 1x1's output)."""
     block = FCViTBlock(64, mlp_ratio=8).train()
     x = torch.randn(2, 64, 14, 14).contiguous(memory_format=torch.channels_last).requires_grad_()
-    previous = fast_paths.set_fast_paths(False)
-    try:
+    with fused_ops(False, block):
         plain = sum(saved_activation_bytes(block, x).values())
-    finally:
-        fast_paths.set_fast_paths(previous)
     fast = sum(saved_activation_bytes(block, x).values())
     assert fast < 0.3 * plain, (fast, plain)
 
@@ -84,12 +79,9 @@ def test_bf16_autocast_takes_the_same_savings(micro_reference):
     for fast in (False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             results[fast] = _step(model, x, fast)
-            previous = fast_paths.set_fast_paths(fast)
-            try:
+            with fused_ops(fast):
                 saved = sum(saved_activation_bytes(FCViTBlock(64, mlp_ratio=8).train(), torch.randn(
                     2, 64, 14, 14).contiguous(memory_format=torch.channels_last)).values())
-            finally:
-                fast_paths.set_fast_paths(previous)
         results[fast] += (saved,)
     (out_plain, plain, saved_plain), (out_fast, fast, saved_fast) = results[False], results[True]
     assert out_fast.dtype == out_plain.dtype == torch.bfloat16
@@ -139,13 +131,11 @@ def test_operators_gradcheck_in_float64():
 def test_dropout_in_training_takes_the_plain_path():
     block = FCViTBlock(16, proj_drop=0.1).train()
     x = torch.randn(2, 16, 6, 6)
-    assert not fast_paths.block_applies(block, x)
-    assert fast_paths.block_applies(block.eval(), x)
-    previous = fast_paths.set_fast_paths(False)
-    try:
-        assert not fast_paths.block_applies(block, x)
-    finally:
-        fast_paths.set_fast_paths(previous)
+    assert not block.fuses(x)
+    assert block.eval().fuses(x)
+    with fused_ops(False):
+        block = FCViTBlock(16, proj_drop=0.1).eval()
+        assert not block.fuses(x)
 
 
 def test_compiled_training_calls_the_operators_without_graph_breaks(micro_reference):
@@ -177,12 +167,9 @@ def test_inference_with_fast_paths_on_and_off_match_the_fixture(micro_reference,
     model = _model(micro_reference)
     model.load_state_dict(micro_reference["state_dict"])
     model.eval()
-    previous = fast_paths.set_fast_paths(fast)
-    try:
+    with fused_ops(fast, model):
         with torch.inference_mode():
             torch.testing.assert_close(model(micro_reference["input"]), micro_reference["logits"], atol=1e-4, rtol=0)
-    finally:
-        fast_paths.set_fast_paths(previous)
 
 
 def test_drop_path_in_training_gives_the_plain_result():
@@ -193,32 +180,25 @@ def test_drop_path_in_training_gives_the_plain_result():
     x = torch.randn(4, 16, 6, 6).contiguous(memory_format=torch.channels_last)
     results = []
     for fast in (True, False):
-        previous = fast_paths.set_fast_paths(fast)
-        try:
+        with fused_ops(fast, block):
             torch.manual_seed(3)
             xa = x.clone().requires_grad_()
             out = block(xa)
             out.square().sum().backward()
             results.append((out.detach(), xa.grad))
-        finally:
-            fast_paths.set_fast_paths(previous)
     (out_fast, grad_fast), (out_plain, grad_plain) = results
     torch.testing.assert_close(out_fast, out_plain, atol=1e-5, rtol=0)
     torch.testing.assert_close(grad_fast, grad_plain, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("keep_from", [0, 10 ** 9])
-def test_kept_or_recomputed_mixer_hidden_gives_the_plain_gradients(micro_reference, keep_from):
+def test_kept_or_recomputed_mixer_hidden_gives_the_plain_gradients(micro_reference, keep_from, monkeypatch):
     """The channel mixer keeps its hidden layer (``0``) or recomputes it (huge): same as the plain ops."""
     model = _model(micro_reference)
     x = micro_reference["input"]
-    previous = fast_paths.KEEP_HIDDEN_FROM_CHANNELS[0]
-    fast_paths.KEEP_HIDDEN_FROM_CHANNELS[0] = keep_from
-    try:
-        out_plain, plain = _step(model, x, fast=False)
-        out_fast, fast = _step(model, x, fast=True)
-    finally:
-        fast_paths.KEEP_HIDDEN_FROM_CHANNELS[0] = previous
+    monkeypatch.setattr(mixers, "KEEP_HIDDEN_FROM_CHANNELS", keep_from)
+    out_plain, plain = _step(model, x, fast=False)
+    out_fast, fast = _step(model, x, fast=True)
     torch.testing.assert_close(out_fast, out_plain, atol=1e-5, rtol=0)
     _assert_grads_close(fast, plain, 1e-4)
 
@@ -231,13 +211,13 @@ def test_mixer_keeps_its_hidden_layer_only_from_the_channel_threshold():
         x = torch.randn(2, dim, 28, 28).contiguous(memory_format=torch.channels_last).requires_grad_()
         block_tensor_bytes = x.numel() * x.element_size()
         saved_widths[dim] = sum(saved_activation_bytes(block, x).values()) / block_tensor_bytes
-    assert not fast_paths.keep_mixer_hidden(64) and fast_paths.keep_mixer_hidden(128)
+    assert not mixers.keep_mixer_hidden(64) and mixers.keep_mixer_hidden(128)
     # in block widths, the 128-channel block keeps its 4x-wide hidden layer on top of what the 64 keeps
     # (the rest differs by the narrow token-mixer hidden and the weight-sized tensors, under half a width)
     assert saved_widths[128] - saved_widths[64] == pytest.approx(4.0, abs=0.5), saved_widths
 
 
-def test_sliced_token_mixer_backward_equals_one_piece():
+def test_sliced_token_mixer_backward_equals_one_piece(monkeypatch):
     """The token-mixer backward over cache-sized slices accumulates the same weight gradients."""
     torch.manual_seed(0)
     x = torch.randn(5, 16, 9, 9).contiguous(memory_format=torch.channels_last)
@@ -246,14 +226,11 @@ def test_sliced_token_mixer_backward_equals_one_piece():
     residual, scale = torch.randn_like(x), torch.rand(16) + 0.5
     results = []
     for limit in (0, 1):  # one piece; one sample per slice
-        previous = fast_paths.set_cpu_slice_bytes(mlp=limit)
-        try:
-            leaves = [t.clone().requires_grad_() for t in (x, *weights, residual, scale)]
-            out = torch.ops.fcvit.conv_mlp(*leaves)[0]
-            out.square().sum().backward()
-            results.append([out.detach()] + [t.grad for t in leaves])
-        finally:
-            fast_paths.set_cpu_slice_bytes(**previous)
+        monkeypatch.setitem(mixers.CPU_SLICE_BYTES, "mlp", limit)
+        leaves = [t.clone().requires_grad_() for t in (x, *weights, residual, scale)]
+        out = torch.ops.fcvit.conv_mlp(*leaves)[0]
+        out.square().sum().backward()
+        results.append([out.detach()] + [t.grad for t in leaves])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, atol=1e-5 * max(1.0, want.abs().max().item()), rtol=1e-5)
 
@@ -265,3 +242,35 @@ def test_operator_with_kept_hidden_passes_opcheck():
              torch.randn(32, 1, 3, 3), torch.randn(32), torch.randn(8, 32), torch.randn(8), True)
     mixer = tuple(t.requires_grad_() if isinstance(t, torch.Tensor) else t for t in mixer)
     torch.library.opcheck(torch.ops.fcvit.channel_mixer, (x, *mixer))
+
+
+def test_switch_off_runs_the_plain_math_in_every_module(micro_reference, monkeypatch):
+    """Built with the switch off, no FCViT module calls a fused operator, the depth-wise weight gradient
+    included (training and inference); built with it on, every one of them is called."""
+    from fcvit import ops
+    from fcvit.ops import depthwise
+
+    calls = []
+
+    def spy(name, fn):
+        return lambda *args, **kwargs: calls.append(name) or fn(*args, **kwargs)
+
+    for name in ("add_global_context", "conv_mlp", "channel_mixer"):
+        monkeypatch.setattr(ops, name, spy(name, getattr(ops, name)))
+    monkeypatch.setattr(depthwise, "depthwise_weight_grad", spy("weight_grad", depthwise.depthwise_weight_grad))
+    function = depthwise._DepthwiseConvFunction
+    monkeypatch.setattr(function, "apply", spy("dw_function", function.apply))
+    x = micro_reference["input"]
+    for fast in (False, True):
+        calls.clear()
+        with fused_ops(fast):
+            model = _model(micro_reference)
+            conv = depthwise.DepthwiseConv2d(8, 3)
+        kinds = {type(m).__name__ for m in model.modules() if getattr(m, "fused_ops", None) is fast}
+        assert kinds == {"FCViTBlock", "GlobalContext", "DepthwiseConv2d"}
+        _step(model, x, fast)
+        conv(torch.randn(2, 8, 6, 6)).sum().backward()
+        with torch.no_grad():
+            model.eval()(x)
+        expected = {"add_global_context", "conv_mlp", "channel_mixer", "weight_grad", "dw_function"}
+        assert set(calls) == (expected if fast else set()), calls

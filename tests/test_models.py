@@ -95,6 +95,11 @@ def _state_dict_shapes(model: torch.nn.Module) -> list:
     return [[k, list(v.shape)] for k, v in model.state_dict().items()]
 
 
+def _published(model: torch.nn.Module, entries: list) -> list:
+    """The manifest's published keys as the model names them (the load-time remap), in order."""
+    return [[k, v] for k, v in fcvit.models.remap_state_dict(model, dict(entries)).items()]
+
+
 @pytest.mark.parametrize("name", list(PUBLISHED_PARAMS))
 def test_param_counts_match_architecture_table(name):
     with torch.device("meta"):
@@ -110,11 +115,11 @@ def test_state_dict_keys_and_shapes_match_manifest():
     for name in MODEL_CONFIGS:
         with torch.device("meta"):
             model = timm.create_model(name)
-        assert _state_dict_shapes(model) == manifest[name]["state_dict"], name
+        assert _state_dict_shapes(model) == _published(model, manifest[name]["state_dict"]), name
     for name in ("fcvit_b12", "fcvit_b24"):
         with torch.device("meta"):
             backbone = fcvit.create_backbone(name)
-        assert _state_dict_shapes(backbone) == manifest[f"{name}_feat"]["state_dict"], name
+        assert _state_dict_shapes(backbone) == _published(backbone, manifest[f"{name}_feat"]["state_dict"]), name
         assert sum(p.numel() for p in backbone.parameters()) == manifest[f"{name}_feat"]["params"]
 
 
@@ -129,8 +134,8 @@ def test_drop_path_grows_linearly_over_the_network():
 def test_layer_scale_init_classifier_vs_backbone():
     clf = timm.create_model("fcvit_tiny")
     bb = fcvit.create_backbone("fcvit_tiny")
-    assert torch.all(clf.network[0][0].layer_scale_1 == 1e-5)
-    assert torch.all(bb.network[0][0].layer_scale_1 == 1e-6)
+    assert torch.all(clf.stages[0].blocks[0].layer_scale_1 == 1e-5)
+    assert torch.all(bb.trunk.stages[0].blocks[0].layer_scale_1 == 1e-6)
 
 
 # --- the timm model contract ---------------------------------------------------------------------
@@ -205,7 +210,7 @@ def test_forward_intermediates_and_pruning(tiny):
         torch.testing.assert_close(early[-1], inter[-1])
     pruned = timm.create_model("fcvit_tiny")
     kept = pruned.prune_intermediate_layers([1])
-    assert kept == [1] and len(pruned.network) == 3
+    assert kept == [1] and len(pruned.stages) == 2
 
 
 def test_features_only_and_out_indices():
@@ -225,7 +230,7 @@ def test_grad_checkpointing_gives_same_outputs_and_grads():
     reference = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     model.set_grad_checkpointing(True)
-    assert all(stage.grad_checkpointing for stage in model.network[::2])
+    assert all(stage.grad_checkpointing for stage in model.stages)
     model(x).sum().backward()
     for ours, ref in zip((p.grad for p in model.parameters()), reference):
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
@@ -240,7 +245,7 @@ def test_group_matcher_and_layer_decay():
     assert assigned == len(list(model.named_parameters()))  # every parameter belongs to a group
     assert len(groups) > 5
     coarse = group_parameters(model, model.group_matcher(coarse=True))
-    assert len(coarse) == 1 + 7 + 1  # stem, seven network entries, classifier
+    assert len(coarse) == 1 + 7 + 1  # stem, three downsamples and four stages of blocks, classifier
     # timm's layer-wise lr decay uses the same matcher
     from timm.optim import param_groups_layer_decay
 

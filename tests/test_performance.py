@@ -11,11 +11,11 @@ from torch import nn
 import fcvit
 from fcvit.tools.benchmark import Candidate, format_table, run_benchmark
 from fcvit.cli.main import main
-from fcvit.models import FCViT, similarity_maps
-from fcvit.models import fast_paths
-from fcvit.models.layers import FCViTBlock, GlobalContext, fused_inference_enabled, set_fused_inference
+from fcvit.models import FCViT, remap_state_dict, similarity_maps
+from fcvit.models.layers import FCViTBlock, GlobalContext
+from fcvit.ops import mixers
 
-from conftest import REPO_DIR, micro_kwargs
+from conftest import REPO_DIR, fused_ops, micro_kwargs
 
 ATOL = 1e-4
 
@@ -30,13 +30,13 @@ def _micro_model(ref: dict) -> FCViT:
 def fused_calls(monkeypatch):
     """Counts the blocks whose channel mixer ran the inference operator (oneDNN-fused in CPU float32)."""
     calls = []
-    original = fast_paths._channel_mixer_infer_part
+    original = mixers._channel_mixer_infer_part
 
     def spy(*args):
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(fast_paths, "_channel_mixer_infer_part", spy)
+    monkeypatch.setattr(mixers, "_channel_mixer_infer_part", spy)
     return calls
 
 
@@ -51,7 +51,7 @@ def _original_module():
 
 # --- the fused CPU inference path ------------------------------------------------------------------
 
-@pytest.mark.skipif(not fused_inference_enabled(), reason="this PyTorch has no oneDNN: no fused path")
+@pytest.mark.skipif(not mixers.HAS_ONEDNN, reason="this PyTorch has no oneDNN: no fused path")
 def test_fused_path_runs_in_inference_and_matches_fixture(micro_reference, fused_calls):
     model = _micro_model(micro_reference)
     with torch.inference_mode():
@@ -69,27 +69,21 @@ def test_plain_path_where_fusion_does_not_apply(micro_reference, fused_calls):
     x = micro_reference["input"]
     with torch.enable_grad():
         eval_with_grad = model(x)  # autograd on: the training operators, which keep what backward needs
-    previous = set_fused_inference(False)
-    try:
+    with fused_ops(False, model):
         with torch.no_grad():
             switched_off = model(x)
-    finally:
-        set_fused_inference(previous)
     assert fused_calls == []
     torch.testing.assert_close(eval_with_grad.detach(), micro_reference["logits"], atol=ATOL, rtol=0)
     torch.testing.assert_close(switched_off, micro_reference["logits"], atol=ATOL, rtol=0)
 
 
 def test_fused_path_accepts_nchw_input_to_a_block(micro_reference):
-    block = _micro_model(micro_reference).network[0][0]
+    block = _micro_model(micro_reference).stages[0].blocks[0]
     x = torch.randn(2, 16, 12, 10)  # contiguous NCHW, not channels-last
     with torch.no_grad():
         fused = block(x)
-        previous = set_fused_inference(False)
-        try:
+        with fused_ops(False, block):
             plain = block(x)
-        finally:
-            set_fused_inference(previous)
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=0)
 
 
@@ -127,7 +121,7 @@ def test_gradients_equal_the_original_implementation(micro_reference):
     for m in (original, model):
         m.train()
         nn.functional.cross_entropy(m(x), target).backward()
-    grads = dict(original.named_parameters())
+    grads = remap_state_dict(model, dict(original.named_parameters()))  # published names -> timm's layout
     for name, p in model.named_parameters():
         ref = grads[name].grad
         torch.testing.assert_close(p.grad, ref, atol=1e-5 + 1e-3 * ref.abs().max().item(), rtol=1e-3, msg=name)
@@ -159,12 +153,9 @@ def test_fuse_folds_exactly_and_leaves_the_original_alone(micro_reference):
         assert torch.equal(v, before[k]), f"fuse changed the input model's {k}"
     x = micro_reference["input"]
     for fused_inference in (True, False):
-        previous = set_fused_inference(fused_inference)
-        try:
+        with fused_ops(fused_inference, fused):
             with torch.no_grad():
                 torch.testing.assert_close(fused(x), micro_reference["logits"], atol=ATOL, rtol=0)
-        finally:
-            set_fused_inference(previous)
 
 
 def test_fuse_backbone_keeps_features(micro_features_reference):
@@ -216,7 +207,10 @@ def test_run_benchmark_train_mode_updates_weights():
 
 
 def test_candidate_without_cpu_shortcuts_runs_the_previous_model():
-    from fcvit.models import depthwise, layers
+    from fcvit.ops import depthwise
+
+    def shortcuts():  # the depth-wise weight-gradient method a 14x14 map gets, and the CPU batch slices
+        return depthwise._pick_method(torch.empty(1, 1, 14, 14)), dict(mixers.CPU_SLICE_BYTES)
 
     seen: dict = {"previous": [], "default": []}
 
@@ -227,17 +221,17 @@ def test_candidate_without_cpu_shortcuts_runs_the_previous_model():
                 self.head = nn.Linear(3, 10)
 
             def forward(self, x):
-                seen[label].append((depthwise._METHOD[0], dict(layers.CPU_SLICE_BYTES)))
+                seen[label].append(shortcuts())
                 return self.head(x.mean((2, 3)))
         return Probe
 
-    before = (depthwise._METHOD[0], dict(layers.CPU_SLICE_BYTES))
+    before = shortcuts()
     run_benchmark([Candidate("previous", probe("previous"), cpu_shortcuts=False), Candidate("default", probe("default"))],
                   mode="train", batch_size=2, img_size=8, warmup=0, iters=1, rounds=1, measure_memory=False,
                   num_classes=10)
     assert ("native", {"grad": 0, "mlp": 0, "no_grad": 0}) in seen["previous"]  # the timed step
     assert seen["default"] and set(map(str, seen["default"])) == {str(before)}
-    assert (depthwise._METHOD[0], dict(layers.CPU_SLICE_BYTES)) == before  # restored
+    assert shortcuts() == before  # restored
 
 
 def test_benchmark_cli_writes_json(tmp_path, capsys):

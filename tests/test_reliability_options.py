@@ -126,13 +126,10 @@ def test_config_values_are_checked_like_flags(capsys, tmp_path, line, words):
 
 
 def test_config_values_are_converted_as_on_the_command_line(tmp_path):
-    from fcvit.cli.train import apply_defaults
-
     config = tmp_path / "c.yaml"
     config.write_text("lr: 1e-3\nepochs: 3\nscale: [0.5, 1]\naa: null\namp: true\n")  # YAML reads 1e-3 as text
     parser = build_parser()
-    args = parser.parse_args(["train", "--dataset", "digits", "-c", str(config)])
-    args = apply_defaults(args, args._parser)
+    args = parser.parse_args(["train", "--dataset", "digits", "-c", str(config)])  # the config is layered here
     assert args.lr == 1e-3 and isinstance(args.lr, float) and args.epochs == 3 and args.scale == [0.5, 1.0]
     assert args.aa == "" and args.amp is True
 

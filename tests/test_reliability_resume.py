@@ -14,7 +14,7 @@ from torch import nn
 import fcvit.engine.checkpoint as engine_checkpoint
 from fcvit.cli.main import main
 from fcvit.data.samplers import EpochShardSampler, SeededSamples, SeekableBatches
-from fcvit.engine import BEST_NAME, LAST_NAME, DistContext, LoopSettings, TrainSpec, load_train_state, resolve_amp
+from fcvit.engine import BEST_NAME, LAST_NAME, DistContext, Settings, Task, load_train_state, resolve_amp
 from fcvit.engine import run_training, train_loader
 from fcvit.errors import UserError
 
@@ -52,12 +52,14 @@ class _Task:
         dataset = [(torch.ones(1), 0) for _ in range(BATCHES)]
         loader = train_loader(SeededSamples(dataset), SeekableBatches(EpochShardSampler(BATCHES, seed=0), 1), 0,
                               False)
-        spec = TrainSpec(name="stand-in", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                         train_loader=loader, step=self.step, evaluate=self.evaluate, metric="score", unit="epoch",
-                         length=self.epochs, run_shaping=self.run_shaping, new_run_only=self.new_run_only)
-        settings = LoopSettings(output=str(out), amp=resolve_amp(torch.device("cpu"), False), args=self.args,
-                                resume=resume, resume_override=override, keep_best=keep_best, log_interval=0)
-        return run_training(spec, DistContext(), settings)
+        task = Task(self.model, self.optimizer, self.scheduler, loader, name="stand-in", metric="score",
+                    unit="epoch", length=self.epochs)
+        task.step, task.evaluate = self.step, self.evaluate
+        settings = Settings(output=str(out), amp=resolve_amp(torch.device("cpu"), False), args=vars(self.args),
+                            run_shaping={n: "--" + n.replace("_", "-") for n in self.run_shaping},
+                            new_run_only=self.new_run_only, resume=resume, resume_override=override,
+                            keep_best=keep_best, log_interval=0)
+        return run_training(task, DistContext(), settings)
 
 
 def _rows(out: Path) -> List[Dict[str, str]]:

@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from fcvit.cli.main import main
-from fcvit.cli.train import (SCHEDULE_OPTIONS, SCHEDULES, build_parser, finalize_args, schedule_reads,
-                             track_explicit)
+from fcvit.cli.train import SCHEDULE_OPTIONS, SCHEDULES, build_parser, finalize_args, schedule_reads
 from fcvit.errors import UserError
 from fcvit.tasks.classification.train import _create_schedule
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    return track_explicit(build_parser(argparse.ArgumentParser())).parse_args(["--dataset", "digits", *argv])
+    return build_parser().parse_args(["--dataset", "digits", *argv])
 
 
 def base_args(sched: str) -> argparse.Namespace:

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from fcvit.cli.main import build_parser, main
-from fcvit.cli.train import apply_defaults, finalize_args
+from fcvit.cli.train import finalize_args
 from fcvit.engine import LAST_NAME, load_train_state
 from fcvit.errors import UserError
 
@@ -215,7 +215,7 @@ def _flag_argv(flag: str, value) -> List[str]:
 
 def _train_args(*argv: str) -> argparse.Namespace:
     args = build_parser().parse_args(["train", "DATA", *argv])
-    return finalize_args(apply_defaults(args, args._parser))
+    return finalize_args(args)
 
 
 def test_the_listed_flags_are_all_original_train_flags():
@@ -231,9 +231,9 @@ def test_every_original_train_flag_parses(flag, capsys):
     assert "unrecognized" not in capsys.readouterr().err
     if REFUSED_TRAIN.get(flag, "absent") == ORIGINAL_TRAIN_FLAGS[flag]:
         with pytest.raises(UserError):
-            finalize_args(apply_defaults(args, args._parser))
+            finalize_args(args)
         return
-    args = finalize_args(apply_defaults(args, args._parser))
+    args = finalize_args(args)
     assert all("\n" not in note for note in args.compat_notes)
 
 

@@ -338,7 +338,8 @@ def _eval_rank(rank: int, port: int, root: str, state: dict, results: "multiproc
     import os
 
     from fcvit.engine import cleanup_distributed, init_distributed
-    from fcvit.tasks.segmentation.evaluate import eval_loader, evaluate
+    from fcvit.engine import eval_loader
+    from fcvit.tasks.segmentation.evaluate import evaluate
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
@@ -351,8 +352,8 @@ def _eval_rank(rank: int, port: int, root: str, state: dict, results: "multiproc
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.add_(3.0)
     dataset = SegmentationFolder(root, "val", num_classes=3, transforms=eval_transforms(64, 256))
-    scores = evaluate(model, eval_loader(dataset, ctx, workers=0), 3, ctx, progress=False)
-    results.put((rank, len(eval_loader(dataset, ctx, workers=0)), scores["mIoU"], scores["aAcc"]))
+    scores = evaluate(model, eval_loader(dataset, 1, ctx, workers=0), 3, ctx, progress=False)
+    results.put((rank, len(eval_loader(dataset, 1, ctx, workers=0)), scores["mIoU"], scores["aAcc"]))
     cleanup_distributed()
 
 
@@ -361,7 +362,8 @@ def test_evaluation_over_two_processes_equals_one_process(tmp_path):
     import multiprocessing
     import socket
 
-    from fcvit.tasks.segmentation.evaluate import eval_loader, evaluate
+    from fcvit.engine import eval_loader
+    from fcvit.tasks.segmentation.evaluate import evaluate
 
     root = make_synthetic_dataset(tmp_path / "data", num_train=0, num_val=5, size=(40, 56), num_classes=3)
     torch.manual_seed(0)
@@ -400,8 +402,8 @@ def test_backbone_starts_from_an_imagenet_classification_checkpoint(tmp_path):
     torch.save({"state_dict": classifier.state_dict(), "epoch": 3}, tmp_path / "tiny.pth.tar")
     model = create_segmenter("fcvit_tiny", num_classes=3, backbone_checkpoint=tmp_path / "tiny.pth.tar")
     source, loaded = classifier.state_dict(), model.backbone.state_dict()
-    shared = [k for k in loaded if k in source]
-    assert "patch_embed.proj.weight" in shared and len(shared) > 100
-    assert all(torch.equal(loaded[k], source[k]) for k in shared)
+    shared = [k for k in loaded if k.removeprefix("trunk.") in source]
+    assert "trunk.stem.proj.weight" in shared and len(shared) > 100
+    assert all(torch.equal(loaded[k], source[k.removeprefix("trunk.")]) for k in shared)
     assert "head.weight" in model.backbone.skipped_keys
     assert model.config["backbone"] == "fcvit_tiny" and model.config["num_classes"] == 3

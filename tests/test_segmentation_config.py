@@ -77,7 +77,7 @@ def test_cli_defaults_are_the_papers_settings(default_args):
     assert (a.iters, a.eval_interval, a.crop_size) == (40000, 4000, 512)
     assert (a.lr, a.weight_decay, a.power, a.clip_grad) == (2e-4, 1e-4, 0.9, None)
     assert a.amp is False  # float32
-    assert (a.sync_bn, a.photometric, a.antialias, a.head_norm) == ("head", "mmseg", False, "bn")
+    assert (a.sync_bn, a.photometric, a.antialias, a.norm) == (False, "mmseg", False, "syncbn")
     assert (a.drop_path, a.fpn_channels, a.head_channels, a.no_reduce_zero_label) == (0.0, 256, 128, False)
 
 
@@ -89,7 +89,7 @@ def test_cli_choices_are_the_tasks_and_help_names_the_papers():
     segment_parser = build_parser()._subparsers._group_actions[0].choices["segment"]
     train_parser = segment_parser._subparsers._group_actions[0].choices["train"]
     helps = {option: action.help for action in train_parser._actions for option in action.option_strings}
-    for flag in ("--sync-bn", "--photometric", "--antialias", "-b", "--head-norm"):
+    for flag in ("--sync-bn", "--photometric", "--antialias", "-b", "--norm"):
         assert "paper" in helps[flag], flag
 
 
@@ -244,16 +244,16 @@ def test_sync_bn_only_in_the_head_after_the_torchrun_step(default_args):
     model = create_segmenter()  # fcvit_b12, 150 classes
     backbone_norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
     assert backbone_norms == 4  # stem and three downsamplers
-    converted = distributed_batch_norm(model, default_args.sync_bn, MULTI_GPU)
+    converted = distributed_batch_norm(model, default_args.norm, default_args.sync_bn, MULTI_GPU)
     backbone_types = [type(m) for m in converted.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     head_types = [type(m) for m in converted.head.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert backbone_types == [nn.BatchNorm2d] * 4  # plain: each GPU's own batch statistics
     assert head_types == [nn.SyncBatchNorm] * 7
-    everything = distributed_batch_norm(create_segmenter("fcvit_tiny", 3, backbone_kwargs=TINY_BACKBONE), "all",
-                                        MULTI_GPU)
+    everything = distributed_batch_norm(create_segmenter("fcvit_tiny", 3, backbone_kwargs=TINY_BACKBONE), "syncbn",
+                                        True, MULTI_GPU)
     assert not any(type(m) is nn.BatchNorm2d for m in everything.modules())
-    alone = distributed_batch_norm(create_segmenter("fcvit_tiny", 3, backbone_kwargs=TINY_BACKBONE), "head",
-                                   DistContext())
+    alone = distributed_batch_norm(create_segmenter("fcvit_tiny", 3, backbone_kwargs=TINY_BACKBONE), "syncbn",
+                                   False, DistContext())
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in alone.modules())  # one process: nothing to sync
 
 

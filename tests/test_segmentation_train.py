@@ -140,14 +140,14 @@ def test_resume_mid_epoch_repeats_the_uninterrupted_run(trained, dataset, tmp_pa
 def test_sigterm_saves_and_stops(dataset, tmp_path, capsys, monkeypatch):
     import fcvit.engine.loop as train_module  # the loop checks every loss
 
-    original = train_module.check_finite
+    original = train_module.check_step
 
-    def signal_at_step_3(loss, step, ctx=None, checkpoint=None):
+    def signal_at_step_3(loss, step, *rest):
         if step == 3:
             os.kill(os.getpid(), signal.SIGTERM)  # arrives while GracefulStop is installed
-        return original(loss, step, ctx, checkpoint)
+        return original(loss, step, *rest)
 
-    monkeypatch.setattr(train_module, "check_finite", signal_at_step_3)
+    monkeypatch.setattr(train_module, "check_step", signal_at_step_3)
     out = tmp_path / "run"
     code, _, err = run_cli(["segment", "train", "--data", dataset, "--output", out, "--num-classes", NUM_CLASSES,
                             "--iters", "1000", *SMALL], capsys)

@@ -17,7 +17,10 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 import fcvit  # noqa: F401  (registers the models)
 from fcvit.models import MODEL_CONFIGS
-from fcvit.models.layers import FCViTBlock, fused_inference_enabled, set_cpu_slice_bytes, set_fused_inference
+from fcvit.models.layers import FCViTBlock
+from fcvit.ops import mixers
+
+from conftest import fused_ops
 
 VARIANTS = ["fcvit_tiny", "fcvit_b12", "fcvit_b24", "fcvit_b48"]
 FX_SIZE = 128  # timm's TARGET_FWD_FX_SIZE / TARGET_BWD_FX_SIZE / TARGET_JIT_SIZE
@@ -82,7 +85,7 @@ def test_fx_forward_is_bit_identical_in_inference_mode(name, eval_models):
     assert len(_blocks_called(fx_model)) == sum(MODEL_CONFIGS[name].depths)
 
 
-def test_fx_forward_matches_the_fused_sliced_path():
+def test_fx_forward_matches_the_fused_sliced_path(monkeypatch):
     """The exact match must hold where the fast paths differ from the plain ops: fused kernels, batch slices."""
     torch.manual_seed(0)
     model = timm.create_model("fcvit_tiny").eval()
@@ -91,21 +94,15 @@ def test_fx_forward_matches_the_fused_sliced_path():
             torch.nn.init.uniform_(block.layer_scale_1, 0.5, 1.0)
             torch.nn.init.uniform_(block.layer_scale_2, 0.5, 1.0)
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    previous = set_cpu_slice_bytes(no_grad=64 * 1024)  # slices of one or two samples in every stage
-    try:
-        with torch.inference_mode():
-            fx_model = _create_fx_model(model)
-            fused = model(x)
-            traced = _outputs(fx_model, x)
-            was = set_fused_inference(False)
-            try:
-                plain = model(x)
-            finally:
-                set_fused_inference(was)
-    finally:
-        set_cpu_slice_bytes(**previous)
+    monkeypatch.setitem(mixers.CPU_SLICE_BYTES, "no_grad", 64 * 1024)  # slices of one or two samples in every stage
+    with torch.inference_mode():
+        fx_model = _create_fx_model(model)
+        fused = model(x)
+        traced = _outputs(fx_model, x)
+        with fused_ops(False, model):
+            plain = model(x)
     assert torch.equal(traced, fused)
-    if fused_inference_enabled():  # oneDNN present: the paths really differ in rounding
+    if mixers.HAS_ONEDNN:  # oneDNN present: the paths really differ in rounding
         assert not torch.equal(fused, plain)
     torch.testing.assert_close(fused, plain, atol=1e-4, rtol=0)
 

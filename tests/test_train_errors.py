@@ -203,7 +203,7 @@ def test_unexpected_error_in_the_loop_exits_instead_of_waiting_for_workers(data,
         "import fcvit.engine.loop as loop\n"
         "def fail(*args, **kwargs):\n"
         "    raise RuntimeError('an unexpected failure inside the loop')\n"
-        "loop._step_schedule = fail\n"
+        "loop._Schedule.update = fail\n"
         "from fcvit.cli.main import main\n"
         f"main({['train', str(data), *TINY_MODEL, *FAST, '-j', workers, '--epochs', '1', '--output', str(tmp_path / 'o')]!r})\n"
     )

@@ -22,7 +22,7 @@ def test_initial_checkpoint_for_other_classes_keeps_trunk_and_renews_head(tmp_pa
     torch.save({"state_dict": source.state_dict()}, path)
     model = create_model(_args(str(path)), num_classes=10)
     assert model.head.out_features == 10
-    torch.testing.assert_close(model.patch_embed.proj.weight, source.patch_embed.proj.weight)
+    torch.testing.assert_close(model.stem.proj.weight, source.stem.proj.weight)
     torch.testing.assert_close(model.norm.weight, source.norm.weight)
 
 

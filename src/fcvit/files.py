@@ -1,45 +1,77 @@
 """Writing files so that a kill at any moment leaves the old complete file or the new one, never half.
 
-Every file fcvit writes goes through :func:`atomic_write`: the content goes to a hidden temporary file
-beside the target (``.NAME.<random>.tmp``), is flushed to disk, and only then renamed over the target.
-The temporaries share one name pattern so that :func:`remove_stale_temporaries` can clear those a
-killed process left behind.
+Every file fcvit writes goes through :func:`atomic_write`: a hidden temporary beside the target
+(``.NAME.<random>.tmp``, the pattern :func:`remove_stale_temporaries` clears), flushed, then renamed over
+it. A write the system refuses (disk full, read-only, permissions) is one ``UserError`` sentence.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import glob
 import json
+import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
-from typing import Any, BinaryIO, Callable, Iterable, List, Optional, Union
+from typing import Any, BinaryIO, Callable, Iterable, List, Optional, Sequence, Union
 
 from .errors import UserError
 
 __all__ = ["atomic_write", "atomic_save", "atomic_copy", "json_text", "write_json", "remove_stale_temporaries",
-           "check_outputs", "replaced_note"]
+           "check_outputs", "replaced_note", "make_folder", "check_output_folder", "unique_stems", "RunLock",
+           "write_error"]
 
+_logger = logging.getLogger(__name__)
 Content = Union[str, bytes, Callable[[BinaryIO], Any]]
+PathLike = Union[str, os.PathLike]
+
+_OTHER_PATH = "choose another output path"
+_CAUSES = {errno.ENOSPC: f"the disk is full: free space or {_OTHER_PATH}",
+           errno.EDQUOT: f"the disk quota is used up: free space or {_OTHER_PATH}",
+           errno.EROFS: "the file system is read-only: choose an output path on a writable disk",
+           errno.EACCES: f"permission is denied: fix the folder's permissions or {_OTHER_PATH}",
+           errno.ENOTDIR: f"a part of the path is a file, not a folder: {_OTHER_PATH}",
+           errno.EEXIST: f"a file stands where a folder must be: move it away or {_OTHER_PATH}",
+           errno.ENOENT: "its folder does not exist: create it or choose another path"}
+_CAUSES[errno.EPERM] = _CAUSES[errno.EACCES]
 
 
-def _temporary_beside(path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError(f"The folder of '{path}' does not exist: create it or choose another path.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the user's usual permissions
-    return tmp
+def _os_error(exc: Optional[BaseException]) -> Optional[OSError]:
+    """The OSError behind ``exc``: torch.save, for one, turns a failed write into a RuntimeError."""
+    while exc is not None and not isinstance(exc, (OSError, UserError)):
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return exc if isinstance(exc, OSError) else None
 
 
-def atomic_write(path: Union[str, os.PathLike], content: Content) -> None:
+def write_error(path: PathLike, exc: OSError) -> UserError:
+    """One sentence naming the path, why the system refused it and the fix."""
+    cause = _CAUSES.get(exc.errno, f"{exc.strerror or exc}: {_OTHER_PATH}")
+    return UserError(f"Cannot write '{os.fspath(path)}' ({exc.strerror or exc}), {cause}.")
+
+
+def make_folder(path: PathLike) -> None:
+    """``os.makedirs(path, exist_ok=True)`` with the refusals as one sentence."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
+def atomic_write(path: PathLike, content: Content) -> None:
     """Write text, bytes, or whatever ``content(file)`` writes to a binary file, atomically to ``path``."""
     path = os.fspath(path)
-    tmp = _temporary_beside(path)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                   dir=os.path.dirname(os.path.abspath(path)))
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the user's usual permissions
         with open(tmp, "wb") as f:
             if callable(content):
                 content(f)
@@ -48,20 +80,26 @@ def atomic_write(path: Union[str, os.PathLike], content: Content) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as exc:
+        cause = _os_error(exc)
+        if cause is None:
+            raise
+        raise write_error(path, cause) from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None and os.path.exists(tmp):
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
 
 
-def atomic_save(obj: Any, path: Union[str, os.PathLike]) -> None:
+def atomic_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` with the all-or-nothing guarantee of :func:`atomic_write`; creates the folder."""
     import torch
 
-    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+    make_folder(os.path.dirname(os.path.abspath(os.fspath(path))))
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def atomic_copy(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> None:
+def atomic_copy(src: PathLike, dst: PathLike) -> None:
     """Copy a finished file under a new name with the same guarantee."""
     with open(src, "rb") as source:
         atomic_write(dst, lambda f: shutil.copyfileobj(source, f))
@@ -74,52 +112,49 @@ def json_text(obj: Any) -> str:
             return None
         if isinstance(value, dict):
             return {str(k): clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
+        return [clean(v) for v in value] if isinstance(value, (list, tuple)) else value
 
     return json.dumps(clean(obj), indent=2, allow_nan=False)
 
 
-def write_json(path: Union[str, os.PathLike], obj: Any) -> None:
-    """:func:`json_text` written atomically."""
+def write_json(path: PathLike, obj: Any) -> None:
     atomic_write(path, json_text(obj) + "\n")
 
 
-def remove_stale_temporaries(folder: Union[str, os.PathLike]) -> int:
+def remove_stale_temporaries(folder: PathLike) -> int:
     """Delete the temporaries a killed writer left in ``folder``; returns how many."""
     removed = 0
     for tmp in glob.glob(os.path.join(glob.escape(os.fspath(folder)), ".*.tmp")):
-        try:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
             removed += 1
-        except OSError:
-            pass
     return removed
 
 
-PathLike = Union[str, os.PathLike]
+def check_output_folder(path: PathLike, option: str = "--output") -> None:
+    """Refuse, before any work, an output folder that is a file, lies below a file or cannot be written."""
+    path = existing = os.path.abspath(os.fspath(path))
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == path else f"lies below the file '{existing}'"
+        raise UserError(f"The output folder '{path}' {where}: choose another {option}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"The output folder '{path}' cannot be written ('{existing}' is read-only or not yours): "
+                        f"fix the permissions or choose another {option}.")
 
 
 def _same_file(a: str, b: str) -> bool:
     """Same real path (symlinks resolved) or the same file on disk (hard links, case-insensitive disks)."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
+    with contextlib.suppress(OSError):  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b) or os.path.samefile(a, b)
+    return False
 
 
 def check_outputs(outputs: Iterable[PathLike], inputs: Iterable[PathLike], overwrite: bool,
                   choose: str = "choose another --output", input_name: str = "input") -> List[str]:
-    """The one rule for every file a command writes: never an input, and an existing file only with --overwrite.
-
-    Call it with every planned output before writing anything. Raises one ``UserError`` sentence naming the
-    first conflict and the fix (``choose`` says how to pick another output, ``input_name`` what the inputs
-    are); returns the outputs that exist and will be replaced (only with ``overwrite``), for
-    :func:`replaced_note`.
-    """
+    """The one rule for every file a command writes, checked before any: never an input, and an existing file
+    only with --overwrite; returns those that will be replaced, for :func:`replaced_note`."""
     outputs = [os.fspath(p) for p in outputs]
     inputs = [os.fspath(p) for p in inputs]
     for output in outputs:
@@ -138,8 +173,86 @@ def check_outputs(outputs: Iterable[PathLike], inputs: Iterable[PathLike], overw
 
 
 def replaced_note(replaced: Iterable[PathLike]) -> Optional[str]:
-    """The line a command prints after --overwrite replaced files, naming them; None when it replaced none."""
+    """The line a command prints after --overwrite replaced files; None when it replaced none."""
     names = [os.fspath(p) for p in replaced]
-    if not names:
+    return f"replaced {len(names)} existing file(s) (--overwrite): {', '.join(names)}" if names else None
+
+
+def unique_stems(paths: Sequence[PathLike]) -> List[str]:
+    """One output stem per input: file stems, a repeated one (also in another case) suffixed ``_2``, ``_3``...
+    until it is free, so ``a/x``, ``b/x``, ``c/x_2`` give ``x``, ``x_2``, ``x_2_2``."""
+    taken, stems = set(), []
+    for path in paths:
+        stem = candidate = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+        number = 2
+        while candidate.casefold() in taken:
+            candidate, number = f"{stem}_{number}", number + 1
+        taken.add(candidate.casefold())
+        stems.append(candidate)
+    return stems
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``flock`` on ``FOLDER/.fcvit.lock``, which names its holder.
+
+    The kernel drops the lock of a process that dies, so a killed run's lock is taken over (with a log
+    line); a live holder is refused in one sentence. Keep the object while the run lasts (a context
+    manager, or ``acquire()``/``release()``): collecting it closes the file and so drops the lock.
+    """
+
+    NAME = ".fcvit.lock"
+
+    def __init__(self, folder: PathLike) -> None:
+        self.folder = os.fspath(folder)
+        self.path = os.path.join(self.folder, self.NAME)
+        self._file: Optional[BinaryIO] = None
+
+    def _open_locked(self) -> Optional[BinaryIO]:
+        """The lock file, locked; None when its holder removed it meanwhile (then lock the new one)."""
+        try:
+            f = open(self.path, "a+b")
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except BlockingIOError:
+            f.seek(0)
+            holder = (f.read().decode("utf-8", "replace").split() + ["?", "?"])[:2]
+            f.close()
+            raise UserError(f"'{self.folder}' is in use by another run (process {holder[0]} on host {holder[1]}): "
+                            "wait for it to end, stop it, or choose another --output.") from None
+        except FileNotFoundError:
+            pass
+        f.close()
         return None
-    return f"replaced {len(names)} existing file(s) (--overwrite): {', '.join(names)}"
+
+    def acquire(self) -> "RunLock":
+        check_output_folder(self.folder)
+        make_folder(self.folder)
+        while (f := self._open_locked()) is None:
+            pass
+        f.seek(0)
+        previous = f.read().decode("utf-8", "replace").split()
+        if previous:
+            _logger.warning("Taking over the lock of '%s' left by process %s on host %s, which no longer runs.",
+                            self.folder, previous[0], previous[-1])
+        f.truncate(0)
+        f.write(f"{os.getpid()} {socket.gethostname()}\n".encode())
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            self._file.close()  # which drops the flock
+            self._file = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

@@ -143,7 +143,7 @@ def analyze_similarity(model: nn.Module, inputs: Iterable[torch.Tensor]) -> List
     from ..models.similarity import similarity_maps
     from ..models.layers import FCViTBlock
 
-    stages = [int(name.split(".")[1]) // 2 if name.startswith("network.") else None
+    stages = [int(name.split(".")[1]) if name.startswith("stages.") else None
               for name, m in model.named_modules() if isinstance(m, FCViTBlock)]
     if not stages:
         raise UserError(f"{type(model).__name__} is not an FCViT model: group similarity maps exist only for fcvit_* models.")

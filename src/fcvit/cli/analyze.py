@@ -4,29 +4,25 @@ from __future__ import annotations
 import argparse
 import os
 
-from .options import add_device, add_overwrite, positive_int
+from .options import add_device, add_images, add_overwrite, add_weights, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "analyze", help="measure query-irrelevance, head/group diversity and sparsity per block",
-        description="Turn the pictures into numbers: per block, how alike the attention maps of different "
-                    "queries and heads are, and how concentrated they are (docs/analysis.md has the formulas). "
-                    "For FCViT models the same measures describe the group similarity maps.")
+        description="Per block: how alike the attention maps of different queries and heads are, and how "
+                    "concentrated (docs/analysis.md); for FCViT models, of the group similarity maps.")
     sub = p.add_subparsers(dest="what", metavar="WHAT")
     sub.required = True
     for what, text in (("attention", "ViT/DeiT attention maps (FCViT models: their group similarity maps)"),
                        ("similarity", "FCViT's group similarity maps")):
         s = sub.add_parser(what, help=text, description=f"Per-block measures of {text}.")
-        s.add_argument("images", nargs="+", metavar="IMAGE",
-                       help="image files or folders of images; one that cannot be read is reported and skipped "
-                            "(exit status 1)")
-        s.add_argument("--model", default="deit_base_patch16_224" if what == "attention" else "fcvit_b12",
-                       help="model name")
-        s.add_argument("--checkpoint", metavar="FILE", help="local checkpoint (.pth, .pth.tar, .safetensors)")
-        s.add_argument("--pretrained", action="store_true",
-                       help="weights from timm's hub (needs a network; fails at once without one)")
-        s.add_argument("--img-size", type=positive_int, default=224, help="FCViT input: shorter side, aspect ratio kept (default 224; ViTs use their own size)")
+        add_images(s)
+        model = "deit_base_patch16_224" if what == "attention" else "fcvit_b12"
+        s.add_argument("--model", default=model, help=f"model name (default {model})")
+        add_weights(s, "model")
+        s.add_argument("--img-size", type=positive_int, default=224,
+                       help="FCViT input: shorter side, aspect ratio kept (default 224; ViTs use their own size)")
         s.add_argument("--results-file", metavar="R.json", help="write the results as .json (everything) or .csv")
         s.add_argument("--plot", metavar="F.png", help="plot every measure over depth to this figure")
         add_overwrite(s, "an existing --results-file or --plot")
@@ -56,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
                   choose="choose another --plot or --results-file", input_name="input image")
     model, weights = create_analysis_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
     args.device = resolve_device(args.device)
-    model.to(args.device)
-    size = input_size_of(model, args.img_size)
+    size = input_size_of(model.to(args.device), args.img_size)
 
     def to_input(image):
         return image_to_tensor(image, model, input_size_of(model, args.img_size, image.size)).to(args.device)

@@ -6,10 +6,6 @@ import argparse
 from .options import add_device, add_overwrite, non_negative_int, positive_int
 
 
-def _names(text: str) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()]
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "benchmark", help="images/s, ms/step, memory of models against timm peers",
@@ -54,18 +50,15 @@ def run(args: argparse.Namespace) -> int:
     if args.results_file:
         check_outputs([args.results_file], [], args.overwrite, "choose another --results-file")
     args.device = str(resolve_device(args.device))
-    models = _names(args.model)
-    peers = [p for p in _names(args.compare) if p not in models]
+    models, compare = ([n.strip() for n in text.split(",") if n.strip()] for text in (args.model, args.compare))
     if not models:
         raise UserError("--model is empty: name at least one model, e.g. --model fcvit_tiny.")
-    candidates = [timm_candidate(n) for n in peers + models]
-    peer = _names(args.compare)[0] if _names(args.compare) else None
-    log = logging.getLogger("fcvit.benchmark").info
+    candidates = [timm_candidate(n) for n in [p for p in compare if p not in models] + models]
     results = run_benchmark(
         candidates, mode=args.mode, batch_size=args.batch_size, img_size=args.img_size, device=args.device,
         amp=args.amp, channels_last=args.channels_last, compile_model=args.compile, warmup=args.warmup,
-        iters=args.iters, rounds=args.rounds, threads=args.threads, peer=peer, measure_memory=not args.no_memory,
-        log=log)
+        iters=args.iters, rounds=args.rounds, threads=args.threads, peer=compare[0] if compare else None,
+        measure_memory=not args.no_memory, log=logging.getLogger("fcvit.benchmark").info)
     import torch
 
     from ..engine.allocator import keep_freed_memory

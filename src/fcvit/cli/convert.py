@@ -1,11 +1,5 @@
-"""``fcvit convert``: a checkpoint as a timm hub-format folder that ``local-dir:`` loads.
-
-timm only downloads weights that its registry or the Hugging Face hub knows; FCViT's are published as
-``.pth.tar`` files in the original repository's releases. Converting one into timm's own folder layout
-(``model.safetensors`` + ``config.json``, what ``timm.models.save_for_hf`` writes and
-``push_to_hf_hub`` uploads) makes ``timm.create_model("local-dir:DIR", pretrained=True)`` load it
-with its preprocessing config, and makes the folder ready to upload to the hub unchanged.
-"""
+"""``fcvit convert``: a published ``.pth.tar`` as timm's hub folder (what ``save_for_hf`` writes and
+``push_to_hf_hub`` uploads), so that ``timm.create_model("local-dir:DIR", pretrained=True)`` loads it."""
 from __future__ import annotations
 
 import argparse
@@ -60,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_output(checkpoint: str, output: str, overwrite: bool) -> List[str]:
-    """Refuse a file as DIR, a non-empty DIR without --overwrite, and writing over the input; return the
-    files that will be replaced."""
+    """Refuse what cannot be the folder before any work; return the files that will be replaced."""
     from ..errors import UserError
     from ..files import check_outputs
 
@@ -77,7 +70,7 @@ def _check_output(checkpoint: str, output: str, overwrite: bool) -> List[str]:
 
 
 def _arch_field(path: str, checkpoint: Mapping[str, object]) -> Optional[str]:
-    """The model name the checkpoint records: timm's ``arch`` entry, or ``arch`` in safetensors metadata."""
+    """timm's ``arch`` entry, or ``arch`` in safetensors metadata."""
     arch = checkpoint.get("arch")
     if arch is None and path.endswith(".safetensors"):
         from safetensors import safe_open
@@ -91,7 +84,7 @@ def _arch_field(path: str, checkpoint: Mapping[str, object]) -> Optional[str]:
 
 def _model_name(path: str, checkpoint: Mapping[str, object], state_dict: Mapping[str, object],
                 requested: Optional[str]) -> str:
-    """``--model``, else the checkpoint's ``arch``, else the variant whose shapes the weights have."""
+    """``--model``, else the checkpoint's ``arch``, else the variant with the weights' shapes."""
     from ..errors import UserError
     from ..models import MODEL_CONFIGS, check_model_name, guess_variant
 
@@ -124,22 +117,18 @@ def _build(name: str, state_dict: Mapping[str, object]):
     return model.eval()
 
 
-def _sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def model_card(model, checkpoint: str) -> str:
     """A short hub model card: what the weights are, where they came from, how to load and cite them."""
+    import hashlib
+
     from ..models import MODEL_CONFIGS
 
-    name = model.pretrained_cfg["architecture"]
     cfg = model.pretrained_cfg
+    name = cfg["architecture"]
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     size = f"{cfg['input_size'][1]}x{cfg['input_size'][2]}"
     published = MODEL_CONFIGS[name].published_top1
@@ -161,7 +150,7 @@ tags:
 FCViT, the fully convolutional vision transformer of "A Close Look at Spatial Modeling: From Attention
 to Convolution" (Ma et al., 2022, arXiv:2212.12552), in timm's format.
 
-- Source checkpoint: `{os.path.basename(checkpoint)}` (sha256 `{_sha256(checkpoint)}`), converted with `fcvit convert`.
+- Source checkpoint: `{os.path.basename(checkpoint)}` (sha256 `{digest.hexdigest()}`), converted with `fcvit convert`.
 - {params:.2f}M parameters, {model.num_classes} classes, input {size}, crop_pct {cfg['crop_pct']}, {cfg['interpolation']} resize, ImageNet mean and std.
 {accuracy}- License: apache-2.0.
 
@@ -182,13 +171,6 @@ model = timm.create_model("local-dir:/path/to/this/folder", pretrained=True).eva
 """
 
 
-def _logits(model, inputs):
-    import torch
-
-    with torch.no_grad():
-        return model(inputs)
-
-
 def _check_folder(model, folder: str) -> float:
     """Load ``folder`` the way a user would and return the largest logit difference to ``model``."""
     import timm
@@ -204,7 +186,8 @@ def _check_folder(model, folder: str) -> float:
     finally:
         timm_logger.setLevel(level)
     inputs = torch.randn(2, 3, CHECK_SIZE, CHECK_SIZE, generator=torch.Generator().manual_seed(0))
-    diff = float((_logits(loaded, inputs) - _logits(model, inputs)).abs().max())
+    with torch.no_grad():
+        diff = float((loaded(inputs) - model(inputs)).abs().max())
     if diff != 0.0:
         raise UserError(f"The converted folder gives logits {diff:.2e} away from the checkpoint's: nothing "
                         "was written; report the checkpoint and the timm version.")
@@ -231,15 +214,11 @@ def _write_folder(model, output: str, checkpoint: str) -> float:
         for name in os.listdir(staging):
             os.chmod(os.path.join(staging, name), 0o666 & ~umask)  # safetensors writes owner-only files
         diff = _check_folder(model, staging)
-        _move_into(staging, output)
+        if not os.path.exists(output):
+            os.rename(staging, output)
+        else:
+            for name in sorted(os.listdir(staging)):
+                os.replace(os.path.join(staging, name), os.path.join(output, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return diff
-
-
-def _move_into(staging: str, output: str) -> None:
-    if not os.path.exists(output):
-        os.rename(staging, output)
-        return
-    for name in sorted(os.listdir(staging)):
-        os.replace(os.path.join(staging, name), os.path.join(output, name))

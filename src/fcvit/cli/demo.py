@@ -21,17 +21,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .main import build_parser as build_fcvit_parser
     from .plot import plot_summary, read_summary
-    from .train import build_parser, finalize_args, track_explicit, apply_defaults, train_from_args
-    from .validate import register as register_validate
+    from .train import build_parser, finalize_args, train_from_args
+    from .validate import validate
 
     argv = ["--dataset", "digits", "--output", args.output, "--device", args.device]
     if args.epochs is not None:
         argv += ["--epochs", str(args.epochs)]
     if args.fresh:
         argv += ["--resume", ""]
-    parser = track_explicit(build_parser(argparse.ArgumentParser(prog="fcvit demo")))
-    train_args = finalize_args(apply_defaults(parser.parse_args(argv), parser))
+    train_args = finalize_args(build_parser().parse_args(argv))
     print(f"Training {train_args.model} on digits for {train_args.epochs} epochs at {train_args.img_size} px "
           f"(outputs in {args.output}) ...", flush=True)
     start = time.perf_counter()
@@ -43,15 +43,11 @@ def run(args: argparse.Namespace) -> int:
     if not result.get("metrics"):
         print(f"{args.output} already holds a finished run (pass --fresh to train again); validating it.")
 
-    sub = argparse.ArgumentParser(prog="fcvit").add_subparsers()
-    register_validate(sub)
     checkpoint = result["best"] or result["last"]
-    results_file = os.path.join(args.output, "validate.json")
-    val_args = sub.choices["validate"].parse_args(
-        ["--dataset", "digits", "--checkpoint", checkpoint, "--results-file", results_file, "--overwrite",
-         "--device", args.device, "-j", str(train_args.workers), "-b", "120"])  # the demo's own file, renewed
-    from .validate import validate
-
+    val_args = build_fcvit_parser().parse_args(
+        ["validate", "--dataset", "digits", "--checkpoint", checkpoint, "--results-file",
+         os.path.join(args.output, "validate.json"), "--overwrite", "--device", args.device, "-j",
+         str(train_args.workers), "-b", "120"])  # the demo's own file, renewed
     metrics = validate(val_args)
     png = os.path.join(args.output, "summary.png")
     plot_summary(read_summary(args.output), png, title="fcvit_tiny on digits")

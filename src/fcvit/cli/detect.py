@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from .options import (add_batch_size, add_device, add_keep_best, add_overwrite, add_results, add_runtime_options,
-                      non_negative_float, non_negative_int, positive_float, positive_int, probability)
-
-_DATA_HELP = ("dataset root in the COCO layout (annotations/instances_{train,val}2017.json, {train,val}2017/); "
-              "or give the files with the --*-ann/--*-images options")
+from .options import (add_backbone, add_batch_size, add_device, add_images, add_overwrite, add_results,
+                      add_runtime_options, add_training_options, check_results_file, non_negative_int, positive_float,
+                      positive_int, probability)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,61 +24,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_data_options(p: argparse.ArgumentParser, splits: tuple) -> None:
-    p.add_argument("--data", metavar="ROOT", help=_DATA_HELP)
+    p.add_argument("--data", metavar="ROOT", help="dataset root in the COCO layout (annotations/instances_{train,val}"
+                                                  "2017.json, {train,val}2017/), or the --*-ann/--*-images options")
     for split in splits:
         p.add_argument(f"--{split}-ann", metavar="JSON", help=f"COCO-format annotation file of the {split} split")
         p.add_argument(f"--{split}-images", metavar="DIR", help=f"image folder of the {split} split")
 
 
-def _set_help(p: argparse.ArgumentParser, option: str, text: str) -> None:
-    """Reword the help of a shared option (``options.add_runtime_options``) for this command."""
-    for action in p._actions:
-        if option in action.option_strings:
-            action.help = text
+def _add_sizes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-size", type=positive_int, default=None, help="shorter side (default: the checkpoint's)")
+    p.add_argument("--max-size", type=positive_int, default=None, help="longer side limit (default: the checkpoint's)")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    """The settings where the paper's MMDetection config and torchvision's defaults differ."""
+    """Where the paper's MMDetection config and torchvision's defaults differ (docs/reproduction.md)."""
     g = p.add_argument_group("model settings (defaults: the paper's MMDetection 2.19 config; each second choice "
                              "is torchvision's)")
     g.add_argument("--box-loss", choices=["l1", "smooth_l1"], default="l1",
                    help="RPN and box-head regression loss: l1 (the paper's) or smooth_l1 (torchvision's, beta 1/9)")
     g.add_argument("--roi-align", choices=["aligned", "legacy"], default="aligned",
-                   help="aligned: RoIAlign with the half-pixel offset and adaptive sampling for box and mask "
-                        "features, binary mask targets (the paper's); legacy: torchvision's aligned=False, 2 "
-                        "samples per bin, soft mask targets")
+                   help="aligned: half-pixel RoIAlign, adaptive sampling, binary mask targets (the paper's); legacy")
     g.add_argument("--matcher", choices=["mmdet", "torchvision"], default="mmdet",
-                   help="low-quality matches: mmdet keeps an anchor that is a ground truth's best only at IoU >= "
-                        "0.3 (RoI head: >= 0.5) (the paper's); torchvision keeps it at any IoU (RoI head: none)")
+                   help="low-quality matches only at IoU >= 0.3, RoI head >= 0.5 (mmdet, the paper's) or any IoU")
     g.add_argument("--anchors", choices=["mmdet", "torchvision"], default="mmdet",
-                   help="mmdet: fractional anchor corners on fixed strides 4-64 (the paper's); torchvision: "
-                        "corners rounded to pixels, strides from the padded image size")
+                   help="fractional corners on strides 4-64 (mmdet, the paper's) or rounded, from the padded size")
     g.add_argument("--proposals-train", type=positive_int, default=1000, metavar="N",
-                   help="RPN proposals kept per image after NMS in training (default 1000, the paper's; "
-                        "torchvision's is 2000)")
+                   help="RPN proposals kept per image in training (default 1000, the paper's; torchvision's 2000)")
     g.add_argument("--fpn-init", choices=["xavier", "kaiming"], default="xavier",
                    help="FPN convolution init: xavier-uniform (the paper's) or kaiming-uniform a=1 (torchvision's)")
     g.add_argument("--head-init", choices=["mmdet", "torchvision"], default="mmdet",
-                   help="head init: mmdet = box-head FCs xavier-uniform, classifier normal(0.01), regressor "
-                        "normal(0.001), zero mask-predictor biases (the paper's); torchvision = PyTorch's defaults")
+                   help="head init: mmdet's xavier/normal(0.01)/normal(0.001) (the paper's) or PyTorch's defaults")
+
+
+#: flags whose change makes a resumed run another run (refused unless --resume-override, which applies them)
+RUN_SHAPING = (
+    "backbone", "backbone_depths", "backbone_dims", "data", "min_size", "max_size", "batch_size", "epochs", "lr",
+    "lr_steps", "weight_decay", "warmup_iters", "warmup_factor", "flip_prob", "drop_path", "freeze_bn_stats",
+    "fpn_channels", "representation_size", "seed")
 
 
 def _add_train(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser(
         "train", help="train a Mask R-CNN (epoch-based, torchrun-ready)",
-        description="Train Mask R-CNN + FPN. Defaults are the paper's 1x recipe (MMDetection 2.19): 12 epochs, 4 "
-                    "images per GPU (32 per step on 8 GPUs), AdamW 2e-4 (weight decay 1e-4), 500 warmup "
-                    "iterations, lr x0.1 after epochs 8 and 11, shorter side 800 (longer at most 1333), flips 0.5, "
-                    "float16 autocast with loss scaling on CUDA, backbone BatchNorm trained. Run with torchrun "
-                    "--nproc_per_node N for N GPUs; -b is per process. Images are batched by aspect ratio.")
+        description="Train Mask R-CNN + FPN. Defaults are the paper's 1x recipe (MMDetection 2.19, docs/"
+                    "reproduction.md). Run with torchrun --nproc_per_node N for N GPUs; -b is per process.")
     _add_data_options(p, ("train", "val"))
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for checkpoints, summary.csv and log.txt")
-    p.add_argument("--backbone", default="fcvit_b12", help="FCViT variant (default fcvit_b12)")
-    p.add_argument("--pretrained-backbone", metavar="CKPT",
-                   help="ImageNet FCViT checkpoint to start the backbone from (strongly recommended)")
-    p.add_argument("--backbone-depths", type=positive_int, nargs=4, metavar="N",
-                   help="custom blocks per stage instead of the variant's (small experiments)")
-    p.add_argument("--backbone-dims", type=positive_int, nargs=4, metavar="C", help="custom channels per stage")
+    add_backbone(p, 4)
     p.add_argument("--epochs", type=positive_int, default=12, help="epochs (default 12, the 1x schedule)")
     p.add_argument("--lr-steps", type=positive_int, nargs="+", default=[8, 11], metavar="EPOCH",
                    help="multiply the lr by 0.1 after these epochs (default 8 11)")
@@ -88,33 +78,23 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--max-size", type=positive_int, default=1333, help="longest allowed longer side (default 1333)")
     p.add_argument("--lr", type=positive_float, default=2e-4,
                    help="AdamW learning rate (default 2e-4, the paper's for 32 images per step; not scaled by -b)")
-    p.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay (default 1e-4)")
     p.add_argument("--warmup-iters", type=non_negative_int, default=500, help="linear warmup iterations (default 500)")
     p.add_argument("--warmup-factor", type=probability, default=0.001, help="warmup start, times the lr (default 0.001)")
     p.add_argument("--flip-prob", type=probability, default=0.5, help="horizontal flip probability (default 0.5)")
-    p.add_argument("--clip-grad", type=positive_float, default=None, help="clip the gradient norm (default off, as the paper)")
-    p.add_argument("--drop-path", type=probability, default=0.0, help="backbone drop-path rate (default 0)")
     p.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=False,
-                   help="keep the backbone's BatchNorm statistics fixed, like torchvision's frozen-BN detection "
-                        "backbones (default off: the paper trained them with batch statistics)")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="synchronise BatchNorm statistics over the GPUs (default off: the paper's were per GPU)")
+                   help="keep the backbone's BatchNorm statistics fixed, as torchvision (default off, the paper's)")
     _add_model_options(p)
     p.add_argument("--fpn-channels", type=positive_int, default=256, help=argparse.SUPPRESS)
     p.add_argument("--representation-size", type=positive_int, default=1024, help=argparse.SUPPRESS)
-    p.add_argument("--eval-interval", type=non_negative_int, default=1,
-                   help="evaluate (and rank checkpoints by box AP) every N epochs (default 1; 0 = at the end)")
-    p.add_argument("--save-interval", type=non_negative_int, default=1000,
-                   help="also write last.pth.tar every N iterations (default 1000; 0 = at epoch ends only)")
-    add_keep_best(p, 1, "box AP")
-    p.add_argument("--log-interval", type=non_negative_int, default=50, help="log the losses every N iterations (default 50)")
-    add_runtime_options(p, training=True)
+    add_training_options(p, "detect", 1, "box AP", save_interval=1000, eval_interval=(1, "epochs"),
+                         sync_bn=" (default off: the paper's were per GPU)")
+    add_runtime_options(p, amp_help="mixed precision also on CPU (default: float16 autocast with loss scaling on "
+                                    "CUDA, the paper's; float32 on CPU)",
+                        dtype_help="auto, float16 or bfloat16 (default auto: float16 with a GradScaler on CUDA, the "
+                                   "paper's; bfloat16 needs no scaler)")
     p.add_argument("--no-amp", dest="amp", action="store_false",
                    help="train in float32 (the paper's float16 autocast is the default on CUDA)")
-    _set_help(p, "--amp", "mixed precision also on CPU (default: float16 autocast with loss scaling on CUDA, the "
-                        "paper's; float32 on CPU)")
-    _set_help(p, "--amp-dtype", "auto, float16 or bfloat16 (default auto: float16 with a GradScaler on CUDA, the "
-                              "paper's; bfloat16 needs no scaler)")
+    p.run_shaping(RUN_SHAPING)
     p.set_defaults(func=run_train, amp=None)
 
 
@@ -124,13 +104,10 @@ def _add_eval(actions: argparse._SubParsersAction) -> None:
                                        "AP, AP50, AP75, APs, APm, APl. Runs under torchrun too.")
     _add_data_options(p, ("val",))
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit detect train'")
-    add_results(p, "the metrics", "also write the detections to PATH in the COCO results format (boxes and RLE "
-                                  "masks)")
-    p.add_argument("--min-size", type=positive_int, default=None, help="shorter side (default: the checkpoint's)")
-    p.add_argument("--max-size", type=positive_int, default=None, help="longer side limit (default: the checkpoint's)")
-    add_batch_size(p, 1, ", as the original evaluated: a batch pads its images to a shared size, which moves AP "
-                      "slightly")
-    add_runtime_options(p, training=False)
+    add_results(p, "the metrics", "also write the detections to PATH in the COCO results format (RLE masks)")
+    _add_sizes(p)
+    add_batch_size(p, 1, ", as the original: a batch pads its images to one size, which moves AP slightly")
+    add_runtime_options(p, amp_help="mixed precision inference")
     p.set_defaults(func=run_eval)
 
 
@@ -138,17 +115,12 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("predict", help="draw boxes, masks and class names on images",
                            description="Detect objects; writes NAME.png with masks, boxes and 'class score' labels "
                                        "per image, and detections.json.")
-    p.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="image files or folders of images; one that cannot be read is reported and skipped "
-                        "(exit status 1)")
+    add_images(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit detect train'")
-    p.add_argument("--output", required=True, metavar="DIR",
-                   help="folder for the PNG files and detections.json")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files and detections.json")
     add_overwrite(p, "existing drawings and detections.json in DIR")
-    p.add_argument("--score-threshold", type=probability, default=0.5, help="draw detections scoring at least this "
-                                                                     "(default 0.5)")
-    p.add_argument("--min-size", type=positive_int, default=None, help="shorter side (default: the checkpoint's)")
-    p.add_argument("--max-size", type=positive_int, default=None, help="longer side limit (default: the checkpoint's)")
+    p.add_argument("--score-threshold", type=probability, default=0.5, help="draw scores of at least this (default 0.5)")
+    _add_sizes(p)
     add_device(p)
     p.add_argument("--json", action="store_true", help="print the detections as JSON")
     p.set_defaults(func=run_predict)
@@ -157,6 +129,7 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..tasks.detection.train import train
 
+    args.output = args.output or os.path.join("output", "detect", args.backbone)
     train(args)
     return 0
 
@@ -164,22 +137,19 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import logging
 
-    from ..engine import cleanup_distributed, init_distributed, resolve_amp, setup_logging
-    from ..files import check_outputs
-    from ..tasks.detection.dataset import CocoInstances, eval_transforms
+    from ..engine import cleanup_distributed, eval_loader, init_distributed, resolve_amp, setup_logging
+    from ..tasks.detection.dataset import CocoInstances, collate_detection, eval_transforms
     from ..tasks.detection.predict import load_detector
-    from ..tasks.detection.train import detection_eval_loader, evaluate, format_metrics, resolve_data_paths
+    from ..tasks.detection.train import evaluate, format_metrics, resolve_data_paths
 
-    if args.results_file:
-        check_outputs([args.results_file], [args.checkpoint], args.overwrite, "choose another --results-file",
-                      "checkpoint")
+    check_results_file(args)
     ctx = init_distributed(args.device)
     try:
         setup_logging(ctx)
         ann, images = resolve_data_paths(args, ("val",))["val"]
         model, categories, _ = load_detector(args.checkpoint, ctx.device, args.min_size, args.max_size)
         dataset = CocoInstances(ann, images, train=False, categories=categories, transforms=eval_transforms())
-        loader = detection_eval_loader(dataset, args.batch_size, ctx, args.workers)
+        loader = eval_loader(dataset, args.batch_size, ctx, args.workers, collate_fn=collate_detection)
         amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
         metrics = evaluate(model, loader, dataset, ctx, amp, results_file=args.results_file,
                            progress=sys.stderr.isatty())

@@ -20,8 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="checkpoint file; without one the random initial weights are exported")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"], dest="fmt",
                    help="output format")
-    p.add_argument("--output", "-o", help="output file (default: MODEL.onnx, MODEL.pt or MODEL.safetensors); "
-                                          "never the checkpoint itself")
+    p.add_argument("--output", "-o", help="output file (default MODEL.onnx, MODEL.pt or MODEL.safetensors)")
     add_overwrite(p, "an existing output file")
     p.add_argument("--fuse", action="store_true",
                    help="fold BatchNorms, layer scales and norm affines first (fcvit.fuse; ONNX and TorchScript)")
@@ -37,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..files import check_outputs, replaced_note
     from ..tools.export import (check_onnx, check_torchscript, default_suffix, export_onnx, export_safetensors,
-                          export_torchscript)
+                                export_torchscript)
     from ..models import create_classifier
     from ..models.fuse import fuse
 
@@ -52,9 +51,7 @@ def run(args: argparse.Namespace) -> int:
     model = create_classifier(args.model, checkpoint_path=args.checkpoint).eval()
     if args.checkpoint is None:
         _logger.warning("No --checkpoint given: exporting %s with its random initial weights.", args.model)
-    if args.fuse:
-        model = fuse(model)
-
+    model = fuse(model) if args.fuse else model
     if args.fmt == "onnx":
         export_onnx(model, output, img_size=args.img_size, opset=args.opset)
     elif args.fmt == "torchscript":
@@ -64,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {output}")
     if replaced:
         print(replaced_note(replaced))
-
     if not args.no_check and args.fmt != "safetensors":
         inputs = torch.randn(2, 3, args.img_size, args.img_size, generator=torch.Generator().manual_seed(0))
         check = check_onnx if args.fmt == "onnx" else check_torchscript

@@ -1,17 +1,9 @@
-"""``python -m fcvit.cli.launch NUM_PROC SCRIPT [ARGS...]``: torchrun on this machine, for distributed_train.sh.
-
-The same as ``python -m torch.distributed.run --standalone --nproc_per_node NUM_PROC SCRIPT ARGS...``
-(through torchrun's own ``parse_args`` and ``run``), except how a failed run ends. Each process prints
-its own error first: a user error's one sentence (exit status 2) or a real traceback. torchrun then
-raises ``ChildFailedError``, whose traceback repeats nothing useful; here it becomes nothing when the
-first failure was a user error (exit 2, as ``fcvit`` itself), else one line naming the rank and status.
-"""
+"""``python -m fcvit.cli.launch NUM_PROC SCRIPT [ARGS...]``: torchrun on this machine (distributed_train.sh);
+a failed run ends in the processes' own messages and one line naming the rank (none after a user error)."""
 from __future__ import annotations
 
 import sys
 from typing import List, Optional
-
-__all__ = ["torchrun_args", "main"]
 
 _USAGE = "usage: python -m fcvit.cli.launch NUM_PROC SCRIPT [ARGS...], NUM_PROC a positive number of processes"
 _USER_ERROR_STATUS = 2

@@ -1,9 +1,5 @@
-"""Entry point of the ``fcvit`` command.
-
-Each subcommand lives in its own module with ``register(subparsers)``, which adds its parser and sets
-``func``. Heavy imports stay inside the ``func`` so that ``fcvit --help`` starts fast. Errors the user
-can fix (``UserError``) print as one sentence and exit with status 2.
-"""
+"""The ``fcvit`` command: each subcommand's module ``register``s its parser and ``func``, whose heavy imports
+stay inside so that ``fcvit --help`` starts fast; a ``UserError`` prints as one sentence, exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -13,39 +9,23 @@ import sys
 from typing import List, Optional
 
 from ..errors import UserError
+from .options import CommandParser
 
 # subcommand modules, in the order `fcvit --help` lists them
-COMMAND_MODULES = [
-    "models",
-    "predict",
-    "train",
-    "validate",
-    "plot",
-    "demo",
-    "visualize",
-    "analyze",
-    "segment",
-    "detect",
-    "benchmark",
-    "export",
-    "convert",
-]
+COMMAND_MODULES = ["models", "predict", "train", "validate", "plot", "demo", "visualize", "explore", "analyze",
+                   "segment", "detect", "benchmark", "export", "convert"]
 
-
-# commands that run many training or inference steps in their own process: glibc keeps the memory
-# they free between steps mapped (fcvit.engine.allocator; FCVIT_KEEP_FREED_MEMORY=0 turns it off)
+# commands of many steps: glibc keeps the memory they free mapped (fcvit.engine.allocator)
 MEMORY_HUNGRY_COMMANDS = {"train", "validate", "demo", "segment", "detect", "benchmark", "predict", "analyze"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fcvit",
-        description="FCViT: train, evaluate, benchmark and inspect fully convolutional vision transformers.",
-    )
     from .. import __version__
 
+    parser = argparse.ArgumentParser(
+        prog="fcvit", description="FCViT: train, evaluate, benchmark and inspect fully convolutional vision transformers.")
     parser.add_argument("--version", action="version", version=f"fcvit {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     subparsers.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(subparsers)
@@ -54,19 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command in MEMORY_HUNGRY_COMMANDS:
-        from ..engine.allocator import keep_freed_memory
-
-        keep_freed_memory()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((word for word in argv if not word.startswith("-")), "")
     try:
+        args = build_parser().parse_args(argv)  # a --config file is read (and may be refused) here
+        if args.command in MEMORY_HUNGRY_COMMANDS:
+            from ..engine.allocator import keep_freed_memory
+
+            keep_freed_memory()
         result = args.func(args)
     except UserError as exc:
-        print(f"fcvit {args.command}: error: {exc}", file=sys.stderr)
+        print(f"fcvit {command}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"fcvit {args.command}: interrupted.", file=sys.stderr)
+        print(f"fcvit {command}: interrupted.", file=sys.stderr)
         sys.exit(130)
     sys.exit(int(result or 0))
 

@@ -24,15 +24,9 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for name, cfg in MODEL_CONFIGS.items():
         model = timm.create_model(name)
-        rows.append(dict(
-            model=name,
-            params=count_params(model),
-            gmacs=round(count_gmacs(model, (3, args.img_size, args.img_size)), 3),
-            depths=list(cfg.depths),
-            dims=list(cfg.dims),
-            crop_pct=cfg.crop_pct,
-            drop_path=cfg.drop_path_rate,
-        ))
+        rows.append(dict(model=name, params=count_params(model),
+                         gmacs=round(count_gmacs(model, (3, args.img_size, args.img_size)), 3), depths=list(cfg.depths),
+                         dims=list(cfg.dims), crop_pct=cfg.crop_pct, drop_path=cfg.drop_path_rate))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

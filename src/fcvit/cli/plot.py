@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("plot", help="draw a training run's summary.csv curves to a PNG",
-                              description="Plot every numeric column of DIR/summary.csv against the run's epochs or iterations.")
+                              description="Plot every numeric column of DIR/summary.csv against epochs or iterations.")
     p.add_argument("run_dir", metavar="DIR", help="training output folder (or the summary.csv itself)")
     p.add_argument("--output", "-o", default="", help="PNG path (default DIR/summary.png)")
     p.set_defaults(func=run)
@@ -67,13 +67,9 @@ def plot_summary(columns: Dict[str, List[float]], out_path: str, title: Optional
     positions = [k for k in columns if k in _POSITIONS]
     x_key = positions[0] if positions else None
     x = columns.get(x_key) if x_key else list(range(len(next(iter(columns.values())))))
-    panels: List[tuple] = []
-    used = set(positions)
-    for name, keys in _GROUPS.items():
-        present = [k for k in keys if k in columns]
-        if present:
-            panels.append((name, present))
-            used.update(present)
+    panels = [(name, [k for k in keys if k in columns]) for name, keys in _GROUPS.items()]
+    panels = [(name, keys) for name, keys in panels if keys]
+    used = set(positions).union(*(keys for _, keys in panels))
     panels += [(k, [k]) for k in columns if k not in used]
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Iterable, Iterator
+from itertools import islice
 
 from .options import add_device, positive_int
 
@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         check_model_name(args.model, allow_timm=True)
     reader = ImageReader(expand_image_paths(args.images))  # missing and non-image files fail before the slow part
-    checkpoint = None
-    kwargs = {}
+    checkpoint, kwargs = None, {}
     if args.checkpoint:
         checkpoint = read_checkpoint(args.checkpoint)
         state_dict = extract_state_dict(checkpoint)
@@ -77,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     names = class_names_for(model.num_classes, checkpoint)
     k = min(args.topk, model.num_classes)
     results = []
-    for chunk in _chunks(reader, BATCH):
+    images = iter(reader)
+    for chunk in iter(lambda: list(islice(images, BATCH)), []):
         with torch.inference_mode():
             batch = torch.stack([transform(img) for _, img in chunk]).to(args.device)
             top_p, top_i = model(batch).softmax(dim=-1).topk(k, dim=-1)
@@ -85,24 +85,10 @@ def run(args: argparse.Namespace) -> int:
             result = dict(image=path, top=[dict(index=i, name=names[i], prob=p) for p, i in zip(p_row, i_row)])
             results.append(result)
             if not args.json:  # printed as they come, so a long folder shows progress
-                _print_result(result)
+                print(path)
+                for t in result["top"]:
+                    print(f"  {t['prob'] * 100:6.2f}%  {t['index']:>4}  {t['name']}")
     if args.json:
         print(json.dumps(results, indent=2))
     return reader.exit_status()
 
-
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _print_result(result: dict) -> None:
-    print(result["image"])
-    for t in result["top"]:
-        print(f"  {t['prob'] * 100:6.2f}%  {t['index']:>4}  {t['name']}")

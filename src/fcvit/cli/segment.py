@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from .options import (add_batch_size, add_device, add_keep_best, add_overwrite, add_results, add_runtime_options,
-                      non_negative_float, non_negative_int, positive_float, positive_int, probability)
+from .options import (add_backbone, add_batch_size, add_device, add_images, add_overwrite, add_results,
+                      add_runtime_options, add_training_options, check_results_file, note, positive_float, positive_int,
+                      probability)
 
-SYNC_BN_SCOPES = ("head", "all", "none")  # fcvit.tasks.segmentation.model's, without importing torch here
+NORMS = ("syncbn", "bn", "gn")
+SYNC_BN_SCOPES = ("head", "all", "none")  # the old spellings of --sync-bn, fcvit.tasks.segmentation.model's
 PHOTOMETRIC_CHOICES = ("mmseg", "torchvision")
 
 
@@ -24,61 +27,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_predict(actions)
 
 
-def _add_class_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-classes", type=positive_int, default=None,
-                   help="classes after the label mapping (default 150, ADE20K; or the count of --class-names)")
-    p.add_argument("--class-names", metavar="FILE", help="text file with one class name per line, in class order")
+def _add_zero_label(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-reduce-zero-label", action="store_true",
                    help="use annotation values as class indices (default: ADE20K's 0 = ignored, 1..N = classes 0..N-1)")
+
+
+#: flags whose change makes a resumed run another run (refused unless --resume-override, which applies them:
+#: a new --iters re-spreads the poly decay over the new length)
+RUN_SHAPING = (
+    "backbone", "backbone_depths", "backbone_dims", "data", "num_classes", "class_names", "no_reduce_zero_label",
+    "iters", "crop_size", "batch_size", "lr", "weight_decay", "power", "drop_path", "norm", "photometric",
+    "fpn_channels", "head_channels", "seed")
 
 
 def _add_train(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("train", help="train a Semantic FPN (iteration-based, torchrun-ready)",
                            description="Train a Semantic FPN. Defaults are the paper's MMSegmentation 0.19 ADE20K "
-                                       "set-up, setting by setting: 40,000 iterations of 8 GPUs x 4 images (512x512 "
-                                       "crops), AdamW 2e-4, poly decay, float32, MMSegmentation's photometric "
-                                       "distortion, resizes without anti-aliasing, SyncBN in the head only. "
-                                       "Reproduce it with: torchrun --nproc_per_node 8 -m fcvit segment train ... -b 4 "
-                                       "(-b is images per process).")
+                                       "set-up, setting by setting (docs/reproduction.md). Reproduce it with: torchrun "
+                                       "--nproc_per_node 8 -m fcvit segment train ... -b 4 (-b is images per process).")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root in the ADE20K layout")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for checkpoints, summary.csv and log.txt")
-    p.add_argument("--backbone", default="fcvit_b12", help="FCViT variant (default fcvit_b12)")
-    p.add_argument("--pretrained-backbone", metavar="CKPT",
-                   help="ImageNet FCViT checkpoint to start the backbone from (strongly recommended)")
-    p.add_argument("--backbone-depths", type=positive_int, nargs="+", metavar="N",
-                   help="custom blocks per stage instead of the variant's (small experiments)")
-    p.add_argument("--backbone-dims", type=positive_int, nargs="+", metavar="C",
-                   help="custom channels per stage (with --backbone-depths)")
-    _add_class_options(p)
+    add_backbone(p, "+")
+    p.add_argument("--num-classes", type=positive_int, default=None,
+                   help="classes after the label mapping (default 150, ADE20K; or the count of --class-names)")
+    p.add_argument("--class-names", metavar="FILE", help="text file with one class name per line, in class order")
+    _add_zero_label(p)
     p.add_argument("--iters", type=positive_int, default=40000, help="optimizer steps (default 40000)")
     add_batch_size(p, 4, ", the paper's per GPU: 8 GPUs x 4 = 32 per step, with --lr used as given")
     p.add_argument("--crop-size", type=positive_int, default=512,
-                   help="training crop (default 512); training rescales to (4x, 1x) this size times 0.5-2.0, "
-                        "evaluation uses it as the shorter side")
+                   help="training crop (default 512; images rescaled to (4x, 1x) it times 0.5-2.0); the eval shorter side")
     p.add_argument("--lr", type=positive_float, default=2e-4, help="AdamW learning rate (default 2e-4)")
-    p.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay (default 1e-4)")
     p.add_argument("--power", type=positive_float, default=0.9, help="poly decay power (default 0.9)")
-    p.add_argument("--clip-grad", type=positive_float, default=None, help="clip gradient norm (default off)")
-    p.add_argument("--drop-path", type=probability, default=0.0, help="backbone drop-path rate (default 0)")
-    p.add_argument("--head-norm", choices=("bn", "gn"), default="bn",
-                   help="norm in the head: bn (the paper's; synchronised per --sync-bn) or gn for tiny batches")
-    p.add_argument("--sync-bn", choices=SYNC_BN_SCOPES, default="head",
-                   help="BatchNorms synchronised across GPUs under torchrun: head (default, the paper's: the "
-                        "backbone's BatchNorms stay per GPU), all (torchvision references' --sync-bn) or none")
+    p.add_argument("--norm", choices=NORMS, default="syncbn",
+                   help="the head's norm: syncbn (default, the paper's: SyncBatchNorm in the head, BatchNorm in one "
+                        "process), bn, or gn for tiny batches")
+    p.add_argument("--head-norm", choices=("bn", "gn"), default=None, help="old spelling: bn = --norm syncbn, gn = --norm gn")
     p.add_argument("--photometric", choices=PHOTOMETRIC_CHOICES, default="mmseg",
-                   help="colour distortion: mmseg (default, the paper's MMSegmentation PhotoMetricDistortion: "
-                        "additive brightness, uncentred contrast, HSV saturation/hue) or torchvision (ColorJitter)")
-    p.add_argument("--antialias", action="store_true",
-                   help="anti-aliased image resizes (torchvision's default) instead of the paper's plain bilinear")
+                   help="colour distortion: mmseg (default, the paper's PhotoMetricDistortion) or torchvision")
+    p.add_argument("--antialias", action="store_true", help="anti-aliased resizes instead of the paper's plain bilinear")
     p.add_argument("--fpn-channels", type=positive_int, default=256, help=argparse.SUPPRESS)
     p.add_argument("--head-channels", type=positive_int, default=128, help=argparse.SUPPRESS)
-    p.add_argument("--eval-interval", type=non_negative_int, default=4000,
-                   help="evaluate and keep the best checkpoints by mIoU every N iterations (default 4000; 0 = at the end)")
-    p.add_argument("--save-interval", type=non_negative_int, default=1000,
-                   help="write last.pth.tar every N iterations (default 1000; 0 = at evaluations only)")
-    add_keep_best(p, 1, "mIoU")
-    p.add_argument("--log-interval", type=non_negative_int, default=50, help="log the loss every N iterations (default 50)")
-    add_runtime_options(p, training=True)
+    add_training_options(p, "segment", 1, "mIoU", save_interval=1000, eval_interval=(4000, "iterations"), sync_bn=None)
+    p.add_argument("--sync-bn", nargs="?", const=True, default=False, choices=(True, *SYNC_BN_SCOPES),
+                   metavar="head|all|none",
+                   help="every BatchNorm a SyncBatchNorm under torchrun (default off: the paper's backbone "
+                        "BatchNorms stay per GPU, see --norm); the old scopes map to --norm syncbn, --sync-bn, "
+                        "--norm bn")
+    add_runtime_options(p)
+    p.run_shaping(RUN_SHAPING)
     p.set_defaults(func=run_train)
 
 
@@ -88,12 +83,11 @@ def _add_eval(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root in the ADE20K layout")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit segment train'")
     p.add_argument("--split", default="val", help="split to score: val (validation/) or train (training/)")
-    p.add_argument("--no-reduce-zero-label", action="store_true",
-                   help="use annotation values as class indices (default: 0 = ignored, 1..N = classes 0..N-1)")
+    _add_zero_label(p)
     p.add_argument("--short-side", type=positive_int, default=None,
                    help="evaluation shorter side (default: the training crop size stored in the checkpoint)")
     add_results(p, "the scores")
-    add_runtime_options(p, training=False)
+    add_runtime_options(p, amp_help="mixed precision inference")
     p.set_defaults(func=run_eval)
 
 
@@ -101,9 +95,7 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("predict", help="colour-coded masks and overlays for images",
                            description="Segment images; writes NAME_mask.png (palette PNG, value = class + 1) and "
                                        "NAME_overlay.png per image.")
-    p.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="image files or folders of images; one that cannot be read is reported and skipped "
-                        "(exit status 1)")
+    add_images(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit segment train'")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files")
     add_overwrite(p, "existing NAME_mask.png and NAME_overlay.png files in DIR")
@@ -113,9 +105,23 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_predict)
 
 
+def resolve_norm(args: argparse.Namespace) -> None:
+    """The old spellings ``--sync-bn head|all|none`` and ``--head-norm bn|gn`` as ``--norm`` and ``--sync-bn``."""
+    scope, old_norm = args.sync_bn, vars(args).pop("head_norm", None)
+    given = [f"--sync-bn {scope}"] * isinstance(scope, str) + [f"--head-norm {old_norm}"] * (old_norm is not None)
+    if isinstance(scope, str):
+        args.sync_bn, args.norm = scope == "all", "bn" if scope == "none" else args.norm
+    if old_norm == "gn":
+        args.norm = "gn"
+    if given:
+        note(f"{' '.join(given)}: the old spelling of --norm {args.norm}{' --sync-bn' if args.sync_bn else ''}.")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from ..tasks.segmentation.train import train
 
+    resolve_norm(args)
+    args.output = args.output or os.path.join("output", "segment", args.backbone)
     train(args)
     return 0
 
@@ -123,21 +129,14 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import logging
 
-    from ..engine import cleanup_distributed, init_distributed, resolve_amp
+    from ..engine import cleanup_distributed, eval_loader, init_distributed, resolve_amp
     from ..tasks.segmentation.data import SegmentationFolder
-    from ..tasks.segmentation.evaluate import (
-        class_names_from,
-        eval_loader,
-        evaluate,
-        load_segmenter,
-    )
-    from ..files import check_outputs, json_text, write_json
+    from ..tasks.segmentation.evaluate import class_names_from, evaluate, load_segmenter
+    from ..files import json_text, write_json
     from ..tasks.segmentation.metrics import format_class_table
     from ..tasks.segmentation.transforms import eval_transforms
 
-    if args.results_file:
-        check_outputs([args.results_file], [args.checkpoint], args.overwrite, "choose another --results-file",
-                      "checkpoint")
+    check_results_file(args)
     ctx = init_distributed(args.device)
     try:
         model, checkpoint = load_segmenter(args.checkpoint, ctx.device)
@@ -148,7 +147,7 @@ def run_eval(args: argparse.Namespace) -> int:
         dataset = SegmentationFolder(args.data, args.split, num_classes, not args.no_reduce_zero_label,
                                      eval_transforms(short_side, 4 * short_side, antialias=antialias))
         amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
-        scores = evaluate(model, eval_loader(dataset, ctx, args.workers), num_classes, ctx, amp,
+        scores = evaluate(model, eval_loader(dataset, 1, ctx, args.workers), num_classes, ctx, amp,
                           progress=sys.stderr.isatty())
     finally:
         cleanup_distributed()

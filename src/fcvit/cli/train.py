@@ -1,8 +1,5 @@
 """``fcvit train``: the published ImageNet recipe as defaults, timm ``train.py`` flag names, torchrun-ready.
-
-Precedence of values: command line > ``-c/--config`` YAML file > dataset preset (``--dataset digits``)
-> the recipe defaults below.
-"""
+Precedence: command line > ``-c/--config`` YAML > dataset preset (``--dataset digits``) > the defaults below."""
 from __future__ import annotations
 
 import argparse
@@ -11,23 +8,11 @@ from typing import Any, Dict, Optional
 
 from timm.utils import ParseKwargs  # KEY=VALUE pairs with Python literals, as timm's --model-kwargs
 
-from .options import (
-    add_batch_size,
-    add_device,
-    add_keep_best,
-    add_precision,
-    add_resume,
-    add_seed,
-    add_tensorboard,
-    add_workers,
-    finite_float,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    probability,
-)
-from .original_flags import add_original_train_flags, resolve_original_train_flags
+from ..errors import UserError
+from .options import (CommandParser, add_batch_size, add_device, add_precision, add_training_options, add_workers,
+                      finite_float, is_main_process, non_negative_float, non_negative_int, positive_float,
+                      positive_int, probability)
+from .original_flags import add_original_flags, resolve_original_flags
 
 #: timm's learning-rate schedules (``timm.scheduler.create_scheduler_v2``); ``none`` keeps the optimizer's lr
 SCHEDULES = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "wsd", "rsqrt", "constant", "none")
@@ -35,16 +20,11 @@ _WARMING = tuple(name for name in SCHEDULES if name != "none")
 _CYCLIC = ("cosine", "tanh", "poly")
 #: each schedule option and the schedules that read it; given to another schedule it changes nothing
 SCHEDULE_OPTIONS: Dict[str, tuple] = {
-    "decay_epochs": ("step", "wsd", "rsqrt"),
-    "decay_milestones": ("multistep",),
-    "decay_rate": ("step", "multistep", "plateau", "poly"),
-    "cooldown_epochs": _CYCLIC + ("wsd", "rsqrt"),
-    "patience_epochs": ("plateau",),
-    "min_lr": _CYCLIC + ("plateau", "wsd", "rsqrt"),
-    "lr_cycle_mul": _CYCLIC, "lr_cycle_decay": _CYCLIC, "lr_cycle_limit": _CYCLIC,
-    "lr_k_decay": ("cosine", "poly"),
-    "warmup_epochs": _WARMING, "warmup_lr": _WARMING,
-    "lr_noise": _WARMING, "lr_noise_pct": _WARMING, "lr_noise_std": _WARMING,
+    "decay_epochs": ("step", "wsd", "rsqrt"), "decay_milestones": ("multistep",),
+    "decay_rate": ("step", "multistep", "plateau", "poly"), "cooldown_epochs": _CYCLIC + ("wsd", "rsqrt"),
+    "patience_epochs": ("plateau",), "min_lr": _CYCLIC + ("plateau", "wsd", "rsqrt"),
+    "lr_cycle_mul": _CYCLIC, "lr_cycle_decay": _CYCLIC, "lr_cycle_limit": _CYCLIC, "lr_k_decay": ("cosine", "poly"),
+    **dict.fromkeys(("warmup_epochs", "warmup_lr", "lr_noise", "lr_noise_pct", "lr_noise_std"), _WARMING),
 }
 
 # Small-data preset for the built-in digits (8x8 images): the ImageNet recipe's mixup, random erasing,
@@ -60,7 +40,6 @@ DATASET_PRESETS: Dict[str, Dict[str, Any]] = {
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    """Data flags shared by train and validate (timm's names)."""
     g = p.add_argument_group("data")
     g.add_argument("data", nargs="?", metavar="DATA",
                    help="folder holding train/<class>/* and val/<class>/* (or the root timm's --dataset expects)")
@@ -77,18 +56,14 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     add_workers(g)
     g.add_argument("--pin-mem", action="store_true", default=True, help=argparse.SUPPRESS)
     g.add_argument("--no-pin-mem", dest="pin_mem", action="store_false", help="do not pin host memory")
-    g.add_argument("--skip-bad-images", action="store_true",
-                   help="log and skip images that cannot be decoded instead of stopping")
+    g.add_argument("--skip-bad-images", action="store_true", help="log and skip images that cannot be decoded")
     g.add_argument("--num-classes", type=positive_int, default=None, help="classes (default: from the data)")
     add_device(g)
-    add_precision(g, training=True)
+    add_precision(g)
     g.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="fcvit train")
-    p.add_argument("-c", "--config", default="", metavar="FILE", help="YAML file of flag values (keys as dest names)")
-    add_data_arguments(p)
+def _add_model_and_optimizer(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("splits and model")
     g.add_argument("--train-split", default="train", help="training split folder (default train)")
     g.add_argument("--val-split", default="val", help="validation split folder (default val; 'validation' also found)")
@@ -109,6 +84,10 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--weight-decay", type=non_negative_float, default=0.05)
     g.add_argument("--clip-grad", type=positive_float, default=None, help="gradient clipping threshold (default off)")
     g.add_argument("--clip-mode", default="norm", help="norm, value or agc")
+
+
+def _add_schedule(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("learning rate schedule")
     g.add_argument("--sched", default="cosine", choices=SCHEDULES, metavar="NAME",
                    help=f"timm lr schedule: {', '.join(SCHEDULES)} (default cosine)")
     g.add_argument("--sched-on-updates", action="store_true", help="step the schedule per update, not per epoch")
@@ -121,8 +100,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--epochs", type=positive_int, default=300)
     g.add_argument("--start-epoch", type=non_negative_int, default=None)
     g.add_argument("--decay-epochs", type=positive_float, default=90,
-                   help="step schedule's period (default 90); wsd/rsqrt: decay length, a fraction of the run "
-                        "below 1 (default 0.2 there)")
+                   help="step schedule's period (default 90); wsd/rsqrt: decay length, below 1 a fraction (0.2 there)")
     g.add_argument("--decay-milestones", type=positive_int, nargs="+", default=[90, 180, 270], metavar="EPOCH",
                    help="multistep schedule's epochs (default 90 180 270)")
     g.add_argument("--decay-rate", "--dr", type=positive_float, default=0.1)
@@ -137,6 +115,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--lr-cycle-decay", type=positive_float, default=0.5)
     g.add_argument("--lr-cycle-limit", type=positive_int, default=1)
     g.add_argument("--lr-k-decay", type=positive_float, default=1.0)
+
+
+def _add_augmentation(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("augmentation and regularization")
     g.add_argument("--no-aug", action="store_true")
     g.add_argument("--scale", type=positive_float, nargs=2, default=[0.08, 1.0], metavar="PCT")
@@ -149,7 +130,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--remode", default="pixel")
     g.add_argument("--recount", type=positive_int, default=1)
     g.add_argument("--aug-splits", type=non_negative_int, default=0, metavar="N",
-                   help="N augmentation splits per image (AugMix-style: the first clean, the others augmented)")
+                   help="N augmentation splits per image (AugMix-style: the first clean)")
     g.add_argument("--jsd-loss", "--jsd", dest="jsd_loss", action="store_true",
                    help="Jensen-Shannon divergence + cross-entropy over the splits (needs --aug-splits)")
     g.add_argument("--resplit", action="store_true", help="no random erasing on the first (clean) split")
@@ -166,74 +147,59 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--train-interpolation", default="random")
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (evaluated and ranked)")
     g.add_argument("--model-ema-decay", type=probability, default=0.9998)
-    g.add_argument("--model-ema-force-cpu", action="store_true",
-                   help="keep the EMA on the CPU and do not evaluate it (as the original)")
+    g.add_argument("--model-ema-force-cpu", action="store_true", help="keep the EMA on the CPU, not evaluated (as the original)")
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("BatchNorm across processes")
     g.add_argument("--dist-bn", default="reduce", choices=["reduce", "broadcast", ""],
-                   help="after every epoch, before evaluation: average BatchNorm statistics over processes "
-                        "(reduce, default as the original), copy rank 0's (broadcast) or leave them ('')")
-    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm: batch statistics over all GPUs")
-    g.add_argument("--no-ddp-bb", action="store_true",
-                   help="DDP does not copy rank 0's BatchNorm statistics to the others before each forward")
+                   help="before each evaluation: average BatchNorm statistics over processes (reduce, default as "
+                        "the original), copy rank 0's (broadcast) or leave them ('')")
+    g.add_argument("--no-ddp-bb", action="store_true", help="DDP does not broadcast rank 0's BatchNorm buffers")
     g = p.add_argument_group("run")
-    add_seed(g)
-    g.add_argument("--output", default="", help="output folder (default output/train/<model>)")
-    g.add_argument("--experiment", default="", metavar="NAME",
-                   help="write to OUTPUT/NAME (default output/train/NAME), as timm")
+    add_training_options(g, "train", 4, "--eval-metric, as the original train.py", save_interval=0)
+    g.add_argument("--experiment", default="", metavar="NAME", help="write to OUTPUT/NAME (default output/train/NAME)")
     g.add_argument("--initial-checkpoint", default="",
-                   help="start from these weights (e.g. a published ImageNet checkpoint); a classifier for "
-                        "another number of classes is re-initialised")
-    add_resume(g)
-    g.add_argument("--no-resume-opt", action="store_true",
-                   help="resume the weights (and EMA, schedule) but start a fresh optimizer and loss scaler")
-    add_keep_best(g, 4, "--eval-metric, as the original train.py")
+                   help="start from these weights; a classifier for another number of classes is re-initialised")
+    g.add_argument("--no-resume-opt", action="store_true", help="resume the weights but a fresh optimizer and scaler")
     g.add_argument("--eval-metric", default="top1", help="metric ranking the best checkpoints (top1, top5, loss)")
-    add_tensorboard(g)
-    g.add_argument("--log-interval", type=non_negative_int, default=0, metavar="N",
-                   help="also log a line (loss, lr, img/s) every N steps, to the console and log.txt (default off)")
-    g.add_argument("--recovery-interval", type=non_negative_int, default=0, metavar="N",
-                   help="save OUTPUT/last.pth.tar every N steps within an epoch too (default: at epoch ends)")
-    add_original_train_flags(p)
+
+
+#: flags whose change makes a resumed run another run (refused unless --resume-override, which applies them)
+RUN_SHAPING = (
+    "model", "model_kwargs", "num_classes", "dataset", "data", "train_split", "img_size", "input_size",
+    "initial_checkpoint", "batch_size", "opt", "opt_eps", "opt_betas", "momentum", "weight_decay", "lr", "lr_base",
+    "lr_base_size", "lr_base_scale", "sched", "sched_on_updates", "epochs", "warmup_lr", "warmup_epochs", "min_lr",
+    "cooldown_epochs", "decay_epochs", "decay_milestones", "decay_rate", "patience_epochs", "lr_noise",
+    "lr_noise_pct", "lr_noise_std", "lr_cycle_mul", "lr_cycle_decay", "lr_cycle_limit", "lr_k_decay", "seed", "drop",
+    "drop_path", "smoothing", "mixup", "cutmix", "aa", "reprob", "aug_splits", "jsd_loss", "bce_loss", "model_ema",
+    "model_ema_decay", "eval_metric")
+
+
+def build_parser(parser: Optional[CommandParser] = None) -> CommandParser:
+    """The ``fcvit train`` flags; parsing layers the dataset preset and ``--config`` under the command line."""
+    p = parser or CommandParser(prog="fcvit train")
+    p.add_argument("-c", "--config", default="", metavar="FILE", help="YAML file of flag values (keys as dest names)")
+    add_data_arguments(p)
+    _add_model_and_optimizer(p)
+    _add_schedule(p)
+    _add_augmentation(p)
+    _add_run(p)
+    add_original_flags(p, "train")
+    p.run_shaping(RUN_SHAPING, new_run_only=("initial_checkpoint",))
+    p.layers = layered_defaults
     return p
 
 
-_TRACKED: Dict[type, type] = {}
-
-
-def track_explicit(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Make the parser record which flags the command line gave (in ``namespace._explicit``), so that a
-    preset or config file fills only the others, also when the parser is a subcommand of ``fcvit``."""
-    for action in parser._actions:
-        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)) or action.dest == argparse.SUPPRESS:
-            continue
-        base = type(action)
-        if base not in _TRACKED:
-            def __call__(self, parser, namespace, values, option_string=None, _base=base):  # noqa: N807
-                explicit = set(getattr(namespace, "_explicit", set()))
-                explicit.add(self.dest)
-                setattr(namespace, "_explicit", explicit)
-                return _base.__call__(self, parser, namespace, values, option_string)
-            _TRACKED[base] = type(f"Tracked{base.__name__}", (base,), {"__call__": __call__})
-        action.__class__ = _TRACKED[base]
-    return parser
-
-
-def apply_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Fill flags not given on the command line from the dataset preset, then from ``--config``."""
-    explicit = set(getattr(args, "_explicit", set()))
+def layered_defaults(parser: CommandParser, args: argparse.Namespace) -> Dict[str, Any]:
     layered: Dict[str, Any] = dict(DATASET_PRESETS.get(args.dataset, {}))
     if args.config:
         layered.update(load_config(args.config, parser))
-    for key, value in layered.items():
-        if key not in explicit:
-            setattr(args, key, value)
-    return args
+    return layered
 
 
-def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
+def load_config(path: str, parser: CommandParser) -> Dict[str, Any]:
     import yaml
-
-    from ..errors import UserError
 
     if not os.path.isfile(path):
         raise UserError(f"Config file '{path}' does not exist: check the path.")
@@ -244,75 +210,28 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
             raise UserError(f"Config file '{path}' is not valid YAML ({str(exc).splitlines()[0]}): fix it.") from None
     if not isinstance(values, dict):
         raise UserError(f"Config file '{path}' must map flag names to values.")
-    actions = {a.dest: a for a in parser._actions if a.dest not in (argparse.SUPPRESS, "help", "config")}
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(k for k in values if k not in actions)
+    unknown = sorted(k for k in values if k not in parser.flags or k in ("help", "config"))
     if unknown:
         raise UserError(f"Config file '{path}' has unknown keys ({', '.join(unknown)}): use the flag names, "
                         "e.g. batch_size or weight_decay.")
     checked = {}
     for key, value in values.items():
-        action = actions[key]
-        flag = max(action.option_strings, key=len) if action.option_strings else key.upper()
         try:
-            checked[key] = config_value(action, value)
+            checked[key] = parser.config_value(key, value)
         except argparse.ArgumentTypeError as exc:
+            flag = max(parser.flags[key][0].option_strings, key=len, default=key.upper())
             raise UserError(f"Config file '{path}' has a wrong value for {key} ({exc}): write it as {flag} takes "
                             "it on the command line.") from None
     return checked
 
 
-def config_value(action: argparse.Action, value: Any) -> Any:
-    """A YAML value checked and converted by the same type, choices and count as the flag on the command line."""
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        if not isinstance(value, bool):
-            raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-        return value
-    if isinstance(action, ParseKwargs):
-        if not isinstance(value, dict):
-            raise argparse.ArgumentTypeError(f"expected a mapping of names to values, got {value!r}")
-        return value
-    if value is None and (action.default is None or action.type is None):
-        return action.default if action.default is None else ""  # null: unset, as '' on the command line
-    if action.nargs in (None, "?"):
-        if isinstance(value, (list, dict)):
-            raise argparse.ArgumentTypeError(f"expected one value, got {value!r}")
-        return _checked_item(action, value)
-    items = value if isinstance(value, list) else [value] if action.nargs in ("+", "*") else None
-    if items is None or (isinstance(action.nargs, int) and len(items) != action.nargs) or (
-            action.nargs == "+" and not items):
-        count = action.nargs if isinstance(action.nargs, int) else "one or more"
-        raise argparse.ArgumentTypeError(f"expected a list of {count} values, got {value!r}")
-    return [_checked_item(action, item) for item in items]
-
-
-def _checked_item(action: argparse.Action, value: Any) -> Any:
-    """One value through the action's ``type`` (given as text, as argparse would) and ``choices``."""
-    if action.type is None:
-        if not isinstance(value, str):
-            raise argparse.ArgumentTypeError(f"expected text in quotes, got {value!r}")
-        converted: Any = value
-    else:
-        try:
-            converted = action.type(value if isinstance(value, str) else str(value))
-        except (TypeError, ValueError):
-            kind = {int: "a whole number", float: "a number"}.get(action.type, "another value")
-            raise argparse.ArgumentTypeError(f"expected {kind}, got {value!r}") from None
-    if action.choices is not None and converted not in action.choices:
-        choices = ", ".join(repr(c) for c in action.choices)
-        raise argparse.ArgumentTypeError(f"expected one of {choices}, got {value!r}")
-    return converted
-
-
 def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill values derived from others (DATA spelling, output folder) and reject impossible ones."""
-    from ..errors import UserError
-
     resolve_data_source(args)
     if args.dataset in ("", "folder", "imagefolder") and not args.data:
         raise UserError("No DATA folder given: pass a folder holding train/<class>/* and val/<class>/*, "
                         "or --dataset digits for the built-in dataset.")
-    notes = resolve_original_train_flags(args)
+    notes = resolve_original_flags(args, "train")
     if args.experiment:
         args.output = os.path.join(args.output or os.path.join("output", "train"), args.experiment)
         notes.append(f"--experiment {args.experiment}: outputs in {args.output} (OUTPUT/NAME, as timm).")
@@ -329,8 +248,6 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def resolve_data_source(args: argparse.Namespace) -> None:
     """DATA and --data-dir are one setting, and the built-in digits read no folder: contradictions are refused."""
-    from ..errors import UserError
-
     if args.data and args.data_dir and os.path.abspath(args.data) != os.path.abspath(args.data_dir):
         raise UserError(f"DATA '{args.data}' and --data-dir '{args.data_dir}' name two folders: pass one of them.")
     args.data = args.data or args.data_dir
@@ -340,10 +257,8 @@ def resolve_data_source(args: argparse.Namespace) -> None:
 
 
 def _check_schedule_options(args: argparse.Namespace) -> list:
-    """Refuse what timm's schedules cannot do; return a note naming the schedule options given on the command
-    line that the chosen schedule does not read (timm would drop them without a word)."""
-    from ..errors import UserError
-
+    """Refuse what timm's schedules cannot do; note the options given that the schedule does not read (timm
+    would drop them without a word)."""
     explicit = set(getattr(args, "_explicit", set()))
     if args.sched == "plateau" and args.sched_on_updates:
         raise UserError("--sched plateau steps once per epoch, on the validation metric: leave out "
@@ -359,8 +274,8 @@ def _check_schedule_options(args: argparse.Namespace) -> list:
 
 
 def schedule_reads(args: argparse.Namespace, option: str) -> bool:
-    """Whether the run's schedule uses ``option`` (a key of :data:`SCHEDULE_OPTIONS`) with the other settings
-    given: the cycle options act from a second cycle on, the noise shape only with ``--lr-noise``."""
+    """Whether the schedule uses ``option``: the cycle options act from a second cycle on, the noise shape only
+    with ``--lr-noise``."""
     if args.sched not in SCHEDULE_OPTIONS[option]:
         return False
     if option in ("lr_cycle_mul", "lr_cycle_decay"):
@@ -371,16 +286,12 @@ def schedule_reads(args: argparse.Namespace, option: str) -> bool:
 
 
 def _check_split_options(args: argparse.Namespace) -> None:
-    """Augmentation splits, JSD and BCE combine as in the original train.py; impossible mixes are refused."""
-    from ..errors import UserError
-
     if args.aug_splits == 1:
         raise UserError(f"--aug-splits {args.aug_splits} makes no split: pass 0 (off) or at least 2.")
     if args.jsd_loss and args.aug_splits < 2:
         raise UserError("--jsd-loss compares augmentation splits: add --aug-splits 3 (e.g. with --aa "
                         "augmix-m5-w4-d2), as the original required.")
-    mixup = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-    if args.aug_splits and mixup:
+    if args.aug_splits and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
         raise UserError("--aug-splits cannot be combined with mixup/cutmix (as in the original): add --mixup 0 "
                         "--cutmix 0.")
     if args.aug_splits and args.no_aug:
@@ -394,31 +305,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a classifier (image folder, timm dataset or built-in digits); torchrun-ready",
         description="Train with the published FCViT recipe (AdamW, cosine, RandAugment, mixup/cutmix, ...). "
                     "Run under torchrun for DDP. Killed runs continue with --resume auto.")
-    track_explicit(build_parser(p))
-    p.set_defaults(func=run, _parser=p)
+    build_parser(p).set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    args = finalize_args(apply_defaults(args, args._parser))
-    return report(train_from_args(args))
+    return report(train_from_args(finalize_args(args)))
 
 
 def train_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     from ..tasks.classification.train import train
 
-    for key in ("func", "_parser", "_explicit"):
-        if hasattr(args, key):
-            delattr(args, key)
+    vars(args).pop("func", None), vars(args).pop("_explicit", None)
     return train(args)
 
 
 def report(result: Dict[str, Any]) -> int:
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return 0
-    metrics = result.get("metrics") or {}
     if result.get("interrupted"):
         print(f"Stopped early; resume with --resume auto. Last checkpoint: {result['last']}")
         return 0
+    metrics = result.get("metrics")
     if metrics:
         print(f"val top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
     best = result.get("best_value")

@@ -1,8 +1,5 @@
-"""``fcvit validate``: top-1, top-5, loss and images/s of a checkpoint on a validation split (torchrun-ready).
-
-Also the paper's ``python3 validate.py DATA --model MODEL -b 128 --checkpoint CKPT``: the flags of the
-original (timm 0.5) validate.py are accepted, mapped or refused as :mod:`fcvit.cli.original_flags` says.
-"""
+"""``fcvit validate``: top-1, top-5, loss and images/s of a checkpoint (torchrun-ready); the original (timm 0.5)
+validate.py's flags are accepted, mapped or refused as :mod:`fcvit.cli.original_flags` says."""
 from __future__ import annotations
 
 import argparse
@@ -13,13 +10,15 @@ import logging
 import os
 from typing import Any, Dict
 
+from .options import is_main_process
+
 _logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from .options import add_batch_size, add_results
-    from .original_flags import add_original_validate_flags
-    from .train import add_data_arguments, track_explicit
+    from .original_flags import add_original_flags
+    from .train import add_data_arguments
 
     p = subparsers.add_parser(
         "validate", help="evaluate a checkpoint: top-1, top-5, loss, images/s",
@@ -31,45 +30,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
     add_batch_size(p, 128)
     add_results(p, "the results", "also write the results to PATH: CSV if it ends in .csv (as timm), else JSON")
-    add_original_validate_flags(p)
-    track_explicit(p)
+    add_original_flags(p, "validate")
+    p.layers = lambda parser, args: {}  # nothing to layer, but the flags given are recorded in args._explicit
     p.set_defaults(func=run)
 
 
 def stored_data_config(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
     """Eval settings a training run stored (``data_config``), used where the command line is silent."""
     stored = checkpoint.get("data_config") or {}
-    out: Dict[str, Any] = {}
+    out = {key: list(value) if isinstance(value, (list, tuple)) else value for key, value in stored.items()
+           if key in ("crop_pct", "interpolation", "mean", "std") and value is not None}
     if stored.get("input_size"):
         out["input_size"] = list(stored["input_size"])
-    for key in ("crop_pct", "interpolation", "mean", "std"):
-        if stored.get(key) is not None:
-            out[key] = list(stored[key]) if isinstance(stored[key], (list, tuple)) else stored[key]
     return out
 
 
 def validate(args: argparse.Namespace) -> Dict[str, Any]:
-    """Evaluate and return the metrics; only the main rank writes the results file."""
     import torch
 
     from ..engine import cleanup_distributed, init_distributed, resolve_amp, setup_logging, unwrap_model
     from ..tasks.classification.train import build_eval_loader, check_classes, create_model, evaluate
     from ..errors import UserError
-    from ..files import check_outputs
     from ..models import extract_state_dict, load_weights, read_checkpoint
     from ..models.checkpoint import checkpoint_args
-    from .original_flags import resolve_original_validate_flags
+    from .options import check_results_file
+    from .original_flags import resolve_original_flags
     from .train import resolve_data_source
 
-    notes = resolve_original_validate_flags(args)
+    notes = resolve_original_flags(args, "validate")
     resolve_data_source(args)
     if args.dataset in ("", "folder", "imagefolder") and not args.data:
         raise UserError("No DATA folder given: pass a folder holding val/<class>/*, or --dataset digits.")
     if not args.checkpoint:
         raise UserError("No --checkpoint given: pass the weights to evaluate (random weights would score chance).")
-    if args.results_file:
-        check_outputs([args.results_file], [args.checkpoint], args.overwrite, "choose another --results-file",
-                      "checkpoint")
+    check_results_file(args)
     checkpoint = read_checkpoint(args.checkpoint)
     explicit = getattr(args, "_explicit", set())
     for key, value in stored_data_config(checkpoint).items():
@@ -97,7 +91,6 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         model.to(ctx.device)
         if args.channels_last:
             model.to(memory_format=torch.channels_last)
-        class_names = checkpoint.get("class_names")
         loader, dataset, tf_args = build_eval_loader(args, model, ctx, args.split, None)
         _check_test_pool(args, model, tf_args)
         data_classes = getattr(dataset, "classes", None)
@@ -110,7 +103,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
                   top5=metrics["top5"], loss=metrics["loss"], img_per_sec=metrics["img_per_sec"],
                   images=metrics["images"], skipped=metrics["skipped"],
                   img_size=list(tf_args["input_size"]), crop_pct=tf_args["crop_pct"],
-                  interpolation=tf_args["interpolation"], classes=len(class_names or data_classes or []) or num_classes,
+                  interpolation=tf_args["interpolation"],
+                  classes=len(checkpoint.get("class_names") or data_classes or []) or num_classes,
                   amp=amp.describe(), world_size=ctx.world_size)
     if ctx.is_main and args.results_file:
         write_results(args.results_file, result)
@@ -118,7 +112,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _check_test_pool(args: argparse.Namespace, model: Any, tf_args: Dict[str, Any]) -> None:
-    """``--test-pool`` changed nothing at the model's own input size (timm pooled only for larger inputs)."""
+    """``--test-pool`` changes nothing at the model's own input size (timm pooled only for larger inputs)."""
     from ..errors import UserError
 
     if not getattr(args, "test_pool", False):
@@ -130,29 +124,28 @@ def _check_test_pool(args: argparse.Namespace, model: Any, tf_args: Dict[str, An
     _logger.info("--test-pool: no effect at the model's own input size (as in the original).")
 
 
-def _csv_text(result: Dict[str, Any]) -> str:
-    """One header row and one value row, lists joined by spaces (timm's validate.py wrote CSV)."""
-    text = io.StringIO(newline="")
-    row = {k: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in result.items()}
-    writer = csv.DictWriter(text, fieldnames=list(row))
-    writer.writeheader()
-    writer.writerow(row)
-    return text.getvalue()
-
-
 def write_results(path: str, result: Dict[str, Any]) -> None:
-    """The results as CSV (a ``.csv`` name) or JSON, written atomically."""
+    """The results as CSV (a ``.csv`` name: a header row and a value row, lists joined by spaces, as timm's
+    validate.py) or JSON, written atomically."""
     from ..files import atomic_write
 
+    text = json.dumps(result, indent=2)
+    if path.lower().endswith(".csv"):
+        row = {k: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in result.items()}
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+        text = buffer.getvalue()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write(path, _csv_text(result) if path.lower().endswith(".csv") else json.dumps(result, indent=2))
+    atomic_write(path, text)
 
 
 def run(args: argparse.Namespace) -> int:
     result = validate(args)
-    if int(os.environ.get("RANK", "0")) == 0 and args.json:
+    if is_main_process() and args.json:
         print(json.dumps(result, indent=2))
-    elif int(os.environ.get("RANK", "0")) == 0:
+    elif is_main_process():
         print(f"{result['model']} on {result['images']} images ({result['split']}): top-1 {result['top1']:.2f}%  "
               f"top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  {result['img_per_sec']:.1f} img/s  "
               f"({result['img_size'][-1]} px, crop_pct {result['crop_pct']}, {result['interpolation']}, {result['amp']})")

@@ -2,20 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
+from typing import Any
 
-from .options import add_device, add_overwrite, add_seed, positive_int
-
-_logger = logging.getLogger(__name__)
+from .options import add_device, add_overwrite, add_seed, add_weights, positive_int
 
 
-def _add_weights(p: argparse.ArgumentParser, prefix: str = "", default_model: str = "", what: str = "") -> None:
-    flag = f"--{prefix}-" if prefix else "--"
-    if not prefix:
-        p.add_argument("--model", default=default_model, help=f"{what} model name (default {default_model})")
-    p.add_argument(f"{flag}checkpoint", metavar="FILE", help=f"local {what} checkpoint (.pth, .pth.tar, .safetensors)")
-    p.add_argument(f"{flag}pretrained", action="store_true",
-                   help=f"{what} weights from timm's hub (needs a network; fails at once without one)")
+def _add_model(p: argparse.ArgumentParser, default: str, what: str) -> None:
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--model", default=default, help=f"{what} model name (default {default})")
+    add_weights(p, what)
 
 
 def _add_queries(p: argparse.ArgumentParser, default_random: int) -> None:
@@ -26,6 +21,13 @@ def _add_queries(p: argparse.ArgumentParser, default_random: int) -> None:
     add_seed(p, "seed of the random queries")
 
 
+def _add_figure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
+    add_overwrite(p, "an existing figure")
+    add_device(p)
+    p.add_argument("--dpi", type=positive_int, default=100, help="figure resolution in dots per inch (default 100)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "visualize", help="draw FCViT similarity maps and ViT attention maps on an image",
@@ -33,31 +35,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "ViT/DeiT attention maps per query point, or both side by side (Figure 3 of the paper).")
     sub = p.add_subparsers(dest="what", metavar="WHAT")
     sub.required = True
+    img_size = "shorter side the image is resized to, keeping its aspect ratio (default 224)"
 
     s = sub.add_parser("similarity", help="the 8 group maps of both global-context modules of an FCViT block",
                        description="The image and the group similarity maps of gc1 and gc2 of one FCViT block.")
-    s.add_argument("image", metavar="IMAGE")
-    _add_weights(s, default_model="fcvit_b12", what="FCViT")
+    _add_model(s, "fcvit_b12", "FCViT")
     s.add_argument("--block", type=int, default=-1, help="block index over the whole network (default -1, the last)")
-    s.add_argument("--img-size", type=positive_int, default=224, help="shorter side the image is resized to, keeping its aspect ratio (default 224)")
-    s.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
-    add_overwrite(s, "an existing figure")
-    add_device(s)
-    s.add_argument("--dpi", type=positive_int, default=100, help="figure resolution in dots per inch (default 100)")
+    s.add_argument("--img-size", type=positive_int, default=224, help=img_size)
+    _add_figure(s)
     s.set_defaults(func=run_similarity)
 
     a = sub.add_parser("attention", help="ViT/DeiT attention maps of query points",
                        description="For each query point: the image with the point marked and its attention "
                                    "map over the patch grid (class/distillation tokens left out and reported).")
-    a.add_argument("image", metavar="IMAGE")
-    _add_weights(a, default_model="deit_base_patch16_224", what="ViT/DeiT")
+    _add_model(a, "deit_base_patch16_224", "ViT/DeiT")
     _add_queries(a, default_random=4)
     a.add_argument("--block", type=int, default=-1, help="block index (default -1, the last)")
     a.add_argument("--head", default="mean", help="mean (default), all (one column per head) or a head index")
-    a.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
-    add_overwrite(a, "an existing figure")
-    add_device(a)
-    a.add_argument("--dpi", type=positive_int, default=100, help="figure resolution in dots per inch (default 100)")
+    _add_figure(a)
     a.set_defaults(func=run_attention)
 
     c = sub.add_parser("compare", help="ViT attention per query and FCViT group maps side by side",
@@ -65,20 +60,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "points above FCViT's group similarity maps.")
     c.add_argument("image", metavar="IMAGE")
     c.add_argument("--fcvit", default="fcvit_b12", metavar="MODEL", help="FCViT model (default fcvit_b12)")
-    _add_weights(c, prefix="fcvit", what="FCViT")
+    add_weights(c, "FCViT", "fcvit")
     c.add_argument("--vit", default="deit_base_patch16_224", metavar="MODEL",
                    help="ViT/DeiT model (default deit_base_patch16_224)")
-    _add_weights(c, prefix="vit", what="ViT/DeiT")
+    add_weights(c, "ViT/DeiT", "vit")
     _add_queries(c, default_random=8)
     c.add_argument("--block", type=int, default=-1, help="FCViT block (default -1)")
     c.add_argument("--vit-block", type=int, default=-1, help="ViT block (default -1)")
     c.add_argument("--module", choices=("gc1", "gc2"), default="gc2", help="FCViT global-context module (default gc2)")
-    c.add_argument("--img-size", type=positive_int, default=224, help="FCViT input: shorter side, aspect ratio kept (default 224)")
-    c.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
-    add_overwrite(c, "an existing figure")
-    add_device(c)
-    c.add_argument("--dpi", type=positive_int, default=100, help="figure resolution in dots per inch (default 100)")
+    c.add_argument("--img-size", type=positive_int, default=224, help="FCViT input: " + img_size)
+    _add_figure(c)
     c.set_defaults(func=run_compare)
+
+
+def _open_image(args: argparse.Namespace) -> Any:
+    """The image, once the figure path is known to be writable."""
+    from ..analysis.plots import check_figure_path
+    from ..data import load_image
+    from ..engine import resolve_device
+    from ..files import check_outputs
+
+    args.device = resolve_device(args.device)
+    check_figure_path(args.output)
+    check_outputs([args.output], [args.image], args.overwrite, "choose another -o", "input image")
+    return load_image(args.image)
 
 
 def _load(name: str, checkpoint, pretrained: bool, device: str):
@@ -103,8 +108,6 @@ def _query_points(args, default_random: int):
     from ..errors import UserError
 
     points = [parse_query(q) for q in args.query]
-    if args.random_queries is not None and args.random_queries < 0:
-        raise UserError(f"--random-queries {args.random_queries} is negative: give a count such as 4.")
     k = args.random_queries if args.random_queries is not None else (0 if points else default_random)
     if not points and not k:
         raise UserError("No query points: give --query X,Y (pixels) or --random-queries K.")
@@ -122,15 +125,9 @@ def _vit_maps(args, name: str, checkpoint, pretrained: bool, image, block_arg: i
 
 
 def run_similarity(args: argparse.Namespace) -> int:
-    from ..analysis.plots import check_figure_path, display_image, draw_similarity, save_figure
-    from ..data import load_image
-    from ..engine import resolve_device
-    from ..files import check_outputs
+    from ..analysis.plots import display_image, draw_similarity, save_figure
 
-    args.device = resolve_device(args.device)
-    check_figure_path(args.output)
-    check_outputs([args.output], [args.image], args.overwrite, "choose another -o", "input image")
-    image = load_image(args.image)
+    image = _open_image(args)
     block, maps, weights = _fcvit_maps(args, args.model, args.checkpoint, args.pretrained, image)
     fig = draw_similarity(display_image(image), maps,
                           title=f"{args.model}, block {block}: token-global similarity per group — weights: {weights}")
@@ -138,24 +135,18 @@ def run_similarity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scale_points(points, image, shown):
+def _scale_points(points, image, shown):  # image pixels to the pixels of the image drawn
     sx, sy = shown.shape[1] / image.width, shown.shape[0] / image.height
     return [(x * sx, y * sy) for x, y in points]
 
 
 def run_attention(args: argparse.Namespace) -> int:
     from ..analysis.pipeline import parse_head
-    from ..analysis.plots import check_figure_path, display_image, draw_attention, save_figure
-    from ..data import load_image
-    from ..engine import resolve_device
-    from ..files import check_outputs
+    from ..analysis.plots import display_image, draw_attention, save_figure
 
-    args.device = resolve_device(args.device)
     head = parse_head(args.head)
     points, k = _query_points(args, default_random=4)
-    check_figure_path(args.output)
-    check_outputs([args.output], [args.image], args.overwrite, "choose another -o", "input image")
-    image = load_image(args.image)
+    image = _open_image(args)
     block, points, maps, labels, prefix, weights = _vit_maps(args, args.model, args.checkpoint, args.pretrained,
                                                              image, args.block, head, points, k)
     shown = display_image(image)
@@ -168,18 +159,12 @@ def run_attention(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ..engine import resolve_device
-    from ..files import check_outputs
     import torch
 
-    args.device = resolve_device(args.device)
-    from ..analysis.plots import check_figure_path, display_image, draw_compare, save_figure
-    from ..data import load_image
+    from ..analysis.plots import display_image, draw_compare, save_figure
 
     points, k = _query_points(args, default_random=8)
-    check_figure_path(args.output)
-    check_outputs([args.output], [args.image], args.overwrite, "choose another -o", "input image")
-    image = load_image(args.image)
+    image = _open_image(args)
     vit_block, points, maps, _, _, vit_weights = _vit_maps(args, args.vit, args.vit_checkpoint, args.vit_pretrained,
                                                            image, args.vit_block, "mean", points, k)
     fc_block, fc_maps, fc_weights = _fcvit_maps(args, args.fcvit, args.fcvit_checkpoint, args.fcvit_pretrained, image)

@@ -1,43 +1,40 @@
-"""Opening image files as correct 8-bit RGB, with errors that name the file and the fix.
-
-:func:`load_image` is the one loader every command uses (training, validation, prediction, analysis,
-detection and segmentation data). :class:`ImageReader` decodes a list of images one at a time for the
-commands that take many (``predict``, ``analyze``, ``detect predict``, ``segment predict``): a file
-that cannot be read is reported in one line and skipped, so that the others still get their result.
+"""Opening image files as correct 8-bit RGB, upright (EXIF orientation applied), with errors that name
+the file and the fix. :func:`load_image` is the one loader of every command; :class:`ImageReader` decodes
+many one at a time, reporting and skipping the unreadable ones so the others still get their result.
 """
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import sys
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 
 __all__ = ["IMAGE_EXTENSIONS", "TRANSPARENT_BACKGROUND", "load_image", "to_rgb", "expand_image_paths",
-           "ImageReader"]
+           "ImageReader", "list_images", "header_size", "is_regular_file", "check_image"]
+
+_logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
-# Transparent pixels are shown on white: cut-out objects, logos and icons are drawn to be seen on white
-# pages (which is how browsers and viewers show them), and the colour hidden under alpha 0 is arbitrary,
-# often black, so simply dropping the alpha channel shows shapes nobody meant to be seen.
+# Transparent pixels are shown on white, as browsers and viewers do: the colour under alpha 0 is arbitrary
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def _sixteen_bit_to_8(values: np.ndarray) -> np.ndarray:
-    """0..65535 -> 0..255 by dividing by 257, so that 8-bit values stored as 16 bits (v * 257) come back exactly."""
+    """Divided by 257, so that 8-bit values stored as 16 bits (v * 257) come back exactly."""
     return np.rint(values.astype(np.float64) / 257.0)
 
 
 def _integer_to_8(values: np.ndarray) -> np.ndarray:
-    """Mode ``I`` (32-bit signed): Pillow stores 16-bit samples (PNG, TIFF) this way, so values within
-    0..65535 are 16-bit; anything beyond is scaled by the whole range of its type (0..2**31-1 when no
-    value is negative, else -2**31..2**31-1)."""
+    """Mode ``I``: Pillow stores 16-bit samples so, hence 0..65535 is 16-bit; beyond, the type's whole range."""
     values = values.astype(np.float64)
     low, high = float(values.min(initial=0)), float(values.max(initial=0))
     if low >= 0 and high <= 65535:
@@ -48,18 +45,13 @@ def _integer_to_8(values: np.ndarray) -> np.ndarray:
 
 
 def _float_to_8(values: np.ndarray) -> np.ndarray:
-    """Mode ``F`` (32-bit float): a maximum of at most 1 means 0..1 intensities (how float images are
-    usually written), anything larger means 0..255; NaN becomes 0 and values outside the range are clipped."""
+    """Mode ``F``: a maximum of at most 1 means 0..1 intensities, else 0..255; NaN becomes 0."""
     values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
     return values * 255.0 if values.size and values.max() <= 1.0 else values
 
 
 def _deep_gray_to_l(image: Image.Image) -> Image.Image:
-    """A 16-bit (``I;16*``), 32-bit integer (``I``) or float (``F``) grayscale image as 8-bit ``L``.
-
-    Pillow's own ``convert`` clips these to 255 instead of scaling them, which turns a 16-bit photograph
-    almost entirely white; here each mode is scaled by its value range as the helpers above say.
-    """
+    """16-bit, 32-bit integer or float grayscale as 8-bit ``L``, scaled (Pillow's convert clips them to 255)."""
     values = np.asarray(image)
     if image.mode == "F":
         scaled = _float_to_8(values)
@@ -72,25 +64,12 @@ def _deep_gray_to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
 
 
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-
-
-def _has_transparency(image: Image.Image) -> bool:
-    return image.mode in _ALPHA_MODES or "transparency" in image.info
-
-
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any image Pillow opens as 8-bit RGB.
-
-    - 16-bit, 32-bit integer and float grayscale: scaled by their value range (:func:`_deep_gray_to_l`).
-    - Transparency (``RGBA``, ``LA``, ``PA``, premultiplied ``RGBa``/``La``, palette or colour-key
-      transparency): composited on :data:`TRANSPARENT_BACKGROUND` (white).
-    - ``P``, ``1``, ``L``, ``CMYK``, ``YCbCr`` and the rest: Pillow's conversion (CMYK without a colour
-      profile is converted with the plain formula, as every viewer without colour management does).
-    """
+    """Any image Pillow opens as 8-bit RGB: deep grayscale scaled by its range, any transparency composited
+    on :data:`TRANSPARENT_BACKGROUND`, the rest (P, 1, L, CMYK, YCbCr) by Pillow's conversion."""
     if image.mode.startswith("I") or image.mode == "F":
         return _deep_gray_to_l(image).convert("RGB")
-    if _has_transparency(image):
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
         if image.mode == "La":  # premultiplied gray: Pillow converts it to RGBA only through LA
             image = image.convert("LA")
         rgba = image.convert("RGBA")
@@ -99,11 +78,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+def is_regular_file(path: str) -> bool:
+    """False for FIFOs, sockets and devices (opening one can block forever) and for what does not exist."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _check_path(path: str) -> None:
     if not os.path.exists(path):
         raise UserError(f"Image '{path}' does not exist: check the path.")
     if os.path.isdir(path):
         raise UserError(f"'{path}' is a folder, not an image: pass image files.")
+    if not is_regular_file(path):
+        raise UserError(f"'{path}' is not a regular file (a FIFO, socket or device): pass image files.")
 
 
 def _decode_error(path: str, exc: BaseException) -> UserError:
@@ -112,41 +101,76 @@ def _decode_error(path: str, exc: BaseException) -> UserError:
 
 
 def load_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
-    """Decode an image fully and return it as 8-bit RGB (:func:`to_rgb`), or converted on to ``mode``.
-
-    Decoding happens here, not lazily, so a truncated file fails at this point with its name.
-    """
+    """Decode an image fully (a truncated file fails here, with its name), upright as its EXIF orientation
+    says (as viewers show it), as 8-bit RGB (:func:`to_rgb`) or converted on to ``mode``."""
     path = os.fspath(path)
     _check_path(path)
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = to_rgb(img)
-            rgb = rgb.copy() if rgb is img else rgb
+            rgb = to_rgb(ImageOps.exif_transpose(img))  # a copy, so it outlives the file
     except _DECODE_ERRORS as exc:
         raise _decode_error(path, exc) from None
     return rgb if mode == "RGB" else rgb.convert(mode)
 
 
-def _check_header(path: str) -> None:
-    """What can be told without decoding the pixels: the file exists and is an image Pillow knows."""
-    _check_path(path)
+def header_size(path: str | os.PathLike) -> Tuple[int, int]:
+    """(width, height) of :func:`load_image`'s result (EXIF orientation applied), from the header only."""
+    _check_path(os.fspath(path))
     try:
-        with Image.open(path):
-            pass
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.format == "PNG" and "exif" not in img.info:  # PNG's getexif() would decode the pixels
+                return width, height
+            return (height, width) if img.getexif().get(0x0112) in (5, 6, 7, 8) else (width, height)
     except _DECODE_ERRORS as exc:
-        raise _decode_error(path, exc) from None
+        raise _decode_error(os.fspath(path), exc) from None
+
+
+def check_image(path: str) -> Optional[str]:
+    """Why :func:`load_image` would refuse ``path``, or None; JPEGs decode at 1/8 scale (Pillow's draft)."""
+    try:
+        _check_path(path)
+        with Image.open(path) as img:
+            img.draft(None, (1, 1))
+            img.load()
+    except UserError as exc:
+        return str(exc)
+    except _DECODE_ERRORS as exc:
+        return str(_decode_error(path, exc))
+    return None
+
+
+def list_images(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
+    """Files below ``folder`` with one of ``extensions``, each folder walked once however many symlinks
+    reach it (a loop is not followed again); what is not a regular file is skipped with a log line."""
+    found, seen, pending = [], set(), [folder]
+    while pending:
+        current = pending.pop()
+        real = os.path.realpath(current)
+        if real in seen:
+            continue
+        seen.add(real)
+        with os.scandir(current) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    pending.append(entry.path)
+                elif not entry.name.lower().endswith(tuple(extensions)):
+                    continue
+                elif entry.is_file():
+                    found.append(entry.path)
+                else:
+                    _logger.warning("Skipping '%s': not a regular file (a FIFO, socket, device or broken link).",
+                                    entry.path)
+    return found
 
 
 def expand_image_paths(paths: Sequence[str | os.PathLike]) -> List[str]:
     """Files as given; folders replaced by the images directly inside them (by extension), sorted."""
     out: List[str] = []
     for path in map(os.fspath, paths):
-        if not os.path.isdir(path):
-            out.append(path)
-            continue
-        found = sorted(os.path.join(path, f) for f in os.listdir(path)
-                       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS)
+                       and not f.startswith(".")) if os.path.isdir(path) else [path]
         if not found:
             raise UserError(f"Folder '{path}' holds no images ({', '.join(IMAGE_EXTENSIONS)}): pass image files "
                             "or another folder.")
@@ -155,21 +179,20 @@ def expand_image_paths(paths: Sequence[str | os.PathLike]) -> List[str]:
 
 
 class ImageReader:
-    """Decodes ``paths`` one at a time (so thousands fit in memory), reporting and skipping bad files.
+    """Decodes ``paths`` one at a time, reporting each unreadable file on stderr in one line and skipping it.
 
-    Missing files and files that are no image are found at construction, by their headers, before any
-    slow work; truncated ones when they are decoded. Each is reported on stderr in one line and skipped.
-    A single image that cannot be read, or a list of which none can, is an error (``UserError``).
+    Missing and non-image files are found at construction, by their headers; truncated ones when decoded.
+    A single image that cannot be read, or a list of which none can, is a ``UserError``.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
-        self.paths = [os.fspath(p) for p in paths]
+        self.paths = [os.fspath(p) for p in paths]  # a path given twice is read twice (unique_stems names its outputs)
         self.skipped: List[Tuple[str, str]] = []  # (path, why)
         self.processed: List[str] = []  # paths decoded and handed out, in order
         self._readable: List[str] = []
         for path in self.paths:
             try:
-                _check_header(path)
+                header_size(path)
                 self._readable.append(path)
             except UserError as exc:
                 self._skip(path, exc)

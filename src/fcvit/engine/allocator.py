@@ -1,16 +1,12 @@
 """Keep freed CPU memory mapped between training steps (glibc), instead of handing it back every step.
 
-glibc's ``malloc`` returns the free top of its heap to the kernel once it exceeds a *trim threshold*
-that adapts to the largest block freed so far, and serves blocks above an *mmap threshold* with fresh
-mappings. A training step frees hundreds of megabytes of activations at its end, so the next step
-page-faults the same memory back in: 100-200 thousand faults and 11-18% of the step for fcvit_tiny
-at batch 16 on the CPU (docs/benchmarks.md), and 20% of convnext_atto's, whose 32.1 MB hidden
-tensors sit just above the largest mmap threshold. PyTorch's CPU tuning guide recommends jemalloc or
-tcmalloc for the same reason; setting the two thresholds does it without another library.
-
-The ``fcvit`` commands that train, evaluate or benchmark call :func:`keep_freed_memory` once (the
-command owns its process); ``FCVIT_KEEP_FREED_MEMORY=0`` keeps glibc's defaults. Nothing changes on
-other C libraries or systems, or on the GPU's memory.
+glibc returns the free top of its heap to the kernel past a *trim threshold* and serves blocks above an *mmap
+threshold* with fresh mappings. A training step frees hundreds of megabytes of activations at its end, so the
+next step page-faults the same memory back in: 11-18% of fcvit_tiny's CPU step at batch 16 and 20% of
+convnext_atto's (docs/benchmarks.md). Raising both thresholds does what jemalloc or tcmalloc would, without
+another library. The commands that train, evaluate or benchmark call :func:`keep_freed_memory` once;
+``FCVIT_KEEP_FREED_MEMORY=0`` keeps glibc's defaults. A process setting, not one of the fast paths
+(``FCVIT_FUSED_OPS``, :mod:`fcvit.ops.config`).
 """
 from __future__ import annotations
 
@@ -30,11 +26,7 @@ _DONE = [False]
 
 
 def keep_freed_memory() -> bool:
-    """Raise glibc's trim and mmap thresholds for this process; True where that took effect.
-
-    Idempotent; does nothing (False) when ``FCVIT_KEEP_FREED_MEMORY=0``, off Linux, or when the C
-    library has no ``mallopt`` or refuses the values.
-    """
+    """Raise glibc's trim and mmap thresholds for this process (once); False where off, not Linux, or refused."""
     if _DONE[0]:
         return True
     if os.environ.get("FCVIT_KEEP_FREED_MEMORY", "1").strip() == "0" or not sys.platform.startswith("linux"):

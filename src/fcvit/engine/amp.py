@@ -24,9 +24,7 @@ class AmpSettings:
     scaler: Optional[torch.amp.GradScaler] = None
 
     def autocast(self) -> ContextManager:
-        if not self.enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype) if self.enabled else contextlib.nullcontext()
 
     def describe(self) -> str:
         if not self.enabled:
@@ -41,11 +39,8 @@ def _bf16_supported(device: torch.device) -> bool:
 
 
 def resolve_amp(device: torch.device, enabled: bool, dtype: str = "auto") -> AmpSettings:
-    """Settings for ``device``: ``dtype`` 'auto' picks bf16 if supported else fp16; fp16 adds a GradScaler.
-
-    A dtype other than 'auto' turns mixed precision on by itself (``--amp-dtype bfloat16`` without ``--amp``
-    would otherwise train in float32 without a word).
-    """
+    """Settings for ``device``: ``dtype`` 'auto' picks bf16 if supported else fp16 (with a GradScaler); a named
+    dtype turns mixed precision on by itself."""
     device = torch.device(device)
     if not enabled and dtype == "auto":
         return AmpSettings(False, torch.float32, device.type)
@@ -61,35 +56,22 @@ def resolve_amp(device: torch.device, enabled: bool, dtype: str = "auto") -> Amp
     return AmpSettings(True, chosen, device.type, scaler)
 
 
-def backward_step(
-        loss: torch.Tensor,
-        optimizer: torch.optim.Optimizer,
-        amp: AmpSettings,
-        clip_grad: Optional[float] = None,
-        clip_mode: str = "norm",
-        parameters: Optional[Iterable[torch.nn.Parameter]] = None,
-) -> None:
-    """Backward, optional clipping (timm's norm/value/agc modes, on unscaled gradients), optimizer step.
-
-    The caller zeroes gradients; with a scaler, steps whose gradients overflowed are skipped by it.
-    """
+def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, amp: AmpSettings,
+                  clip_grad: Optional[float] = None, clip_mode: str = "norm",
+                  parameters: Optional[Iterable[torch.nn.Parameter]] = None) -> None:
+    """Backward, optional clipping (timm's norm/value/agc modes, on unscaled gradients), optimizer step; the
+    caller zeroes the gradients."""
     from timm.utils import dispatch_clip_grad
 
     scaler = amp.scaler
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        if clip_grad:
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if clip_grad:
+        if scaler is not None:
             scaler.unscale_(optimizer)
-            dispatch_clip_grad(list(parameters or _params(optimizer)), clip_grad, mode=clip_mode)
+        everything = (p for group in optimizer.param_groups for p in group["params"])
+        dispatch_clip_grad(list(parameters or everything), clip_grad, mode=clip_mode)
+    if scaler is not None:  # it skips steps whose gradients overflowed
         scaler.step(optimizer)
         scaler.update()
-        return
-    loss.backward()
-    if clip_grad:
-        dispatch_clip_grad(list(parameters or _params(optimizer)), clip_grad, mode=clip_mode)
-    optimizer.step()
-
-
-def _params(optimizer: torch.optim.Optimizer) -> Iterable[torch.nn.Parameter]:
-    for group in optimizer.param_groups:
-        yield from group["params"]
+    else:
+        optimizer.step()

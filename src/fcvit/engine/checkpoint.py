@@ -1,18 +1,8 @@
-"""Training checkpoints that survive kills: atomic writes, ``last`` plus the best k, full resume state.
-
-Layout of an output folder (timm's names)::
-
-    last.pth.tar               every epoch (or every N iterations); always a complete file
-    checkpoint-<tag>.pth.tar   the best ``keep_best`` by the saver's metric
-    model_best.pth.tar         the single best
-
-A checkpoint is a dict of tensors and plain values (``model``/``state_dict``, ``optimizer``,
-``scheduler``, ``scaler``, ``state_dict_ema``, ``epoch``, ``global_step``, ``rng``, ``args``, ``metric``,
-``saver`` and anything task-specific such as ``class_names``), so it loads with ``weights_only=True``.
-"""
+"""Training checkpoints that survive kills: atomic writes, ``last.pth.tar`` plus the best k
+(``checkpoint-<tag>.pth.tar``, ``model_best.pth.tar``: timm's names), and the full resume state as tensors
+and plain values, so every file loads with ``weights_only=True``."""
 from __future__ import annotations
 
-import argparse
 import filecmp
 import glob
 import logging
@@ -26,12 +16,12 @@ from torch import nn
 
 from ..errors import UserError
 from ..files import atomic_copy, atomic_save, remove_stale_temporaries
-from .distributed import DistContext, gather_objects, unwrap_model
+from .distributed import DistContext, batchnorm_statistics, gather_objects, unwrap_model
 from .rng import get_rng_state, set_rng_state
 
 __all__ = [
     "LAST_NAME", "BEST_NAME", "atomic_save", "atomic_copy", "plain_args", "build_train_state",
-    "restore_train_state", "load_train_state", "load_resume_state", "resolve_resume", "CheckpointSaver",
+    "restore_train_state", "rank_value", "load_train_state", "load_resume_state", "resolve_resume", "CheckpointSaver",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -51,12 +41,12 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def plain_args(args: argparse.Namespace | Mapping[str, Any] | None) -> Optional[Dict[str, Any]]:
-    """The run's arguments as a dict of plain values (callables and objects become text), so that the
-    checkpoint opens with a plain ``torch.load(path, weights_only=True)``."""
+def plain_args(args: Any) -> Optional[Dict[str, Any]]:
+    """The run's arguments (a namespace or a mapping) as a dict of plain values (callables and objects become
+    text), so that the checkpoint opens with a plain ``torch.load(path, weights_only=True)``."""
     if args is None:
         return None
-    items = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    items = dict(args) if isinstance(args, Mapping) else vars(args)
     return {str(k): _plain(v) for k, v in items.items() if k != "func"}
 
 
@@ -68,37 +58,41 @@ def build_train_state(
         model_ema: Optional[nn.Module] = None,
         epoch: int = 0,
         global_step: int = 0,
-        args: argparse.Namespace | Mapping[str, Any] | None = None,
+        args: Any = None,
         ctx: Optional[DistContext] = None,
+        per_rank: Optional[Mapping[str, Any]] = None,
         **extra: Any,
 ) -> Dict[str, Any]:
     """Everything needed to continue a run exactly: weights, optimizer, schedule, scaler, EMA, counters, RNG.
 
-    ``epoch`` is the number of COMPLETED epochs (the epoch to start from on resume). ``extra`` holds
-    task-specific plain values (``class_names``, ``metric``, ...). With a distributed ``ctx`` every rank
-    must call this together: the RNG states of all ranks are gathered (``rng_per_rank``), so each
-    rank's random stream (drop path, mixup) continues exactly on resume.
+    ``epoch`` is the number of COMPLETED epochs. ``per_rank`` holds values each rank has its own of; they
+    are stored as rank 0's and, with a distributed ``ctx`` (every rank must call this together), every
+    rank's under ``<key>_per_rank``, with the RNG states and BatchNorm statistics (which follow each rank's
+    own batches), so that every rank continues exactly on resume.
     """
-    state: Dict[str, Any] = {
-        "state_dict": unwrap_model(model).state_dict(),
-        "epoch": int(epoch),
-        "global_step": int(global_step),
-        "rng": get_rng_state(),
-        "args": plain_args(args),
-    }
+    own = dict(per_rank or {}, rng=get_rng_state())
+    state: Dict[str, Any] = dict(own, state_dict=unwrap_model(model).state_dict(), epoch=int(epoch),
+                                 global_step=int(global_step), args=plain_args(args))
     if ctx is not None and ctx.distributed:
-        state["rng_per_rank"] = gather_objects(state["rng"], ctx)
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
-    if scheduler is not None:
-        state["scheduler"] = scheduler.state_dict()
-    if scaler is not None:
-        state["scaler"] = scaler.state_dict()
+        own["batchnorm"] = [t.cpu() for t in batchnorm_statistics(model, model_ema)]
+        gathered = gather_objects(own, ctx)
+        state.update({f"{key}_per_rank": [g[key] for g in gathered] for key in own})
+    for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if obj is not None:
+            state[key] = obj.state_dict()
     if model_ema is not None:
         state["state_dict_ema"] = unwrap_model(model_ema).state_dict()
-    for key, value in extra.items():
-        state[key] = value
+    state.update(extra)
     return state
+
+
+def rank_value(state: Mapping[str, Any], key: str, ctx: Optional[DistContext] = None) -> Any:
+    """This rank's own ``key`` of a checkpoint (``<key>_per_rank`` from as many processes), else the stored one."""
+    per_rank = state.get(f"{key}_per_rank")
+    world_size, rank = (ctx.world_size, ctx.rank) if ctx is not None else (1, 0)
+    if isinstance(per_rank, (list, tuple)) and len(per_rank) == world_size:
+        return per_rank[rank]
+    return state.get(key)
 
 
 def load_train_state(path: str | os.PathLike) -> Dict[str, Any]:
@@ -119,22 +113,16 @@ def restore_train_state(
         ctx: Optional[DistContext] = None,
 ) -> Dict[str, int]:
     """Load what :func:`build_train_state` stored into live objects; returns ``epoch`` and ``global_step``.
-
-    A file without optimizer or scheduler state (plain weights) still loads, with a warning, so a
-    run can start from someone else's weights; a file whose weights do not fit raises a UserError.
-    """
+    Plain weights (no optimizer or schedule) load with a warning; weights that do not fit are a UserError."""
     from ..models.checkpoint import extract_state_dict, load_weights
 
     target = unwrap_model(model)
     model_name = getattr(target, "default_cfg", {}).get("architecture", type(target).__name__)
     load_weights(target, extract_state_dict(state, use_ema=False), model_name)
-    parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    for key, obj in parts.items():
-        if obj is None:
-            continue
-        if key in state and state[key] is not None:
+    for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if obj is not None and state.get(key) is not None:
             obj.load_state_dict(state[key])
-        else:
+        elif obj is not None:
             _logger.warning("Checkpoint has no %s state: it starts fresh.", key)
     if model_ema is not None:
         ema_state = state.get("state_dict_ema")
@@ -143,24 +131,26 @@ def restore_train_state(
         else:
             _logger.warning("Checkpoint has no EMA weights: EMA restarts from the model's weights.")
             unwrap_model(model_ema).load_state_dict(target.state_dict())
-    if restore_rng:
+    statistics = rank_value(state, "batchnorm", ctx) if ctx is not None and ctx.distributed else None
+    live = batchnorm_statistics(model, model_ema)
+    if isinstance(statistics, (list, tuple)) and len(statistics) == len(live):
+        with torch.no_grad():
+            for tensor, saved in zip(live, statistics):
+                tensor.copy_(saved)
+    rng = rank_value(state, "rng", ctx)
+    if restore_rng and isinstance(rng, Mapping):
         per_rank = state.get("rng_per_rank")
         world_size = ctx.world_size if ctx is not None else 1
-        rank = ctx.rank if ctx is not None else 0
-        if isinstance(per_rank, (list, tuple)) and len(per_rank) == world_size:
-            set_rng_state(per_rank[rank])
-        elif isinstance(state.get("rng"), Mapping):
-            if isinstance(per_rank, (list, tuple)) or world_size > 1:
-                _logger.warning("The checkpoint was written by %s process(es), this run has %d: random streams "
-                                "continue from rank 0's, so the run will not repeat the original exactly.",
-                                len(per_rank) if isinstance(per_rank, (list, tuple)) else 1, world_size)
-            set_rng_state(state["rng"])
+        if (isinstance(per_rank, (list, tuple)) or world_size > 1) and rng is state.get("rng"):
+            _logger.warning("The checkpoint was written by %s process(es), this run has %d: random streams "
+                            "continue from rank 0's, so the run will not repeat the original exactly.",
+                            len(per_rank) if isinstance(per_rank, (list, tuple)) else 1, world_size)
+        set_rng_state(rng)
     return {"epoch": int(state.get("epoch", 0)), "global_step": int(state.get("global_step", 0))}
 
 
 def resolve_resume(resume: Optional[str], output_dir: str | os.PathLike) -> Optional[str]:
-    """The checkpoint to resume from: ``'auto'`` means ``output_dir/last.pth.tar`` if it exists (else none);
-    any other value is a path that must exist; empty means start fresh."""
+    """``'auto'``: ``output_dir/last.pth.tar`` if it exists; a path that must exist; empty: start fresh."""
     if not resume:
         return None
     if resume == "auto":
@@ -172,8 +162,8 @@ def resolve_resume(resume: Optional[str], output_dir: str | os.PathLike) -> Opti
 
 
 def load_resume_state(path: str, resume: Optional[str]) -> Dict[str, Any]:
-    """The state to resume from; under ``--resume auto`` an unreadable ``last.pth.tar`` (a write cut short by
-    a full disk) is refused with the way to continue, and the file is left in place for the user."""
+    """The state to resume from; under ``--resume auto`` an unreadable ``last.pth.tar`` (a full disk) is refused
+    with the way to continue, and left in place."""
     from ..models.checkpoint import UnreadableCheckpoint
 
     try:
@@ -197,12 +187,8 @@ class _Entry:
 
 
 class CheckpointSaver:
-    """Writes ``last.pth.tar`` each time and keeps the best ``keep_best`` files by a named metric.
-
-    ``metric`` names the value the task ranks by (``top1``, ``bbox_mAP``, ``mIoU``, ``loss``) and
-    ``mode`` says whether higher ('max') or lower ('min') is better. Only the main rank writes; other
-    ranks return at once. ``state_dict``/``load_state_dict`` carry the ranking across a resume.
-    """
+    """Writes ``last.pth.tar`` each time and keeps the best ``keep_best`` files by ``metric`` (higher is
+    better with ``mode`` 'max'). Only the main rank writes; the ranking travels in each file for a resume."""
 
     def __init__(self, output_dir: str | os.PathLike, metric: str, mode: str = "max", keep_best: int = 1,
                  ctx: Optional[DistContext] = None) -> None:
@@ -240,12 +226,9 @@ class CheckpointSaver:
                 "best": [{"tag": e.tag, "value": e.value, "path": os.path.basename(e.path)} for e in self.best]}
 
     def load_state_dict(self, state: Mapping[str, Any], source: Optional[str] = None) -> None:
-        """Continue the resumed run's ranking. Its best files are never deleted because this run ranks by
-        another metric or keeps fewer: they stay on disk (logged), whatever this run's ranking does.
-
-        ``source`` is the file resumed from: when it is this folder's ``last.pth.tar`` and the save that
-        wrote it was stopped while copying it to its best files, the copies are completed first.
-        """
+        """Continue the resumed run's ranking; its best files are never deleted because this run ranks by
+        another metric or keeps fewer. Copies of ``source`` (this folder's ``last.pth.tar``) to its best
+        files that a stop cut short are completed first."""
         if source is not None and self.ctx.is_main:
             self._complete_copies(state.get("copies"), source)
         stored = [_Entry(int(e["tag"]), float(e["value"]), os.path.join(self.output_dir, e["path"]))
@@ -279,11 +262,8 @@ class CheckpointSaver:
                              os.path.basename(target))
 
     def save(self, state: Dict[str, Any], tag: int, metrics: Optional[Mapping[str, float]] = None) -> Optional[str]:
-        """Write ``state`` as ``last`` and, if ``metrics[self.metric]`` ranks in the best k, as a best file.
-
-        ``tag`` is the epoch or iteration number used in the best files' names. Returns the path of
-        ``model_best.pth.tar`` when this save became the new best, else None.
-        """
+        """Write ``state`` as ``last`` and, if ``metrics[self.metric]`` ranks in the best k, as
+        ``checkpoint-<tag>``; returns ``model_best.pth.tar``'s path when it became the new best."""
         if not self.ctx.is_main:
             return None
         value = None if metrics is None else metrics.get(self.metric)

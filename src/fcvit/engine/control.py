@@ -6,30 +6,25 @@ import math
 import signal
 import threading
 from types import FrameType
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..errors import UserError
 from .distributed import DistContext, all_reduce
 
-__all__ = ["GracefulStop", "NonFiniteLossError", "check_finite"]
+__all__ = ["GracefulStop", "NonFiniteLossError", "check_finite", "check_step"]
 
 _logger = logging.getLogger(__name__)
 _Handler = Union[Callable[[int, Optional[FrameType]], object], int, None]
 
 
 class GracefulStop:
-    """A flag that SIGTERM/SIGINT set instead of killing the process, so the loop can finish the step and save.
-
-    Use as a context manager around the training loop and ask :meth:`should_stop` after each step. A
-    second SIGINT (Ctrl-C twice) falls back to the normal KeyboardInterrupt. Under DDP every rank must
-    stop at the same step, so ``should_stop(ctx)`` takes the maximum of the flags over ranks.
-    """
+    """A flag SIGTERM/SIGINT set instead of killing the process, so the loop can finish the step and save;
+    a second SIGINT is a KeyboardInterrupt. ``should_stop(ctx)`` agrees over ranks (the loop: :func:`check_step`)."""
 
     def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        self.signals = tuple(signals)
-        self.requested = False
+        self.signals, self.requested = tuple(signals), False
         self.signal_name: Optional[str] = None
         self._previous: Dict[int, _Handler] = {}
 
@@ -41,23 +36,17 @@ class GracefulStop:
         _logger.warning("%s received: finishing the current step, saving a checkpoint and stopping "
                         "(resume with --resume auto).", self.signal_name)
 
-    def install(self) -> "GracefulStop":
-        if threading.current_thread() is threading.main_thread():
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             for sig in self.signals:
                 self._previous[sig] = signal.getsignal(sig)
                 signal.signal(sig, self._handle)
         return self
 
-    def uninstall(self) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
-
-    def __enter__(self) -> "GracefulStop":
-        return self.install()
-
-    def __exit__(self, *exc: object) -> None:
-        self.uninstall()
 
     def should_stop(self, ctx: Optional[DistContext] = None) -> bool:
         """True once any rank got a signal (one small all-reduce per call when distributed)."""
@@ -71,28 +60,30 @@ class NonFiniteLossError(UserError):
     """The loss became NaN or infinite; training stopped before the bad step reached the weights or a checkpoint."""
 
     def __init__(self, step: int, value: float, checkpoint: Optional[str] = None) -> None:
-        self.step = step
-        self.value = value
+        self.step, self.value = step, value
         kept = f"the last good checkpoint '{checkpoint}' was kept" if checkpoint else "no checkpoint was written"
         super().__init__(
             f"The loss became {value} at global step {step}, so training stopped and {kept}: "
             "lower --lr, set --clip-grad, or train without --amp, then resume.")
 
 
-def check_finite(loss: Union[torch.Tensor, float], step: int, ctx: Optional[DistContext] = None,
-                 checkpoint: Optional[str] = None) -> float:
-    """Return the loss as a float, or raise :class:`NonFiniteLossError` if it (on any rank) is not finite.
-
-    Call it before ``optimizer.step()`` so a bad step never reaches the weights; under DDP every rank
-    raises together because the check is reduced over ranks.
-    """
+def check_step(loss: Union[torch.Tensor, float], step: int, stop: Optional[GracefulStop] = None,
+               ctx: Optional[DistContext] = None, checkpoint: Optional[str] = None) -> Tuple[float, bool]:
+    """The loss as a float and whether every rank stops after this step, agreed by ONE all-reduce per step.
+    Called before ``optimizer.step()``: a non-finite loss on any rank raises on every rank."""
     value = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else float(loss)
-    bad = not math.isfinite(value)
+    bad, stopping = not math.isfinite(value), stop is not None and stop.should_stop()
     if ctx is not None and ctx.distributed:
-        flag = torch.tensor([1.0 if bad else 0.0], device=ctx.device)
-        bad = bool(all_reduce(flag, ctx, "max").item() > 0)
+        flags = torch.tensor([float(bad), float(stopping)], device=ctx.device)
+        bad, stopping = (v > 0 for v in all_reduce(flags, ctx, "max").tolist())
         if bad and math.isfinite(value):
             value = float("nan")  # another rank's loss was the bad one
     if bad:
         raise NonFiniteLossError(step, value, checkpoint)
-    return value
+    return value, bool(stopping)
+
+
+def check_finite(loss: Union[torch.Tensor, float], step: int, ctx: Optional[DistContext] = None,
+                 checkpoint: Optional[str] = None) -> float:
+    """:func:`check_step` without a stop request: the loss as a float, or :class:`NonFiniteLossError`."""
+    return check_step(loss, step, None, ctx, checkpoint)[0]

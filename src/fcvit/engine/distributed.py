@@ -1,9 +1,5 @@
-"""Distributed set-up from torchrun's environment, metric reduction and DDP wrapping.
-
-One code path for every scale: a plain ``python`` run gets a world of size 1 on CPU or the first GPU;
-``torchrun`` sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR and each process joins the group (NCCL on
-CUDA, gloo on CPU). Collective helpers are no-ops in a world of one, so callers never branch.
-"""
+"""Distributed set-up from torchrun's environment (NCCL on CUDA, gloo on CPU, a world of one without it),
+reductions, DDP and BatchNorm across ranks; every collective is a no-op in a world of one."""
 from __future__ import annotations
 
 import datetime
@@ -19,10 +15,9 @@ from torch import nn
 
 from ..errors import UserError
 
-__all__ = [
-    "DistContext", "init_distributed", "resolve_device", "all_reduce", "all_reduce_mean", "barrier", "broadcast_object", "gather_objects",
-    "cleanup_distributed", "wrap_ddp", "unwrap_model", "distribute_bn", "convert_sync_batchnorm",
-]
+__all__ = ["DistContext", "init_distributed", "resolve_device", "all_reduce", "all_reduce_mean", "barrier",
+           "broadcast_object", "gather_objects", "cleanup_distributed", "run_distributed", "wrap_ddp", "unwrap_model",
+           "distribute_bn", "convert_sync_batchnorm", "batchnorm_statistics"]
 
 _logger = logging.getLogger(__name__)
 
@@ -56,8 +51,8 @@ def resolve_device(requested: Optional[str], local_rank: int = 0) -> torch.devic
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise UserError(f"Unknown device '{requested}': use auto, cpu, cuda or cuda:N.") from None
-    if device.type not in ("cpu", "cuda"):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         raise UserError(f"Unknown device '{requested}': use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -70,21 +65,14 @@ def resolve_device(requested: Optional[str], local_rank: int = 0) -> torch.devic
 
 
 def init_distributed(device: Optional[str] = None, timeout_minutes: float = 30.0) -> DistContext:
-    """Join the process group that torchrun describes, or return a single-process context.
-
-    ``device`` is 'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'; under torchrun each process
-    takes GPU ``LOCAL_RANK``. The backend is NCCL for CUDA and gloo for CPU.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    """Join the process group torchrun describes (each process on GPU ``LOCAL_RANK``), or a world of one."""
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resolved = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if resolved.type == "cuda" else "gloo"
-        kwargs = dict(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
-        if backend == "nccl":
-            kwargs["device_id"] = resolved
-        dist.init_process_group(**kwargs)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes),
+                                **({"device_id": resolved} if backend == "nccl" else {}))
         _logger.debug("rank %d/%d joined with %s on %s", rank, world_size, backend, resolved)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved)
 
@@ -110,10 +98,7 @@ def all_reduce_mean(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
 
 def barrier(ctx: DistContext) -> None:
     if _active(ctx):
-        if ctx.device.type == "cuda":
-            dist.barrier(device_ids=[ctx.device.index])
-        else:
-            dist.barrier()
+        dist.barrier(**({"device_ids": [ctx.device.index]} if ctx.device.type == "cuda" else {}))
 
 
 def broadcast_object(obj: object, ctx: DistContext, src: int = 0) -> object:
@@ -148,13 +133,9 @@ def run_distributed(main: Callable[[Any, DistContext], T], args: Any) -> T:
         cleanup_distributed()
 
 
-def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False,
-             broadcast_buffers: bool = True) -> nn.Module:
-    """DistributedDataParallel around a model already on ``ctx.device``; the model itself in a world of one.
-
-    ``broadcast_buffers`` (DDP's default, as the original training) copies rank 0's BatchNorm statistics
-    to every rank before each forward; timm's ``--no-ddp-bb`` turns it off.
-    """
+def wrap_ddp(model: nn.Module, ctx: DistContext, broadcast_buffers: bool = True) -> nn.Module:
+    """DDP around a model on ``ctx.device`` (the model itself in a world of one); ``broadcast_buffers`` (DDP's
+    default) copies rank 0's BatchNorm statistics to every rank before each forward."""
     if not _active(ctx):
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -162,29 +143,24 @@ def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = 
     if not broadcast_buffers:  # newer PyTorch renamed the option (both still sync once, at construction)
         renamed = "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
         kwargs["forward_sync_buffers" if renamed else "broadcast_buffers"] = False
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
-                                               find_unused_parameters=find_unused_parameters, **kwargs)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **kwargs)
 
 
-def _batchnorm_statistics(model: nn.Module) -> List[torch.Tensor]:
-    """The running mean and variance of every BatchNorm (SyncBatchNorm included) in ``model``."""
+def batchnorm_statistics(*models: Optional[nn.Module]) -> List[torch.Tensor]:
+    """The running mean and variance of every BatchNorm (SyncBatchNorm included) in ``models``."""
     stats: List[torch.Tensor] = []
-    for module in unwrap_model(model).modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            stats.extend(t for t in (module.running_mean, module.running_var) if t is not None)
+    for model in models:
+        for module in unwrap_model(model).modules() if model is not None else ():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                stats.extend(t for t in (module.running_mean, module.running_var) if t is not None)
     return stats
 
 
 @torch.no_grad()
 def distribute_bn(model: nn.Module, ctx: DistContext, reduce: bool = True) -> int:
-    """Make BatchNorm running statistics equal on every rank: their mean over ranks (``reduce``) or rank
-    0's (broadcast). Returns the number of tensors made equal (0 in a world of one).
-
-    DDP averages gradients, not these buffers: each rank's statistics follow its own batches, so
-    without this the evaluated (and saved) model would depend on which rank holds it. The original
-    training did this after every epoch, before evaluation (timm's ``--dist-bn reduce``, its default).
-    """
-    stats = _batchnorm_statistics(model)
+    """BatchNorm running statistics made equal on every rank (``--dist-bn``): their mean (``reduce``) or rank
+    0's; returns how many tensors (0 in a world of one). DDP averages gradients, not these buffers."""
+    stats = batchnorm_statistics(model)
     if not _active(ctx) or not stats:
         return 0
     flat = torch.cat([t.reshape(-1).to(torch.float64) for t in stats]).to(ctx.device)
@@ -200,15 +176,16 @@ def distribute_bn(model: nn.Module, ctx: DistContext, reduce: bool = True) -> in
     return len(stats)
 
 
-def convert_sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
-    """BatchNorm -> SyncBatchNorm (batch statistics computed over all ranks at every step), for ``--sync-bn``.
-
-    In a world of one it changes nothing (the original converted only when distributed) and the model
-    is returned as is. PyTorch's SyncBatchNorm runs only on GPUs, so a multi-process CPU run is refused.
-    """
+def convert_sync_batchnorm(model: nn.Module, ctx: DistContext, required: bool = True) -> nn.Module:
+    """BatchNorm -> SyncBatchNorm under torchrun on GPUs, for every task; a world of one is left as it is. On
+    CPU (gloo has no SyncBatchNorm) a request (``required``) is refused, a task's default keeps plain BN."""
     if not ctx.distributed:
+        if required:
+            _logger.info("--sync-bn: no effect with one process (as in the original).")
         return model
     if ctx.device.type != "cuda":
+        if not required:
+            return model
         raise UserError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on CPU or over gloo): "
                         "leave it out; --dist-bn reduce (the default) still averages BatchNorm statistics "
                         "over the processes after every epoch.")

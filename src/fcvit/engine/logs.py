@@ -14,11 +14,10 @@ from .distributed import DistContext
 __all__ = ["setup_logging", "SummaryLog", "ProgressBar"]
 
 
-def setup_logging(ctx: DistContext, output_dir: Optional[str] = None, level: int = logging.INFO,
-                  log_name: str = "log.txt") -> None:
-    """INFO on the main rank (console, and ``output_dir/log_name`` if given); other ranks only warn."""
+def setup_logging(ctx: DistContext, output_dir: Optional[str] = None) -> None:
+    """INFO on the main rank (console, and ``output_dir/log.txt`` if given); other ranks only warn."""
     root = logging.getLogger()
-    root.setLevel(level if ctx.is_main else logging.WARNING)
+    root.setLevel(logging.INFO if ctx.is_main else logging.WARNING)
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -28,7 +27,7 @@ def setup_logging(ctx: DistContext, output_dir: Optional[str] = None, level: int
         old.close()
     if ctx.is_main and output_dir:
         os.makedirs(output_dir, exist_ok=True)
-        handler = logging.FileHandler(os.path.join(output_dir, log_name))
+        handler = logging.FileHandler(os.path.join(output_dir, "log.txt"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         handler._fcvit_run_log = True
         root.addHandler(handler)
@@ -39,18 +38,12 @@ def _fmt(value: Any) -> Any:
 
 
 class SummaryLog:
-    """``summary.csv`` with one row per epoch or evaluation, flushed as it is written (main rank only).
-
-    A row with new columns rewrites the file (atomically) with the wider header, so nothing is lost;
-    :meth:`truncate` drops rows a resumed run is about to write again. ``tensorboard_dir`` mirrors
-    every numeric value to TensorBoard under ``step_key``.
-    """
+    """``summary.csv``, one row per epoch or evaluation, flushed as written (main rank only); a row with new
+    columns rewrites the file atomically with the wider header. ``tensorboard_dir`` mirrors every number."""
 
     def __init__(self, path: str, ctx: Optional[DistContext] = None, tensorboard_dir: Optional[str] = None,
                  step_key: str = "epoch") -> None:
-        self.path = path
-        self.ctx = ctx or DistContext()
-        self.step_key = step_key
+        self.path, self.ctx, self.step_key = path, ctx or DistContext(), step_key
         self._tb = None
         if tensorboard_dir and self.ctx.is_main:
             try:
@@ -105,12 +98,11 @@ class SummaryLog:
                         pass
             self._tb.flush()
 
-    def truncate(self, keep_below: float, key: Optional[str] = None) -> None:
-        """Keep only rows whose ``key`` (default ``step_key``) is below ``keep_below``, e.g. the resume epoch."""
+    def truncate(self, keep_below: float) -> None:
+        """Keep only the rows whose ``step_key`` is below ``keep_below``: a resumed run writes the others again."""
         if not self.ctx.is_main or not os.path.isfile(self.path):
             return
-        key = key or self.step_key
-        rows = self.read()
+        key, rows = self.step_key, self.read()
         kept = [r for r in rows if key not in r or not r[key] or float(r[key]) < keep_below]
         if len(kept) != len(rows):
             with open(self.path, newline="") as f:
@@ -126,13 +118,11 @@ class SummaryLog:
 class ProgressBar:
     """A tqdm bar counted in images (so its rate reads img/s, with an ETA), shown on the main rank only."""
 
-    def __init__(self, total_images: int, desc: str, ctx: Optional[DistContext] = None,
-                 enabled: bool = True) -> None:
+    def __init__(self, total_images: int, desc: str, ctx: Optional[DistContext] = None, enabled: bool = True) -> None:
         from tqdm.auto import tqdm
 
-        ctx = ctx or DistContext()
         self._bar = tqdm(total=total_images, desc=desc, unit="img", unit_scale=True, dynamic_ncols=True,
-                         leave=False, disable=not (enabled and ctx.is_main), file=sys.stderr)
+                         leave=False, disable=not (enabled and (ctx or DistContext()).is_main), file=sys.stderr)
         self.closed = False
 
     def update(self, images: int, **postfix: Any) -> None:

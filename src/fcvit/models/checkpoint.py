@@ -17,26 +17,17 @@ from torch import nn
 
 from ..errors import UserError
 from .configs import MODEL_CONFIGS
+from .fcvit import FCViT, remap_state_dict, strip_wrapper_prefixes
 
-__all__ = [
-    "read_checkpoint",
-    "checkpoint_args",
-    "UnreadableCheckpoint",
-    "extract_state_dict",
-    "normalize_state_dict",
-    "guess_variant",
-    "load_weights",
-]
+__all__ = ["read_checkpoint", "checkpoint_args", "UnreadableCheckpoint", "extract_state_dict", "guess_variant",
+           "load_weights"]
 
 _STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 
 
 class UnreadableCheckpoint(UserError):
-    """A checkpoint file that cannot be opened; ``problem`` says what is wrong with it, ``fix`` what to do.
-
-    Callers that know more about where the file came from (``--resume auto``) reuse ``problem`` in a
-    sentence of their own.
-    """
+    """A checkpoint file that cannot be opened: ``problem`` (what is wrong, reusable in a caller's own
+    sentence, as ``--resume auto`` does) and ``fix`` (what to do)."""
 
     def __init__(self, path: str, problem: str, fix: str) -> None:
         self.path, self.problem, self.fix = path, problem, fix
@@ -119,32 +110,31 @@ def _not_loadable(path: str, head: bytes, size: int) -> UnreadableCheckpoint:
     if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
         return UnreadableCheckpoint(path, "holds safetensors data without the .safetensors extension",
                                     "rename it to end in .safetensors")
-    text = head.decode("utf-8", errors="strict") if _is_text(head) else None
-    if text is not None:
-        start = text.strip().splitlines()[0][:16] if text.strip() else ""
+    start = _text_start(head)
+    if start is not None:
         return UnreadableCheckpoint(path, f"is a text file (it starts with {start!r}), not a checkpoint, as a "
                                           "failed download can leave", "download or copy the checkpoint again")
     return UnreadableCheckpoint(path, f"is not a PyTorch checkpoint (it starts with bytes {head[:8].hex(' ')})",
                                 "pass a file written by torch.save or a .safetensors file")
 
 
-def _is_text(head: bytes) -> bool:
+def _text_start(head: bytes) -> Optional[str]:
+    """The first line (at most 16 characters) of a text file's first bytes; None for binary ones."""
     try:
-        decoded = head.decode("utf-8")
+        text = head.decode("utf-8")
     except UnicodeDecodeError:
-        return False
-    return all(c.isprintable() or c in "\r\n\t" for c in decoded)
+        return None
+    if not all(c.isprintable() or c in "\r\n\t" for c in text):
+        return None
+    return text.strip().splitlines()[0][:16] if text.strip() else ""
 
 
 def checkpoint_args(checkpoint: Mapping[str, object]) -> Dict[str, object]:
     """The run arguments a checkpoint stores under ``'args'`` as a dict: fcvit writes a dict of plain
     values, timm-style scripts (and fcvit before) an ``argparse.Namespace``; neither means ``{}``."""
     stored = checkpoint.get("args")
-    if isinstance(stored, argparse.Namespace):
-        return dict(vars(stored))
-    if isinstance(stored, Mapping):
-        return dict(stored)
-    return {}
+    stored = vars(stored) if isinstance(stored, argparse.Namespace) else stored
+    return dict(stored) if isinstance(stored, Mapping) else {}
 
 
 def extract_state_dict(checkpoint: Mapping[str, object], use_ema: bool = True) -> Dict[str, torch.Tensor]:
@@ -153,43 +143,32 @@ def extract_state_dict(checkpoint: Mapping[str, object], use_ema: bool = True) -
     for key in order:
         value = checkpoint.get(key)
         if isinstance(value, Mapping) and value:
-            return normalize_state_dict(value)
+            return strip_wrapper_prefixes(value)
     tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise UserError("The checkpoint holds no weights (no 'state_dict', 'model' or tensors at its top level).")
-    return normalize_state_dict(tensors)
+    return strip_wrapper_prefixes(tensors)
 
 
-def normalize_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Strip DistributedDataParallel's ``module.`` and torch.compile's ``_orig_mod.`` prefixes."""
-    out: Dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
+_BLOCK_SCALE = re.compile(r"(?:trunk\.)?stages\.(\d+)\.blocks\.(\d+)\.layer_scale_1")
 
 
 def _shape_of(state_dict: Mapping[str, torch.Tensor]) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
-    """(blocks per stage, channels per stage) read off the key names, or None if not FCViT-like."""
-    depths: List[int] = []
-    dims: List[int] = []
-    for stage in range(4):
-        idx = 2 * stage
-        blocks = {int(k.split(".")[2]) for k in state_dict if k.startswith(f"network.{idx}.")
-                  and k.split(".")[2].isdigit()}
-        scale = state_dict.get(f"network.{idx}.0.layer_scale_1")
-        if not blocks or scale is None:
-            return None
-        depths.append(max(blocks) + 1)
-        dims.append(int(scale.shape[0]))
-    return tuple(depths), tuple(dims)
+    """(blocks per stage, channels per stage) of a classifier's or backbone's keys, or None if not FCViT-like."""
+    channels: Dict[int, Dict[int, int]] = {}  # stage -> block -> channels
+    for key, value in state_dict.items():
+        match = _BLOCK_SCALE.fullmatch(key)
+        if match:
+            channels.setdefault(int(match[1]), {})[int(match[2])] = int(value.shape[0])
+    if sorted(channels) != [0, 1, 2, 3]:
+        return None
+    stages = [channels[i] for i in range(4)]
+    return tuple(max(s) + 1 for s in stages), tuple(next(iter(s.values())) for s in stages)
 
 
 def guess_variant(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """The FCViT variant whose shape these weights have, or None."""
-    shape = _shape_of(state_dict)
+    """The FCViT variant whose shape these weights (in either layout) have, or None."""
+    shape = _shape_of({FCViT.published_key(k): v for k, v in state_dict.items()})
     for name, cfg in MODEL_CONFIGS.items():
         if shape == (tuple(cfg.depths), tuple(cfg.dims)):
             return name
@@ -200,18 +179,16 @@ def _describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     own = model.state_dict()
     differing = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    detail = f"differing shapes (file vs model): {', '.join(differing[:3])}" if differing else ""
-    if len(differing) > 3:
-        detail += f" and {len(differing) - 3} more"
+    more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
+    detail = f"differing shapes (file vs model): {', '.join(differing[:3])}{more}" if differing else ""
     shape = _shape_of(state_dict)
     if _shape_of(own) is None:  # not an FCViT model (e.g. a timm ViT): describe keys and shapes only
         missing = [k for k in own if k not in state_dict]
-        if not detail:
-            detail = f"it lacks {len(missing)} of the model's keys ({', '.join(missing[:3])})"
+        detail = detail or f"it lacks {len(missing)} of the model's keys ({', '.join(missing[:3])})"
         return f"The checkpoint does not fit {name}: {detail}. Pass a checkpoint saved from {name}."
     variant = guess_variant(state_dict)
     if shape is None:
-        what = "does not look like FCViT weights (no 'network.N.j.layer_scale_1' keys)"
+        what = "does not look like FCViT weights (no 'stages.N.blocks.j.layer_scale_1' keys)"
     elif variant is not None:
         what = f"looks like {variant} (blocks {list(shape[0])}, channels {list(shape[1])})"
     else:
@@ -221,17 +198,15 @@ def _describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     return f"The checkpoint does not fit {name}: it {what}{detail}. {suggestion.capitalize()}."
 
 
-def load_weights(
-        model: nn.Module,
-        state_dict: Mapping[str, torch.Tensor],
-        model_name: str,
-        allow_partial: bool = False,
-) -> Tuple[List[str], List[str]]:
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], model_name: str,
+                 allow_partial: bool = False) -> Tuple[List[str], List[str]]:
     """Load weights with a one-sentence error on a mismatch.
 
-    With ``allow_partial`` (backbones from classification checkpoints) keys the model lacks are
-    skipped and keys the file lacks are left at their initial values; both lists are returned.
+    Keys are compared once the model's FCViT parts have renamed the published layout's. With
+    ``allow_partial`` (backbones from classification checkpoints) keys the model lacks are skipped
+    and keys the file lacks are left at their initial values; both lists are returned.
     """
+    state_dict = remap_state_dict(model, state_dict)
     own = model.state_dict()
     wrong_shape = [k for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     missing = [k for k in own if k not in state_dict]

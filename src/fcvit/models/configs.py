@@ -1,8 +1,6 @@
 """The four published FCViT variants: their shapes and the recipe values that belong to each.
 
-A leaf module: the model, the checkpoint reader (to name the variant a checkpoint fits) and the tools all
-read it, and it imports none of them.
-"""
+A leaf module: the model, the checkpoint reader and the tools read it; it imports none of them."""
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 

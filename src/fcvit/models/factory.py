@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import timm
 from torch import nn
@@ -13,13 +13,9 @@ from ..errors import UserError
 from .checkpoint import extract_state_dict, load_weights, read_checkpoint
 from .fcvit import MODEL_CONFIGS, FCViTBackbone
 
-__all__ = ["create_backbone", "create_classifier", "check_model_name", "list_fcvit_models"]
+__all__ = ["create_backbone", "create_classifier", "check_model_name"]
 
 _logger = logging.getLogger(__name__)
-
-
-def list_fcvit_models() -> List[str]:
-    return list(MODEL_CONFIGS)
 
 
 def check_model_name(name: str, allow_timm: bool = False) -> str:
@@ -32,17 +28,10 @@ def check_model_name(name: str, allow_timm: bool = False) -> str:
     raise UserError(f"Unknown model '{name}': {hint}")
 
 
-def create_classifier(
-        name: str,
-        checkpoint_path: Optional[str | os.PathLike] = None,
-        use_ema: bool = True,
-        **kwargs: Any,
-) -> nn.Module:
-    """``timm.create_model`` with FCViT's checks: unknown names and wrong checkpoints give one sentence.
-
-    With a checkpoint whose classifier has another number of classes and no ``num_classes`` given,
-    the model takes the checkpoint's number.
-    """
+def create_classifier(name: str, checkpoint_path: Optional[str | os.PathLike] = None, use_ema: bool = True,
+                      **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` where unknown names and wrong checkpoints give one sentence; without
+    ``num_classes`` the model takes the checkpoint classifier's number of classes."""
     check_model_name(name, allow_timm=True)
     state_dict = None
     if checkpoint_path is not None:
@@ -56,23 +45,14 @@ def create_classifier(
     return model
 
 
-def create_backbone(
-        name: str,
-        checkpoint_path: Optional[str | os.PathLike] = None,
-        **kwargs: Any,
-) -> FCViTBackbone:
+def create_backbone(name: str, checkpoint_path: Optional[str | os.PathLike] = None, **kwargs: Any) -> FCViTBackbone:
     """An FCViT dense-prediction backbone returning the four GroupNorm-ed stage outputs.
 
-    ``checkpoint_path`` may be a backbone checkpoint or an ImageNet classification checkpoint; for the
-    latter the classifier (``norm``, ``head``) is dropped and the stage norms keep their initial
-    values, and the skipped keys are logged.
-    """
+    ``checkpoint_path`` may also be an ImageNet classifier's: its ``norm`` and ``head`` are skipped (and
+    logged), the stage norms keep their initial values."""
     check_model_name(name)
     cfg = MODEL_CONFIGS[name]
-    kwargs.setdefault("depths", cfg.depths)
-    kwargs.setdefault("dims", cfg.dims)
-    kwargs.setdefault("mlp_ratios", cfg.mlp_ratios)
-    model = FCViTBackbone(**kwargs)
+    model = FCViTBackbone(**{"depths": cfg.depths, "dims": cfg.dims, "mlp_ratios": cfg.mlp_ratios, **kwargs})
     if checkpoint_path is not None:
         state_dict = extract_state_dict(read_checkpoint(checkpoint_path))
         missing, unexpected = load_weights(model, state_dict, name, allow_partial=True)

@@ -1,13 +1,12 @@
 """FCViT: "A Close Look at Spatial Modeling: From Attention to Convolution" (Ma et al., 2022).
 
 A MetaFormer whose token mixer replaces attention by a global context weighted with token-global
-similarity, plus large depth-wise convolutions. Module names follow the published checkpoints
-(``patch_embed``, ``network.N``, ``norm``, ``head``) so those files load without remapping.
+similarity, plus large depth-wise convolutions, in timm's layout (``stem``, ``stages.i.downsample`` /
+``.blocks``, ``norm``, ``head``). A load-state-dict hook renames the published checkpoints' flat layout
+(``patch_embed``, ``network.N``) at any prefix: a detector's ``backbone.``, an EMA copy, DDP.
 
-This module keeps its annotations evaluated (no ``from __future__ import annotations``): FX copies
-the annotation of ``forward`` into the traced graph's signature, and a string annotation becomes a
-global named ``_torch_Tensor_`` there that TorchScript cannot resolve, so the traced model would not
-script.
+Annotations stay evaluated (no ``from __future__ import annotations``): FX copies the annotation of
+``forward`` into the traced graph's signature, where a string would not resolve under TorchScript.
 """
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
 
@@ -23,103 +22,128 @@ from ..errors import UserError
 from .configs import MODEL_CONFIGS, FCViTConfig
 from .layers import ConvEmbed, FCViTBlock, GroupNorm1, init_weights
 
-__all__ = [
-    "FCViT", "FCViTBackbone", "FCViTStage", "FCViTConfig", "MODEL_CONFIGS", "PUBLISHED_WEIGHTS_URL",
-    "PretrainedWeightsUnavailable",
-]
+__all__ = ["FCViT", "FCViTBackbone", "FCViTStage", "FCViTConfig", "MODEL_CONFIGS", "PUBLISHED_WEIGHTS_URL",
+           "PretrainedWeightsUnavailable", "checkpoint_filter_fn", "remap_state_dict", "strip_wrapper_prefixes"]
 
 # where the authors publish the ImageNet checkpoints (the original repository's download links)
 PUBLISHED_WEIGHTS_URL = "https://github.com/ma-xu/FCViT/releases"
 
 
-def _build_network(
-        depths: Sequence[int],
-        dims: Sequence[int],
-        mlp_ratios: Sequence[float],
-        drop_path_rate: float,
-        proj_drop_rate: float,
-        layer_scale_init_value: Optional[float],
-        act_layer: Type[nn.Module],
-        norm_layer: Callable[[int], nn.Module],
-) -> nn.Sequential:
-    """The published flat layout: stage 0, downsample, stage 1, downsample, stage 2, downsample, stage 3."""
-    total = sum(depths)
-    # linear drop-path rule over the whole network: block i of n gets rate * i / (n - 1)
-    rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
-    layers: List[nn.Module] = []
-    cursor = 0
-    for stage_idx, depth in enumerate(depths):
-        if stage_idx > 0:
-            layers.append(ConvEmbed(dims[stage_idx - 1], dims[stage_idx], 3, 2, 1))
-        layers.append(FCViTStage(*[
-            FCViTBlock(
-                dims[stage_idx],
-                mlp_ratio=mlp_ratios[stage_idx],
-                act_layer=act_layer,
-                norm_layer=norm_layer,
-                proj_drop=proj_drop_rate,
-                drop_path=rates[cursor + j],
-                layer_scale_init_value=layer_scale_init_value,
-            )
-            for j in range(depth)
-        ]))
-        cursor += depth
-    return nn.Sequential(*layers)
+def _published_part(index: str) -> Tuple[int, str]:
+    """Stage and part of ``network.N`` in the published flat layout, which lists the blocks of stage 0,
+    the downsample of stage 1, the blocks of stage 1, the downsample of stage 2, and so on."""
+    stage, is_blocks = divmod(int(index) + 1, 2)
+    return stage, "blocks" if is_blocks else "downsample"
 
 
-class FCViTStage(nn.Sequential):
-    """The blocks of one stage; a plain Sequential (keys ``network.N.j``) with optional grad checkpointing."""
+def _rename_keys(module: nn.Module, state_dict: Dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook: rename, in place and in order, the keys under ``prefix`` to this layout."""
+    items = list(state_dict.items())
+    state_dict.clear()
+    for key, value in items:
+        if key.startswith(prefix):
+            key = prefix + module.published_key(key[len(prefix):])
+        state_dict[key] = value
 
-    def __init__(self, *blocks: nn.Module) -> None:
-        super().__init__(*blocks)
+
+def remap_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> Dict[str, Any]:
+    """``state_dict`` with the keys ``model.load_state_dict`` would see once its FCViT parts renamed them."""
+    out = dict(state_dict)
+    for name, module in model.named_modules():  # parents first, as load_state_dict runs the hooks
+        if isinstance(module, (FCViT, FCViTBackbone)):
+            _rename_keys(module, out, f"{name}." if name else "")
+    return out
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
+    """Drop DistributedDataParallel's ``module.`` and torch.compile's ``_orig_mod.`` prefixes."""
+    out: Dict[str, Any] = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            key = key[len(prefix):] if key.startswith(prefix) else key
+        out[key] = value
+    return out
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, Any]:
+    """timm's pretrained filter: renamed before timm adapts ``stem.proj`` to other input channels."""
+    return remap_state_dict(model, strip_wrapper_prefixes(state_dict))
+
+
+class FCViTStage(nn.Module):
+    """One stage: the 3x3/2 downsampling (none in the first stage), then the blocks."""
+
+    def __init__(self, in_chs: int, out_chs: int, drop_path_rates: Sequence[float], downsample: bool,
+                 **block_kwargs: Any) -> None:
+        super().__init__()
         self.grad_checkpointing = False
+        self.downsample = ConvEmbed(in_chs, out_chs, 3, 2, 1) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[FCViTBlock(out_chs, drop_path=rate, **block_kwargs) for rate in drop_path_rates])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self, x)
-        for block in self:
-            x = block(x)
-        return x
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
 
 
-class _FCViTTrunk(nn.Module):
-    """Stem plus the four stages; shared by the classifier and the dense-prediction backbone."""
+def _check_pool(global_pool: str) -> str:
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}.")
+    return global_pool
+
+
+class FCViT(nn.Module):
+    """FCViT image classifier with the full timm model interface."""
 
     def __init__(
-            self,
-            depths: Sequence[int],
-            dims: Sequence[int],
-            mlp_ratios: Sequence[float],
-            in_chans: int,
-            drop_path_rate: float,
-            proj_drop_rate: float,
-            layer_scale_init_value: Optional[float],
-            act_layer: Type[nn.Module],
-            norm_layer: Callable[[int], nn.Module],
+            self, depths: Sequence[int] = (2, 2, 6, 2), dims: Sequence[int] = (64, 128, 320, 512),
+            mlp_ratios: Sequence[float] = (8, 8, 4, 4), in_chans: int = 3, num_classes: int = 1000,
+            global_pool: str = "avg", drop_rate: float = 0.0, proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+            layer_scale_init_value: Optional[float] = 1e-5, act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Callable[[int], nn.Module] = GroupNorm1,
     ) -> None:
         super().__init__()
         if not (len(depths) == len(dims) == len(mlp_ratios)):
             raise ValueError("depths, dims and mlp_ratios need one entry per stage.")
-        self.depths = tuple(depths)
-        self.dims = tuple(dims)
-        self.num_stages = len(depths)
-        self.in_chans = in_chans
-        self.patch_embed = ConvEmbed(in_chans, dims[0], 7, 4, 3)
-        self.network = _build_network(
-            depths, dims, mlp_ratios, drop_path_rate, proj_drop_rate, layer_scale_init_value, act_layer, norm_layer)
-        self.feature_info = [
-            dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"network.{2 * i}") for i in range(self.num_stages)
-        ]
+        self.num_classes = num_classes
+        self.global_pool = _check_pool(global_pool)
+        self.drop_rate = drop_rate
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.stem = ConvEmbed(in_chans, dims[0], 7, 4, 3)
+        # linear drop-path rule over the whole network: block i of n gets rate * i / (n - 1)
+        rates = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]
+        stages, start = [], 0
+        for i, (depth, dim) in enumerate(zip(depths, dims)):
+            stages.append(FCViTStage(
+                dims[i - 1] if i else dim, dim, rates[start:start + depth], downsample=i > 0,
+                mlp_ratio=mlp_ratios[i], act_layer=act_layer, norm_layer=norm_layer, proj_drop=proj_drop_rate,
+                layer_scale_init_value=layer_scale_init_value))
+            start += depth
+        self.stages = nn.Sequential(*stages)
+        self.feature_info = [dict(num_chs=d, reduction=4 * 2 ** i, module=f"stages.{i}") for i, d in enumerate(dims)]
+        self.norm = norm_layer(dims[-1])
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(init_weights)
+        self.register_load_state_dict_pre_hook(_rename_keys)
 
-    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        # channels-last from the stem on: see fcvit.models.layers for why
-        return self.patch_embed(x.contiguous(memory_format=torch.channels_last))
+    @staticmethod
+    def published_key(key: str) -> str:
+        """A key of the published layout (or this one, unchanged) in this layout."""
+        head, _, rest = key.partition(".")
+        if head == "patch_embed":
+            return f"stem.{rest}"
+        index, _, rest = rest.partition(".")
+        if head != "network" or not index.isdigit():
+            return key
+        stage, part = _published_part(index)
+        return f"stages.{stage}.{part}.{rest}"
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for layer in self.network:
-            if isinstance(layer, FCViTStage):
-                layer.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
@@ -127,49 +151,9 @@ class _FCViTTrunk(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^network\.(\d+)" if coarse else [
-                (r"^network\.(\d+)\.(\d+)\.", None),
-                (r"^network\.(\d+)\.(?:proj|norm)", (0,)),
-            ],
-        )
-
-
-class FCViT(_FCViTTrunk):
-    """FCViT image classifier with the full timm model interface."""
-
-    def __init__(
-            self,
-            depths: Sequence[int] = (2, 2, 6, 2),
-            dims: Sequence[int] = (64, 128, 320, 512),
-            mlp_ratios: Sequence[float] = (8, 8, 4, 4),
-            in_chans: int = 3,
-            num_classes: int = 1000,
-            global_pool: str = "avg",
-            drop_rate: float = 0.0,
-            proj_drop_rate: float = 0.0,
-            drop_path_rate: float = 0.0,
-            layer_scale_init_value: Optional[float] = 1e-5,
-            act_layer: Type[nn.Module] = nn.GELU,
-            norm_layer: Callable[[int], nn.Module] = GroupNorm1,
-            **kwargs: Any,
-    ) -> None:
-        if kwargs:
-            raise TypeError(f"FCViT got unexpected arguments: {', '.join(sorted(kwargs))}.")
-        super().__init__(
-            depths, dims, mlp_ratios, in_chans, drop_path_rate, proj_drop_rate, layer_scale_init_value,
-            act_layer, norm_layer)
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}.")
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.norm = norm_layer(dims[-1])
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(init_weights)
+        # each downsample is a group of its own, ordered before its stage's blocks (suffix 0 before 1)
+        blocks = r"^stages\.(\d+)\.blocks" if coarse else r"^stages\.(\d+)\.blocks\.(\d+)"
+        return dict(stem=r"^stem", blocks=[(r"^stages\.(\d+)\.downsample", (0,)), (blocks, (1,))])
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -178,50 +162,39 @@ class FCViT(_FCViTTrunk):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}.")
-            self.global_pool = global_pool
+            self.global_pool = _check_pool(global_pool)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        # channels-last from the stem on: see fcvit.models.layers for why
+        return self.stem(x.contiguous(memory_format=torch.channels_last))
+
     def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
+            self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None, norm: bool = False,
+            stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (strides 4..32); ``norm`` applies the classifier norm to the last one."""
+        """Stage outputs (strides 4..32); ``norm`` applies the classifier norm to the last stage's."""
         assert output_fmt == "NCHW", "Output format must be NCHW."
-        take_indices, max_index = feature_take_indices(self.num_stages, indices)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_idx = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
         intermediates: List[torch.Tensor] = []
-        last_idx = self.num_stages - 1
         x = self.forward_stem(x)
-        stage_idx = 0
-        for layer_idx, layer in enumerate(self.network):
-            is_stage = layer_idx % 2 == 0
-            if stop_early and not torch.jit.is_scripting() and layer_idx > 2 * max_index:
-                break
-            x = layer(x)
-            if is_stage:
-                stage_idx = layer_idx // 2
-                if stage_idx in take_indices:
-                    intermediates.append(self.norm(x) if norm and stage_idx == last_idx else x)
+        feat_idx = 0
+        for feat_idx, stage in enumerate(stages):
+            x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(self.norm(x) if norm and feat_idx == last_idx else x)
         if intermediates_only:
             return intermediates
-        if stage_idx == last_idx:
+        if feat_idx == last_idx:
             x = self.norm(x)
         return x, intermediates
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        take_indices, max_index = feature_take_indices(self.num_stages, indices)
-        self.network = self.network[:2 * max_index + 1]
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
@@ -229,8 +202,7 @@ class FCViT(_FCViTTrunk):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.network(self.forward_stem(x))
-        return self.norm(x)
+        return self.norm(self.stages(self.forward_stem(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
@@ -242,123 +214,79 @@ class FCViT(_FCViTTrunk):
         return self.forward_head(self.forward_features(x))
 
 
-class FCViTBackbone(_FCViTTrunk):
-    """FCViT for detection and segmentation: the four stage outputs, each with its own GroupNorm.
+class FCViTBackbone(nn.Module):
+    """FCViT for detection and segmentation: the stage outputs of an :class:`FCViT` trunk (its norm and
+    head pruned), each through a GroupNorm of its own that the next stage does not see, as in the
+    published dense-prediction models (whose ``norm0/2/4/6`` become ``norms.i``)."""
 
-    The norms apply to the returned maps only; the next stage still receives the raw output, as in
-    the published detection and segmentation models (keys ``norm0``, ``norm2``, ``norm4``, ``norm6``).
-    """
-
-    def __init__(
-            self,
-            depths: Sequence[int] = (2, 2, 6, 2),
-            dims: Sequence[int] = (64, 128, 320, 512),
-            mlp_ratios: Sequence[float] = (8, 8, 4, 4),
-            in_chans: int = 3,
-            drop_path_rate: float = 0.0,
-            proj_drop_rate: float = 0.0,
-            layer_scale_init_value: Optional[float] = 1e-6,
-            out_indices: Sequence[int] = (0, 1, 2, 3),
-            act_layer: Type[nn.Module] = nn.GELU,
-            norm_layer: Callable[[int], nn.Module] = GroupNorm1,
-    ) -> None:
-        super().__init__(
-            depths, dims, mlp_ratios, in_chans, drop_path_rate, proj_drop_rate, layer_scale_init_value,
-            act_layer, norm_layer)
-        self.out_indices = tuple(sorted(i % len(depths) for i in out_indices))
-        for i in self.out_indices:
-            self.add_module(f"norm{2 * i}", norm_layer(dims[i]))
-        self.channels: List[int] = [dims[i] for i in self.out_indices]
-        self.strides: List[int] = [4 * 2 ** i for i in self.out_indices]
+    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), layer_scale_init_value: Optional[float] = 1e-6,
+                 norm_layer: Callable[[int], nn.Module] = GroupNorm1, **kwargs: Any) -> None:
+        """``kwargs`` go to :class:`FCViT` (shape, drop-path rate, ...)."""
+        super().__init__()
+        self.trunk = FCViT(num_classes=0, layer_scale_init_value=layer_scale_init_value, norm_layer=norm_layer,
+                           **kwargs)
+        num_stages = len(self.trunk.stages)
+        self.trunk.prune_intermediate_layers(num_stages, prune_norm=True)
+        self.out_indices = tuple(sorted(feature_take_indices(num_stages, list(out_indices))[0]))
+        info = [self.trunk.feature_info[i] for i in self.out_indices]
+        self.norms = nn.ModuleDict({str(i): norm_layer(f["num_chs"]) for i, f in zip(self.out_indices, info)})
+        self.channels: List[int] = [f["num_chs"] for f in info]
+        self.strides: List[int] = [f["reduction"] for f in info]
         self.out_channels = self.channels  # torchvision-style alias
-        self.feature_info = [self.feature_info[i] for i in self.out_indices]
-        self.apply(init_weights)
+        self.feature_info = [dict(f, module=f"trunk.{f['module']}") for f in info]
+        self.register_load_state_dict_pre_hook(_rename_keys)
+
+    @staticmethod
+    def published_key(key: str) -> str:
+        """Trunk keys (either layout) move under ``trunk.``; ``normN`` (the norm of ``network.N``) to ``norms``."""
+        head, _, rest = key.partition(".")
+        if head in ("patch_embed", "network", "stem", "stages"):
+            return f"trunk.{key}"
+        if head.startswith("norm") and head[4:].isdigit():
+            return f"norms.{_published_part(head[4:])[0]}.{rest}"
+        return key
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        x = self.forward_stem(x)
-        outs: List[torch.Tensor] = []
-        for name, layer in self.network.named_children():
-            layer_idx = int(name)
-            x = layer(x)
-            if layer_idx % 2 == 0 and layer_idx // 2 in self.out_indices:
-                outs.append(getattr(self, f"norm{layer_idx}")(x))
-        return outs
+        maps = self.trunk.forward_intermediates(x, list(self.out_indices), stop_early=True, intermediates_only=True)
+        return [norm(m) for norm, m in zip(self.norms.values(), maps)]
 
 
-def _cfg(crop_pct: float, **kwargs: Any) -> Dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": crop_pct,
-        "crop_mode": "center",
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "license": "apache-2.0",
-        "paper_ids": "arXiv:2212.12552",
-        "paper_name": "A Close Look at Spatial Modeling: From Attention to Convolution",
-        **kwargs,
-    }
+def _cfg(crop_pct: float) -> Dict[str, Any]:
+    return dict(
+        url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=crop_pct, crop_mode="center",
+        interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="stem.proj",
+        classifier="head", license="apache-2.0", paper_ids="arXiv:2212.12552",
+        paper_name="A Close Look at Spatial Modeling: From Attention to Convolution")
 
 
 default_cfgs = generate_default_cfgs({name: _cfg(cfg.crop_pct) for name, cfg in MODEL_CONFIGS.items()})
 
 
-def _checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    from .checkpoint import normalize_state_dict
-
-    return normalize_state_dict(state_dict)
-
-
 class PretrainedWeightsUnavailable(UserError, RuntimeError):
-    """``pretrained=True`` with no weights to load: timm's own message would not say where FCViT's are.
-
-    A ``RuntimeError`` like timm's, so code that catches timm's error keeps working, and a
-    :class:`~fcvit.errors.UserError`, so the CLI prints it as one sentence.
-    """
+    """``pretrained=True`` with no weights to load: a ``RuntimeError`` like timm's own, so code catching that
+    keeps working, and a :class:`~fcvit.errors.UserError` that says where FCViT's weights are."""
 
 
-def _has_weight_source(pretrained_cfg: Mapping[str, Any]) -> bool:
+def _has_weight_source(variant: str, kwargs: Mapping[str, Any]) -> bool:
     """Whether timm has somewhere to load weights from (a state dict, file, URL, hub id or local folder)."""
-    return (
-        pretrained_cfg.get("state_dict") is not None
-        or any(pretrained_cfg.get(key) for key in ("file", "url", "hf_hub_id"))
-        or pretrained_cfg.get("source") in ("local-dir", "hf-hub")
-    )
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                 pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")).to_dict()
+    return (cfg.get("state_dict") is not None or any(cfg.get(key) for key in ("file", "url", "hf_hub_id"))
+            or cfg.get("source") in ("local-dir", "hf-hub"))
 
 
-def _check_pretrained_available(variant: str, kwargs: Mapping[str, Any]) -> None:
-    """Fail before building the model when ``pretrained=True`` has no weights to load."""
-    resolved = resolve_pretrained_cfg(
-        variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
-    if not _has_weight_source(resolved.to_dict()):
+def _create_fcvit(variant: str, pretrained: bool = False, **kwargs: Any) -> FCViT:
+    if pretrained and not _has_weight_source(variant, kwargs):
         raise PretrainedWeightsUnavailable(
             f"No weights are bundled for {variant}: download its published checkpoint from "
             f"{PUBLISHED_WEIGHTS_URL} and load it with timm.create_model('{variant}', checkpoint_path='FILE'), "
             f"or convert it once with 'fcvit convert FILE --output DIR' and load that folder with "
             f"timm.create_model('local-dir:DIR', pretrained=True).")
-
-
-def _create_fcvit(variant: str, pretrained: bool = False, **kwargs: Any) -> FCViT:
-    if pretrained:
-        _check_pretrained_available(variant, kwargs)
     cfg = MODEL_CONFIGS[variant]
-    kwargs.setdefault("depths", cfg.depths)
-    kwargs.setdefault("dims", cfg.dims)
-    kwargs.setdefault("mlp_ratios", cfg.mlp_ratios)
+    kwargs = {"depths": cfg.depths, "dims": cfg.dims, "mlp_ratios": cfg.mlp_ratios, **kwargs}
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs["depths"]))))
-    return build_model_with_cfg(
-        FCViT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=_checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs,
-    )
+    return build_model_with_cfg(FCViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **kwargs)
 
 
 @register_model

@@ -1,17 +1,11 @@
 """Folding FCViT for inference: fewer operations, the same outputs.
 
-``fcvit.fuse(model)`` returns an eval-mode copy in which
-
-- every BatchNorm (stem and downsamplers) is folded into the convolution before it;
-- every block's second layer scale is folded into the last 1x1 convolution of its channel mixer;
-- every block's second GroupNorm loses its affine, which is folded into the first 1x1 convolution
-  of the channel mixer (a per-channel scale of its inputs and a constant added to its bias).
-
-The first layer scale stays: the token mixer ends in a GELU, so scaling cannot pass through it, and
-the first GroupNorm's affine stays because the global context is not linear in its input. The
-final norm stays too, so that ``forward_features`` keeps its meaning. A fused model has other
-state-dict keys (no BatchNorms) and is meant for inference and export, not for training or saving
-as a checkpoint.
+``fcvit.fuse(model)`` returns an eval-mode copy in which every BatchNorm (stem, downsamplers) is folded
+into the convolution before it, every block's second layer scale into its channel mixer's last 1x1
+convolution, and the affine of every block's second GroupNorm into the mixer's first 1x1. The first
+layer scale and norm stay (the token mixer ends in a GELU, and the global context is not linear in its
+input), as does the final norm. A fused model has other state-dict keys (no BatchNorms): it is for
+inference and export, not for training or saving.
 """
 from __future__ import annotations
 

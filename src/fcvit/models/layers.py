@@ -1,30 +1,19 @@
-"""FCViT's own layers.
+"""FCViT's layers: the paper's math (Figure 2; docs/fcvit-architecture.md), as the original writes it.
 
-Tensors flow through the network as logical NCHW tensors stored channels-last (NHWC in memory). That
-lets the depth-wise convolutions run on oneDNN/cuDNN's channels-last kernels while every 1x1
-convolution becomes a plain matrix product over the channel dimension (``F.linear`` on a free
-``permute`` view), which is markedly faster than a 1x1 ``conv2d`` on either layout. The global
-context's per-group products are batched matrix products, and the second layer scale rides on the
-channel mixer's last 1x1 convolution.
+Tensors flow as logical NCHW tensors stored channels-last: depth-wise convolutions run on
+channels-last kernels and a 1x1 convolution is a matrix product over channels (:class:`PointwiseConv`).
+Speed lives in :mod:`fcvit.ops`: a module built with the fast paths on (:func:`fcvit.ops.use_fused_ops`,
+kept in its ``fused_ops``) hands its own parameters to fused operators of the same function (the
+``fused_forward`` methods), so a change of structure is made here alone and a change of math in the
+operator too; tests/test_memory.py and tests/test_performance.py compare the two paths.
 
-How it runs fast is not here: :mod:`fcvit.models.fast_paths` computes the same blocks with
-custom operators that keep less for backward and fuse kernels (one switch,
-:func:`~fcvit.models.fast_paths.set_fast_paths`), and :meth:`FCViTBlock.forward` is the single point
-that hands a block over to it. The 11x11 depth-wise convolutions compute their CPU weight gradient
-faster (:mod:`fcvit.models.depthwise`). docs/benchmarks.md has the measurements behind these choices.
-
-FX needs care because a traced graph runs eagerly too: had it recorded the plain ops, the same model
-traced and untraced would differ by float rounding (timm's own model tests demand ``torch.equal``).
-So :class:`FCViTBlock` is registered as a leaf module in timm's FX registry: timm's tracer
-(``timm.models._features_fx``, ``features_only=True, feature_cls='fx'``) records a call of the block
-itself, which then makes the same choice of path as the untraced model, and since the dispatch is
-``@torch.jit.unused`` behind ``torch.jit.is_scripting()`` the traced graph still scripts. A bare
-``torch.fx.symbolic_trace`` without timm's leaf modules traces into the block and records the plain
-ops.
+A traced FX graph also runs eagerly, and timm's tests demand ``torch.equal`` between traced and
+untraced models. So :class:`FCViTBlock` is a leaf in timm's FX registry: the traced call chooses its
+path as the untraced block does (behind ``torch.jit.is_scripting()``, so the graph still scripts). A
+bare ``torch.fx.symbolic_trace`` traces into the block and records the plain ops.
 """
-
 import math
-from typing import Callable, Optional, Tuple, Type
+from typing import Callable, Final, Optional, Type
 
 import torch
 import torch.nn.functional as F
@@ -32,23 +21,10 @@ from torch import nn
 
 from timm.layers import DropPath, register_notrace_module
 
-from . import fast_paths
-from .depthwise import DepthwiseConv2d
-# compatibility: these lived here before the fast paths had their own module
-from .fast_paths import CPU_SLICE_BYTES, fused_inference_enabled, set_cpu_slice_bytes, set_fused_inference  # noqa: F401
+from .. import ops
+from ..ops import DepthwiseConv2d
 
-__all__ = [
-    "ConvEmbed",
-    "PointwiseConv",
-    "GroupNorm1",
-    "GlobalContext",
-    "TokenMixer",
-    "ChannelMixer",
-    "FCViTBlock",
-    "set_fused_inference",
-    "fused_inference_enabled",
-    "set_cpu_slice_bytes",
-]
+__all__ = ["ConvEmbed", "PointwiseConv", "GroupNorm1", "GlobalContext", "TokenMixer", "ChannelMixer", "FCViTBlock"]
 
 
 class ConvEmbed(nn.Module):
@@ -64,11 +40,8 @@ class ConvEmbed(nn.Module):
 
 
 class PointwiseConv(nn.Module):
-    """A 1x1 convolution computed as a matrix product over channels.
-
-    The weight keeps the ``(out, in, 1, 1)`` shape of the published checkpoints, so their keys load
-    unchanged, but the product runs through ``F.linear`` on the NHWC view of the input.
-    """
+    """A 1x1 convolution as a matrix product over the channels of the NHWC view (faster than a 1x1
+    ``conv2d`` on either layout); the weight keeps the published ``(out, in, 1, 1)`` shape."""
 
     def __init__(self, in_chs: int, out_chs: int) -> None:
         super().__init__()
@@ -85,8 +58,7 @@ class PointwiseConv(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
-        return y.permute(0, 3, 1, 2)
+        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}"
@@ -100,18 +72,12 @@ class GroupNorm1(nn.GroupNorm):
 
 
 class GlobalContext(nn.Module):
-    """Global context weighted by token-global similarity (what replaces attention in FCViT).
+    """Global context weighted by token-global similarity (what replaces attention in FCViT): each
+    position is compared with the mean token per channel group, and the normalised similarity scales a
+    global vector squeezed through a competitive (max-of-two) bottleneck. The maps, ``B x groups x H x
+    W``, pass through ``self.similarity`` (an identity) for forward hooks to read."""
 
-    Every position is compared with the image's mean token, per channel group; the normalised
-    similarity then scales a global vector that was squeezed through a competitive (max-of-two)
-    bottleneck. The similarity maps, shaped ``B x groups x H x W``, pass through ``self.similarity``
-    (an identity) so that forward hooks can read them without changing the output.
-
-    Both per-group products are batched matrix products with a block-diagonal ``C x groups``
-    operand (the global token, or the context vector, spread over a one-hot group mask), so neither
-    the ``B x HW x C`` broadcast product nor its per-group sum is materialised, and
-    :meth:`add_context` adds the context to its input inside the same ``baddbmm``.
-    """
+    fused_ops: Final[bool]
 
     def __init__(self, dim: int, num_groups: int = 8, reduction: int = 8, eps: float = 1e-5) -> None:
         super().__init__()
@@ -128,50 +94,26 @@ class GlobalContext(nn.Module):
         self.fc1 = nn.Linear(dim, 2 * self.hidden)
         self.fc2 = nn.Linear(self.hidden, dim)
         self.similarity = nn.Identity()
-        # channel c belongs to group c // group_dim; not saved: checkpoints keep the published keys
-        group_mask = torch.eye(num_groups).repeat_interleave(self.group_dim, dim=0)  # C x G
-        self.register_buffer("group_mask", group_mask, persistent=False)
-
-    def _tokens_similarity_context(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokens ``B x HW x C``, normalised similarity ``B x HW x G`` and the context spread ``B x G x C``."""
-        b, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
-        tokens = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a free view on a channels-last tensor
-        g = tokens.mean(dim=1)  # B x C: the global token
-
-        # token-global similarity per group as one product with a block-diagonal C x G matrix
-        sim = torch.bmm(tokens, (g * self.scale).unsqueeze(-1) * self.group_mask)
-        # (sim - mean) / (std + eps) * w + b as one pass over sim: sim * a + (b - mean * a)
-        # unbiased std, as the original; a mean and a norm of the centred values are 2x faster on the CPU
-        # than std_mean (forward and backward) and agree with it to float rounding
-        mean = sim.mean(dim=[1, 2], keepdim=True)
-        std = torch.linalg.vector_norm(sim - mean, dim=[1, 2], keepdim=True) / (sim.shape[1] * sim.shape[2] - 1) ** 0.5
-        a = self.rescale_weight / (std + self.eps)  # B x 1 x G
-        sim = torch.addcmul(self.rescale_bias - mean * a, sim, a)
-        sim_map = self.similarity(sim.reshape(b, h, w, self.num_groups).permute(0, 3, 1, 2))
-        sim = sim_map.permute(0, 2, 3, 1).reshape(b, h * w, self.num_groups)
-
-        # competitive information bottleneck on the global token
-        gc = self.fc1(g).unflatten(-1, (2, self.hidden)).amax(dim=1)
-        gc = self.fc2(gc)
-        spread = gc.unsqueeze(1) * self.group_mask.t()  # B x G x C, block-diagonal per sample
-        return tokens, sim, spread
+        self.fused_ops = ops.use_fused_ops()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The context alone: ``out[b, c, p] = sim[b, group(c), p] * gc[b, c]``."""
-        tokens, sim, spread = self._tokens_similarity_context(x)
-        out = torch.bmm(sim, spread)
-        return out.reshape(x.shape[0], x.shape[2], x.shape[3], self.dim).permute(0, 3, 1, 2)
+        b, c, h, w = x.shape
+        groups, group_dim = self.num_groups, self.group_dim
+        g = x.mean(dim=(2, 3))  # B x C: the global token
+        sim = (x.reshape(b, groups, group_dim, h, w) * g.reshape(b, groups, group_dim, 1, 1)).sum(2) * self.scale
+        flat = sim.reshape(b, -1)  # normalised per sample, with the unbiased std as the original
+        sim = (sim - flat.mean(1).reshape(b, 1, 1, 1)) / (flat.std(1).reshape(b, 1, 1, 1) + self.eps)
+        sim = self.similarity(sim * self.rescale_weight.reshape(1, -1, 1, 1) + self.rescale_bias.reshape(1, -1, 1, 1))
+        gc = self.fc2(self.fc1(g).reshape(b, 2, self.hidden).amax(dim=1))  # competitive bottleneck
+        return (sim.unsqueeze(2) * gc.reshape(b, groups, group_dim, 1, 1)).reshape(b, c, h, w)
 
     def add_context(self, x: torch.Tensor) -> torch.Tensor:
-        """``x + self(x)``, with the addition done by the output product itself."""
-        tokens, sim, spread = self._tokens_similarity_context(x)
-        out = torch.baddbmm(tokens, sim, spread)
-        return out.reshape(x.shape[0], x.shape[2], x.shape[3], self.dim).permute(0, 3, 1, 2)
-
-
-def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """A 1x1 convolution with a 2-D weight as a matrix product on the NHWC view of ``x``."""
-    return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+        """``x + self(x)``; fused, in one pass (:func:`fcvit.ops.add_global_context`)."""
+        if self.fused_ops and not torch.jit.is_scripting() and not ops.recording(x):
+            return ops.add_global_context(x, self.similarity, self.rescale_weight, self.rescale_bias, self.fc1.weight,
+                                          self.fc1.bias, self.fc2.weight, self.fc2.bias, self.num_groups, self.eps)
+        return x + self(x)
 
 
 class TokenMixer(nn.Module):
@@ -196,19 +138,27 @@ class TokenMixer(nn.Module):
         self.act2 = act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.gc1.add_context(x)
+        x = x + self.gc1(x)
         x = self.act1(self.fc1(self.dw1(x)))
-        x = self.gc2.add_context(x)
+        x = x + self.gc2(x)
         x = self.act2(self.fc2(self.dw2(x)))
         return x
 
+    @torch.jit.unused
+    def fused_forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                      scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``self(x)`` with exact GELUs on :func:`fcvit.ops.conv_mlp`; given ``residual`` and ``scale``,
+        ``residual + scale * self(x)`` (the block's first residual, kept nothing of for backward)."""
+        x = ops.conv_mlp(self.gc1.add_context(x), *self._round_weights(self.dw1, self.fc1))
+        return ops.conv_mlp(self.gc2.add_context(x), *self._round_weights(self.dw2, self.fc2), residual, scale)
+
+    @staticmethod
+    def _round_weights(dw: nn.Conv2d, fc: nn.Sequential):
+        return dw.weight, dw.bias, fc[0].weight.flatten(1), fc[0].bias, fc[2].weight.flatten(1), fc[2].bias
+
 
 class ChannelMixer(nn.Module):
-    """Inverted-bottleneck MLP with a 3x3 depth-wise conv in its hidden layer.
-
-    ``layer_scale`` (the block's per-channel scale) is folded into the last 1x1 convolution, which is
-    exact and saves a pass over the output.
-    """
+    """Inverted-bottleneck MLP with a 3x3 depth-wise conv in its hidden layer."""
 
     def __init__(
             self,
@@ -226,25 +176,26 @@ class ChannelMixer(nn.Module):
         self.fc2 = PointwiseConv(hidden, dim)
         self.drop2 = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor, layer_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop1(self.act(self.dwconv(self.fc1(x))))
-        weight, bias = self.fc2.weight.flatten(1), self.fc2.bias
-        if layer_scale is not None:
-            weight, bias = weight * layer_scale[:, None], bias * layer_scale
-        return self.drop2(_pointwise(x, weight, bias))
+        return self.drop2(self.fc2(x))
+
+    @torch.jit.unused
+    def fused_forward(self, x: torch.Tensor, norm: nn.GroupNorm, scale: torch.Tensor) -> torch.Tensor:
+        """``scale * self(norm(x))`` with an exact GELU and no dropout, as one :func:`fcvit.ops.channel_mixer`."""
+        return ops.channel_mixer(x, norm.weight, norm.bias, norm.num_groups, norm.eps, self.fc1.weight.flatten(1),
+                                 self.fc1.bias, self.dwconv.weight, self.dwconv.bias, self.fc2.weight.flatten(1),
+                                 self.fc2.bias, scale)
 
 
 @register_notrace_module
 class FCViTBlock(nn.Module):
     """MetaFormer block: norm -> token mixer -> scaled residual, norm -> channel mixer -> scaled residual.
 
-    Wherever :func:`fcvit.models.fast_paths.block_applies` allows (eager or ``torch.compile``, CPU or
-    CUDA, training or inference) :meth:`forward` hands the block to
-    :func:`fcvit.models.fast_paths.block_forward`, which computes the same function with less
-    memory and fused kernels; TorchScript, ONNX export and the switch turned off run the plain
-    PyTorch ops below. timm's FX tracer keeps the block as one call (a registered leaf), so a traced
-    model chooses its path exactly as the untraced one does.
-    """
+    Built with the fast paths on (and the exact GELU and GroupNorm the operators compute), it runs them
+    where :meth:`fuses` says: eager or compiled, CPU or CUDA, training or inference."""
+
+    fused_ops: Final[bool]
 
     def __init__(
             self,
@@ -262,28 +213,34 @@ class FCViTBlock(nn.Module):
         self.norm2 = norm_layer(dim)
         self.channel_mixer = ChannelMixer(dim, mlp_ratio, act_layer=act_layer, drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.has_drop_path = drop_path > 0.0
         init = 1.0 if layer_scale_init_value is None else layer_scale_init_value
         self.layer_scale_1 = nn.Parameter(init * torch.ones(dim))
         self.layer_scale_2 = nn.Parameter(init * torch.ones(dim))
+        self.has_drop_path = drop_path > 0.0
+        self.has_dropout = proj_drop > 0.0
+        self.fused_ops = (ops.use_fused_ops() and act_layer is nn.GELU
+                          and type(self.norm2).forward is nn.GroupNorm.forward)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self._fast_path_applies(x):
-            return self._fast_forward(x)
-        scale1 = self.layer_scale_1.reshape(-1, 1, 1)
-        if self.training and self.has_drop_path:
-            x = x + self.drop_path(scale1 * self.token_mixer(self.norm1(x)))
-        else:
-            x = torch.addcmul(x, scale1, self.token_mixer(self.norm1(x)))
-        return x + self.drop_path(self.channel_mixer(self.norm2(x), self.layer_scale_2))
+        if not torch.jit.is_scripting() and self.fuses(x):
+            return self._fused_forward(x)
+        x = x + self.drop_path(self.layer_scale_1.reshape(-1, 1, 1) * self.token_mixer(self.norm1(x)))
+        x = x + self.drop_path(self.layer_scale_2.reshape(-1, 1, 1) * self.channel_mixer(self.norm2(x)))
+        return x
 
     @torch.jit.unused
-    def _fast_path_applies(self, x: torch.Tensor) -> bool:
-        return fast_paths.block_applies(self, x)
+    def fuses(self, x: torch.Tensor) -> bool:
+        """Whether this call runs the fused operators: built with them, not recorded, no dropout in training."""
+        return self.fused_ops and not ops.recording(x) and not (self.training and self.has_dropout)
 
     @torch.jit.unused
-    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fast_paths.block_forward(self, x)
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        if self.training and self.has_drop_path:  # the random draws stay outside the operators
+            x = x + self.drop_path(self.layer_scale_1.reshape(-1, 1, 1) * self.token_mixer.fused_forward(y))
+            return x + self.drop_path(self.channel_mixer.fused_forward(x, self.norm2, self.layer_scale_2))
+        x = self.token_mixer.fused_forward(y, residual=x, scale=self.layer_scale_1)
+        return self.channel_mixer.fused_forward(x, self.norm2, self.layer_scale_2) + x
 
 
 def init_weights(module: nn.Module) -> None:

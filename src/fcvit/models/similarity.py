@@ -17,11 +17,8 @@ def fcvit_blocks(model: nn.Module) -> List[FCViTBlock]:
 
 
 @torch.no_grad()
-def similarity_maps(
-        model: nn.Module,
-        x: torch.Tensor,
-        blocks: Optional[Sequence[int]] = (-1,),
-) -> Tuple[torch.Tensor, Dict[int, Dict[str, torch.Tensor]]]:
+def similarity_maps(model: nn.Module, x: torch.Tensor, blocks: Optional[Sequence[int]] = (-1,)
+                    ) -> Tuple[torch.Tensor, Dict[int, Dict[str, torch.Tensor]]]:
     """Run ``model(x)`` and return its output plus the normalised, rescaled similarity maps.
 
     Returns ``(output, maps)`` with ``maps[block_index]['gc1' | 'gc2']`` of shape

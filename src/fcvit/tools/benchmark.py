@@ -17,14 +17,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from unittest import mock
 
 import torch
 from torch import nn
 
 from ..engine.distributed import resolve_device
 from ..errors import UserError
-from ..models.depthwise import set_weight_grad_method
-from ..models.fast_paths import set_cpu_slice_bytes, set_fast_paths
+from ..ops import depthwise, mixers, set_fused_ops
 from .profile import count_gmacs, count_params
 
 __all__ = ["BenchmarkResult", "Candidate", "timm_candidate", "run_benchmark", "format_table"]
@@ -36,11 +36,10 @@ MODES = ("infer", "train")
 class Candidate:
     """A model to measure: a label and how to build it (called once, before the rounds).
 
-    ``fast_paths`` pins FCViT's fast paths (:mod:`fcvit.models.fast_paths`) on or off while this model
-    runs (``None`` leaves the global setting alone; off, the blocks run the plain ops);
-    ``cpu_shortcuts=False`` runs FCViT without its other CPU shortcuts (the channel mixer's batch
-    slices and the faster depth-wise weight gradient), which is how the benchmarks show what they are
-    worth.
+    ``fast_paths`` builds the model with FCViT's fast paths (:mod:`fcvit.ops`) on or off (``None``:
+    as the switch stands; off, every module runs the plain ops); ``cpu_shortcuts=False`` runs it
+    without the CPU batch slices and the faster depth-wise weight gradient, the tuning constants of
+    :mod:`fcvit.ops` patched while it runs, which is how the benchmarks show what they are worth.
     """
 
     label: str
@@ -90,16 +89,15 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@contextlib.contextmanager
-def _fast_paths_setting(value: Optional[bool]) -> Iterator[None]:
-    if value is None:
-        yield
-        return
-    previous = set_fast_paths(value)
+def _build(candidate: Candidate) -> nn.Module:
+    """The candidate's model, built with the fast paths as it asks (modules read the switch when built)."""
+    if candidate.fast_paths is None:
+        return candidate.build()
+    previous = set_fused_ops(candidate.fast_paths)
     try:
-        yield
+        return candidate.build()
     finally:
-        set_fast_paths(previous)
+        set_fused_ops(previous)
 
 
 @contextlib.contextmanager
@@ -107,13 +105,9 @@ def _cpu_shortcuts_setting(value: Optional[bool]) -> Iterator[None]:
     if value is None or value:
         yield
         return
-    slices = set_cpu_slice_bytes(grad=0, no_grad=0, mlp=0)
-    method = set_weight_grad_method("native")
-    try:
+    with mock.patch.dict(mixers.CPU_SLICE_BYTES, grad=0, no_grad=0, mlp=0), \
+            mock.patch.object(depthwise, "_pick_method", lambda x: "native"):
         yield
-    finally:
-        set_cpu_slice_bytes(**slices)
-        set_weight_grad_method(method)
 
 
 class _Runner:
@@ -123,7 +117,7 @@ class _Runner:
                  amp: bool, channels_last: bool, compile_model: bool, num_classes: int) -> None:
         self.candidate = candidate
         self.device = device
-        model = candidate.build().to(device)
+        model = _build(candidate).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.module = model
@@ -144,7 +138,7 @@ class _Runner:
             model.eval()
 
     def step(self) -> None:
-        with _fast_paths_setting(self.candidate.fast_paths), _cpu_shortcuts_setting(self.candidate.cpu_shortcuts):
+        with _cpu_shortcuts_setting(self.candidate.cpu_shortcuts):
             if self.mode == "infer":
                 with torch.inference_mode(), self.autocast():
                     self.model(self.inputs)

@@ -1,7 +1,9 @@
 """Exporting a model to ONNX, TorchScript or safetensors, each checked against PyTorch after writing.
 
 Every file is written to a temporary name beside the target and moved into place only when complete,
-so an interrupted export never leaves a half-written file under the requested name.
+so an interrupted export never leaves a half-written file under the requested name. Exports record
+the plain ops whatever the fast-path switch (:mod:`fcvit.ops.config`): scripting skips the fused
+methods, and ONNX export is one of the calls :func:`fcvit.ops.recording` sees.
 """
 from __future__ import annotations
 

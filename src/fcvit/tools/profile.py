@@ -85,13 +85,13 @@ class SavedTensor:
     nbytes: int
 
 
-def saved_activations(model: nn.Module, x: torch.Tensor, depth: int = 4) -> List[SavedTensor]:
+def saved_activations(model: nn.Module, x: torch.Tensor, depth: int = 5) -> List[SavedTensor]:
     """Every activation the forward pass of ``model(x)`` keeps for backward, in the order saved.
 
     Records what autograd saves (``torch.autograd.graph.saved_tensors_hooks``), once per storage
     (views of one tensor saved by several ops count once, for the first module that saved it), and
     no parameters. ``module`` is the name of the innermost module running at the time, cut to
-    ``depth`` components (``network.0.1.token_mixer``); ``""`` is outside any named module. This is
+    ``depth`` components (``stages.0.blocks.1.token_mixer``); ``""`` is outside any named module. This is
     what training memory is made of, and how docs/benchmarks.md breaks it down.
     """
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -129,7 +129,7 @@ def saved_activations(model: nn.Module, x: torch.Tensor, depth: int = 4) -> List
     return records
 
 
-def saved_activation_bytes(model: nn.Module, x: torch.Tensor, depth: int = 4) -> Dict[str, int]:
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor, depth: int = 5) -> Dict[str, int]:
     """Bytes :func:`saved_activations` finds, summed per module name."""
     totals: Dict[str, int] = {}
     for record in saved_activations(model, x, depth):

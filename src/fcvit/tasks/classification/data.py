@@ -5,46 +5,37 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ...data.images import load_image
+from ...data.images import check_image, list_images, load_image
 from ...errors import UserError
 
-__all__ = [
-    "DIGITS_CLASSES", "SKIPPED_TARGET", "BadImageError", "DigitsDataset", "CheckedImageFolder", "create_classification_dataset",
-    "find_split_dir",
-]
+__all__ = ["DIGITS_CLASSES", "SKIPPED_TARGET", "BadImageError", "DigitsDataset", "CheckedImageFolder",
+           "create_classification_dataset", "find_split_dir", "check_images"]
 
 _logger = logging.getLogger(__name__)
 
 DIGITS_CLASSES = [str(i) for i in range(10)]
 SKIPPED_TARGET = -1  # an evaluation sample that could not be read: counted nowhere
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _SPLIT_SYNONYMS = {"train": ("train", "training"), "val": ("val", "validation", "valid", "eval", "evaluation", "test")}
 
 
 class BadImageError(UserError):
-    """A sample that cannot be decoded. DataLoader workers re-raise it as ``BadImageError(long text)``;
-    the constructor keeps only the original one-sentence message."""
+    """A sample that cannot be decoded; keeps only the one sentence of a worker's re-raised long text."""
 
     def __init__(self, message: str) -> None:
         if "Original Traceback" in message:
-            last = message.strip().splitlines()[-1]
-            message = last.split("BadImageError: ", 1)[-1]
+            message = message.strip().splitlines()[-1].split("BadImageError: ", 1)[-1]
         super().__init__(message)
 
 
 class DigitsDataset(Dataset):
-    """scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes) as RGB PIL images.
-
-    The split is stratified and fixed by ``split_seed`` (80% train, 20% val by default), so every run,
-    machine and process sees the same 1,437 / 360 images.
-    """
+    """scikit-learn's handwritten digits (1,797 8x8 images) as RGB; the stratified split is fixed by ``split_seed``."""
 
     classes = DIGITS_CLASSES
 
@@ -61,9 +52,7 @@ class DigitsDataset(Dataset):
         train_idx, val_idx = train_test_split(np.arange(len(images)), test_size=val_fraction,
                                               random_state=split_seed, stratify=digits.target)
         idx = np.sort(train_idx if split == "train" else val_idx)
-        self.images = images[idx]
-        self.targets = digits.target[idx].astype(np.int64)
-        self.transform = transform
+        self.images, self.targets, self.transform = images[idx], digits.target[idx].astype(np.int64), transform
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -76,10 +65,7 @@ class DigitsDataset(Dataset):
 
 
 def _canonical_split(split: str) -> Optional[str]:
-    for canonical, names in _SPLIT_SYNONYMS.items():
-        if split in names:
-            return canonical
-    return None
+    return next((canonical for canonical, names in _SPLIT_SYNONYMS.items() if split in names), None)
 
 
 def find_split_dir(root: str, split: str) -> str:
@@ -96,102 +82,89 @@ def find_split_dir(root: str, split: str) -> str:
                     "one sub-folder of images per class.")
 
 
-def _has_image(folder: str) -> bool:
-    for _, _, files in os.walk(folder):
-        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
-            return True
-    return False
-
-
 class CheckedImageFolder(Dataset):
-    """``<split>/<class>/<image>`` read with timm's folder reader, with one-sentence errors.
+    """``<split>/<class>/**/<image>``; an empty class folder is refused (it would shift every class index).
 
-    Class folders are checked when the dataset is built (an empty one would silently shift every
-    class index); an undecodable image raises :class:`BadImageError` naming the file, or with
-    ``skip_bad_images`` is logged and, in training, replaced by the next readable sample. For
-    ``evaluation`` it is not replaced (that would count another image twice): the sample becomes a
-    blank image with target :data:`SKIPPED_TARGET`, which the evaluation leaves out of every count.
+    An undecodable image raises :class:`BadImageError`, or with ``skip_bad_images`` is logged and replaced by
+    the next readable one; in ``evaluation`` (where that would count one twice) by a blank image with target
+    :data:`SKIPPED_TARGET`, which the evaluation leaves out of every count.
     """
 
     def __init__(self, split_dir: str, transform: Optional[Callable] = None, skip_bad_images: bool = False,
                  class_names: Optional[Sequence[str]] = None, evaluation: bool = False) -> None:
-        from timm.data.readers.reader_image_folder import ReaderImageFolder
+        from timm.data.readers.img_extensions import get_img_extensions
+        from timm.utils.misc import natural_key
 
-        folders = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+        folders = sorted((e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")),
+                         key=natural_key)  # timm's class order
         if not folders:
             raise UserError(f"'{split_dir}' has no class folders: put the images of each class in "
                             f"'{split_dir}/<class name>/'.")
+        extra = [f for f in folders if class_names is not None and f not in class_names]
+        if extra:
+            raise UserError(f"'{split_dir}' has classes the training split lacks ({', '.join(extra[:5])}): "
+                            "use the same class folders in every split.")
+        self.classes = list(class_names) if class_names is not None else folders
+        self.samples: List[Tuple[str, int]] = []
         for name in folders:
-            if not _has_image(os.path.join(split_dir, name)):
-                raise UserError(f"Class folder '{os.path.join(split_dir, name)}' has no images: add images "
-                                "or remove the folder.")
-        class_map = {name: i for i, name in enumerate(class_names)} if class_names is not None else ""
-        if class_names is not None:
-            extra = [f for f in folders if f not in class_map]
-            if extra:
-                raise UserError(f"'{split_dir}' has classes the training split lacks ({', '.join(extra[:5])}): "
-                                "use the same class folders in every split.")
-        self.reader = ReaderImageFolder(split_dir, class_map=class_map)
-        self.classes = list(class_names) if class_names is not None else sorted(
-            self.reader.class_to_idx, key=self.reader.class_to_idx.get)
-        self.transform = transform
-        self.skip_bad_images = skip_bad_images
-        self.evaluation = evaluation
+            found = list_images(os.path.join(split_dir, name), get_img_extensions())
+            if not found:
+                raise UserError(f"Class folder '{os.path.join(split_dir, name)}' has no images "
+                                f"({', '.join(get_img_extensions())}): add images or remove the folder.")
+            self.samples += [(path, self.classes.index(name)) for path in found]
+        self.samples.sort(key=lambda sample: natural_key(sample[0]))
+        self.transform, self.skip_bad_images, self.evaluation = transform, skip_bad_images, evaluation
 
     def __len__(self) -> int:
-        return len(self.reader)
+        return len(self.samples)
 
     def _load(self, index: int) -> Tuple[Image.Image, int]:
-        path = self.reader.filename(index, absolute=True)
+        path, target = self.samples[index]
         try:
-            img = load_image(path)
+            return load_image(path), target
         except UserError as exc:
             raise BadImageError(f"{exc} (or pass --skip-bad-images to go on without it)") from None
-        return img, int(self.reader[index][1])
 
     def __getitem__(self, index: int) -> Tuple[Any, int]:
-        if self.evaluation:
-            img, target = self._load_or_blank(index)
+        for attempt in range(len(self)):
+            try:
+                img, target = self._load((index + attempt) % len(self))
+                break
+            except BadImageError as exc:
+                if not self.skip_bad_images:
+                    raise
+                _logger.warning("%s unreadable image: %s", "Not evaluating" if self.evaluation else "Skipping", exc)
+                if self.evaluation:
+                    img, target = Image.new("RGB", (32, 32)), SKIPPED_TARGET
+                    break
         else:
-            img, target = self._load_or_next(index)
+            raise UserError("No image in the dataset could be decoded: check the data folder.")
         if self.transform is not None:
             img = self.transform(img)
         return img, target
 
-    def _load_or_blank(self, index: int) -> Tuple[Image.Image, int]:
-        try:
-            return self._load(index)
-        except BadImageError as exc:
-            if not self.skip_bad_images:
-                raise
-            _logger.warning("Not evaluating unreadable image: %s", exc)
-            return Image.new("RGB", (32, 32)), SKIPPED_TARGET
 
-    def _load_or_next(self, index: int) -> Tuple[Image.Image, int]:
-        for attempt in range(len(self)):
-            try:
-                return self._load((index + attempt) % len(self))
-            except BadImageError as exc:
-                if not self.skip_bad_images:
-                    raise
-                _logger.warning("Skipping unreadable image: %s", exc)
-        raise UserError("No image in the dataset could be decoded: check the data folder.")
+def check_images(dataset: Dataset, workers: int = 8) -> None:
+    """Decode every image of a folder dataset now (JPEGs at 1/8 scale, on threads), so that a bad validation
+    image stops training before its first step; with ``skip_bad_images`` one log line names them instead."""
+    if not isinstance(dataset, CheckedImageFolder) or not dataset.samples:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(dataset.samples)))) as pool:
+        problems = [p for p in pool.map(check_image, (path for path, _ in dataset.samples)) if p]
+    if problems and not dataset.skip_bad_images:
+        more = f" ({len(problems) - 1} more images of this split are unreadable too)" if len(problems) > 1 else ""
+        raise BadImageError(f"{problems[0]}{more} (or pass --skip-bad-images to go on without them)")
+    if problems:
+        _logger.warning("%d unreadable image(s) will be left out: %s", len(problems), " | ".join(problems[:5]))
 
 
-def create_classification_dataset(
-        name: str,
-        root: Optional[str],
-        split: str,
-        transform: Optional[Callable] = None,
-        skip_bad_images: bool = False,
-        class_names: Optional[Sequence[str]] = None,
-        evaluation: bool = False,
-) -> Dataset:
-    """The dataset for ``--dataset name`` and ``DATA``: 'digits', an image folder (empty name or
-    'folder'), or any other name ``timm.data.create_dataset`` accepts ('torch/cifar10', 'hfds/...').
-
-    The result has ``.classes`` (names in label order) where the source knows them. ``evaluation``: an
-    image folder marks unreadable images (with ``skip_bad_images``) instead of replacing them.
+def create_classification_dataset(name: str, root: Optional[str], split: str, transform: Optional[Callable] = None,
+                                  skip_bad_images: bool = False, class_names: Optional[Sequence[str]] = None,
+                                  evaluation: bool = False) -> Dataset:
+    """The dataset for ``--dataset name`` and ``DATA``: 'digits', an image folder (empty name or 'folder'), or
+    any other name ``timm.data.create_dataset`` accepts; ``.classes`` holds the names where the source knows
+    them. ``evaluation``: a folder's images are checked now (:func:`check_images`), and unreadable ones with
+    ``skip_bad_images`` are marked instead of replaced.
     """
     if name == "digits":
         return DigitsDataset(split, transform=transform)
@@ -199,7 +172,10 @@ def create_classification_dataset(
         raise UserError("No DATA folder given: pass a folder holding train/<class>/* and val/<class>/*, "
                         "or --dataset digits for the built-in dataset.")
     if name in ("", "folder", "imagefolder"):
-        return CheckedImageFolder(find_split_dir(root, split), transform, skip_bad_images, class_names, evaluation)
+        folder = CheckedImageFolder(find_split_dir(root, split), transform, skip_bad_images, class_names, evaluation)
+        if evaluation:
+            check_images(folder)
+        return folder
     from timm.data import create_dataset
 
     try:
@@ -208,11 +184,9 @@ def create_classification_dataset(
         raise UserError(f"timm could not open dataset '{name}' at '{root}' split '{split}' "
                         f"({str(exc).splitlines()[0][:200]}): check --dataset, DATA and the split names.") from None
     dataset.transform = transform
-    reader = getattr(dataset, "reader", None)
     classes = getattr(dataset, "classes", None)
-    if classes is None and reader is not None and hasattr(reader, "class_to_idx"):
-        classes = sorted(reader.class_to_idx, key=reader.class_to_idx.get)
-    if classes is None and hasattr(getattr(dataset, "parser", None), "class_to_idx"):
-        classes = sorted(dataset.parser.class_to_idx, key=dataset.parser.class_to_idx.get)
+    for source in (getattr(dataset, "reader", None), getattr(dataset, "parser", None)):
+        if classes is None and hasattr(source, "class_to_idx"):
+            classes = sorted(source.class_to_idx, key=source.class_to_idx.get)
     dataset.classes = list(classes) if classes is not None else None
     return dataset

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -23,15 +23,15 @@ from ...data.samplers import EpochShardSampler, SeededSamples, SeekableBatches
 from ...engine import (
     AmpSettings,
     DistContext,
-    LoopSettings,
     ProgressBar,
-    TrainSpec,
+    Task,
     all_reduce,
     convert_sync_batchnorm,
     distribute_bn,
     eval_loader,
-    is_out_of_memory,
+    out_of_memory_as_user_error,
     resolve_amp,
+    resolve_resume,
     run_distributed,
     run_training,
     seed_everything,
@@ -39,12 +39,15 @@ from ...engine import (
     train_loader,
     unwrap_model,
 )
-from ...engine.workers import ignore_stop_signals, user_errors_from_workers
+from ...engine.workers import user_errors_from_workers
 from ...errors import UserError
+from ..training import loop_settings
 
-__all__ = ["train", "evaluate", "create_model", "build_eval_loader", "check_classes", "out_of_memory_message"]
+__all__ = ["train", "evaluate", "create_model", "build_eval_loader", "check_classes", "ClassificationTask"]
 
 _logger = logging.getLogger(__name__)
+
+OOM_HINT = "--grad-checkpointing or --amp"
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -56,13 +59,14 @@ def create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     import timm
 
     check_model_name(args.model, allow_timm=True)
-    drop_path = getattr(args, "drop_path", None)
+    drop_path = args.drop_path
     if drop_path is None and args.model in MODEL_CONFIGS:
         drop_path = MODEL_CONFIGS[args.model].drop_path_rate
+    # validate's namespace has no --drop or --initial-checkpoint
     kwargs: Dict[str, Any] = dict(num_classes=num_classes, drop_rate=getattr(args, "drop", 0.0) or 0.0)
     if drop_path is not None:
         kwargs["drop_path_rate"] = drop_path
-    kwargs.update(getattr(args, "model_kwargs", None) or {})
+    kwargs.update(args.model_kwargs or {})
     model = timm.create_model(args.model, **kwargs)
     if getattr(args, "initial_checkpoint", None):
         load_initial_weights(model, args.initial_checkpoint, args.model)
@@ -84,12 +88,6 @@ def load_initial_weights(model: nn.Module, path: str, model_name: str) -> None:
         load_weights(model, state_dict, model_name, allow_partial=True)
     else:
         load_weights(model, state_dict, model_name)
-
-
-def out_of_memory_message(batch_size: int, device: torch.device) -> str:
-    smaller = max(batch_size // 2, 1)
-    return (f"A batch of {batch_size} images does not fit in {device} memory: use a smaller -b "
-            f"(e.g. -b {smaller}), --grad-checkpointing or --amp.")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -123,9 +121,9 @@ def _transform_args(args: argparse.Namespace, model: nn.Module, training: bool) 
             vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa or None,
             interpolation=args.train_interpolation, re_prob=args.reprob, re_mode=args.remode,
             re_count=args.recount)
-        if getattr(args, "aug_splits", 0) > 1:
+        if args.aug_splits > 1:
             kwargs["separate"] = True  # (crop+flip, augmentation, tensor+erasing) for AugMix-style splits
-        if getattr(args, "resplit", False):
+        if args.resplit:
             kwargs["re_prob"] = 0.0  # erasing moves to the batch, where it can spare the first split
     return kwargs
 
@@ -165,9 +163,8 @@ def _train_loss(args: argparse.Namespace, mixup: bool) -> nn.Module:
     (mixup) or smoothed targets."""
     from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-    bce = getattr(args, "bce_loss", False)
-    threshold = getattr(args, "bce_target_thresh", None)
-    if getattr(args, "jsd_loss", False):
+    bce, threshold = args.bce_loss, args.bce_target_thresh
+    if args.jsd_loss:
         return JsdCrossEntropy(num_splits=args.aug_splits, smoothing=args.smoothing)
     if mixup:  # mixup already smooths the targets
         return BinaryCrossEntropy(target_threshold=threshold) if bce else SoftTargetCrossEntropy()
@@ -191,7 +188,7 @@ def _batch_erasing(args: argparse.Namespace, device: torch.device) -> Optional[C
     --aug-splits), as the original's loader did; None when erasing stays per image."""
     from timm.data.random_erasing import RandomErasing
 
-    if not getattr(args, "resplit", False) or not args.reprob or args.no_aug:
+    if not args.resplit or not args.reprob or args.no_aug:
         return None
     return RandomErasing(args.reprob, mode=args.remode, max_count=args.recount,
                          num_splits=args.aug_splits or 2, device=device)
@@ -218,13 +215,8 @@ def evaluate(model: nn.Module, loader: DataLoader, amp: AmpSettings, ctx: DistCo
             targets = targets.to(ctx.device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            try:
-                with amp.autocast():
-                    logits = model(images)
-            except (RuntimeError, torch.OutOfMemoryError) as exc:
-                if is_out_of_memory(exc):
-                    raise UserError(out_of_memory_message(images.shape[0], ctx.device)) from None
-                raise
+            with out_of_memory_as_user_error(images.shape[0], ctx.device, OOM_HINT), amp.autocast():
+                logits = model(images)
             read = targets != SKIPPED_TARGET
             sums[4] += (~read).sum()
             logits, targets = logits.float()[read], targets[read]
@@ -282,7 +274,7 @@ def _create_schedule(optimizer: torch.optim.Optimizer, args: argparse.Namespace,
         return create_scheduler_v2(
             optimizer, sched=sched, num_epochs=args.epochs, cooldown_epochs=args.cooldown_epochs,
             min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=warmup_epochs,
-            decay_epochs=args.decay_epochs, decay_milestones=list(getattr(args, "decay_milestones", [90, 180, 270])),
+            decay_epochs=args.decay_epochs, decay_milestones=list(args.decay_milestones),
             decay_rate=args.decay_rate, step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch,
             **extras)
     except ValueError as exc:  # timm's own range checks (wsd/rsqrt decay length)
@@ -291,14 +283,12 @@ def _create_schedule(optimizer: torch.optim.Optimizer, args: argparse.Namespace,
 
 def _schedule_extras(args: argparse.Namespace) -> Dict[str, Any]:
     """timm scheduler options of the original train.py (lr noise, cycles, k-decay, plateau patience)."""
-    noise = getattr(args, "lr_noise", None)
+    noise = args.lr_noise
     return dict(
-        noise=(noise[0] if len(noise) == 1 else list(noise)) if noise else None,
-        noise_pct=getattr(args, "lr_noise_pct", 0.67), noise_std=getattr(args, "lr_noise_std", 1.0),
-        noise_seed=args.seed, cycle_mul=getattr(args, "lr_cycle_mul", 1.0),
-        cycle_decay=getattr(args, "lr_cycle_decay", 0.5), cycle_limit=getattr(args, "lr_cycle_limit", 1),
-        k_decay=getattr(args, "lr_k_decay", 1.0), patience_epochs=getattr(args, "patience_epochs", 10),
-        plateau_mode="min" if "loss" in args.eval_metric else "max")
+        noise=(noise[0] if len(noise) == 1 else list(noise)) if noise else None, noise_pct=args.lr_noise_pct,
+        noise_std=args.lr_noise_std, noise_seed=args.seed, cycle_mul=args.lr_cycle_mul,
+        cycle_decay=args.lr_cycle_decay, cycle_limit=args.lr_cycle_limit, k_decay=args.lr_k_decay,
+        patience_epochs=args.patience_epochs, plateau_mode="min" if "loss" in args.eval_metric else "max")
 
 
 def _epochs_note(args: argparse.Namespace, num_epochs: int) -> str:
@@ -311,31 +301,19 @@ def _epochs_note(args: argparse.Namespace, num_epochs: int) -> str:
         return (f", {args.epochs} epoch{plural} + {cooldown} cooldown epochs at --min-lr = {num_epochs} "
                 "(--cooldown-epochs 0 for none)")
     return (f", {num_epochs} epochs in all: --epochs {args.epochs} per lr cycle, --lr-cycle-limit "
-            f"{getattr(args, 'lr_cycle_limit', 1)}, + {cooldown} cooldown epochs")
-
-
-#: arguments whose change makes a resumed run another run (refused unless --resume-override, which applies them)
-RUN_SHAPING = (
-    "model", "model_kwargs", "num_classes", "dataset", "data", "train_split", "img_size", "input_size",
-    "initial_checkpoint", "batch_size", "opt", "opt_eps", "opt_betas", "momentum", "weight_decay", "lr", "lr_base",
-    "lr_base_size", "lr_base_scale", "sched", "sched_on_updates", "epochs", "warmup_lr", "warmup_epochs", "min_lr",
-    "cooldown_epochs", "decay_epochs", "decay_milestones", "decay_rate", "patience_epochs", "lr_noise", "lr_noise_pct", "lr_noise_std",
-    "lr_cycle_mul", "lr_cycle_decay", "lr_cycle_limit", "lr_k_decay", "seed", "drop", "drop_path", "smoothing",
-    "mixup", "cutmix", "aa", "reprob", "aug_splits", "jsd_loss", "bce_loss", "model_ema", "model_ema_decay",
-    "eval_metric")
+            f"{args.lr_cycle_limit}, + {cooldown} cooldown epochs")
 
 
 def check_initial_with_resume(args: argparse.Namespace) -> None:
     """``--initial-checkpoint`` starts a NEW run, so it conflicts with an explicit ``--resume CKPT`` (whose weights
     would replace it). ``--resume auto`` without a ``last.pth.tar`` starts a new run from the initial weights; with
     one, rerunning the same command continues that run (the loop refuses another --initial-checkpoint)."""
-    from ...engine import resolve_resume
-
     explicit_resume = args.resume not in ("", "auto")
-    if getattr(args, "initial_checkpoint", "") and explicit_resume and resolve_resume(args.resume, args.output):
+    if args.initial_checkpoint and explicit_resume and resolve_resume(args.resume, args.output):
         raise UserError(f"--initial-checkpoint and --resume {args.resume} conflict: a resumed run continues from "
                         "its own weights, so drop --initial-checkpoint to continue it, or drop --resume (or pass "
                         "--resume '') to start a new run from the initial weights.")
+
 
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
@@ -344,24 +322,18 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
-    from timm.optim import create_optimizer_v2
-    from timm.utils import ModelEmaV3
-
     from .data import create_classification_dataset
-    from .transforms import create_train_transform
 
-    output_dir = args.output
     check_initial_with_resume(args)
     notes = list(vars(args).pop("compat_notes", None) or [])  # from flags of the original train.py
     if ctx.is_main:
-        os.makedirs(output_dir, exist_ok=True)
-    setup_logging(ctx, output_dir)
+        os.makedirs(args.output, exist_ok=True)
+    setup_logging(ctx, args.output)
     for note in notes:
         _logger.info(note)
     _cpu_threads(ctx, args.workers)
     seed_everything(args.seed, ctx.rank)
-
-    # data: training split first, its classes define the label order for every other split
+    # the training split first: its classes define the label order for every other split
     train_set = create_classification_dataset(args.dataset, args.data, args.train_split,
                                               skip_bad_images=args.skip_bad_images)
     class_names = getattr(train_set, "classes", None)
@@ -373,122 +345,123 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
                         "training data: leave --num-classes out.")
     if len(train_set) == 0:
         raise UserError("The training split has no images: add images or check DATA.")
-
     model = create_model(args, num_classes)
     if args.grad_checkpointing:
         unwrap_model(model).set_grad_checkpointing(True)
     model.to(ctx.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    if getattr(args, "sync_bn", False):
-        if not ctx.distributed:
-            _logger.info("--sync-bn: no effect with one process (as in the original).")
+    if args.sync_bn:
         model = convert_sync_batchnorm(model, ctx)
+    task = ClassificationTask(args, ctx, model, train_set, class_names, num_classes)
+    settings = loop_settings(args, task.amp, resume_optimizer=not args.no_resume_opt, clip_mode=args.clip_mode,
+                             start_epoch=args.start_epoch, broadcast_buffers=not args.no_ddp_bb)
+    return dict(run_training(task, ctx, settings), epochs=task.length, class_names=class_names)
 
-    train_set.transform = create_train_transform(**_transform_args(args, model, training=True))
-    aug_splits = getattr(args, "aug_splits", 0)
-    if aug_splits > 1:
-        from timm.data import AugMixDataset
 
-        train_set = AugMixDataset(train_set, num_splits=aug_splits)  # (clean, augmented, ...) per image
-    global_batch = args.batch_size * ctx.world_size
-    if len(train_set) < global_batch:
-        raise UserError(f"The training split has {len(train_set)} images, fewer than one global batch of "
-                        f"{global_batch}: use a smaller -b.")
-    mixup_fn = _mixup_fn(args, num_classes)
-    if mixup_fn is not None and args.batch_size % 2:
-        raise UserError(f"Mixup/CutMix need an even batch size per process, not -b {args.batch_size}: "
-                        "use an even -b or --mixup 0 --cutmix 0.")
-    batches = SeekableBatches(EpochShardSampler(len(train_set), args.seed, ctx.rank, ctx.world_size), args.batch_size)
-    loader = train_loader(SeededSamples(train_set), batches, args.workers, ctx.device.type == "cuda" and args.pin_mem)
-    val_loader, _, eval_tf = build_eval_loader(args, model, ctx, args.val_split, class_names,
-                                                args.validation_batch_size or args.batch_size)
+class ClassificationTask(Task):
+    """``fcvit train`` on the loop: the recipe's augmentation, mixup and losses; top-1/top-5 of the model and
+    its EMA; ``--dist-bn`` before each evaluation; ``--mixup-off-epoch``."""
 
-    lr = _resolve_lr(args, ctx.world_size)
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum, **({"eps": args.opt_eps} if args.opt_eps else {}),
-                                    **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
-    amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
-    if amp.enabled and amp.dtype is torch.float16 and ctx.device.type == "cpu":
-        _logger.info("float16 autocast on CPU runs, but slower than float32 (CPUs lack fast float16 kernels); "
-                     "leave out --apex-amp/--amp-dtype float16 there for speed.")
-    scheduler, num_epochs = _create_schedule(optimizer, args, batches.batches_per_epoch)
-    ema_on_cpu = args.model_ema and getattr(args, "model_ema_force_cpu", False)
-    model_ema = (ModelEmaV3(unwrap_model(model), decay=args.model_ema_decay,
-                            device=torch.device("cpu") if ema_on_cpu else None) if args.model_ema else None)
-    dist_bn = getattr(args, "dist_bn", "reduce") if ctx.distributed else ""
-    if dist_bn:
-        _logger.info("BatchNorm running statistics: %s over the %d processes after every epoch, before evaluation "
-                     "(--dist-bn %s).", "averaged" if dist_bn == "reduce" else "copied from rank 0",
-                     ctx.world_size, dist_bn)
-    if args.compile:
-        model = torch.compile(model)
+    def __init__(self, args: argparse.Namespace, ctx: DistContext, model: nn.Module, train_set: Dataset,
+                 class_names: Optional[Sequence[str]], num_classes: int) -> None:
+        from timm.models import model_parameters
+        from timm.optim import create_optimizer_v2
+        from timm.utils import ModelEmaV3
 
-    loss_fn = _train_loss(args, mixup_fn is not None).to(ctx.device)
-    batch_erasing = _batch_erasing(args, ctx.device)
+        from .transforms import create_train_transform
 
-    def step(train_model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], int]:
+        train_set.transform = create_train_transform(**_transform_args(args, model, training=True))
+        if args.aug_splits > 1:
+            from timm.data import AugMixDataset
+
+            train_set = AugMixDataset(train_set, num_splits=args.aug_splits)  # (clean, augmented, ...) per image
+        if len(train_set) < args.batch_size * ctx.world_size:
+            raise UserError(f"The training split has {len(train_set)} images, fewer than one global batch of "
+                            f"{args.batch_size * ctx.world_size}: use a smaller -b.")
+        self.mixup = _mixup_fn(args, num_classes)
+        if self.mixup is not None and args.batch_size % 2:
+            raise UserError(f"Mixup/CutMix need an even batch size per process, not -b {args.batch_size}: "
+                            "use an even -b or --mixup 0 --cutmix 0.")
+        batches = SeekableBatches(EpochShardSampler(len(train_set), args.seed, ctx.rank, ctx.world_size),
+                                  args.batch_size)
+        loader = train_loader(SeededSamples(train_set), batches, args.workers, ctx.device.type == "cuda" and args.pin_mem)
+        self.val_loader, _, eval_tf = build_eval_loader(args, model, ctx, args.val_split, class_names,
+                                                        args.validation_batch_size or args.batch_size)
+        lr = _resolve_lr(args, ctx.world_size)
+        optimizer = create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay,
+                                        momentum=args.momentum, **({"eps": args.opt_eps} if args.opt_eps else {}),
+                                        **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
+        self.amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
+        if self.amp.enabled and self.amp.dtype is torch.float16 and ctx.device.type == "cpu":
+            _logger.info("float16 autocast on CPU runs, but slower than float32 (CPUs lack fast float16 kernels); "
+                         "leave out --apex-amp/--amp-dtype float16 there for speed.")
+        scheduler, num_epochs = _create_schedule(optimizer, args, batches.batches_per_epoch)
+        super().__init__(torch.compile(model) if args.compile else model, optimizer, scheduler, loader,
+                         name=f"Training {args.model}", metric=args.eval_metric,
+                         mode="min" if "loss" in args.eval_metric else "max", unit="epoch", length=num_epochs)
+        self.args, self.ctx, self.class_names, self.num_classes = args, ctx, class_names, num_classes
+        self.ema_evaluated = args.model_ema and not args.model_ema_force_cpu  # the original skipped a CPU EMA
+        self.model_ema = (ModelEmaV3(model, decay=args.model_ema_decay, device=None if self.ema_evaluated
+                                     else torch.device("cpu")) if args.model_ema else None)
+        self.dist_bn = args.dist_bn if ctx.distributed else ""
+        if self.dist_bn:
+            _logger.info("BatchNorm running statistics: %s over the %d processes after every epoch, before "
+                         "evaluation (--dist-bn %s).", "averaged" if self.dist_bn == "reduce" else
+                         "copied from rank 0", ctx.world_size, self.dist_bn)
+        self.loss_fn = _train_loss(args, self.mixup is not None).to(ctx.device)
+        self.batch_erasing = _batch_erasing(args, ctx.device)
+        if args.clip_grad:
+            self.clip_parameters = list(model_parameters(model, exclude_head="agc" in args.clip_mode))
+        self.oom_hint = OOM_HINT
+        self.describe = (f"{len(train_set)} images of {num_classes} classes, {len(self.val_loader.dataset)} for "
+                         f"validation, lr {lr:.3g}{_epochs_note(args, num_epochs)}")
+        self.data_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in eval_tf.items()}
+
+    def step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], int]:
         images, targets = batch
         batch_images = targets.shape[0]
         images, targets = _join_splits(images, targets)
-        images = images.to(ctx.device, non_blocking=True)
-        targets = targets.to(ctx.device, non_blocking=True)
-        if args.channels_last:
+        images = images.to(self.ctx.device, non_blocking=True)
+        targets = targets.to(self.ctx.device, non_blocking=True)
+        if self.args.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        if mixup_fn is not None:
-            images, targets = mixup_fn(images, targets)
-        if batch_erasing is not None:
-            images = batch_erasing(images)
-        return loss_fn(train_model(images), targets), {}, batch_images
+        if self.mixup is not None:
+            images, targets = self.mixup(images, targets)
+        if self.batch_erasing is not None:
+            images = self.batch_erasing(images)
+        return self.loss_fn(model(images), targets), {}, batch_images
 
-    def evaluate_both(trained: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
-        metrics = evaluate(trained, val_loader, amp, ctx, args.channels_last, "eval")
+    def evaluate(self, model: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
+        metrics = evaluate(model, self.val_loader, self.amp, self.ctx, self.args.channels_last, "eval")
         row: Dict[str, Any] = {"eval_loss": metrics["loss"], "eval_top1": metrics["top1"],
                                "eval_top5": metrics["top5"], "eval_img_per_sec": metrics["img_per_sec"]}
         ranked = metrics
-        if model_ema is not None and not ema_on_cpu:  # the original did not evaluate a CPU EMA either
-            ranked = evaluate(model_ema.module, val_loader, amp, ctx, args.channels_last, "eval ema")
+        if self.model_ema is not None and self.ema_evaluated:
+            ranked = evaluate(self.model_ema.module, self.val_loader, self.amp, self.ctx, self.args.channels_last,
+                              "eval ema")
             row.update(ema_eval_loss=ranked["loss"], ema_eval_top1=ranked["top1"], ema_eval_top5=ranked["top5"])
         _logger.info("val top-1 %.2f%% top-5 %.2f%% loss %.4f%s", metrics["top1"], metrics["top5"], metrics["loss"],
                      f" (EMA top-1 {ranked['top1']:.2f}%)" if ranked is not metrics else "")
         return ranked, row
 
-    def before_evaluate(trained: nn.Module) -> None:
-        if dist_bn:
-            distribute_bn(unwrap_model(trained), ctx, reduce=dist_bn == "reduce")
-            if model_ema is not None and not ema_on_cpu:
-                distribute_bn(model_ema.module, ctx, reduce=dist_bn == "reduce")
+    def before_evaluate(self, model: nn.Module) -> None:
+        if self.dist_bn:
+            distribute_bn(model, self.ctx, reduce=self.dist_bn == "reduce")
+            if self.model_ema is not None and self.ema_evaluated:
+                distribute_bn(self.model_ema.module, self.ctx, reduce=self.dist_bn == "reduce")
 
-    def on_epoch_start(epoch: int) -> None:
-        if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            mixup_fn.mixup_enabled = False
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.mixup is not None and self.args.mixup_off_epoch and epoch >= self.args.mixup_off_epoch:
+            self.mixup.mixup_enabled = False
 
-    from timm.models import model_parameters
+    def after_update(self, model: nn.Module, global_step: int) -> None:
+        if self.model_ema is not None:
+            self.model_ema.update(unwrap_model(model), step=global_step)
 
-    spec = TrainSpec(
-        name=f"Training {args.model}", model=model, optimizer=optimizer, scheduler=scheduler,
-        train_loader=loader, step=step, evaluate=evaluate_both, metric=args.eval_metric,
-        mode="min" if "loss" in args.eval_metric else "max", unit="epoch", length=num_epochs,
-        checkpoint_fields=dict(
-            arch=args.model, num_classes=num_classes, class_names=list(class_names) if class_names else None,
-            data_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in eval_tf.items()}),
-        check_resume=lambda state: check_classes(class_names, state, num_classes, "the training data"),
-        after_update=(lambda trained, global_step: model_ema.update(unwrap_model(trained), step=global_step))
-        if model_ema is not None else None,
-        before_evaluate=before_evaluate, on_epoch_start=on_epoch_start, model_ema=model_ema,
-        clip_parameters=list(model_parameters(unwrap_model(model), exclude_head="agc" in args.clip_mode))
-        if args.clip_grad else None,
-        oom_hint="--grad-checkpointing or --amp",
-        describe=f"{len(train_set)} images of {num_classes} classes, {len(val_loader.dataset)} for validation, "
-                 f"lr {lr:.3g}{_epochs_note(args, num_epochs)}",
-        run_shaping=RUN_SHAPING, new_run_only=("initial_checkpoint",))
-    settings = LoopSettings(
-        output=output_dir, amp=amp, args=args, resume=args.resume,
-        resume_override=getattr(args, "resume_override", False),
-        resume_optimizer=not getattr(args, "no_resume_opt", False), keep_best=args.keep_best,
-        eval_interval=1, save_interval=getattr(args, "recovery_interval", 0) or 0,
-        log_interval=getattr(args, "log_interval", 0) or 0, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-        tensorboard=args.tensorboard, start_epoch=args.start_epoch,
-        broadcast_buffers=not getattr(args, "no_ddp_bb", False))
-    result = run_training(spec, ctx, settings)
-    return dict(result, epochs=num_epochs, class_names=class_names)
+    def checkpoint_fields(self) -> Dict[str, Any]:
+        return dict(arch=self.args.model, num_classes=self.num_classes, data_config=self.data_config,
+                    class_names=list(self.class_names) if self.class_names else None)
+
+    def check_resume(self, state: Mapping[str, Any]) -> None:
+        check_classes(self.class_names, state, self.num_classes, "the training data")

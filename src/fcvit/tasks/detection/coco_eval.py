@@ -1,9 +1,8 @@
 """COCO box and mask AP with pycocotools' COCOeval, from torchvision Mask R-CNN outputs.
 
-Predictions are turned into COCO result entries (``[x, y, w, h]`` boxes in original image pixels,
-RLE masks, the file's own category ids) per image; under torchrun every rank collects its share and
-the main rank gathers them, keeping one entry per image (a ``DistributedSampler`` repeats a few images
-to even out the ranks) before running COCOeval once.
+Predictions become COCO result entries (``[x, y, w, h]`` boxes in original image pixels, RLE masks, the
+file's own category ids) per image; under torchrun the main rank gathers every rank's, one entry per
+image (a ``DistributedSampler`` repeats a few), before running COCOeval once.
 """
 from __future__ import annotations
 
@@ -22,8 +21,8 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ...files import atomic_write
-from .dataset import Category
+from ...files import atomic_write, make_folder
+from .dataset import Category, check_segmentation
 
 __all__ = ["CocoEvaluator", "AP_FIELDS", "IOU_TYPES", "to_coco_results"]
 
@@ -49,23 +48,22 @@ def to_coco_results(image_id: int, prediction: Mapping[str, torch.Tensor], categ
         rles = coco_mask.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
         for rle in rles:
             rle["counts"] = rle["counts"].decode("ascii")  # JSON-serialisable
-    results = []
-    for box, score, label, rle in zip(xywh, scores, labels, rles):
-        entry = {"image_id": int(image_id), "category_id": categories[label - 1].id, "bbox": box,
-                 "score": float(score)}
-        if rle is not None:
-            entry["segmentation"] = rle
-        results.append(entry)
-    return results
+    return [{"image_id": int(image_id), "category_id": categories[label - 1].id, "bbox": box, "score": float(score),
+             **({"segmentation": rle} if rle is not None else {})}
+            for box, score, label, rle in zip(xywh, scores, labels, rles)]
 
 
 class CocoEvaluator:
-    """Collects Mask R-CNN predictions for a ground-truth ``COCO`` index and computes COCO AP."""
+    """Collects Mask R-CNN predictions for a ground-truth ``COCO`` index and computes COCO AP; the ground
+    truth's segmentations are checked first, since pycocotools fails on bad ones with a bare TypeError."""
 
     def __init__(self, coco_gt: COCO, categories: Sequence[Category], iou_types: Iterable[str] = IOU_TYPES) -> None:
-        self.coco_gt = coco_gt
-        self.categories = list(categories)
-        self.iou_types = tuple(iou_types)
+        for ann in coco_gt.dataset.get("annotations", []):
+            if "segmentation" in ann:
+                image = coco_gt.imgs[ann["image_id"]]
+                check_segmentation(ann, (float(image["height"]), float(image["width"])),
+                                   getattr(coco_gt, "annotation_file", "the ground truth"))
+        self.coco_gt, self.categories, self.iou_types = coco_gt, list(categories), tuple(iou_types)
         self.results: Dict[int, List[Dict[str, Any]]] = {}
 
     def update(self, predictions: Sequence[Mapping[str, torch.Tensor]], image_ids: Sequence[int]) -> None:
@@ -73,11 +71,7 @@ class CocoEvaluator:
             self.results[int(image_id)] = to_coco_results(image_id, prediction, self.categories)
 
     def gather(self, dst: int = 0) -> None:
-        """Merge the results of every rank into rank ``dst``'s ``results`` (one entry per image).
-
-        Only ``dst`` receives them: COCO-sized results (RLE masks) are large and the other ranks do not
-        need them.
-        """
+        """Merge every rank's results into rank ``dst``'s only (RLE masks are large; the others need none)."""
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return
         is_dst = dist.get_rank() == dst
@@ -85,18 +79,14 @@ class CocoEvaluator:
             [None] * dist.get_world_size() if is_dst else None)
         dist.gather_object(self.results, parts, dst=dst)
         if is_dst:
-            merged: Dict[int, List[Dict[str, Any]]] = {}
-            for part in parts or []:
-                merged.update(part or {})
-            self.results = merged
+            self.results = {k: v for part in parts or [] for k, v in (part or {}).items()}
 
     def detections(self) -> List[Dict[str, Any]]:
         return [entry for image_id in sorted(self.results) for entry in self.results[image_id]]
 
     def write_results(self, path: str | os.PathLike) -> None:
         """Detections as a COCO results JSON (the file the COCO test server takes), written atomically."""
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        make_folder(os.path.dirname(os.path.abspath(os.fspath(path))))
         atomic_write(path, json.dumps(self.detections()))
 
     def _load_detections(self, iou_type: str) -> COCO:
@@ -115,10 +105,8 @@ class CocoEvaluator:
         return empty
 
     def summarize(self, image_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
-        """COCOeval over the collected images: ``{'bbox_AP': ..., 'segm_APl': ...}`` in [0, 1].
-
-        A field is -1 where COCO defines none (e.g. APs when no ground-truth object is small).
-        """
+        """COCOeval over the collected images: ``{'bbox_AP': ..., 'segm_APl': ...}`` in [0, 1], -1 where COCO
+        defines none (e.g. APs when no ground-truth object is small)."""
         metrics: Dict[str, float] = {}
         ids = sorted(self.results) if image_ids is None else list(image_ids)
         for iou_type in self.iou_types:
@@ -131,6 +119,5 @@ class CocoEvaluator:
                 evaluator.accumulate()
                 evaluator.summarize()
             _logger.debug("COCO %s:\n%s", iou_type, printed.getvalue().rstrip())
-            for name, value in zip(AP_FIELDS, evaluator.stats[:len(AP_FIELDS)]):
-                metrics[f"{iou_type}_{name}"] = float(value)
+            metrics.update({f"{iou_type}_{name}": float(v) for name, v in zip(AP_FIELDS, evaluator.stats)})
         return metrics

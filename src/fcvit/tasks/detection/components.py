@@ -1,14 +1,6 @@
-"""The pieces where the paper's MMDetection 2.19 Mask R-CNN differs from torchvision's defaults.
-
-Each class subclasses a maintained torchvision building block and overrides only the step that
-differs; choosing torchvision's behaviour instead is a constructor argument (and a ``fcvit detect
-train`` flag). What the original did, value by value, is in ``docs/reproduction.md``:
-
-- :class:`FlooredMatcher`: MMDetection's ``MaxIoUAssigner`` low-quality step (a floor, ``min_pos_iou``).
-- :class:`GridAnchorGenerator`: anchors with fractional corners on fixed strides (4 ... 64).
-- :class:`AlignedMultiScaleRoIAlign`: ``aligned=True``, adaptive sampling, levels by box scale.
-- :class:`Float32BoxCoder`: box deltas decoded in float32 even under float16 autocast.
-- :class:`ProposalNetwork`, :class:`MaskRoIHeads`: L1 box losses; binary, aligned mask targets.
+"""Where the paper's MMDetection 2.19 Mask R-CNN differs from torchvision's defaults: each class subclasses a
+torchvision building block and overrides only the step that differs (torchvision's is a constructor argument
+and a ``fcvit detect train`` flag away); value by value in ``docs/reproduction.md``.
 """
 from __future__ import annotations
 
@@ -24,26 +16,25 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, mask
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-__all__ = [
-    "FlooredMatcher", "GridAnchorGenerator", "AlignedMultiScaleRoIAlign", "Float32BoxCoder", "ProposalNetwork",
-    "MaskRoIHeads", "l1_box_loss", "binary_mask_targets", "aligned_mask_loss", "xavier_init_convs",
-    "mmdet_head_init", "BOX_LOSSES", "MASK_TARGETS",
-]
+__all__ = ["FlooredMatcher", "GridAnchorGenerator", "AlignedMultiScaleRoIAlign", "Float32BoxCoder", "ProposalNetwork",
+           "MaskRoIHeads", "l1_box_loss", "binary_mask_targets", "aligned_mask_loss", "xavier_init_convs",
+           "mmdet_head_init", "BOX_LOSSES", "MASK_TARGETS"]
 
 BOX_LOSSES = ("l1", "smooth_l1")
 MASK_TARGETS = ("aligned", "legacy")
 FINEST_SCALE = 56  # MMDetection's SingleRoIExtractor: boxes under 112 px (sqrt of area) pool from stride 4
 
 
-class FlooredMatcher(Matcher):
-    """torchvision's ``Matcher`` with MMDetection's low-quality step: a floor and "last ground truth wins".
+def _choice(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} '{value}' is not one of {tuple(choices)}")
+    return value
 
-    For every ground-truth box whose best IoU with any prediction is at least ``floor``, every
-    prediction reaching that best IoU is matched to it, even if it was below the thresholds or matched
-    to another box; ground-truth boxes later in the list override earlier ones, as MMDetection's loop
-    over them does. torchvision has no floor (a ground-truth box whose best anchor overlaps it by 0.05
-    still gets that anchor as a positive) and matches such predictions to their own best box.
-    """
+
+class FlooredMatcher(Matcher):
+    """MMDetection's low-quality matching (``MaxIoUAssigner``): every prediction reaching a ground-truth box's
+    best IoU, if that is at least ``floor``, is matched to it, later boxes overriding earlier ones as
+    MMDetection's loop does; torchvision has no floor and matches them to their own best box."""
 
     def __init__(self, high_threshold: float, low_threshold: float, floor: float) -> None:
         super().__init__(high_threshold, low_threshold, allow_low_quality_matches=True)
@@ -59,12 +50,8 @@ class FlooredMatcher(Matcher):
 
 
 class GridAnchorGenerator(AnchorGenerator):
-    """Anchors as MMDetection 2.x lays them: fractional corners, centred on ``k x stride``, fixed strides.
-
-    torchvision rounds the corners to whole pixels and derives each level's stride by integer division
-    of the padded image size (an 800-px side gives the stride-64 level 13 cells and a stride of 61);
-    anchors are also built in float32 here, not in the features' (possibly float16) dtype.
-    """
+    """MMDetection 2.x anchors: fractional corners centred on ``k x stride``, fixed strides, float32; torchvision
+    rounds corners and divides the padded size (an 800-px side gets a stride-64 level of stride 61)."""
 
     def __init__(self, sizes: Sequence[Sequence[int]], aspect_ratios: Sequence[Sequence[float]],
                  strides: Sequence[int]) -> None:
@@ -96,11 +83,8 @@ class GridAnchorGenerator(AnchorGenerator):
 
 
 class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
-    """RoIAlign over FPN levels as MMDetection's ``SingleRoIExtractor``: ``aligned=True`` (half-pixel
-    offset), ``sampling_ratio=0`` (adaptive), level ``floor(log2(sqrt(area) / 56))`` clamped to the levels.
-
-    ``strides`` are the levels' strides (4, 8, 16, 32), so no scale is inferred from image sizes.
-    """
+    """MMDetection's ``SingleRoIExtractor``: ``aligned=True``, adaptive sampling, level
+    ``floor(log2(sqrt(area) / 56))`` clamped, at the given ``strides`` (no scale inferred from image sizes)."""
 
     def __init__(self, featmap_names: List[str], output_size: int, strides: Sequence[int],
                  finest_scale: int = FINEST_SCALE) -> None:
@@ -135,16 +119,14 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
 
 
 class Float32BoxCoder(BoxCoder):
-    """torchvision's ``BoxCoder`` that decodes in float32: under float16 autocast the deltas are half
-    precision, and torchvision would round 1,333-px coordinates to half-pixel steps."""
+    """Decodes in float32: float16 deltas would round 1,333-px coordinates to half-pixel steps."""
 
     def decode(self, rel_codes: Tensor, boxes: List[Tensor]) -> Tensor:
         return super().decode(rel_codes.float(), [b.float() for b in boxes])
 
 
 def l1_box_loss(deltas: Tensor, targets: Tensor, normaliser: int) -> Tensor:
-    """Sum of absolute delta errors over the positives, divided by the number of sampled boxes
-    (MMDetection's ``L1Loss`` with ``avg_factor`` = samples)."""
+    """MMDetection's ``L1Loss`` summed over the positives, ``avg_factor`` = the sampled boxes."""
     return F.l1_loss(deltas.float(), targets.float(), reduction="sum") / max(normaliser, 1)
 
 
@@ -153,9 +135,7 @@ class ProposalNetwork(RegionProposalNetwork):
 
     def __init__(self, *args, box_loss: str = "l1", **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if box_loss not in BOX_LOSSES:
-            raise ValueError(f"box_loss '{box_loss}' is not one of {BOX_LOSSES}")
-        self.box_loss = box_loss
+        self.box_loss = _choice("box_loss", box_loss, BOX_LOSSES)
         self.box_coder = Float32BoxCoder(self.box_coder.weights)
 
     @classmethod
@@ -173,16 +153,15 @@ class ProposalNetwork(RegionProposalNetwork):
         positives, negatives = self.fg_bg_sampler(labels)
         positive = torch.where(torch.cat(positives))[0]
         sampled = torch.cat([positive, torch.where(torch.cat(negatives))[0]])
-        all_labels = torch.cat(labels)
-        targets = torch.cat(regression_targets)
+        all_labels, targets = torch.cat(labels), torch.cat(regression_targets)
         box_loss = l1_box_loss(pred_bbox_deltas[positive], targets[positive], sampled.numel())
         objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], all_labels[sampled])
         return objectness_loss, box_loss
 
 
 def binary_mask_targets(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, size: int) -> Tensor:
-    """MMDetection's mask targets: each matched ground-truth mask cropped to its box by aligned, adaptive
-    RoIAlign, then binarised at 0.5 (torchvision keeps the soft values of an unaligned crop)."""
+    """MMDetection's: each matched mask cropped to its box by aligned, adaptive RoIAlign, binarised at 0.5
+    (torchvision keeps the soft values of an unaligned crop)."""
     rois = torch.cat([matched_idxs[:, None].to(boxes.dtype), boxes], dim=1).float()
     crops = roi_align(gt_masks[:, None].float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=0,
                       aligned=True)[:, 0]
@@ -202,21 +181,13 @@ def aligned_mask_loss(mask_logits: Tensor, proposals: List[Tensor], gt_masks: Li
 
 
 class MaskRoIHeads(RoIHeads):
-    """torchvision's ``RoIHeads`` with a choice of box loss (``l1`` or ``smooth_l1``) and mask targets
-    (``aligned``: binary, from aligned RoIAlign as MMDetection; ``legacy``: torchvision's soft ones).
-
-    Only training differs: it runs torchvision's sampling, pooling and heads, then these losses;
-    inference is torchvision's ``forward`` unchanged.
-    """
+    """torchvision's ``RoIHeads`` with a choice of box loss (``l1``/``smooth_l1``) and mask targets (``aligned``
+    as MMDetection, ``legacy`` torchvision's); only the training losses differ."""
 
     def __init__(self, *args, box_loss: str = "l1", mask_targets: str = "aligned", **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if box_loss not in BOX_LOSSES:
-            raise ValueError(f"box_loss '{box_loss}' is not one of {BOX_LOSSES}")
-        if mask_targets not in MASK_TARGETS:
-            raise ValueError(f"mask_targets '{mask_targets}' is not one of {MASK_TARGETS}")
-        self.box_loss = box_loss
-        self.mask_targets = mask_targets
+        self.box_loss = _choice("box_loss", box_loss, BOX_LOSSES)
+        self.mask_targets = _choice("mask_targets", mask_targets, MASK_TARGETS)
         self.box_coder = Float32BoxCoder(self.box_coder.weights)
 
     @classmethod
@@ -234,8 +205,7 @@ class MaskRoIHeads(RoIHeads):
         """Softmax cross-entropy over the sampled RoIs; class-specific box loss on the positives."""
         if self.box_loss == "smooth_l1":
             return fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-        all_labels = torch.cat(labels)
-        targets = torch.cat(regression_targets)
+        all_labels, targets = torch.cat(labels), torch.cat(regression_targets)
         classification = F.cross_entropy(class_logits, all_labels)
         positive = torch.where(all_labels > 0)[0]
         per_class = box_regression.reshape(len(all_labels), -1, 4)
@@ -281,10 +251,8 @@ def xavier_init_convs(module: nn.Module) -> None:
 
 
 def mmdet_head_init(box_head: nn.Module, box_predictor: nn.Module, mask_predictor: nn.Module) -> None:
-    """MMDetection's head init where torchvision's differs: the box head's FC layers xavier-uniform, its
-    classifier normal(0, 0.01) and box regressor normal(0, 0.001) (torchvision keeps ``nn.Linear``'s
-    default), and zero biases everywhere, also for the mask deconvolution and logits (torchvision leaves
-    those at PyTorch's default)."""
+    """MMDetection's init where torchvision keeps PyTorch's defaults: box head FCs xavier-uniform, classifier
+    normal(0, 0.01), box regressor normal(0, 0.001), zero biases (also of the mask deconvolution and logits)."""
     for layer in box_head.modules():
         if isinstance(layer, nn.Linear):
             nn.init.xavier_uniform_(layer.weight)

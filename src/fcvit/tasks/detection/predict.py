@@ -14,7 +14,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ...data import ImageReader
-from ...files import atomic_write, check_outputs, replaced_note, write_json
+from ...files import atomic_write, check_outputs, make_folder, replaced_note, unique_stems, write_json
 from ...errors import UserError
 from ...models import extract_state_dict, read_checkpoint
 from .dataset import Category
@@ -33,12 +33,8 @@ def categories_from(checkpoint: Mapping[str, Any]) -> List[Category]:
 def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu",
                   min_size: Optional[int] = None, max_size: Optional[int] = None
                   ) -> Tuple[MaskRCNN, List[Category], Dict[str, Any]]:
-    """The Mask R-CNN a ``fcvit detect train`` checkpoint describes, with its weights and categories.
-
-    ``min_size``/``max_size`` override the test-time resizing stored in the checkpoint. A checkpoint
-    from before the paper's settings were the defaults lacks them and gets torchvision's, which it was
-    trained with.
-    """
+    """The Mask R-CNN a ``fcvit detect train`` checkpoint describes, with its weights and categories;
+    ``min_size``/``max_size`` override its test-time resizing."""
     checkpoint = read_checkpoint(path)
     config = checkpoint.get("model_config")
     if not isinstance(config, Mapping) or not isinstance(checkpoint.get("categories"), list):
@@ -46,10 +42,7 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu",
                         "and categories): pass a detection checkpoint, such as OUTPUT/model_best.pth.tar.")
     categories = categories_from(checkpoint)
     config = with_legacy_settings(config)
-    if min_size:
-        config["min_size"] = min_size
-    if max_size:
-        config["max_size"] = max_size
+    config.update({k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v})
     model = build_mask_rcnn(**config)
     try:
         model.load_state_dict(extract_state_dict(checkpoint, use_ema=False))
@@ -77,10 +70,8 @@ def class_colours(num_classes: int) -> List[Tuple[int, int, int]]:
 
 def draw_detections(image: torch.Tensor, prediction: Mapping[str, torch.Tensor], names: Sequence[str],
                     score_threshold: float = 0.5, mask_threshold: float = 0.5) -> torch.Tensor:
-    """``image`` (uint8, 3 x H x W) with the masks, boxes and "name score" labels of confident detections.
-
-    ``names`` are indexed by model label (0 = background).
-    """
+    """``image`` (uint8, 3 x H x W) with the masks, boxes and "name score" labels of confident detections;
+    ``names`` are indexed by model label (0 = background)."""
     keep = prediction["scores"] >= score_threshold
     boxes, labels, scores = prediction["boxes"][keep], prediction["labels"][keep], prediction["scores"][keep]
     colours = class_colours(len(names) - 1)
@@ -90,30 +81,14 @@ def draw_detections(image: torch.Tensor, prediction: Mapping[str, torch.Tensor],
         drawn = draw_segmentation_masks(drawn, masks, alpha=0.45, colors=[colours[int(i)] for i in labels])
     if len(boxes):
         captions = [f"{names[int(i)]} {float(s):.2f}" for i, s in zip(labels, scores)]
-        width = max(1, round(min(image.shape[-2:]) / 300))
         drawn = draw_bounding_boxes(drawn, boxes, labels=captions, colors=[colours[int(i)] for i in labels],
-                                    width=width)
+                                    width=max(1, round(min(image.shape[-2:]) / 300)))
     return drawn
-
-
-def _output_names(paths: Sequence[str]) -> List[str]:
-    """``NAME.png`` per input; inputs that share a name (from different folders) get ``NAME_2.png`` etc."""
-    seen: Dict[str, int] = {}
-    names = []
-    for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png")
-    return names
-
-
-def _save_png(array: np.ndarray, path: str) -> None:
-    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
 def planned_outputs(paths: Sequence[str], output_dir: str) -> List[str]:
     """Every file :func:`predict_images` writes for ``paths``: one PNG per image and ``detections.json``."""
-    return [os.path.join(output_dir, name) for name in _output_names(paths)] + [
+    return [os.path.join(output_dir, f"{stem}.png") for stem in unique_stems(paths)] + [
         os.path.join(output_dir, "detections.json")]
 
 
@@ -121,12 +96,9 @@ def predict_images(model: nn.Module, categories: Sequence[Category],
                    images: ImageReader | Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                    score_threshold: float = 0.5, device: torch.device | str = "cpu",
                    overwrite: bool = False) -> List[Dict[str, Any]]:
-    """Draw detections on each image into ``output_dir`` and return them (file ids and names) per image.
-
-    ``images`` are paths or an :class:`ImageReader` (whose ``skipped`` then lists the unreadable files,
-    reported and skipped). Nothing is written over an input, nor over an existing file unless
-    ``overwrite``; both are checked before the first image. A ``detections.json`` with all results at or
-    above the threshold is written alongside the PNGs.
+    """Draw detections on each image into ``output_dir``, and all of them at or above the threshold into
+    ``detections.json``; return them per image. ``images``: paths or an :class:`ImageReader` (which skips
+    unreadable files). Nothing is written over an input, nor over an existing file unless ``overwrite``.
     """
     if not 0.0 <= score_threshold <= 1.0:
         raise UserError(f"--score-threshold {score_threshold} is outside [0, 1]: pass a value such as 0.5.")
@@ -135,7 +107,7 @@ def predict_images(model: nn.Module, categories: Sequence[Category],
     outputs = planned_outputs(reader.paths, output_dir)
     replaced = check_outputs(outputs, reader.paths, overwrite, choose="choose another --output folder",
                              input_name="input image")
-    os.makedirs(output_dir, exist_ok=True)
+    make_folder(output_dir)
     names = ["background"] + [c.name for c in categories]
     out_path_of = dict(zip(reader.paths, outputs))
     results = []
@@ -144,7 +116,7 @@ def predict_images(model: nn.Module, categories: Sequence[Category],
         prediction = detect(model, [pixels.float() / 255.0], device)[0]
         drawn = draw_detections(pixels, prediction, names, score_threshold)
         out_path = out_path_of[path]
-        _save_png(drawn.permute(1, 2, 0).numpy(), out_path)
+        atomic_write(out_path, lambda f: Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(f, format="PNG"))
         keep = prediction["scores"] >= score_threshold
         detections = [
             {"category_id": categories[int(label) - 1].id, "name": names[int(label)], "score": round(float(score), 4),

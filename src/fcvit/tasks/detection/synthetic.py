@@ -1,9 +1,5 @@
-"""A small COCO-format dataset of coloured shapes with exact polygons, for tests and smoke runs.
-
-Each image holds a few filled squares, triangles and discs on a noisy background; the polygon that
-was drawn is the annotation, so boxes and masks are exact. Category ids are deliberately
-non-contiguous (3, 7, 11) to exercise the id mapping.
-"""
+"""A small COCO-format dataset of filled squares, triangles and discs on noise, for tests and smoke runs: the
+drawn polygon is the annotation (exact boxes and masks); category ids 3, 7, 11 exercise the id mapping."""
 from __future__ import annotations
 
 import json
@@ -33,15 +29,9 @@ def _polygon(kind: int, cx: float, cy: float, r: float) -> List[Tuple[float, flo
     return [(cx + r * math.cos(2 * math.pi * k / 20), cy + r * math.sin(2 * math.pi * k / 20)) for k in range(20)]
 
 
-def write_shapes_split(
-        image_dir: str | os.PathLike,
-        annotation_file: str | os.PathLike,
-        num_images: int,
-        size: Tuple[int, int] = (96, 96),
-        objects_per_image: Tuple[int, int] = (1, 3),
-        seed: int = 0,
-        categories: Sequence[Dict[str, object]] = SHAPE_CATEGORIES,
-) -> Dict[str, object]:
+def write_shapes_split(image_dir: str | os.PathLike, annotation_file: str | os.PathLike, num_images: int,
+                       size: Tuple[int, int] = (96, 96), objects_per_image: Tuple[int, int] = (1, 3), seed: int = 0,
+                       categories: Sequence[Dict[str, object]] = SHAPE_CATEGORIES) -> Dict[str, object]:
     """Write ``num_images`` PNGs of ``size`` (width, height) and their COCO instances file; return its dict."""
     rng = random.Random(seed)
     image_dir, annotation_file = os.fspath(image_dir), os.fspath(annotation_file)

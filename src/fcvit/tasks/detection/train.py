@@ -10,65 +10,41 @@ PROCESS, as in torchvision's references and timm; the global batch is ``-b`` x p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import os
 import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from ...data.samplers import EpochShardSampler, SeededSamples
-from ...engine import (
-    AmpSettings,
-    DistContext,
-    LoopSettings,
-    ProgressBar,
-    TrainSpec,
-    broadcast_object,
-    resolve_amp,
-    run_distributed,
-    run_training,
-    seed_everything,
-    setup_logging,
-    train_loader,
-    unwrap_model,
-)
-from ...engine.workers import ignore_stop_signals, user_errors_from_workers
+from ...engine import (AmpSettings, DistContext, ProgressBar, Task, broadcast_object, convert_sync_batchnorm,
+                       eval_loader, resolve_amp, run_distributed, run_training, seed_everything, setup_logging,
+                       train_loader, unwrap_model)
+from ...engine.workers import user_errors_from_workers
 from ...errors import UserError
+from ..training import loop_settings
 from .coco_eval import CocoEvaluator
-from .dataset import (
-    CocoInstances,
-    coco_split_paths,
-    collate_detection,
-    eval_transforms,
-    train_transforms,
-)
+from .dataset import CocoInstances, coco_split_paths, collate_detection, eval_transforms, train_transforms
 from .model import PAPER_SETTINGS, build_mask_rcnn, with_legacy_settings
 from .sampler import AspectRatioBatchSampler, aspect_ratio_groups
 
-__all__ = [
-    "resolve_data_paths", "model_config", "build_optimizer", "build_scheduler", "detection_step", "evaluate",
-    "train", "detection_train_loader", "detection_eval_loader", "freeze_batchnorm_stats", "detection_amp",
-    "PAPER_GLOBAL_BATCH",
-]
+__all__ = ["resolve_data_paths", "model_config", "build_optimizer", "build_scheduler", "detection_step", "evaluate",
+           "train", "detection_train_loader", "freeze_batchnorm_stats", "detection_amp", "PAPER_GLOBAL_BATCH"]
 
 _logger = logging.getLogger(__name__)
 
 PAPER_GLOBAL_BATCH = 32  # 8 GPUs x 4 images: the batch the recipe's lr 2e-4 was tuned for
-
-Targets = List[Dict[str, Any]]
-
 
 # -- data ---------------------------------------------------------------------------------------------
 def resolve_data_paths(args: argparse.Namespace, splits: Sequence[str] = ("train", "val")) -> Dict[str, Tuple[str, str]]:
     """(annotation file, image folder) per split: ``--data`` in the COCO layout, overridden by the
     explicit ``--train-ann/--train-images/--val-ann/--val-images`` options."""
     paths: Dict[str, Tuple[str, str]] = {}
-    for split in splits:
-        ann = getattr(args, f"{split}_ann", None)
-        images = getattr(args, f"{split}_images", None)
+    for split in splits:  # detect eval has --val-ann/--val-images only
+        ann, images = getattr(args, f"{split}_ann", None), getattr(args, f"{split}_images", None)
         if args.data:
             default_ann, default_images = coco_split_paths(args.data, split)
             ann, images = ann or default_ann, images or default_images
@@ -77,15 +53,6 @@ def resolve_data_paths(args: argparse.Namespace, splits: Sequence[str] = ("train
                             f"--{split}-images.")
         paths[split] = (ann, images)
     return paths
-
-
-def _device_targets(targets: Targets, device: torch.device) -> Targets:
-    """Plain tensors on ``device`` (the tv_tensors subclasses are only needed by the transforms)."""
-    out = []
-    for t in targets:
-        out.append({k: v.as_subclass(torch.Tensor).to(device, non_blocking=True) if isinstance(v, torch.Tensor)
-                    else v for k, v in t.items()})
-    return out
 
 
 def detection_train_loader(train_set: CocoInstances, per_process: int, ctx: DistContext, workers: int = 4,
@@ -98,15 +65,6 @@ def detection_train_loader(train_set: CocoInstances, per_process: int, ctx: Dist
     sampler = EpochShardSampler(len(train_set), seed, ctx.rank, ctx.world_size)
     batches = AspectRatioBatchSampler(sampler, aspect_ratio_groups(train_set.aspect_ratios()), per_process)
     return train_loader(SeededSamples(train_set), batches, workers, ctx.device.type == "cuda", collate_detection)
-
-
-def detection_eval_loader(val_set: CocoInstances, per_process: int, ctx: DistContext, workers: int = 4) -> DataLoader:
-    """Evaluation in file order, each rank its share, ``per_process`` images at a time."""
-    sampler = (DistributedSampler(val_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
-               if ctx.distributed else None)
-    return DataLoader(val_set, batch_size=per_process, sampler=sampler, shuffle=False, num_workers=workers,
-                      pin_memory=ctx.device.type == "cuda", collate_fn=collate_detection,
-                      worker_init_fn=ignore_stop_signals if workers > 0 else None)
 
 
 # -- model and optimisation ---------------------------------------------------------------------------
@@ -182,7 +140,9 @@ def detection_step(ctx: DistContext, freeze_bn_stats: bool = False) -> Callable[
             freeze_batchnorm_stats(model)
         images, targets = batch
         images = [img.to(ctx.device, non_blocking=True) for img in images]
-        loss_dict = model(images, _device_targets(targets, ctx.device))
+        targets = [{k: v.as_subclass(torch.Tensor).to(ctx.device, non_blocking=True)  # tv_tensors: transforms only
+                    if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+        loss_dict = model(images, targets)
         return sum(loss_dict.values()), loss_dict, len(images)
 
     return step
@@ -204,10 +164,7 @@ def evaluate(model: nn.Module, loader: DataLoader, dataset: CocoInstances, ctx: 
     bar = ProgressBar(len(loader.dataset), "eval", ctx, enabled=progress)
     for images, targets in user_errors_from_workers(loader):
         images = [img.to(ctx.device, non_blocking=True) for img in images]
-        if amp is not None:
-            with amp.autocast():
-                outputs = model(images)
-        else:
+        with amp.autocast() if amp is not None else contextlib.nullcontext():
             outputs = model(images)
         evaluator.update(outputs, [t["image_id"] for t in targets])
         bar.update(len(images))
@@ -252,13 +209,6 @@ def _log_batch(per_process: int, ctx: DistContext, lr: float) -> None:
                      PAPER_GLOBAL_BATCH, total, lr)
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """What the flags' types cannot see alone (each value's own range is checked when it is parsed)."""
-    if args.min_size < 32 or args.max_size < args.min_size:
-        raise UserError(f"--min-size {args.min_size} / --max-size {args.max_size}: the shorter side must be at "
-                        "least 32 and the longer side limit at least the shorter side.")
-
-
 def format_metrics(metrics: Mapping[str, float]) -> str:
     """One line per IoU type, AP fields in percent ('n/a' where COCO defines none, e.g. no small objects)."""
     lines = []
@@ -270,96 +220,89 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
-#: arguments whose change makes a resumed run another run (refused unless --resume-override, which applies them)
-RUN_SHAPING = (
-    "backbone", "backbone_depths", "backbone_dims", "data", "min_size", "max_size", "batch_size", "epochs", "lr",
-    "lr_steps", "weight_decay", "warmup_iters", "warmup_factor", "flip_prob", "drop_path", "freeze_bn_stats",
-    "fpn_channels", "representation_size", "seed")
-
-
 def train(args: argparse.Namespace) -> Dict[str, float]:
     """The whole run; returns the last evaluation's metrics (empty if it stopped before one)."""
     return run_distributed(_train, args)
 
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
-    out = args.output
-    setup_logging(ctx, out)
+    setup_logging(ctx, args.output)
     seed_everything(args.seed, ctx.rank)
-    _check_args(args)
-    per_process = args.batch_size
-    global_batch = per_process * ctx.world_size
+    if args.min_size < 32 or args.max_size < args.min_size:  # each value's own range is checked when parsed
+        raise UserError(f"--min-size {args.min_size} / --max-size {args.max_size}: the shorter side must be at "
+                        "least 32 and the longer side limit at least the shorter side.")
     paths = resolve_data_paths(args)
     train_set = CocoInstances(*paths["train"], train=True, transforms=train_transforms(args.flip_prob))
-    categories = train_set.categories
-    val_set = CocoInstances(*paths["val"], train=False, categories=categories, transforms=eval_transforms())
-    if len(train_set) < global_batch:
+    val_set = CocoInstances(*paths["val"], train=False, categories=train_set.categories,
+                            transforms=eval_transforms())
+    if len(train_set) < args.batch_size * ctx.world_size:
         raise UserError(f"The training set has {len(train_set)} annotated images, fewer than one step of "
-                        f"{global_batch} (-b {per_process} x {ctx.world_size} processes): pass a smaller -b.")
-    loader = detection_train_loader(train_set, per_process, ctx, args.workers, args.seed)
-    # evaluation one image per process, as the original's: a batch pads its images to a shared size
-    val_loader = detection_eval_loader(val_set, 1, ctx, args.workers)
-    iters_per_epoch = loader.batch_sampler.batches_per_epoch
-
-    config = model_config(args, len(categories))
+                        f"{args.batch_size * ctx.world_size} (-b {args.batch_size} x {ctx.world_size} processes): "
+                        "pass a smaller -b.")
+    config = model_config(args, len(train_set.categories))
     model = build_mask_rcnn(pretrained_backbone=args.pretrained_backbone, drop_path_rate=args.drop_path, **config)
     if not args.pretrained_backbone:
         _logger.warning("No --pretrained-backbone: the backbone starts from random weights, so AP will stay far "
                         "below the published numbers, which start from ImageNet checkpoints.")
-    freeze_bn = bool(args.freeze_bn_stats)
-    if args.sync_bn and not freeze_bn:
-        if ctx.device.type != "cuda":
-            raise UserError("--sync-bn needs CUDA (NCCL): drop it on CPU, where each process keeps its own "
-                            "BatchNorm statistics as the paper's runs did.")
-        if ctx.distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(ctx.device)
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    scheduler = build_scheduler(optimizer, iters_per_epoch, args.lr_steps, args.warmup_iters, args.warmup_factor)
-    late_steps = late_lr_steps(args.lr_steps, args.epochs)
-    if late_steps:
-        _logger.info(late_steps)
-    amp = detection_amp(ctx.device, args.amp, args.amp_dtype)
-    if not amp.enabled and args.amp is None:
-        _logger.info("Precision: float32 on %s (the paper's float16 autocast with loss scaling needs CUDA; "
-                     "--amp-dtype bfloat16 for mixed precision here).", ctx.device.type)
-    _log_batch(per_process, ctx, args.lr)
-    category_list = [{"id": c.id, "name": c.name} for c in categories]
+    if args.sync_bn and not args.freeze_bn_stats:
+        model = convert_sync_batchnorm(model, ctx)
+    task = DetectionTask(args, ctx, model.to(ctx.device), config, train_set, val_set)
+    return run_training(task, ctx, loop_settings(args, task.amp, eval_interval=args.eval_interval))["metrics"]
 
-    def check_resume(state: Mapping[str, Any]) -> None:
-        stored = state.get("model_config")
-        if stored is not None and with_legacy_settings(stored) != config:
-            changed = ", ".join(f"{k} {v!r}" for k, v in with_legacy_settings(stored).items() if config.get(k) != v)
-            raise UserError(f"The checkpoint to resume holds another model ({changed}): resume with the same "
-                            "--backbone, data, size and model options, or use another --output.")
-        stored_iters = state.get("iters_per_epoch")
-        if stored_iters is not None and int(stored_iters) != iters_per_epoch:
-            raise UserError(f"The checkpoint to resume was trained with {stored_iters} iterations per epoch, this "
-                            f"run has {iters_per_epoch}: resume with the same -b and training data, or use another "
-                            "--output.")
 
-    def scores(trained: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
-        metrics = evaluate(trained, val_loader, val_set, ctx, amp, progress=sys.stderr.isatty())
+class DetectionTask(Task):
+    """Mask R-CNN on the loop: its summed loss dict (logged by part), COCO box and mask AP, ranked by box AP."""
+
+    def __init__(self, args: argparse.Namespace, ctx: DistContext, model: nn.Module, config: Dict[str, Any],
+                 train_set: CocoInstances, val_set: CocoInstances) -> None:
+        loader = detection_train_loader(train_set, args.batch_size, ctx, args.workers, args.seed)
+        self.iters_per_epoch = loader.batch_sampler.batches_per_epoch
+        optimizer = build_optimizer(model, args.lr, args.weight_decay)
+        scheduler = build_scheduler(optimizer, self.iters_per_epoch, args.lr_steps, args.warmup_iters,
+                                    args.warmup_factor)
+        super().__init__(model, optimizer, scheduler, loader, name=f"Mask R-CNN on {args.backbone}",
+                         metric="bbox_AP", mode="max", unit="epoch", length=args.epochs)
+        self.ctx, self.config, self.backbone, self.val_set = ctx, config, args.backbone, val_set
+        self.categories = train_set.categories
+        self.step = detection_step(ctx, args.freeze_bn_stats)  # type: ignore[method-assign]
+        # evaluation one image per process, as the original's: a batch pads its images to a shared size
+        self.val_loader = eval_loader(val_set, 1, ctx, args.workers, collate_fn=collate_detection)
+        late_steps = late_lr_steps(args.lr_steps, args.epochs)
+        if late_steps:
+            _logger.info(late_steps)
+        self.amp = detection_amp(ctx.device, args.amp, args.amp_dtype)
+        if not self.amp.enabled and args.amp is None:
+            _logger.info("Precision: float32 on %s (the paper's float16 autocast with loss scaling needs CUDA; "
+                         "--amp-dtype bfloat16 for mixed precision here).", ctx.device.type)
+        _log_batch(args.batch_size, ctx, args.lr)
+        bn_note = ("statistics frozen" if args.freeze_bn_stats else
+                   "synchronised" if args.sync_bn else "per-process batch statistics")
+        self.oom_hint = "a smaller --min-size/--max-size, or --amp"
+        self.describe = (f"{len(train_set.categories)} classes, {len(train_set)} train / {len(val_set)} val images, "
+                         f"sizes {args.min_size}/{args.max_size}, backbone BatchNorm {bn_note}; "
+                         + ", ".join(f"{k} {v}" for k, v in config.items() if k in PAPER_SETTINGS))
+
+    def evaluate(self, model: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
+        metrics = evaluate(model, self.val_loader, self.val_set, self.ctx, self.amp, progress=sys.stderr.isatty())
         _logger.info("box AP %.1f, mask AP %.1f\n%s", 100 * metrics["bbox_AP"], 100 * metrics["segm_AP"],
                      format_metrics(metrics))
         return metrics, dict(metrics)
 
-    bn_note = "statistics frozen" if freeze_bn else ("synchronised" if args.sync_bn else "per-process batch statistics")
-    spec = TrainSpec(
-        name=f"Mask R-CNN on {args.backbone}", model=model, optimizer=optimizer, scheduler=scheduler,
-        train_loader=loader, step=detection_step(ctx, freeze_bn), evaluate=scores, metric="bbox_AP", mode="max",
-        unit="epoch", length=args.epochs, check_resume=check_resume,
-        checkpoint_fields=dict(model_config=config, categories=category_list,
-                               class_names=[c.name for c in categories], arch=f"mask_rcnn_{args.backbone}",
-                               iters_per_epoch=iters_per_epoch),
-        oom_hint="a smaller --min-size/--max-size, or --amp",
-        describe=f"{len(categories)} classes, {len(train_set)} train / {len(val_set)} val images, sizes "
-                 f"{args.min_size}/{args.max_size}, backbone BatchNorm {bn_note}; "
-                 + ", ".join(f"{k} {v}" for k, v in config.items() if k in PAPER_SETTINGS),
-        run_shaping=RUN_SHAPING)
-    settings = LoopSettings(
-        output=out, amp=amp, args=args, resume=args.resume,
-        resume_override=getattr(args, "resume_override", False), keep_best=args.keep_best,
-        eval_interval=args.eval_interval, save_interval=args.save_interval, log_interval=args.log_interval,
-        clip_grad=args.clip_grad, tensorboard=args.tensorboard)
-    return run_training(spec, ctx, settings)["metrics"]
+    def checkpoint_fields(self) -> Dict[str, Any]:
+        categories = self.categories
+        return dict(model_config=self.config, categories=[{"id": c.id, "name": c.name} for c in categories],
+                    class_names=[c.name for c in categories], arch=f"mask_rcnn_{self.backbone}",
+                    iters_per_epoch=self.iters_per_epoch)
+
+    def check_resume(self, state: Mapping[str, Any]) -> None:
+        stored = state.get("model_config")
+        stored = None if stored is None else with_legacy_settings(stored)
+        if stored is not None and stored != self.config:
+            changed = ", ".join(f"{k} {v!r}" for k, v in stored.items() if self.config.get(k) != v)
+            raise UserError(f"The checkpoint to resume holds another model ({changed}): resume with the same "
+                            "--backbone, data, size and model options, or use another --output.")
+        stored_iters = state.get("iters_per_epoch")
+        if stored_iters is not None and int(stored_iters) != self.iters_per_epoch:
+            raise UserError(f"The checkpoint to resume was trained with {stored_iters} iterations per epoch, this "
+                            f"run has {self.iters_per_epoch}: resume with the same -b and training data, or use "
+                            "another --output.")

@@ -1,57 +1,48 @@
-"""Semantic segmentation data in the ADE20K layout, with the checks that catch broken datasets early.
-
-Layout::
-
-    ROOT/images/{training,validation}/NAME.jpg        (also .jpeg/.png)
-    ROOT/annotations/{training,validation}/NAME.png   (single-channel class indices)
-
-ADE20K's annotations use 0 for "other" (not scored) and 1..150 for its classes; with
-``reduce_zero_label`` (the default, as in MMSegmentation) 0 becomes the ignore index 255 and 1..N
-become classes 0..N-1. Pairing and sizes are checked when the dataset is built, from file headers
-only; label values are checked as each annotation is read, and for every annotation of a split at once
-by ``check_labels`` (training calls it for both splits before the first step).
+"""Semantic segmentation data in the ADE20K layout, checked early: ``ROOT/images/{training,validation}/NAME.jpg``
+(.jpeg/.png) pairs with ``ROOT/annotations/.../NAME.png`` of class indices, 0 "other" and 1..150 the classes;
+``reduce_zero_label`` (MMSegmentation's default) makes 0 the ignore index 255 and 1..N classes 0..N-1.
 """
 from __future__ import annotations
 
+import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from ...data import load_image
+from ...data.images import header_size, is_regular_file, load_image
 from ...errors import UserError
 from .transforms import IGNORE_INDEX
 
-__all__ = [
-    "ADE20K_CLASSES", "IMAGE_EXTENSIONS", "SPLITS", "SegmentationFolder", "map_labels", "read_class_names",
-    "default_class_names", "check_split_exists", "header_size",
-]
+__all__ = ["ADE20K_CLASSES", "IMAGE_EXTENSIONS", "SPLITS", "SegmentationFolder", "map_labels", "read_class_names",
+           "default_class_names", "check_split_exists"]
 
+_logger = logging.getLogger(__name__)
 SPLITS = {"train": "training", "val": "validation"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
     "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
-    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence",
-    "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column",
-    "signboard", "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator",
-    "grandstand", "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway",
-    "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
-    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
-    "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier", "awning",
-    "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel", "pole", "land",
-    "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship", "fountain",
-    "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
-    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name",
-    "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood",
-    "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
-    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
+    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
+    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
+    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
+    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane", "dirt track",
+    "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van",
+    "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel",
+    "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name",
+    "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce",
+    "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board",
+    "shower", "radiator", "glass", "clock", "flag",
 )
 
 
@@ -115,71 +106,62 @@ def check_split_exists(root: str | os.PathLike, split: str) -> Tuple[Path, Path]
     return images, annotations
 
 
+def _files(folder: Path, extensions: Sequence[str]) -> dict:
+    """{stem: path} of the regular files with ``extensions``; FIFOs, sockets and devices skipped with a line."""
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in extensions or path.is_dir():
+            continue
+        if is_regular_file(str(path)):
+            found[path.stem] = path
+        else:
+            _logger.warning("Skipping '%s': not a regular file (a FIFO, socket, device or broken link).", path)
+    return found
+
+
+def _unpaired(have: dict, lack: dict, have_dir: Path, lack_dir: Path, what: str, other: str) -> None:
+    missing = sorted(set(have) - set(lack))
+    if missing:
+        names = ", ".join(have[s].name for s in missing[:3]) + (f" and {len(missing) - 3} more"
+                                                                 if len(missing) > 3 else "")
+        raise UserError(f"{len(missing)} {what}(s) in '{have_dir}' have no {other} of the same name in '{lack_dir}' "
+                        f"({names}): add the {other.split()[0]}s or remove the {what}s.")
+
+
 def _list_pairs(images_dir: Path, annotations_dir: Path) -> List[Tuple[Path, Path]]:
-    images = {p.stem: p for p in sorted(images_dir.iterdir())
-              if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
-    annotations = {p.stem: p for p in sorted(annotations_dir.iterdir())
-                   if p.is_file() and p.suffix.lower() == ".png"}
-    without_annotation = sorted(set(images) - set(annotations))
-    without_image = sorted(set(annotations) - set(images))
-    if without_annotation:
-        names = ", ".join(images[s].name for s in without_annotation[:3])
-        more = f" and {len(without_annotation) - 3} more" if len(without_annotation) > 3 else ""
-        raise UserError(f"{len(without_annotation)} image(s) in '{images_dir}' have no annotation PNG of the same "
-                        f"name in '{annotations_dir}' ({names}{more}): add the annotations or remove the images.")
-    if without_image:
-        names = ", ".join(annotations[s].name for s in without_image[:3])
-        more = f" and {len(without_image) - 3} more" if len(without_image) > 3 else ""
-        raise UserError(f"{len(without_image)} annotation(s) in '{annotations_dir}' have no image of the same name "
-                        f"in '{images_dir}' ({names}{more}): add the images or remove the annotations.")
+    images, annotations = _files(images_dir, IMAGE_EXTENSIONS), _files(annotations_dir, (".png",))
+    _unpaired(images, annotations, images_dir, annotations_dir, "image", "annotation PNG")
+    _unpaired(annotations, images, annotations_dir, images_dir, "annotation", "image")
     if not images:
         raise UserError(f"'{images_dir}' holds no images ({', '.join(IMAGE_EXTENSIONS)}): check --data.")
     return [(images[s], annotations[s]) for s in sorted(images)]
 
 
-def header_size(path: str | os.PathLike) -> Tuple[int, int]:
-    """(width, height) read from the file header, without decoding the pixels (detection uses it too)."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"'{path}' cannot be read as an image ({exc}): replace or remove it.") from None
-
-
-def _label_values(path: Path) -> set:
-    """The distinct values of one annotation PNG (decoded, not mapped)."""
+def _read_annotation(path: Path, values_only: bool = False):
+    """The pixels, upright as its image's (EXIF); or their distinct values (PIL's C histogram for L/P)."""
     try:
         with Image.open(path) as ann:
-            if ann.mode in ("L", "P"):
-                return {v for v, n in enumerate(ann.histogram()[:256]) if n}
-            if ann.mode not in ("I;16", "I"):
+            if ann.mode not in ("L", "P", "I;16", "I"):
                 raise UserError(f"Annotation '{path}' is a {ann.mode} image: annotations must be single-channel "
                                 "PNGs of class indices (mode L or P), not colour images.")
-            return set(np.unique(np.asarray(ann)).tolist())
+            if values_only and ann.mode in ("L", "P"):
+                return {v for v, n in enumerate(ann.histogram()[:256]) if n}
+            if values_only:
+                return set(np.unique(np.asarray(ann)).tolist())
+            return np.asarray(ImageOps.exif_transpose(ann))
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"Annotation '{path}' cannot be decoded ({exc}): replace or remove it.") from None
 
 
 class SegmentationFolder(Dataset):
-    """(image, mask) pairs of one split; ``transforms`` receives and returns them jointly.
+    """(image, mask) pairs of one split as ``tv_tensors.Image`` (uint8, 3 x H x W) and ``tv_tensors.Mask``
+    (H x W); ``transforms`` receives and returns them jointly."""
 
-    Returns ``tv_tensors.Image`` (uint8, 3 x H x W) and ``tv_tensors.Mask`` (H x W) before transforms.
-    """
-
-    def __init__(
-            self,
-            root: str | os.PathLike,
-            split: str = "train",
-            num_classes: int = 150,
-            reduce_zero_label: bool = True,
-            transforms: Optional[Callable] = None,
-            check_sizes: bool = True,
-    ) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.num_classes = num_classes
-        self.reduce_zero_label = reduce_zero_label
-        self.transforms = transforms
+    def __init__(self, root: str | os.PathLike, split: str = "train", num_classes: int = 150,
+                 reduce_zero_label: bool = True, transforms: Optional[Callable] = None, check_sizes: bool = True
+                 ) -> None:
+        self.root, self.split, self.num_classes = Path(root), split, num_classes
+        self.reduce_zero_label, self.transforms = reduce_zero_label, transforms
         images_dir, annotations_dir = check_split_exists(root, split)
         self.samples = _list_pairs(images_dir, annotations_dir)
         if check_sizes:
@@ -195,50 +177,34 @@ class SegmentationFolder(Dataset):
                 f"'{image_path}' is {image_size[0]}x{image_size[1]}: annotations must have their image's size.")
 
     def check_labels(self, workers: int = 8) -> None:
-        """Read every annotation now and refuse label values beyond the classes, naming the files.
-
-        Training would otherwise meet a bad validation label only at its first evaluation, after the
-        steps since the last save. Values come from PIL's C histogram (256 bins for L/P PNGs), with
-        the decoding spread over threads (PIL releases the GIL), so a split of 20,000 costs seconds.
-        """
-        from concurrent.futures import ThreadPoolExecutor
-
-        allowed = self._allowed_values()
+        """Read every annotation now (on threads: seconds for 20,000) and refuse values beyond the classes,
+        naming the files, or a split whose every pixel is ignored (it would train at loss 0, score nan)."""
+        offset = 1 if self.reduce_zero_label else 0
+        allowed = set(range(offset + self.num_classes)) | {IGNORE_INDEX}
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(self.samples)))) as pool:
-            found = list(pool.map(_label_values, (ann for _, ann in self.samples)))
+            found = list(pool.map(lambda path: _read_annotation(path, True), (ann for _, ann in self.samples)))
         bad = [(path, sorted(values - allowed)) for (_, path), values in zip(self.samples, found) if values - allowed]
         if bad:
             path, values = bad[0]
             shown = ", ".join(str(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
-            offset = 1 if self.reduce_zero_label else 0
             more = f" (and {len(bad) - 1} more annotation(s) of this split)" if len(bad) > 1 else ""
             raise UserError(
                 f"Annotation '{path}'{more} has label values {shown} beyond the {self.num_classes} classes (allowed "
                 f"{offset}..{self.num_classes - 1 + offset}{' with 0 = ignored' if offset else ''}, and 255 = "
                 "ignored): pass the right --num-classes or fix the annotations.")
-
-    def _allowed_values(self) -> set:
-        """Annotation values that map to a class or to the ignore label."""
-        offset = 1 if self.reduce_zero_label else 0
-        return set(range(offset + self.num_classes)) | {IGNORE_INDEX}
+        ignored = {IGNORE_INDEX, 0} if offset else {IGNORE_INDEX}
+        if not set().union(*found) - ignored:
+            raise UserError(f"Every pixel of the {len(self.samples)} annotations of '{self.samples[0][1].parent}' is "
+                            f"ignored (only values {'0 and ' if offset else ''}255): fix the annotations"
+                            f"{' or pass --no-reduce-zero-label if 0 is a class' if offset else ''}.")
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def read_annotation(self, index: int) -> np.ndarray:
         """The mapped labels of sample ``index`` (uint8, 255 = ignored), checked against the classes."""
-        image_path, annotation_path = self.samples[index]
-        try:
-            with Image.open(annotation_path) as ann:
-                ann.load()
-                if ann.mode not in ("L", "P", "I;16", "I"):
-                    raise UserError(f"Annotation '{annotation_path}' is a {ann.mode} image: annotations must be "
-                                    "single-channel PNGs of class indices (mode L or P), not colour images.")
-                values = np.asarray(ann)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise UserError(f"Annotation '{annotation_path}' cannot be decoded ({exc}): replace or remove it.") \
-                from None
-        return map_labels(values, self.num_classes, self.reduce_zero_label, f"Annotation '{annotation_path}'")
+        path = self.samples[index][1]
+        return map_labels(_read_annotation(path), self.num_classes, self.reduce_zero_label, f"Annotation '{path}'")
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         image_path, annotation_path = self.samples[index]

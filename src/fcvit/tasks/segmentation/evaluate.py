@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import os
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -13,17 +11,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader
 
 from ...engine import AmpSettings, DistContext, ProgressBar, all_reduce, unwrap_model
-from ...engine.workers import ignore_stop_signals, user_errors_from_workers
+from ...engine.workers import user_errors_from_workers
 from ...errors import UserError
 from ...models import extract_state_dict, load_weights, read_checkpoint
+from .data import default_class_names
 from .metrics import ConfusionMatrix
 from .model import SemanticFPN, create_segmenter
 
-__all__ = ["CONFIG_KEY", "stored_config", "infer_logits", "evaluate", "load_segmenter", "eval_loader",
-           "class_names_from"]
+__all__ = ["CONFIG_KEY", "stored_config", "infer_logits", "evaluate", "load_segmenter", "class_names_from"]
 
 _logger = logging.getLogger(__name__)
 
@@ -37,22 +35,9 @@ def infer_logits(model: nn.Module, image: torch.Tensor, output_size: Tuple[int, 
     return F.interpolate(logits.float(), size=tuple(output_size), mode="bilinear", align_corners=False)
 
 
-def eval_loader(dataset: Dataset, ctx: DistContext, workers: int = 2) -> DataLoader:
-    """One image per batch (sizes differ); each rank takes every world_size-th image, none twice."""
-    shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
-    return DataLoader(shard, batch_size=1, shuffle=False, num_workers=workers, pin_memory=ctx.device.type == "cuda",
-                      worker_init_fn=ignore_stop_signals if workers else None)
-
-
 @torch.inference_mode()
-def evaluate(
-        model: nn.Module,
-        loader: DataLoader,
-        num_classes: int,
-        ctx: Optional[DistContext] = None,
-        amp: Optional[AmpSettings] = None,
-        progress: bool = True,
-) -> Dict[str, Any]:
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, ctx: Optional[DistContext] = None,
+             amp: Optional[AmpSettings] = None, progress: bool = True) -> Dict[str, Any]:
     """Scores over everything ``loader`` yields on all ranks (confusion matrices summed across ranks)."""
     ctx = ctx or DistContext()
     net = unwrap_model(model)
@@ -93,8 +78,7 @@ def load_segmenter(path: str | os.PathLike, device: torch.device | str = "cpu") 
     if not isinstance(config, Mapping):
         raise UserError(f"Checkpoint '{path}' has no '{CONFIG_KEY}' entry, so it was not written by "
                         "'fcvit segment train': pass a segmentation checkpoint (last.pth.tar or model_best.pth.tar).")
-    config = dict(config)
-    config["backbone_kwargs"] = dict(config.get("backbone_kwargs") or {})
+    config = dict(config, backbone_kwargs=dict(config.get("backbone_kwargs") or {}))
     model = create_segmenter(**config)
     load_weights(model, extract_state_dict(checkpoint, use_ema=False), f"Semantic FPN ({config['backbone']})")
     model.to(device).eval()
@@ -103,11 +87,7 @@ def load_segmenter(path: str | os.PathLike, device: torch.device | str = "cpu") 
 
 def class_names_from(checkpoint: Mapping[str, Any], num_classes: int) -> List[str]:
     """Names stored at training time, else ADE20K's (150 classes) or numbers."""
-    from .data import default_class_names
-
     names = checkpoint.get("class_names")
     if isinstance(names, (list, tuple)) and len(names) == num_classes:
         return [str(n) for n in names]
     return default_class_names(num_classes)
-
-

@@ -1,22 +1,9 @@
-"""The photometric distortion of the published ADE20K runs (MMSegmentation 0.19), and torchvision's alternative.
-
-MMSegmentation's ``PhotoMetricDistortion`` differs from torchvision's ``ColorJitter`` in every step, so
-it is written here on uint8 tensors, step by step as the original does it:
-
-* every step works on the uint8 image and stores uint8 again: ``x * alpha + beta`` in float, clipped to
-  0-255 and truncated (not rounded), so small changes of dark pixels can vanish;
-* brightness ADDS a value drawn from [-32, 32] (torchvision multiplies);
-* contrast MULTIPLIES by [0.5, 1.5] without pulling towards the mean (torchvision blends with the mean
-  grey level);
-* saturation and hue act in OpenCV's 8-bit HSV: H in 0..179 (degrees / 2), S and V in 0..255. The
-  saturation step scales S (torchvision blends with the grey image instead); the hue step adds an
-  integer in [-18, 17] (numpy's ``randint(-18, 18)`` excludes 18) and wraps modulo 180. Each HSV step
-  converts there and back, quantising the hue to 2-degree steps as OpenCV does;
-* the order is brightness, then contrast either second or last (even odds), saturation, hue; each
-  step is applied with probability 0.5.
-
-The HSV conversions reproduce ``cv2.cvtColor``'s 8-bit arithmetic (integer tables for RGB->HSV, float32
-for HSV->RGB), so the distorted pixels are those the original pipeline produced for the same draws.
+"""MMSegmentation 0.19's photometric distortion (the paper's ADE20K runs), step by step on uint8 tensors, and
+torchvision's alternative. Every step stores uint8 (``x * alpha + beta`` clipped and truncated); brightness
+adds [-32, 32] (torchvision multiplies); contrast multiplies by [0.5, 1.5] without centring on the mean;
+saturation scales S and hue adds [-18, 17] (mod 180) in OpenCV's 8-bit HSV, whose conversions are reproduced
+exactly (integer tables to HSV, float32 back). Order: brightness, contrast second or last (even odds),
+saturation, hue; each step with probability 0.5.
 """
 from __future__ import annotations
 
@@ -27,11 +14,9 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-__all__ = [
-    "PHOTOMETRIC_CHOICES", "PhotometricDistortion", "TorchvisionPhotometricDistortion", "build_photometric",
-    "rgb_to_hsv_opencv", "hsv_to_rgb_opencv", "adjust_brightness", "adjust_contrast", "adjust_saturation",
-    "adjust_hue", "photometric_distortion",
-]
+__all__ = ["PHOTOMETRIC_CHOICES", "PhotometricDistortion", "TorchvisionPhotometricDistortion", "build_photometric",
+           "rgb_to_hsv_opencv", "hsv_to_rgb_opencv", "adjust_brightness", "adjust_contrast", "adjust_saturation",
+           "adjust_hue", "photometric_distortion"]
 
 PHOTOMETRIC_CHOICES = ("mmseg", "torchvision")
 
@@ -76,11 +61,8 @@ def _one_minus_product(a: torch.Tensor, b: torch.Tensor, fused: bool) -> torch.T
 
 @functools.lru_cache(maxsize=2)
 def _hsv_factor_table(fused: bool) -> torch.Tensor:
-    """(3, 256 * 256): for uint8 (S, H) at ``S * 256 + H``, the factor of V that OpenCV gives R, G and B.
-
-    Every term but V depends only on the uint8 S and H, so one table holds them exactly; a pixel then
-    costs one look-up and one multiplication per channel.
-    """
+    """(3, 256 * 256): at ``S * 256 + H``, the factor of V that OpenCV gives R, G and B; every term but V
+    depends only on the uint8 S and H, so a pixel costs one look-up and one multiplication per channel."""
     hue = torch.remainder(torch.arange(256, dtype=torch.float32) * (6.0 / _HUE_RANGE), 6.0)
     sector = hue.floor()
     fraction = hue - sector
@@ -101,11 +83,8 @@ def _hsv_to_unit_rgb(hsv: torch.Tensor, fused: bool) -> torch.Tensor:
 
 
 def hsv_to_rgb_opencv(hsv: torch.Tensor) -> torch.Tensor:
-    """uint8 HSV (H 0..179) back to uint8 RGB as ``cv2.cvtColor(COLOR_HSV2RGB)`` on an AVX2 machine.
-
-    OpenCV converts row by row: its vectorised loop takes blocks of 32 pixels, computes with fused
-    multiply-adds and truncates ``x * 255``; its scalar loop finishes the row unfused and rounds.
-    """
+    """uint8 HSV (H 0..179) back to uint8 RGB as ``cv2.cvtColor(COLOR_HSV2RGB)`` on AVX2: blocks of 32 pixels
+    with fused multiply-adds, ``x * 255`` truncated; the rest of each row unfused and rounded."""
     _check_uint8(hsv)
     body = hsv.shape[-1] - hsv.shape[-1] % _OPENCV_BLOCK
     rgb = torch.empty(hsv.shape, dtype=torch.uint8, device=hsv.device)
@@ -120,13 +99,11 @@ def _affine_uint8(image: torch.Tensor, alpha: float = 1.0, beta: float = 0.0) ->
 
 
 def adjust_brightness(image: torch.Tensor, delta: float) -> torch.Tensor:
-    """Add ``delta`` to every channel (not a multiplication)."""
     _check_uint8(image)
     return _affine_uint8(image, beta=delta)
 
 
 def adjust_contrast(image: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Multiply every channel by ``alpha`` (no centring on the mean)."""
     _check_uint8(image)
     return _affine_uint8(image, alpha=alpha)
 
@@ -165,11 +142,8 @@ def photometric_distortion(image: torch.Tensor, brightness: Optional[float] = No
 
 
 class PhotometricDistortion(v2.Transform):
-    """MMSegmentation 0.19's ``PhotoMetricDistortion`` (the paper's): see the module docstring.
-
-    Acts on ``tv_tensors.Image`` in uint8 only (the pipeline converts to float after it); masks and
-    other inputs pass through. ``p`` is each step's probability (0.5 in the original).
-    """
+    """MMSegmentation 0.19's ``PhotoMetricDistortion`` on uint8 ``tv_tensors.Image`` (masks pass through);
+    ``p`` is each step's probability."""
 
     _transformed_types = (tv_tensors.Image,)
 
@@ -204,24 +178,16 @@ class PhotometricDistortion(v2.Transform):
 
 
 class TorchvisionPhotometricDistortion(v2.Compose):
-    """The torchvision-style alternative (``--photometric torchvision``): ``ColorJitter`` brightness
-    (x [1 - 32/255, 1 + 32/255]), contrast (blend with the mean, [0.5, 1.5]), saturation (blend with
-    grey, [0.5, 1.5]) and hue (+-18/180 of a turn), each with probability ``p``, in this fixed order."""
+    """``--photometric torchvision``: ``ColorJitter``'s brightness, contrast, saturation and hue steps of the
+    same ranges, each with probability ``p``, in this fixed order."""
 
     def __init__(self, brightness: float = 32 / 255, contrast: float = 0.5, saturation: float = 0.5,
                  hue: float = 18 / 180, p: float = 0.5):
-        super().__init__([
-            v2.RandomApply([v2.ColorJitter(brightness=brightness)], p=p),
-            v2.RandomApply([v2.ColorJitter(contrast=contrast)], p=p),
-            v2.RandomApply([v2.ColorJitter(saturation=saturation)], p=p),
-            v2.RandomApply([v2.ColorJitter(hue=hue)], p=p),
-        ])
+        steps = dict(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+        super().__init__([v2.RandomApply([v2.ColorJitter(**{name: value})], p=p) for name, value in steps.items()])
 
 
 def build_photometric(kind: str = "mmseg") -> v2.Transform:
-    """``mmseg`` (the paper's, default) or ``torchvision``."""
-    if kind == "mmseg":
-        return PhotometricDistortion()
-    if kind == "torchvision":
-        return TorchvisionPhotometricDistortion()
+    if kind in PHOTOMETRIC_CHOICES:
+        return PhotometricDistortion() if kind == "mmseg" else TorchvisionPhotometricDistortion()
     raise ValueError(f"unknown photometric distortion '{kind}', expected one of {PHOTOMETRIC_CHOICES}")

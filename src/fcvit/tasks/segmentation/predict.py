@@ -13,7 +13,7 @@ from torch import nn
 from torchvision import tv_tensors
 
 from ...data import ImageReader
-from ...files import atomic_write, check_outputs, replaced_note
+from ...files import atomic_write, check_outputs, make_folder, replaced_note, unique_stems
 from .evaluate import infer_logits
 from .transforms import IGNORE_INDEX, eval_transforms
 
@@ -23,10 +23,8 @@ _logger = logging.getLogger(__name__)
 
 
 def color_palette(num_colors: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map (bit-interleaved RGB): distinct, fixed colours for any class count.
-
-    Colour 0 is black, so class ``c`` is drawn with colour ``c + 1``; ignored pixels stay black.
-    """
+    """The PASCAL VOC colour map (bit-interleaved RGB); colour 0 is black, so class ``c`` is drawn with
+    colour ``c + 1`` and ignored pixels stay black."""
     palette = np.zeros((num_colors, 3), dtype=np.uint8)
     for index in range(num_colors):
         value, r, g, b = index, 0, 0, 0
@@ -44,8 +42,7 @@ def colorize(classes: np.ndarray, num_classes: int) -> Image.Image:
     if num_classes > 254:
         raise ValueError("colour masks hold at most 254 classes")
     values = np.where(classes == IGNORE_INDEX, 0, classes.astype(np.int64) + 1).astype(np.uint8)
-    mask = Image.fromarray(values)
-    mask = mask.convert("P") if mask.mode != "P" else mask
+    mask = Image.fromarray(values).convert("P")
     mask.putpalette(color_palette(256).flatten().tolist())
     return mask
 
@@ -65,25 +62,10 @@ def segment_image(model: nn.Module, image: Image.Image, device: torch.device | s
     return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    atomic_write(path, lambda f: image.save(f, format="PNG"))
-
-
-def _output_stems(paths: Sequence[str]) -> List[str]:
-    """Each input's file stem; inputs that share one (from different folders) get ``_2``, ``_3``..."""
-    seen: Dict[str, int] = {}
-    stems = []
-    for path in paths:
-        stem = Path(path).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return stems
-
-
 def planned_outputs(paths: Sequence[str], output_dir: str | os.PathLike) -> List[Tuple[Path, Path]]:
     """The (mask, overlay) files :func:`predict_images` writes for each of ``paths``."""
     return [(Path(output_dir) / f"{stem}_mask.png", Path(output_dir) / f"{stem}_overlay.png")
-            for stem in _output_stems(paths)]
+            for stem in unique_stems(paths)]
 
 
 def predict_images(model: nn.Module, images: ImageReader | Sequence[str | os.PathLike],
@@ -91,28 +73,24 @@ def predict_images(model: nn.Module, images: ImageReader | Sequence[str | os.Pat
                    alpha: float = 0.5, short_side: int = 512, antialias: bool = False,
                    overwrite: bool = False) -> List[Dict[str, object]]:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` per image; return the classes found in each.
-
-    ``images`` are paths or an :class:`ImageReader` (whose ``skipped`` then lists the unreadable files,
-    reported and skipped). Nothing is written over an input, nor over an existing file unless
-    ``overwrite``; both are checked before anything is written.
-    """
+    ``images``: paths or an :class:`ImageReader` (which skips unreadable files). Nothing is written over an
+    input, nor over an existing file unless ``overwrite``."""
     reader = images if isinstance(images, ImageReader) else ImageReader(images)
     outputs = dict(zip(reader.paths, planned_outputs(reader.paths, output_dir)))
     replaced = check_outputs([p for pair in outputs.values() for p in pair], reader.paths, overwrite,
                              choose="choose another --output folder", input_name="input image")
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    make_folder(output_dir)
     model.eval()
     results = []
     for path, image in reader:
         classes = segment_image(model, image, device, short_side, antialias)
         mask = colorize(classes, len(class_names))
         mask_path, overlay_path = outputs[path]
-        _save_png(mask, mask_path)
-        _save_png(overlay(image, mask, alpha), overlay_path)
+        for drawn, out_path in ((mask, mask_path), (overlay(image, mask, alpha), overlay_path)):
+            atomic_write(out_path, lambda f: drawn.save(f, format="PNG"))
         ids, counts = np.unique(classes, return_counts=True)
-        order = np.argsort(-counts)
         found = [dict(index=int(ids[i]), name=class_names[int(ids[i])], fraction=float(counts[i] / classes.size))
-                 for i in order]
+                 for i in np.argsort(-counts)]
         results.append(dict(image=path, mask=str(mask_path), overlay=str(overlay_path), classes=found))
     written = {p for r in results for p in (r["mask"], r["overlay"])}
     note = replaced_note([p for p in map(str, replaced) if p in written])  # a skipped image's old files stay

@@ -19,23 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...data.samplers import EpochShardSampler, SeededSamples, SeekableBatches
-from ...engine import (
-    DistContext,
-    LoopSettings,
-    TrainSpec,
-    resolve_amp,
-    run_distributed,
-    run_training,
-    seed_everything,
-    setup_logging,
-    train_loader,
-)
+from ...engine import (DistContext, Task, convert_sync_batchnorm, eval_loader, resolve_amp, run_distributed,
+                       run_training, seed_everything, setup_logging, train_loader)
 from ...errors import UserError
-from .data import SegmentationFolder, default_class_names, read_class_names
 from ...files import write_json
-from .evaluate import CONFIG_KEY, eval_loader, evaluate, stored_config
+from ..training import loop_settings
+from .data import SegmentationFolder, default_class_names, read_class_names
+from .evaluate import CONFIG_KEY, evaluate, stored_config
 from .metrics import format_class_table
-from .model import SemanticFPN, create_segmenter, synchronize_batch_norm
+from .model import SemanticFPN, create_segmenter
 from .transforms import IGNORE_INDEX, eval_transforms, train_transforms
 
 __all__ = ["RECIPE_GLOBAL_BATCH", "segmentation_loss", "build_model", "build_optimizer", "build_scheduler",
@@ -78,7 +70,8 @@ def build_model(args: argparse.Namespace, num_classes: int) -> SemanticFPN:
         raise UserError("--pretrained-backbone loads a published variant's weights: drop --backbone-depths/--backbone-dims.")
     return create_segmenter(args.backbone, num_classes, backbone_checkpoint=args.pretrained_backbone,
                             drop_path_rate=args.drop_path, head_channels=args.head_channels,
-                            fpn_channels=args.fpn_channels, norm=args.head_norm, backbone_kwargs=backbone_kwargs)
+                            fpn_channels=args.fpn_channels, norm="gn" if args.norm == "gn" else "bn",
+                            backbone_kwargs=backbone_kwargs)
 
 
 def global_batch(batch_size: int, ctx: DistContext) -> int:
@@ -100,19 +93,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) 
     return PolyLRScheduler(optimizer, t_initial=args.iters, power=args.power, lr_min=0.0, t_in_epochs=False)
 
 
-def distributed_batch_norm(model: SemanticFPN, scope: str, ctx: DistContext) -> SemanticFPN:
-    """SyncBatchNorm for ``scope`` (head/all/none) in a multi-GPU run, else unchanged (torch's SyncBN is GPU-only)."""
-    if ctx.distributed and ctx.device.type == "cuda":
-        return synchronize_batch_norm(model, scope)
+def distributed_batch_norm(model: SemanticFPN, norm: str, sync_bn: bool, ctx: DistContext) -> SemanticFPN:
+    """``--sync-bn``: every BatchNorm synchronised; else ``--norm syncbn`` (the paper's): the decode head's
+    only, under torchrun on GPUs (plain BatchNorm in one process or on CPU)."""
+    if sync_bn:
+        return convert_sync_batchnorm(model, ctx)
+    if norm == "syncbn":
+        model.head = convert_sync_batchnorm(model.head, ctx, required=False)
     return model
-
-
-#: arguments whose change makes a resumed run another run (refused unless --resume-override, which applies them:
-#: a new --iters re-spreads the poly decay over the new length)
-RUN_SHAPING = (
-    "backbone", "backbone_depths", "backbone_dims", "data", "num_classes", "class_names", "no_reduce_zero_label",
-    "iters", "crop_size", "batch_size", "lr", "weight_decay", "power", "drop_path", "head_norm", "photometric",
-    "fpn_channels", "head_channels", "seed")
 
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
@@ -121,88 +109,85 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
-    out = args.output
-    setup_logging(ctx, out)
+    setup_logging(ctx, args.output)
     seed_everything(args.seed, ctx.rank)
     if args.iters < 1:
         raise UserError(f"--iters {args.iters} must be at least 1.")
     num_classes, class_names = resolve_classes(args)
-    crop = (args.crop_size, args.crop_size)
-    images_per_step = global_batch(args.batch_size, ctx)
-    reduce_zero = not args.no_reduce_zero_label
+    reduce_zero, crop = not args.no_reduce_zero_label, args.crop_size
     train_set = SegmentationFolder(args.data, "train", num_classes, reduce_zero,
-                                   train_transforms(crop_size=crop, scale=(4 * args.crop_size, args.crop_size),
+                                   train_transforms(crop_size=(crop, crop), scale=(4 * crop, crop),
                                                     photometric=args.photometric, antialias=args.antialias))
     val_set = SegmentationFolder(args.data, "val", num_classes, reduce_zero,
-                                 eval_transforms(short_side=args.crop_size, max_long_side=4 * args.crop_size,
-                                                 antialias=args.antialias))
+                                 eval_transforms(short_side=crop, max_long_side=4 * crop, antialias=args.antialias))
     for dataset in (train_set, val_set):  # a bad label found at the first evaluation would cost the steps since
         dataset.check_labels()  # the last save
-    batches = SeekableBatches(EpochShardSampler(len(train_set), args.seed, ctx.rank, ctx.world_size), args.batch_size)
-    if batches.batches_per_epoch < 1:
-        raise UserError(f"The training split has {len(train_set)} images, fewer than one step of -b {args.batch_size} "
-                        f"per process x {ctx.world_size} process(es): pass a smaller -b.")
-    loader = train_loader(SeededSamples(train_set), batches, args.workers, ctx.device.type == "cuda")
-    val_loader = eval_loader(val_set, ctx, args.workers)
-
     model = build_model(args, num_classes)
     if not args.pretrained_backbone and ctx.is_main:
         _logger.warning("No --pretrained-backbone: the backbone starts from random weights, so mIoU will stay far "
                         "below the published numbers, which start from ImageNet checkpoints.")
-    model = distributed_batch_norm(model, args.sync_bn, ctx)
-    model.to(ctx.device)
-    config = dict(model.config)  # create_segmenter()'s arguments, stored so eval/predict can rebuild the model
-    optimizer = build_optimizer(model, args)
-    scheduler = build_scheduler(optimizer, args)
-    amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
-    if images_per_step != RECIPE_GLOBAL_BATCH:
-        _logger.warning("The recipe's lr (2e-4) is for %d images per step (8 GPUs x -b 4); this run takes %d at "
-                        "--lr %g, used as given.", RECIPE_GLOBAL_BATCH, images_per_step, args.lr)
+    model = distributed_batch_norm(model, args.norm, args.sync_bn, ctx).to(ctx.device)
+    task = SegmentationTask(args, ctx, model, train_set, val_set, class_names)
+    eval_interval = args.eval_interval if args.eval_interval > 0 else args.iters
+    result = run_training(task, ctx, loop_settings(args, task.amp, eval_interval=eval_interval))
+    scores = task.last_scores
+    if result["global_step"] >= args.iters and scores and ctx.is_main:
+        _logger.info("Final checkpoint (iteration %d, the one the paper reports):\n%s", result["global_step"],
+                     format_class_table(scores, class_names))
+        write_json(os.path.join(args.output, "results.json"),
+                   dict(iter=result["global_step"], backbone=args.backbone,
+                        **{k: scores[k] for k in ("mIoU", "mAcc", "aAcc")}, IoU=dict(zip(class_names, scores["IoU"]))))
+    return dict(scores)
 
-    def step(trained: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], int]:
+
+class SegmentationTask(Task):
+    """Semantic FPN on the loop: per-pixel cross-entropy, mIoU/mAcc/aAcc, counted in iterations."""
+
+    def __init__(self, args: argparse.Namespace, ctx: DistContext, model: SemanticFPN, train_set: SegmentationFolder,
+                 val_set: SegmentationFolder, class_names: List[str]) -> None:
+        batches = SeekableBatches(EpochShardSampler(len(train_set), args.seed, ctx.rank, ctx.world_size),
+                                  args.batch_size)
+        if batches.batches_per_epoch < 1:
+            raise UserError(f"The training split has {len(train_set)} images, fewer than one step of -b "
+                            f"{args.batch_size} per process x {ctx.world_size} process(es): pass a smaller -b.")
+        optimizer = build_optimizer(model, args)
+        super().__init__(model, optimizer, build_scheduler(optimizer, args),
+                         train_loader(SeededSamples(train_set), batches, args.workers, ctx.device.type == "cuda"),
+                         name=f"Semantic FPN on {args.backbone}", metric="mIoU", mode="max", unit="iter",
+                         length=args.iters)
+        self.ctx, self.class_names, self.num_classes = ctx, class_names, len(class_names)
+        self.val_loader = eval_loader(val_set, 1, ctx, args.workers)  # one image a batch: sizes differ
+        self.config = dict(model.config)  # create_segmenter()'s arguments, so eval/predict can rebuild the model
+        self.amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
+        images_per_step = global_batch(args.batch_size, ctx)
+        if images_per_step != RECIPE_GLOBAL_BATCH:
+            _logger.warning("The recipe's lr (2e-4) is for %d images per step (8 GPUs x -b 4); this run takes %d at "
+                            "--lr %g, used as given.", RECIPE_GLOBAL_BATCH, images_per_step, args.lr)
+        self.fields = dict(class_names=class_names, arch=f"semantic_fpn_{args.backbone}",
+                           eval_short_side=args.crop_size, eval_antialias=bool(args.antialias), **{CONFIG_KEY: self.config})
+        self.oom_hint = "a smaller --crop-size, or --amp"
+        self.describe = f"{self.num_classes} classes, {len(train_set)} train / {len(val_set)} val images"
+        self.last_scores: Dict[str, Any] = {}
+
+    def step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], int]:
         images, masks = batch
-        images = images.to(ctx.device, non_blocking=True)
-        masks = masks.to(ctx.device, non_blocking=True)
-        return segmentation_loss(trained(images), masks), {}, images.shape[0]
+        images = images.to(self.ctx.device, non_blocking=True)
+        masks = masks.to(self.ctx.device, non_blocking=True)
+        return segmentation_loss(model(images), masks), {}, images.shape[0]
 
-    last_scores: Dict[str, Any] = {}
-
-    def scores_of(trained: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
-        scores = evaluate(trained, val_loader, num_classes, ctx, amp, progress=sys.stderr.isatty())
-        last_scores.clear()
-        last_scores.update(scores)
+    def evaluate(self, model: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
+        self.last_scores = evaluate(model, self.val_loader, self.num_classes, self.ctx, self.amp,
+                                    progress=sys.stderr.isatty())
+        scores = self.last_scores
         _logger.info("mIoU %.2f, mAcc %.2f, aAcc %.2f", scores["mIoU"], scores["mAcc"], scores["aAcc"])
         summary = {k: scores[k] for k in ("mIoU", "mAcc", "aAcc")}
         return summary, summary
 
-    def check_resume(state: Mapping[str, Any]) -> None:
+    def checkpoint_fields(self) -> Dict[str, Any]:
+        return self.fields
+
+    def check_resume(self, state: Mapping[str, Any]) -> None:
         stored = stored_config(state)
-        if stored and dict(stored) != config:
+        if stored and dict(stored) != self.config:
             raise UserError(f"The checkpoint to resume holds another model ({dict(stored)}): resume with the "
                             "same --backbone and class options, or use another --output.")
-
-    spec = TrainSpec(
-        name=f"Semantic FPN on {args.backbone}", model=model, optimizer=optimizer, scheduler=scheduler,
-        train_loader=loader, step=step, evaluate=scores_of, metric="mIoU", mode="max", unit="iter",
-        length=args.iters, check_resume=check_resume,
-        checkpoint_fields=dict(class_names=class_names, arch=f"semantic_fpn_{args.backbone}",
-                               eval_short_side=args.crop_size, eval_antialias=bool(args.antialias),
-                               **{CONFIG_KEY: config}),
-        oom_hint="a smaller --crop-size, or --amp",
-        describe=f"{num_classes} classes, {len(train_set)} train / {len(val_set)} val images",
-        run_shaping=RUN_SHAPING)
-    settings = LoopSettings(
-        output=out, amp=amp, args=args, resume=args.resume,
-        resume_override=getattr(args, "resume_override", False), keep_best=args.keep_best,
-        eval_interval=args.eval_interval if args.eval_interval > 0 else args.iters,
-        save_interval=args.save_interval, log_interval=args.log_interval, clip_grad=args.clip_grad,
-        tensorboard=args.tensorboard)
-    result = run_training(spec, ctx, settings)
-    if result["global_step"] >= args.iters and last_scores and ctx.is_main:
-        _logger.info("Final checkpoint (iteration %d, the one the paper reports):\n%s", result["global_step"],
-                     format_class_table(last_scores, class_names))
-        write_json(os.path.join(out, "results.json"),
-                   dict(iter=result["global_step"], backbone=args.backbone,
-                        **{k: last_scores[k] for k in ("mIoU", "mAcc", "aAcc")},
-                        IoU=dict(zip(class_names, last_scores["IoU"]))))
-    return dict(last_scores)

@@ -1,13 +1,7 @@
-"""Joint image/mask transforms for semantic segmentation, as torchvision transforms v2.
-
-The image is a ``tv_tensors.Image`` (uint8 until normalised) and the mask a ``tv_tensors.Mask`` of class
-indices with 255 for ignored pixels; v2 resizes masks with nearest interpolation (the same
-``floor(x * scale)`` source pixel as OpenCV's ``INTER_NEAREST``) and leaves them out of the colour
-transforms. Steps of MMSegmentation 0.19's ADE20K recipe without a torchvision equivalent are written
-here: the keep-ratio rescale with a random ratio, the crop that avoids crops dominated by one class, the
-bottom/right padding to the crop size and the two-step evaluation resize; the photometric distortion is
-in :mod:`.photometric`. Images are resized bilinearly WITHOUT anti-aliasing by default, as the original's
-``cv2.resize``; ``antialias=True`` is torchvision's default instead.
+"""Joint image/mask transforms (torchvision v2) for MMSegmentation 0.19's ADE20K recipe: the masks hold class
+indices, 255 ignored, and are resized by nearest neighbours (the source pixel of OpenCV's ``INTER_NEAREST``)
+and left out of colour transforms. The steps without a torchvision equivalent are written here; images are
+resized bilinearly WITHOUT anti-aliasing by default, as the original's ``cv2.resize``.
 """
 from __future__ import annotations
 
@@ -26,10 +20,8 @@ IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-__all__ = [
-    "IGNORE_INDEX", "RandomRescale", "CatMaxRatioCrop", "PadTo", "PhotometricDistortion",
-    "keep_ratio_scale", "keep_ratio_size", "train_transforms", "eval_size", "eval_transforms", "EvalResize",
-]
+__all__ = ["IGNORE_INDEX", "RandomRescale", "CatMaxRatioCrop", "PadTo", "PhotometricDistortion", "keep_ratio_scale",
+           "keep_ratio_size", "train_transforms", "eval_size", "eval_transforms", "EvalResize"]
 
 
 def _find_mask(flat_inputs: List[Any]) -> tv_tensors.Mask:
@@ -40,11 +32,8 @@ def _find_mask(flat_inputs: List[Any]) -> tv_tensors.Mask:
 
 
 def keep_ratio_scale(height: int, width: int, scale: Tuple[int, int]) -> float:
-    """The factor that fits (height, width) into ``scale`` = (long edge, short edge) keeping the ratio.
-
-    This is MMSegmentation's ``Resize(keep_ratio=True)``: the long side is at most ``max(scale)`` and
-    the short side at most ``min(scale)``, whatever the image's orientation.
-    """
+    """MMSegmentation's ``Resize(keep_ratio=True)`` factor: long side at most ``max(scale)``, short side at
+    most ``min(scale)``, whatever the image's orientation."""
     return min(max(scale) / max(height, width), min(scale) / min(height, width))
 
 
@@ -55,12 +44,8 @@ def keep_ratio_size(height: int, width: int, scale: Tuple[int, int]) -> Tuple[in
 
 
 class RandomRescale(v2.Transform):
-    """Rescale keeping the aspect ratio to ``scale`` times a ratio drawn uniformly from ``ratio_range``.
-
-    As MMSegmentation's ``Resize(ratio_range=...)``: the scaled target box is truncated to whole
-    pixels before the image is fitted into it. The image is resized bilinearly, with anti-aliasing
-    only if ``antialias``; the mask with nearest neighbours.
-    """
+    """MMSegmentation's ``Resize(ratio_range=...)``: keep the ratio, fit into ``scale`` times a uniform draw from
+    ``ratio_range`` (that box truncated to whole pixels first)."""
 
     def __init__(self, scale: Tuple[int, int] = (2048, 512), ratio_range: Tuple[float, float] = (0.5, 2.0),
                  antialias: bool = False):
@@ -80,12 +65,8 @@ class RandomRescale(v2.Transform):
 
 
 class CatMaxRatioCrop(v2.Transform):
-    """Random crop of at most ``size`` where no single class covers more than ``cat_max_ratio``.
-
-    Up to ``max_tries`` crops are drawn; the first with at least two labelled classes and no class
-    above the ratio is taken, otherwise the last one drawn (MMSegmentation's ``RandomCrop``).
-    Ignored pixels do not count. Images smaller than ``size`` keep their size (``PadTo`` follows).
-    """
+    """MMSegmentation's ``RandomCrop``: of up to ``max_tries`` crops of at most ``size``, the first with two or
+    more labelled classes and none above ``cat_max_ratio`` (ignored pixels do not count), else the last."""
 
     def __init__(self, size: Tuple[int, int], cat_max_ratio: float = 0.75, max_tries: int = 10,
                  ignore_index: int = IGNORE_INDEX):
@@ -145,22 +126,12 @@ def _normalize(mean: Sequence[float], std: Sequence[float]) -> List[v2.Transform
             v2.Normalize(mean=list(mean), std=list(std))]
 
 
-def train_transforms(
-        crop_size: Tuple[int, int] = (512, 512),
-        scale: Tuple[int, int] = (2048, 512),
-        ratio_range: Tuple[float, float] = (0.5, 2.0),
-        cat_max_ratio: float = 0.75,
-        hflip: float = 0.5,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        photometric: str = "mmseg",
-        antialias: bool = False,
-) -> v2.Compose:
-    """The training pipeline of the published ADE20K recipe, applied to ``(image, mask)``.
-
-    ``photometric`` is ``mmseg`` (the paper's) or ``torchvision``; ``antialias`` switches the
-    rescale to torchvision's anti-aliased resize (the paper's is plain bilinear).
-    """
+def train_transforms(crop_size: Tuple[int, int] = (512, 512), scale: Tuple[int, int] = (2048, 512),
+                     ratio_range: Tuple[float, float] = (0.5, 2.0), cat_max_ratio: float = 0.75, hflip: float = 0.5,
+                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                     photometric: str = "mmseg", antialias: bool = False) -> v2.Compose:
+    """The published ADE20K recipe's training pipeline for ``(image, mask)``; ``photometric``: ``mmseg`` (the
+    paper's) or ``torchvision``."""
     return v2.Compose([
         RandomRescale(scale, ratio_range, antialias=antialias),
         CatMaxRatioCrop(crop_size, cat_max_ratio),
@@ -173,11 +144,8 @@ def train_transforms(
 
 def eval_size(height: int, width: int, short_side: int = 512, max_long_side: int = 2048,
               size_divisor: int = 32) -> Tuple[int, int]:
-    """Evaluation input size: shorter side ``short_side`` (long side at most ``max_long_side``), ratio kept,
-    then both sides rounded up to multiples of ``size_divisor`` so every FPN level aligns.
-
-    The same two roundings as the published configs' ``AlignResize``: to whole pixels first, then up.
-    """
+    """Shorter side ``short_side`` (long side at most ``max_long_side``), ratio kept, rounded to whole pixels
+    and then up to multiples of ``size_divisor`` so every FPN level aligns (the configs' ``AlignResize``)."""
     new_h, new_w = keep_ratio_size(height, width, (max_long_side, short_side))
     return _aligned(new_h, size_divisor), _aligned(new_w, size_divisor)
 
@@ -187,12 +155,8 @@ def _aligned(side: int, size_divisor: int) -> int:
 
 
 class EvalResize(v2.Transform):
-    """Resize the image (only) to :func:`eval_size`; the mask stays at full resolution for scoring.
-
-    Two bilinear resizes as the published configs' ``AlignResize`` (``mmcv.imrescale`` to fit, then
-    ``mmcv.imresize`` to multiples of ``size_divisor``), each rounded back to uint8; anti-aliased
-    only if ``antialias``.
-    """
+    """The image (only; the mask is scored at full size) to :func:`eval_size` by two bilinear resizes, each
+    rounded to uint8, as ``AlignResize`` (``mmcv.imrescale`` to fit, ``mmcv.imresize`` to the multiples)."""
 
     _transformed_types = (tv_tensors.Image,)
 

@@ -1,124 +1,48 @@
-"""FCViT's fast paths: the same function as :mod:`fcvit.models.layers`, computed cheaper.
+"""The fused operators of an FCViT block: :mod:`fcvit.models.layers`' math, computed cheaper.
 
-``layers.py`` holds the math; this module holds how it runs fast, behind ONE switch
-(:func:`set_fast_paths`, on by default), the way timm switches its fused attention. A block takes
-the fast path from a single dispatch point (:meth:`fcvit.models.layers.FCViTBlock.forward`) when
-:func:`block_applies` says so; otherwise (switch off, FX proxies, ``torch.jit`` tracing or
-scripting, ONNX export, a block built with other norms or activations) it runs the plain ops.
-
-Two sub-parts of every block run as custom operators (``torch.library.custom_op``, namespace
-``fcvit``), each with a fake (shape) implementation and an autograd formula, so ``torch.compile``
-(``fullgraph=True`` included) calls them as they are instead of tracing the slower plain ops:
-
-- ``fcvit::conv_mlp``: a token-mixer round after its global context,
-  ``GELU(1x1(GELU(1x1(depth-wise 11x11(x)))))``;
-- ``fcvit::channel_mixer``: ``GroupNorm -> 1x1 -> 3x3 depth-wise -> GELU -> 1x1``.
-
-For training they keep less for the backward pass than the plain ops (docs/benchmarks.md has the
-per-tensor breakdown). The channel mixer saves its input and the norm's statistics; backward
-recomputes the normalisation, the 3x3 depth-wise convolution and the GELU, and, in mixers of fewer
-than :data:`KEEP_HIDDEN_FROM_CHANNELS` channels, the first 1x1 as well (the plain ops keep the hidden
-activation, 4-8x wider than the block, three times). A token-mixer round saves its input, the 11x11
-convolution's output and its narrow hidden pre-activation, and recomputes the GELUs (the plain ops
-keep four block-sized tensors); its depth-wise weight gradient takes the faster CPU formulations of
-:mod:`fcvit.models.depthwise`. Outputs and gradients are those of the plain ops up to float rounding
-(tests/test_memory.py). Under autocast (CPU or CUDA) the operators take the autocast dtype for their
-products and float32 for the normalisation, as autocast does for the plain ops.
-
-On the CPU both training operators work through their batch in cache-sized slices
-(:data:`CPU_SLICE_BYTES`): a slice's temporaries are reused from the allocator's free lists and read
-back from cache, and the weight gradients accumulate over the slices. Inference (autograd off) uses
-sibling operators that keep nothing; on the CPU in float32 they run oneDNN kernels with the GELU
-applied inside the preceding product (``torch.ops.mkldnn``), the channel mixer in slices too.
+Two parts of every block are custom operators (``torch.library.custom_op``, namespace ``fcvit``) with
+fake (shape) implementations and autograd formulas, so ``torch.compile`` (``fullgraph=True`` too) calls
+them instead of tracing the slower plain ops: ``fcvit::conv_mlp``, a token-mixer round after its global
+context (optionally with the block's first residual), and ``fcvit::channel_mixer``, norm2 and the
+channel mixer with the layer scale folded into the last 1x1. For training they keep less for backward
+than the plain ops (docs/benchmarks.md has the per-tensor breakdown) and recompute the rest, on the CPU
+over cache-sized batch slices (:data:`CPU_SLICE_BYTES`); the token mixer's depth-wise weight gradient
+is :mod:`fcvit.ops.depthwise`'s. Under autocast they compute their products in the autocast dtype and
+the normalisation in float32, as autocast does. Inference (autograd off) uses sibling operators that
+keep nothing, on CPU float32 with oneDNN kernels that apply the GELU inside the preceding product.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Dict, List, Optional, Tuple
+from typing import Callable, ContextManager, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .depthwise import depthwise_conv_backward, depthwise_input_grad
 
-__all__ = [
-    "set_fast_paths", "fast_paths_enabled", "block_applies", "block_forward",
-    "conv_mlp", "channel_mixer", "batch_slices",
-    "CPU_SLICE_BYTES", "set_cpu_slice_bytes", "set_fused_inference", "fused_inference_enabled",
-]
-
-# ---------------------------------------------------------------------------------------------------
-# the switch and its tuning knobs
-
-_ENABLED = [True]
+__all__ = ["add_global_context", "conv_mlp", "channel_mixer", "batch_slices", "keep_mixer_hidden",
+           "HAS_ONEDNN", "KEEP_HIDDEN_FROM_CHANNELS", "CPU_SLICE_BYTES"]
 
 # oneDNN kernels with a GELU post-op, used for CPU float32 inference where PyTorch ships them
-_ONEDNN_FUSED = (
-    torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-)
+HAS_ONEDNN = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+              and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
-# Channel mixers with this many input channels or more keep their hidden layer for backward (see
-# keep_mixer_hidden); 0 keeps it everywhere, a huge value recomputes it everywhere.
-KEEP_HIDDEN_FROM_CHANNELS = [128]
+# Channel mixers with this many input channels or more keep their hidden layer for backward.
+KEEP_HIDDEN_FROM_CHANNELS = 128
 
-# Batch slices on the CPU, in bytes: "grad" and "no_grad" bound the channel mixer's hidden activation
-# per slice in training and inference, "mlp" a token-mixer round's input per slice in its backward.
-# Slices of this size keep each kernel's input in cache from the kernel before; smaller ones lose
-# more to per-call overhead than they gain (measured on fcvit_tiny and fcvit_b12, docs/benchmarks.md).
-# 0 turns slicing off.
-CPU_SLICE_BYTES: Dict[str, int] = {"grad": 8 * 1024 * 1024, "mlp": 1024 * 1024, "no_grad": 4 * 1024 * 1024}
-
-
-def set_fast_paths(enabled: bool) -> bool:
-    """Switch every FCViT fast path on or off; returns the previous setting.
-
-    Off, blocks run the plain PyTorch ops of :mod:`fcvit.models.layers` (the benchmarks and tests
-    use this to compare against the plain computation).
-    """
-    previous = _ENABLED[0]
-    _ENABLED[0] = bool(enabled)
-    return previous
-
-
-def fast_paths_enabled() -> bool:
-    return _ENABLED[0]
-
-
-def set_fused_inference(enabled: bool) -> bool:
-    """Compatibility name of :func:`set_fast_paths` (earlier releases switched inference only)."""
-    return set_fast_paths(enabled)
-
-
-def fused_inference_enabled() -> bool:
-    """Whether CPU float32 inference runs fused oneDNN kernels (fast paths on and oneDNN present)."""
-    return _ENABLED[0] and _ONEDNN_FUSED
+# CPU batch slices, in bytes: "grad" and "no_grad" bound the channel mixer's hidden activation per
+# slice in training and inference, "mlp" a token-mixer round's input per slice in its backward. Such
+# slices keep each kernel's input in cache from the kernel before; smaller ones lose more to per-call
+# overhead (measured on fcvit_tiny and fcvit_b12, docs/benchmarks.md). 0 turns slicing off.
+CPU_SLICE_BYTES = {"grad": 8 * 1024 * 1024, "mlp": 1024 * 1024, "no_grad": 4 * 1024 * 1024}
 
 
 def keep_mixer_hidden(channels: int) -> bool:
-    """Whether a training channel mixer with ``channels`` inputs keeps its first 1x1's output for backward.
-
-    Recomputing that product costs ``channels`` multiply-adds per element it would keep, so it is kept
-    where that is dear (:data:`KEEP_HIDDEN_FROM_CHANNELS` and up) and recomputed in the wide early
-    stages, where it is cheap and the tensor is largest.
-    """
-    return channels >= KEEP_HIDDEN_FROM_CHANNELS[0]
-
-
-def set_cpu_slice_bytes(grad: Optional[int] = None, no_grad: Optional[int] = None,
-                        mlp: Optional[int] = None) -> Dict[str, int]:
-    """Set the CPU slice limits (channel mixer with / without autograd, token-mixer backward); returns
-    the previous ones."""
-    previous = dict(CPU_SLICE_BYTES)
-    if mlp is not None:
-        CPU_SLICE_BYTES["mlp"] = max(0, int(mlp))
-    if grad is not None:
-        CPU_SLICE_BYTES["grad"] = max(0, int(grad))
-    if no_grad is not None:
-        CPU_SLICE_BYTES["no_grad"] = max(0, int(no_grad))
-    return previous
+    """Whether a training channel mixer keeps its first 1x1's output: recomputing it costs ``channels``
+    multiply-adds per element, dear in the late stages, cheap in the wide early ones."""
+    return channels >= KEEP_HIDDEN_FROM_CHANNELS
 
 
 def batch_slices(x: Tensor, hidden_channels: int, limit: int) -> int:
@@ -165,7 +89,7 @@ def _group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float
 
 
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
-    return _ONEDNN_FUSED and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+    return HAS_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
 
 
 def _onednn_pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], attr: str) -> Tensor:
@@ -180,14 +104,14 @@ def _onednn_pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], attr: s
 def _linear_rows(rows: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """``F.linear`` on ``(pixels, channels)`` rows; through oneDNN on CPU float32, which adds the bias
     inside the kernel (``addmm`` first copies it into every output row)."""
-    if _use_onednn(rows, weight) and fused_inference_enabled():
+    if _use_onednn(rows, weight):
         return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
     return F.linear(rows, weight, bias)
 
 
 def _linear_nhwc(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """``F.linear`` over the channels of an NCHW-shaped tensor, returned NHWC (oneDNN as :func:`_linear_rows`)."""
-    if _use_onednn(x, weight) and fused_inference_enabled():
+    if _use_onednn(x, weight):
         b, c, h, w = x.shape
         return _linear_rows(_rows(_nhwc(x)), weight, bias).view(b, h, w, weight.shape[0])
     return F.linear(_nhwc(x), weight, bias)
@@ -221,23 +145,18 @@ def _empty_nchw(like: Tensor, b: int, c: int, h: int, w: int, dtype: torch.dtype
 # fcvit::conv_mlp: GELU(1x1(GELU(1x1(depth-wise(x))))), the rest of a token-mixer round
 
 def _depthwise(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """Stride-1 "same" depth-wise convolution, as :class:`~fcvit.models.depthwise.DepthwiseConv2d` computes it."""
     return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
 
 
 @torch.library.custom_op("fcvit::conv_mlp", mutates_args=())
 def _conv_mlp(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor,
               residual: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
-    """Returns the output (NCHW shape, channels-last), and for backward the convolution's output and the
-    narrow hidden pre-activation (NHWC); the GELUs are recomputed from them.
-
-    With ``residual`` and ``scale`` the output is ``residual + scale * GELU(...)``: the block's first
-    residual, which then keeps nothing of its own for backward (``scale``'s gradient needs the GELU's
-    output, recomputed too).
-    """
+    """The output (NCHW shape, channels-last; ``residual + scale * GELU(...)`` given both, which keeps
+    nothing more for backward) and, for backward, the convolution's output and the narrow hidden
+    pre-activation (NHWC), from which the GELUs are recomputed."""
     conv = _depthwise(x, wdw, bdw)
     hidden = _linear_nhwc(conv, w0, b0)
-    if _use_onednn(hidden, w1) and fused_inference_enabled():  # the last GELU inside the product
+    if _use_onednn(hidden, w1):  # the last GELU inside the product
         out = _nhwc(_onednn_pointwise(_nchw(F.gelu(hidden)), w1, b1, "gelu"))
     else:
         out = F.gelu(F.linear(F.gelu(hidden), w1, b1))
@@ -259,12 +178,8 @@ def _conv_mlp_backward(
         grad: Tensor, x: Tensor, conv: Tensor, hidden: Tensor, wdw: Tensor, w0: Tensor, w1: Tensor, b1: Tensor,
         scale: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of ``x``, the six weights and ``scale`` (zeros when there is none).
-
-    On the CPU it runs over cache-sized batch slices (:data:`CPU_SLICE_BYTES` ``"mlp"``, counted on
-    ``x``): the GELUs are recomputed, and every gradient formed, while a slice's tensors are still in
-    cache; the weight gradients accumulate over the slices.
-    """
+    """Gradients of ``x``, the six weights and ``scale`` (zeros without it), per batch slice
+    (:data:`CPU_SLICE_BYTES` ``"mlp"``) while the slice's tensors are still in cache."""
     b, c, h, w = x.shape
     pad = wdw.shape[-1] // 2
     dtype = hidden.dtype
@@ -334,7 +249,7 @@ _conv_mlp.register_autograd(_conv_mlp_grad, setup_context=_conv_mlp_setup)
 @torch.library.custom_op("fcvit::conv_mlp_infer", mutates_args=())
 def _conv_mlp_infer(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
     """The same function keeping nothing; oneDNN with the GELUs fused on CPU float32."""
-    if _use_onednn(x, w0) and fused_inference_enabled():
+    if _use_onednn(x, w0):
         conv = _onednn_conv(x, wdw, bdw, [wdw.shape[-1] // 2] * 2, "none")
         return _onednn_pointwise(_onednn_pointwise(conv, w0, b0, "gelu"), w1, b1, "gelu")
     return _nchw(F.gelu(F.linear(F.gelu(F.linear(_nhwc(_depthwise(x, wdw, bdw)), w0, b0)), w1, b1)))
@@ -349,16 +264,11 @@ def _(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b
 # ---------------------------------------------------------------------------------------------------
 # fcvit::channel_mixer: GroupNorm -> 1x1 -> 3x3 depth-wise -> GELU -> 1x1
 
-def _mixer_hidden(h1: Tensor, wdw: Tensor, bdw: Tensor) -> Tensor:
-    """The depth-wise 3x3 convolution of the first 1x1's output (NHWC in, NCHW channels-last out)."""
-    return F.conv2d(_nchw(h1), wdw, bdw, padding=wdw.shape[-1] // 2, groups=wdw.shape[0])
-
-
 def _mixer_act(h1: Tensor, wdw: Tensor, bdw: Tensor) -> Tensor:
     """GELU of the depth-wise 3x3 convolution (NHWC in, NCHW channels-last out); one oneDNN kernel on CPU float32."""
-    if _use_onednn(h1, wdw) and fused_inference_enabled():
+    if _use_onednn(h1, wdw):
         return _onednn_conv(_nchw(h1), wdw, bdw, [wdw.shape[-1] // 2] * 2, "gelu")
-    return F.gelu(_mixer_hidden(h1, wdw, bdw))
+    return F.gelu(_depthwise(_nchw(h1), wdw, bdw))
 
 
 @torch.library.custom_op("fcvit::channel_mixer", mutates_args=())
@@ -366,14 +276,9 @@ def _channel_mixer(
         x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
         w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor, keep_hidden: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Returns the mixer's output and, for backward, the norm's statistics and (with ``keep_hidden``) the
-    first 1x1's output, NHWC; without it the tensor is empty and backward recomputes the product.
-
-    On the CPU the part after the normalisation runs over batch slices whose hidden activation fits
-    in cache (:data:`CPU_SLICE_BYTES` ``"grad"``): each slice's temporaries come back from the
-    allocator's free lists and are read from cache, not memory. The normalisation runs on the whole
-    batch (PyTorch's channels-last GroupNorm is slow on small slices).
-    """
+    """The output and, for backward, the norm's statistics and (``keep_hidden``) the first 1x1's output,
+    NHWC (else empty). After the whole-batch normalisation (PyTorch's channels-last GroupNorm is slow on
+    small slices) it works in batch slices whose hidden activation fits in cache (``"grad"``)."""
     b, c, h, w = x.shape
     z, mean, rstd = _group_norm(x, norm_w, norm_b, groups, eps)
     z_rows = _rows(_nhwc(z.to(w1.dtype)))
@@ -424,7 +329,7 @@ def _channel_mixer_backward(
         rows = slice(start * h * w, stop * h * w)
         h1 = kept[start:stop] if kept.numel() else _linear_rows(z_rows[rows], w1, b1).view(stop - start, h, w, -1)
         h1 = _nchw(h1)
-        hidden = _rows(_nhwc(_mixer_hidden(_nhwc(h1), wdw, bdw)))
+        hidden = _rows(_nhwc(_depthwise(h1, wdw, bdw)))
         grad_w2.addmm_(grad_rows[rows].t(), F.gelu(hidden))
         grad_hidden = _gelu_backward_(grad_rows[rows].mm(w2), hidden, into_grad=True)
         del hidden
@@ -478,11 +383,11 @@ _channel_mixer.register_autograd(_mixer_backward, setup_context=_mixer_setup)
 def _channel_mixer_infer_part(z: Tensor, w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor,
                               b2: Tensor) -> Tensor:
     """The mixer after its normalisation, on one batch slice."""
-    if _use_onednn(z, w1) and fused_inference_enabled():
+    if _use_onednn(z, w1):
         h1 = _onednn_pointwise(z, w1, b1, "none")
         act = _onednn_conv(h1, wdw, bdw, [wdw.shape[-1] // 2] * 2, "gelu")
         return _onednn_pointwise(act, w2, b2, "none")
-    act = F.gelu(_mixer_hidden(F.linear(_nhwc(z), w1, b1), wdw, bdw))
+    act = F.gelu(_depthwise(_nchw(F.linear(_nhwc(z), w1, b1)), wdw, bdw))
     return _nchw(F.linear(_nhwc(act), w2, b2))
 
 
@@ -514,7 +419,7 @@ def _(x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
 
 
 # ---------------------------------------------------------------------------------------------------
-# calling the operators from the modules
+# what the modules call, with their own parameters
 
 def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
     device = x.device.type
@@ -528,85 +433,61 @@ def _autocast_off(x: Tensor, dtype: Optional[torch.dtype]) -> ContextManager[Non
     return torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext()
 
 
-def _needs_grad(x: Tensor, params: List[Tensor]) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def conv_mlp(x: Tensor, dw: nn.Conv2d, fc0: nn.Module, fc1: nn.Module, residual: Optional[Tensor] = None,
-             scale: Optional[Tensor] = None) -> Tensor:
-    """``GELU(fc1(GELU(fc0(dw(x)))))``, a token-mixer round after its global context; with ``residual``
-    and ``scale`` (per channel), ``residual + scale * GELU(...)``."""
-    params = [dw.weight, dw.bias, fc0.weight.flatten(1), fc0.bias, fc1.weight.flatten(1), fc1.bias]
+def add_global_context(x: Tensor, similarity: Callable[[Tensor], Tensor], rescale_weight: Tensor,
+                       rescale_bias: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
+                       fc2_bias: Tensor, groups: int, eps: float) -> Tensor:
+    """``x + GlobalContext(x)``, the maps ``B x groups x H x W`` passed through ``similarity``.
+
+    Both per-group products are batched products with a block-diagonal ``C x groups`` operand, so no
+    ``B x HW x C`` broadcast product is materialised, and the last adds the residual. The unbiased std
+    as a norm of the centred values is 2x faster on the CPU than ``std_mean``, equal to rounding."""
+    b, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    mask = torch.eye(groups, dtype=x.dtype, device=x.device).repeat_interleave(c // groups, dim=0)  # C x G
+    tokens = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a free view on a channels-last tensor
+    g = tokens.mean(dim=1)  # B x C: the global token
+    sim = torch.bmm(tokens, (g * (c // groups) ** -0.5).unsqueeze(-1) * mask)  # B x HW x G
+    mean = sim.mean(dim=[1, 2], keepdim=True)
+    std = torch.linalg.vector_norm(sim - mean, dim=[1, 2], keepdim=True) / (sim.shape[1] * sim.shape[2] - 1) ** 0.5
+    a = rescale_weight / (std + eps)  # (s - mean) / (std + eps) * w + b as s * a + (b - mean * a)
+    sim = torch.addcmul(rescale_bias - mean * a, sim, a)
+    sim = similarity(sim.reshape(b, h, w, groups).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, h * w, groups)
+    hidden = fc1_weight.shape[0] // 2
+    gc = F.linear(F.linear(g, fc1_weight, fc1_bias).unflatten(-1, (2, hidden)).amax(dim=1), fc2_weight, fc2_bias)
+    out = torch.baddbmm(tokens, sim, gc.unsqueeze(1) * mask.t())  # the B x G x C spread is block-diagonal
+    return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def conv_mlp(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor,
+             residual: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tensor:
+    """``GELU(1x1(GELU(1x1(dw(x)))))`` (2-D 1x1 weights), a token-mixer round after its global context;
+    with ``residual`` and ``scale`` (per channel), ``residual + scale * GELU(...)``."""
+    params = [dw_weight, dw_bias, w0, b0, w1, b1]
     dtype = _autocast_dtype(x)
     if dtype is not None:
         x, params = x.to(dtype), [p.to(dtype) for p in params]
     with _autocast_off(x, dtype):
-        if _needs_grad(x, params) or (scale is not None and _needs_grad(scale, [])) or (
-                residual is not None and _needs_grad(residual, [])):
+        if _needs_grad(x, scale, residual, *params):
             return torch.ops.fcvit.conv_mlp(x, *params, residual, scale)[0]
         y = torch.ops.fcvit.conv_mlp_infer(x, *params)
         return y if residual is None or scale is None else torch.addcmul(residual, scale.reshape(-1, 1, 1), y)
 
 
-def channel_mixer(x: Tensor, norm: nn.GroupNorm, mixer: nn.Module, layer_scale: Tensor) -> Tensor:
-    """``layer_scale * mixer(norm(x))`` for a :class:`~fcvit.models.layers.ChannelMixer` without dropout."""
-    weights = [mixer.fc1.weight.flatten(1), mixer.fc1.bias, mixer.dwconv.weight, mixer.dwconv.bias,
-               mixer.fc2.weight.flatten(1) * layer_scale[:, None], mixer.fc2.bias * layer_scale]
+def channel_mixer(x: Tensor, norm_weight: Optional[Tensor], norm_bias: Optional[Tensor], groups: int, eps: float,
+                  w1: Tensor, b1: Tensor, dw_weight: Tensor, dw_bias: Tensor, w2: Tensor, b2: Tensor,
+                  scale: Tensor) -> Tensor:
+    """``scale * mixer(GroupNorm(x))`` (2-D 1x1 weights, no dropout); no norm affine (``fcvit.fuse``) is ones."""
+    weights = [w1, b1, dw_weight, dw_bias, w2 * scale[:, None], b2 * scale]
     dtype = _autocast_dtype(x)
     if dtype is not None:
         weights = [w.to(dtype) for w in weights]
-    if norm.affine:
-        norm_w, norm_b = norm.weight, norm.bias
-    else:  # fcvit.fuse folds norm2's affine into the mixer: an identity affine computes the same
-        norm_w, norm_b = x.new_ones(x.shape[1]), x.new_zeros(x.shape[1])
-    norm_args = (norm_w, norm_b, norm.num_groups, norm.eps)
+    if norm_weight is None or norm_bias is None:
+        norm_weight, norm_bias = x.new_ones(x.shape[1]), x.new_zeros(x.shape[1])
+    norm_args = (norm_weight, norm_bias, groups, eps)
     with _autocast_off(x, dtype):
-        if not _needs_grad(x, [norm_w, norm_b] + weights):
+        if not _needs_grad(x, norm_weight, norm_bias, *weights):
             return torch.ops.fcvit.channel_mixer_infer(x, *norm_args, *weights)
         return torch.ops.fcvit.channel_mixer(x, *norm_args, *weights, keep_mixer_hidden(x.shape[1]))[0]
-
-
-def _compiling(x: object) -> bool:
-    return isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling()
-
-
-def _exporting() -> bool:
-    """``torch.export`` (and the ONNX exporter built on it) must record the plain ops."""
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting()) if is_exporting is not None else False
-
-
-def _is_exact_gelu(module: nn.Module) -> bool:
-    return type(module) is nn.GELU and module.approximate == "none"
-
-
-def block_applies(block: nn.Module, x: Tensor) -> bool:
-    """Whether ``block`` computes ``x`` on the fast path: switch on, a real tensor, standard sub-layers."""
-    if not _ENABLED[0] or isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing():
-        return False
-    if torch.onnx.is_in_onnx_export() or _exporting() or x.dim() != 4 or not x.is_floating_point():
-        return False
-    tm, cm = block.token_mixer, block.channel_mixer
-    if not all(_is_exact_gelu(m) for m in (tm.fc1[1], tm.act1, tm.fc2[1], tm.act2, cm.act)):
-        return False
-    if block.training and (cm.drop1.p > 0 or cm.drop2.p > 0):
-        return False
-    if tm.dw1.bias is None or tm.dw2.bias is None:
-        return False
-    norm = block.norm2
-    return isinstance(norm, nn.GroupNorm) and type(norm).forward is nn.GroupNorm.forward and cm.dwconv.bias is not None
-
-
-def block_forward(block: nn.Module, x: Tensor) -> Tensor:
-    """The block's function on the fast path; equal to the plain ``FCViTBlock`` math up to float rounding."""
-    tm = block.token_mixer
-    y = block.norm1(x)
-    y = conv_mlp(tm.gc1.add_context(y), tm.dw1, tm.fc1[0], tm.fc1[2])
-    drop = block.training and block.has_drop_path
-    if drop:
-        y = conv_mlp(tm.gc2.add_context(y), tm.dw2, tm.fc2[0], tm.fc2[2])
-        x = x + block.drop_path(block.layer_scale_1.reshape(-1, 1, 1) * y)
-    else:  # the first residual inside the operator: x + layer_scale_1 * token_mixer(norm1(x))
-        x = conv_mlp(tm.gc2.add_context(y), tm.dw2, tm.fc2[0], tm.fc2[2], residual=x, scale=block.layer_scale_1)
-    mix = channel_mixer(x, block.norm2, block.channel_mixer, block.layer_scale_2)
-    return x + block.drop_path(mix) if drop else mix + x

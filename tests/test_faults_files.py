@@ -1,0 +1,155 @@
+"""Writes that the system refuses (disk full, read-only, a file in the way) and one writer per run folder."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fcvit import files
+from fcvit.errors import UserError
+from fcvit.files import RunLock, atomic_save, atomic_write, check_output_folder, unique_stems
+
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # chmod does not stop root
+
+
+def _no_temporaries(folder: Path) -> bool:
+    return not list(folder.glob(".*.tmp"))
+
+
+def test_disk_full_inside_torch_save_is_one_sentence_and_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "last.pth.tar"
+    atomic_save({"step": 1}, path)
+
+    def fills_the_disk(f):
+        class Full(io.RawIOBase):  # accepts 1 KB, then ENOSPC, which torch.save turns into a RuntimeError
+            written = 0
+
+            def writable(self):
+                return True
+
+            def write(self, data):
+                self.written += len(data)
+                if self.written > 1024:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return f.write(data)
+
+        torch.save({"weights": torch.zeros(10_000)}, Full())
+
+    with pytest.raises(UserError) as info:
+        atomic_write(path, fills_the_disk)
+    message = str(info.value)
+    assert str(path) in message and "disk is full" in message and "\n" not in message
+    assert torch.load(path)["step"] == 1 and _no_temporaries(tmp_path)
+
+
+@pytest.mark.parametrize("code, cause", [(errno.ENOSPC, "disk is full"), (errno.EROFS, "read-only"),
+                                         (errno.EACCES, "permission is denied")])
+def test_an_injected_refusal_names_the_path_and_cause(tmp_path, monkeypatch, code, cause):
+    path = tmp_path / "summary.csv"
+    path.write_text("old")
+
+    def refuse(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(files.os, "fsync", refuse)
+    with pytest.raises(UserError, match=cause) as info:
+        atomic_write(path, "new")
+    assert str(path) in str(info.value)
+    assert path.read_text() == "old" and _no_temporaries(tmp_path)
+
+
+@pytest.mark.skipif(AS_ROOT, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "a.json").write_text("old")
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match="permission is denied"):
+            atomic_write(folder / "a.json", "new")
+        with pytest.raises(UserError, match="cannot be written"):
+            check_output_folder(folder / "run")
+        assert (folder / "a.json").read_text() == "old"
+    finally:
+        folder.chmod(0o755)
+
+
+@contextlib.contextmanager
+def _small_tmpfs(folder: Path, size: str):
+    folder.mkdir()
+    if not AS_ROOT or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                     capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_a_real_full_disk_and_a_read_only_file_system(tmp_path):
+    with _small_tmpfs(tmp_path / "disk", "512k") as disk:
+        path = disk / "last.pth.tar"
+        atomic_save({"weights": torch.zeros(1000)}, path)
+        with pytest.raises(UserError, match="disk is full"):
+            atomic_save({"weights": torch.zeros(1_000_000)}, path)
+        assert torch.load(path)["weights"].shape == (1000,) and _no_temporaries(disk)
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(UserError, match="read-only"):
+            atomic_save({"weights": torch.zeros(10)}, path)
+        with pytest.raises(UserError, match="cannot be written"):
+            check_output_folder(disk / "run")
+
+
+def test_a_file_where_a_folder_must_be(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="a part of the path is a file, not a folder"):
+        atomic_write(blocker / "a.json", "{}")
+    with pytest.raises(UserError, match=f"Cannot write '{blocker / 'run'}'"):
+        atomic_save({}, blocker / "run" / "last.pth.tar")
+    with pytest.raises(UserError, match="is a file"):
+        check_output_folder(blocker)
+    with pytest.raises(UserError, match="lies below the file"):
+        check_output_folder(blocker / "a" / "b")
+    check_output_folder(tmp_path / "new" / "run")  # not there yet: fine
+    assert not (tmp_path / "new").exists()
+
+
+def test_one_output_stem_per_input():
+    assert unique_stems(["a/x.jpg", "b/x.jpg", "c/x_2.jpg", "d/X.png"]) == ["x", "x_2", "x_2_2", "X_3"]
+
+
+_HOLD = ("import sys, time\nfrom fcvit.files import RunLock\nlock = RunLock(sys.argv[1]).acquire()\n"
+         "print('locked', flush=True)\ntime.sleep(120)\n")
+
+
+def test_one_writer_per_run_folder_and_a_dead_holder_is_taken_over(tmp_path, caplog):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError) as info:
+            RunLock(run).acquire()
+        assert f"process {holder.pid} on host" in str(info.value) and "in use by another run" in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / RunLock.NAME).exists()  # killed: its lock file stays behind, with its pid
+    with caplog.at_level(logging.WARNING, logger="fcvit.files"):
+        with RunLock(run) as lock:
+            assert f"{os.getpid()} " in (run / RunLock.NAME).read_text()
+            with pytest.raises(UserError, match=f"process {os.getpid()}"):
+                RunLock(run).acquire()
+    assert f"left by process {holder.pid}" in caplog.text and "no longer runs" in caplog.text
+    assert not (run / RunLock.NAME).exists() and lock._file is None
+    RunLock(run).acquire().release()  # free again
+    shutil.rmtree(run)

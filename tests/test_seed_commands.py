@@ -22,6 +22,7 @@ from typing import List
 
 import pytest
 import torch
+import timm
 import torch.multiprocessing as mp
 from PIL import Image
 from torch import nn
@@ -369,7 +370,27 @@ def test_batch_erasing_spares_the_first_split():
     args.aug_splits = 0  # without splits the original spared the first half of the batch
     erased = _batch_erasing(args, torch.device("cpu"))(torch.zeros(4, 3, 16, 16))
     assert (erased[:2] == 0).all() and (erased[2:] != 0).any()
-    assert _batch_erasing(argparse.Namespace(resplit=False, reprob=1.0, no_aug=False), torch.device("cpu")) is None
+    per_image = argparse.Namespace(resplit=False, reprob=1.0, no_aug=False, erase_per_image=True)
+    assert _batch_erasing(per_image, torch.device("cpu")) is None
+
+
+def test_random_erasing_follows_mixup_as_the_original_prefetcher():
+    """Default: erasing on the mixed batch (an erased patch is never blended); --erase-per-image and the
+    original's --no-prefetcher erase each image in the loader, before mixup."""
+    from fcvit.cli.train import build_parser, finalize_args
+    from fcvit.tasks.classification.train import _batch_erasing, _transform_args
+
+    model = timm.create_model("fcvit_tiny", num_classes=3)
+    for extra, batch in (([], True), (["--erase-per-image"], False), (["--no-prefetcher"], False)):
+        args = finalize_args(build_parser().parse_args(["DATA", "--reprob", "1", "--remode", "const", *extra]))
+        erasing = _batch_erasing(args, torch.device("cpu"))
+        assert (erasing is not None) == batch and _transform_args(args, model, True)["re_prob"] == (0 if batch else 1)
+    args = finalize_args(build_parser().parse_args(["DATA", "--reprob", "1", "--remode", "const"]))
+    torch.manual_seed(0)
+    random.seed(0)
+    mixed = 0.5 * torch.ones(4, 3, 32, 32) + 0.5 * torch.full((4, 3, 32, 32), 3.0)  # two images blended
+    erased = _batch_erasing(args, torch.device("cpu"))(mixed)
+    assert all((erased[i] == 0).any() for i in range(4))  # every sample erased, the patch exactly 0
 
 
 def test_loss_choice_follows_the_original():

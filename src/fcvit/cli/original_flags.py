@@ -19,8 +19,6 @@ Row = Tuple[str, Dict[str, Any], str, bool, str]
 _SHARED: List[Row] = [
     ("--torchscript", _SWITCH, "obsolete: the model runs as is (same results)", False,
      "--torchscript: the model runs without TorchScript (same results; --compile compiles it for training)."),
-    ("--no-prefetcher", _SWITCH, "obsolete: fcvit has no CUDA prefetcher", False,
-     "--no-prefetcher: fcvit always loads with a plain DataLoader (there is no prefetcher)."),
     ("--dataset-download", _SWITCH, "obsolete: fcvit never downloads data", False,
      "--dataset-download: fcvit never downloads data; DATA must already hold it."),
     ("--class-map", dict(default="", metavar="FILE"), "refused: classes follow the sorted folders", True,
@@ -28,6 +26,9 @@ _SHARED: List[Row] = [
      "the folders in the wanted order or leave --class-map out."),
 ]
 _TRAIN: List[Row] = [
+    ("--no-prefetcher", _SWITCH, "random erasing per image, before mixup (= --erase-per-image)", False,
+     "--no-prefetcher: random erasing runs per image in the loader, before mixup/cutmix, as the original's "
+     "no-prefetcher path (--erase-per-image)."),
     ("--pretrained", _SWITCH, "refused: no weights are downloaded", True,
      "--pretrained is not supported (no weights are downloaded): pass --initial-checkpoint FILE with the "
      "published weights."),
@@ -64,6 +65,8 @@ _TRAIN: List[Row] = [
      "--git-id: ignored (the original overwrote it with the current commit)."),
 ]
 _VALIDATE: List[Row] = [
+    ("--no-prefetcher", _SWITCH, "obsolete: evaluation has no random erasing to place", False,
+     "--no-prefetcher: no effect on evaluation (it only moved the original's random erasing)."),
     ("--pretrained", _SWITCH, "the weights of --checkpoint are evaluated", False,
      "--pretrained: the weights of --checkpoint are evaluated (nothing is downloaded)."),
     ("--legacy-jit", _SWITCH, "obsolete: TorchScript is not used", False,
@@ -128,6 +131,8 @@ def resolve_original_flags(args: argparse.Namespace, command: str) -> List[str]:
         if refused:
             raise UserError(sentence.format(value=value))
         notes.append(sentence.format(value=value))
+    if getattr(args, "no_prefetcher", False) and command == "train":
+        args.erase_per_image = True
     if getattr(args, "drop_connect", None) is not None:
         if "drop_path" in explicit:
             notes.append(f"--drop-connect: ignored, --drop-path {args.drop_path} is given (as the original).")

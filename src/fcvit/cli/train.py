@@ -134,6 +134,9 @@ def _add_augmentation(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jsd-loss", "--jsd", dest="jsd_loss", action="store_true",
                    help="Jensen-Shannon divergence + cross-entropy over the splits (needs --aug-splits)")
     g.add_argument("--resplit", action="store_true", help="no random erasing on the first (clean) split")
+    g.add_argument("--erase-per-image", action="store_true",
+                   help="random erasing on each image in the loader, before mixup/cutmix (default: on the "
+                        "normalised batch after them, as the original's prefetcher)")
     g.add_argument("--bce-loss", action="store_true", help="binary cross-entropy instead of softmax cross-entropy")
     g.add_argument("--bce-target-thresh", type=probability, default=None, help="binarize BCE targets above this value")
     g.add_argument("--mixup", type=non_negative_float, default=0.8)
@@ -172,7 +175,7 @@ RUN_SHAPING = (
     "lr_base_size", "lr_base_scale", "sched", "sched_on_updates", "epochs", "warmup_lr", "warmup_epochs", "min_lr",
     "cooldown_epochs", "decay_epochs", "decay_milestones", "decay_rate", "patience_epochs", "lr_noise",
     "lr_noise_pct", "lr_noise_std", "lr_cycle_mul", "lr_cycle_decay", "lr_cycle_limit", "lr_k_decay", "seed", "drop",
-    "drop_path", "smoothing", "mixup", "cutmix", "aa", "reprob", "aug_splits", "jsd_loss", "bce_loss", "model_ema",
+    "drop_path", "smoothing", "mixup", "cutmix", "aa", "reprob", "erase_per_image", "aug_splits", "jsd_loss", "bce_loss", "model_ema",
     "model_ema_decay", "eval_metric")
 
 

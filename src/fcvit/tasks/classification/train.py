@@ -123,8 +123,8 @@ def _transform_args(args: argparse.Namespace, model: nn.Module, training: bool) 
             re_count=args.recount)
         if args.aug_splits > 1:
             kwargs["separate"] = True  # (crop+flip, augmentation, tensor+erasing) for AugMix-style splits
-        if args.resplit:
-            kwargs["re_prob"] = 0.0  # erasing moves to the batch, where it can spare the first split
+        if _batch_erasing_on(args):
+            kwargs["re_prob"] = 0.0  # erasing moves to the batch (after mixup), see _batch_erasing
     return kwargs
 
 
@@ -183,15 +183,20 @@ def _join_splits(images: Any, targets: torch.Tensor) -> Tuple[torch.Tensor, torc
     return images, targets
 
 
+def _batch_erasing_on(args: argparse.Namespace) -> bool:
+    return bool(args.reprob) and not args.no_aug and (args.resplit or not getattr(args, "erase_per_image", False))
+
+
 def _batch_erasing(args: argparse.Namespace, device: torch.device) -> Optional[Callable]:
-    """``--resplit``: random erasing on the batch that leaves its first split clean (the first half without
-    --aug-splits), as the original's loader did; None when erasing stays per image."""
+    """Random erasing on the normalised batch after mixup/cutmix, as the original's prefetcher (so erased
+    regions are never blended between images); with ``--resplit`` it spares the batch's first split. None
+    with ``--erase-per-image``: erasing then runs per image in the loader, before mixup."""
     from timm.data.random_erasing import RandomErasing
 
-    if not args.resplit or not args.reprob or args.no_aug:
+    if not _batch_erasing_on(args):
         return None
     return RandomErasing(args.reprob, mode=args.remode, max_count=args.recount,
-                         num_splits=args.aug_splits or 2, device=device)
+                         num_splits=(args.aug_splits or 2) if args.resplit else 0, device=device)
 
 
 @torch.inference_mode()

@@ -1,8 +1,8 @@
 """COCO box and mask AP with pycocotools' COCOeval, from torchvision Mask R-CNN outputs.
 
 Predictions become COCO result entries (``[x, y, w, h]`` boxes in original image pixels, RLE masks, the
-file's own category ids) per image; under torchrun the main rank gathers every rank's, one entry per
-image (a ``DistributedSampler`` repeats a few), before running COCOeval once.
+file's own category ids) per image; under torchrun the main rank gathers every rank's, each image
+once (the evaluation loader shards without repeats), before running COCOeval once.
 """
 from __future__ import annotations
 

@@ -16,13 +16,13 @@ import math
 from typing import Callable, Final, Optional, Type
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from timm.layers import DropPath, register_notrace_module
 
 from .. import ops
 from ..ops import DepthwiseConv2d
+from ..ops import onnx_forms as forms
 
 __all__ = ["ConvEmbed", "PointwiseConv", "GroupNorm1", "GlobalContext", "TokenMixer", "ChannelMixer", "FCViTBlock"]
 
@@ -58,7 +58,7 @@ class PointwiseConv(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+        return forms.pointwise_conv(x, self.weight, self.bias)  # one Conv in ONNX (fcvit.ops.onnx_forms)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}"
@@ -98,15 +98,14 @@ class GlobalContext(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The context alone: ``out[b, c, p] = sim[b, group(c), p] * gc[b, c]``."""
-        b, c, h, w = x.shape
-        groups, group_dim = self.num_groups, self.group_dim
+        # the steps that reshape to groups are spelled for ONNX apart (fcvit.ops.onnx_forms), the same math
         g = x.mean(dim=(2, 3))  # B x C: the global token
-        sim = (x.reshape(b, groups, group_dim, h, w) * g.reshape(b, groups, group_dim, 1, 1)).sum(2) * self.scale
-        flat = sim.reshape(b, -1)  # normalised per sample, with the unbiased std as the original
-        sim = (sim - flat.mean(1).reshape(b, 1, 1, 1)) / (flat.std(1).reshape(b, 1, 1, 1) + self.eps)
+        sim = forms.group_sums(x, g, self.num_groups, self.dim, self.scale)  # B x groups x H x W: per-group x . g
+        mean, std = forms.sample_mean_std(sim)  # normalised per sample, with the unbiased std as the original
+        sim = (sim - mean) / (std + self.eps)
         sim = self.similarity(sim * self.rescale_weight.reshape(1, -1, 1, 1) + self.rescale_bias.reshape(1, -1, 1, 1))
-        gc = self.fc2(self.fc1(g).reshape(b, 2, self.hidden).amax(dim=1))  # competitive bottleneck
-        return (sim.unsqueeze(2) * gc.reshape(b, groups, group_dim, 1, 1)).reshape(b, c, h, w)
+        gc = self.fc2(forms.max_of_halves(self.fc1(g), self.hidden))  # competitive bottleneck
+        return forms.spread_groups(sim, gc, self.num_groups, self.dim)
 
     def add_context(self, x: torch.Tensor) -> torch.Tensor:
         """``x + self(x)``; fused, in one pass (:func:`fcvit.ops.add_global_context`)."""

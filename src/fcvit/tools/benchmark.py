@@ -4,6 +4,15 @@ Timings on a shared or throttling machine drift; measuring every model in turn, 
 in the same process and reporting medians and ratios to a peer measured the same way keeps the
 comparison fair where absolute numbers are not. ``fcvit benchmark`` is the command line of
 :func:`run_benchmark`.
+
+Each candidate runs in one of :data:`RUNTIMES` (issue 22): PyTorch eager; ``torch.compile`` with
+inductor's defaults, or in its CPU inference mode with frozen weights (``torch._inductor.config.freezing``,
+as PyTorch documents for CPU inference); or ONNX Runtime (CPU) on the file :func:`fcvit.tools.export.export_onnx`
+writes, which is what ``fcvit export --format onnx`` writes. Every runtime gets a model instance of its
+own: torch.compile shares compiled graphs between instances of one class, and a frozen graph holds its
+instance's weights. ONNX Runtime runs with as many intra-op threads as PyTorch and with its threads'
+spin-waiting off, which on a shared machine (and between the other runtimes' steps) takes the cores the
+next model needs.
 """
 from __future__ import annotations
 
@@ -16,7 +25,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 from unittest import mock
 
 import torch
@@ -27,9 +36,12 @@ from ..errors import UserError
 from ..ops import depthwise, mixers, set_fused_ops
 from .profile import count_gmacs, count_params
 
-__all__ = ["BenchmarkResult", "Candidate", "timm_candidate", "run_benchmark", "format_table"]
+__all__ = ["BenchmarkResult", "Candidate", "timm_candidate", "run_benchmark", "format_table", "RUNTIMES",
+           "parse_runtimes"]
 
 MODES = ("infer", "train")
+RUNTIMES = ("eager", "compile-default", "compile-frozen", "onnxruntime")
+_RUNTIME_ALIASES = {"compile": ("compile-default", "compile-frozen"), "ort": ("onnxruntime",)}
 
 
 @dataclass
@@ -46,6 +58,25 @@ class Candidate:
     build: Callable[[], nn.Module]
     fast_paths: Optional[bool] = None
     cpu_shortcuts: Optional[bool] = None
+    runtime: str = "eager"  # one of RUNTIMES
+
+
+def parse_runtimes(text: str) -> List[str]:
+    """Comma-separated runtimes in order, ``compile`` standing for both compiled ones."""
+    out: List[str] = []
+    for word in (w.strip() for w in text.split(",")):
+        if not word:
+            continue
+        names = _RUNTIME_ALIASES.get(word, (word,))
+        for name in names:
+            if name not in RUNTIMES:
+                raise UserError(f"Unknown runtime '{word}': choose from eager, compile (both of compile-default "
+                                "and compile-frozen), compile-default, compile-frozen, onnxruntime.")
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise UserError("--runtime is empty: name at least one, e.g. --runtime eager,onnxruntime.")
+    return out
 
 
 @dataclass
@@ -69,6 +100,9 @@ class BenchmarkResult:
     ratio: Optional[float] = None  # images/s relative to `peer`, from the medians
     ratio_best: Optional[float] = None  # the same from the fastest rounds
     peer: Optional[str] = None
+    runtime: str = "eager"
+    vs_eager: Optional[float] = None  # images/s relative to the same model in eager, same batch size
+    max_diff: Optional[float] = None  # largest |output - eager output| of this runtime on the benchmark input
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -114,10 +148,12 @@ class _Runner:
     """One candidate ready to run: model on the device, fixed inputs, and a ``step`` closure."""
 
     def __init__(self, candidate: Candidate, mode: str, batch_size: int, img_size: int, device: torch.device,
-                 amp: bool, channels_last: bool, compile_model: bool, num_classes: int) -> None:
+                 amp: bool, channels_last: bool, compile_model: bool, num_classes: int,
+                 model: Optional[nn.Module] = None, onnx_file: Optional[Callable[[nn.Module], str]] = None) -> None:
         self.candidate = candidate
         self.device = device
-        model = _build(candidate).to(device)
+        self.runtime = "compile-default" if compile_model and candidate.runtime == "eager" else candidate.runtime
+        model = (model if model is not None else _build(candidate)).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.module = model
@@ -127,7 +163,18 @@ class _Runner:
         if channels_last:
             self.inputs = self.inputs.contiguous(memory_format=torch.channels_last)
         self.targets = torch.randint(0, num_classes, (batch_size,), device=device)
-        self.model = torch.compile(model) if compile_model else model
+        self.frozen = self.runtime == "compile-frozen"
+        self.session = None
+        if self.runtime == "onnxruntime":
+            model.eval()
+            if onnx_file is None:
+                raise ValueError("The onnxruntime runtime needs onnx_file, which writes the model's ONNX file.")
+            self.session = _onnx_session(onnx_file(model))
+            self.feed = {self.session.get_inputs()[0].name: self.inputs.detach().cpu().numpy()}
+        if self.runtime.startswith("compile"):  # a distinct backend for frozen graphs: none shares the other's cache
+            self.model = torch.compile(model, dynamic=False, options={"freezing": True} if self.frozen else None)
+        else:
+            self.model = model
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
         self.mode = mode
         if mode == "train":
@@ -137,17 +184,34 @@ class _Runner:
         else:
             model.eval()
 
+    def _forward(self):
+        if self.session is not None:
+            return self.session.run(None, self.feed)[0]
+        if self.frozen:  # read when dynamo traces (weights as constants) and when inductor compiles
+            with _freezing():
+                return self.model(self.inputs)
+        return self.model(self.inputs)
+
     def step(self) -> None:
         with _cpu_shortcuts_setting(self.candidate.cpu_shortcuts):
             if self.mode == "infer":
                 with torch.inference_mode(), self.autocast():
-                    self.model(self.inputs)
+                    self._forward()
             else:
                 self.optimizer.zero_grad(set_to_none=True)
                 with self.autocast():
                     loss = self.loss_fn(self.model(self.inputs), self.targets)
                 loss.backward()
                 self.optimizer.step()
+
+    def max_diff(self) -> Optional[float]:
+        """Largest difference between this runtime's output and the model's eager output (inference, not eager)."""
+        if self.mode != "infer" or self.runtime == "eager":
+            return None
+        with _cpu_shortcuts_setting(self.candidate.cpu_shortcuts), torch.inference_mode(), self.autocast():
+            out = torch.as_tensor(self._forward()).to(self.device)
+            expected = self.module(self.inputs)
+        return float((out.float() - expected.float()).abs().max())
 
     def time_steps(self, iters: int) -> float:
         """Seconds per step over ``iters`` consecutive steps."""
@@ -228,10 +292,42 @@ def _cpu_peak_memory_mb(step: Callable[[], None]) -> Optional[float]:
     return max(0, max(totals)) / 2 ** 20
 
 
+def _freezing() -> contextlib.AbstractContextManager:
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
+
+
+def _onnx_session(path: str):
+    """An ONNX Runtime CPU session with PyTorch's thread count and no spin-waiting (see the module's doc)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise UserError("--runtime onnxruntime needs onnxruntime: pip install onnxruntime onnx.") from exc
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _check_runtimes(candidates: Sequence[Candidate], mode: str, device: torch.device, amp: bool) -> None:
+    runtimes = {c.runtime for c in candidates}
+    unknown = runtimes - set(RUNTIMES)
+    if unknown:
+        raise UserError(f"Unknown runtime '{sorted(unknown)[0]}': choose from {', '.join(RUNTIMES)}.")
+    if mode == "train" and runtimes & {"compile-frozen", "onnxruntime"}:
+        raise UserError("compile-frozen and onnxruntime are inference runtimes: use --mode infer, or eager and "
+                        "compile-default for training.")
+    if "onnxruntime" in runtimes and (device.type != "cpu" or amp):
+        raise UserError("--runtime onnxruntime measures ONNX Runtime's CPU provider in fp32: use --device cpu "
+                        "without --amp.")
+
+
 def run_benchmark(
         candidates: Sequence[Candidate],
         mode: str = "infer",
-        batch_size: int = 16,
+        batch_size: Union[int, Sequence[int]] = 16,
         img_size: int = 224,
         device: str = "cpu",
         amp: bool = False,
@@ -250,62 +346,112 @@ def run_benchmark(
 
     The starting candidate rotates from round to round so that none always runs first. The result
     of each candidate is the median step time over the rounds; ``ratio`` is its images/s divided by
-    the images/s of ``peer`` (a label among the candidates).
+    the images/s of ``peer`` (a label among the candidates) in the same runtime and batch size, and
+    ``vs_eager`` divides by the same model's eager images/s. Several batch sizes are measured one after
+    the other, each round-robin of its own, with the same model instances (and ONNX files).
     """
     if mode not in MODES:
         raise UserError(f"Unknown mode '{mode}': use infer or train.")
     if not candidates:
         raise UserError("Nothing to benchmark: give at least one model.")
-    if min(batch_size, img_size, iters, rounds) < 1 or warmup < 0:
+    sizes = [batch_size] if isinstance(batch_size, int) else list(batch_size)
+    if not sizes or min(sizes + [img_size, iters, rounds]) < 1 or warmup < 0:
         raise UserError("Batch size, image size, iterations and rounds must be positive (warm-up >= 0).")
     labels = [c.label for c in candidates]
-    if len(set(labels)) != len(labels):
-        raise UserError(f"Each model may appear once, got {', '.join(labels)}.")
+    keys = [(c.label, c.runtime) for c in candidates]
+    if len(set(keys)) != len(keys):
+        raise UserError(f"Each model may appear once per runtime, got {', '.join(labels)}.")
     if peer is not None and peer not in labels:
-        raise UserError(f"The peer '{peer}' is not among the measured models ({', '.join(labels)}).")
+        raise UserError(f"The peer '{peer}' is not among the measured models ({', '.join(dict.fromkeys(labels))}).")
     torch_device = resolve_device(device)
+    _check_runtimes(candidates, mode, torch_device, amp)
     if threads is not None:
         torch.set_num_threads(threads)
     log = log or (lambda msg: None)
+    batch_sizes = [batch_size] if isinstance(batch_size, int) else list(dict.fromkeys(batch_size))
+    with tempfile.TemporaryDirectory(prefix="fcvit-benchmark-") as folder:
+        models: Dict[tuple, nn.Module] = {}  # one instance per candidate, kept across batch sizes
+        files: Dict[tuple, str] = {}
 
-    runners: List[_Runner] = []
+        def onnx_file(key: tuple, model: nn.Module) -> str:
+            if key not in files:
+                from .export import export_onnx
+
+                files[key] = str(export_onnx(model, os.path.join(folder, f"{len(files)}.onnx"), img_size=img_size))
+            return files[key]
+
+        results: List[BenchmarkResult] = []
+        for batch in batch_sizes:
+            runners: List[_Runner] = []
+            for c in candidates:
+                key = (c.label, c.runtime)
+                if key not in models:
+                    models[key] = _build(c)
+                runners.append(_Runner(c, mode, batch, img_size, torch_device, amp, channels_last, compile_model,
+                                       num_classes, model=models[key],
+                                       onnx_file=lambda m, key=key: onnx_file(key, m)))
+            results += _measure(runners, mode, batch, img_size, torch_device, amp, channels_last, warmup, iters,
+                                rounds, measure_memory, log)
+    _set_ratios(results, peer)
+    return results
+
+
+def _name(runner: _Runner) -> str:
+    return runner.candidate.label if runner.runtime == "eager" else f"{runner.candidate.label} ({runner.runtime})"
+
+
+def _measure(runners: List[_Runner], mode: str, batch_size: int, img_size: int, device: torch.device, amp: bool,
+             channels_last: bool, warmup: int, iters: int, rounds: int, measure_memory: bool,
+             log: Callable[[str], None]) -> List[BenchmarkResult]:
+    """Warm up, then time the runners round-robin (the first one rotating): one batch size's results."""
     compile_times: Dict[str, Optional[float]] = {}
-    for c in candidates:
-        runner = _Runner(c, mode, batch_size, img_size, torch_device, amp, channels_last, compile_model, num_classes)
+    for runner in runners:
+        compiling = runner.runtime.startswith("compile")
         start = time.perf_counter()
-        for _ in range(max(warmup, 1 if compile_model else 0)):
+        for _ in range(max(warmup, 1 if compiling else 0)):
             runner.step()
-        _synchronize(torch_device)
-        compile_times[c.label] = time.perf_counter() - start if compile_model else None
-        log(f"ready: {c.label} ({runner.params / 1e6:.2f}M params, {runner.gmacs:.2f} GMACs)")
-        runners.append(runner)
+        _synchronize(device)
+        compile_times[_name(runner)] = time.perf_counter() - start if compiling else None
+        log(f"ready: {_name(runner)}, batch {batch_size} ({runner.params / 1e6:.2f}M params, "
+            f"{runner.gmacs:.2f} GMACs)")
 
-    times: Dict[str, List[float]] = {r.candidate.label: [] for r in runners}
+    times: Dict[str, List[float]] = {_name(r): [] for r in runners}
     for round_idx in range(rounds):
         shift = round_idx % len(runners)
         for runner in runners[shift:] + runners[:shift]:
-            times[runner.candidate.label].append(runner.time_steps(iters) * 1000)
-        log(f"round {round_idx + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in times.items()))
+            times[_name(runner)].append(runner.time_steps(iters) * 1000)
+        log(f"batch {batch_size}, round {round_idx + 1}/{rounds}: "
+            + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in times.items()))
 
     results = []
     for runner in runners:
-        label = runner.candidate.label
-        step_ms = statistics.median(times[label])
+        name = _name(runner)
+        step_ms = statistics.median(times[name])
+        memory = measure_memory and runner.runtime != "onnxruntime"  # the profiler sees PyTorch's allocations only
         results.append(BenchmarkResult(
-            model=label, mode=mode, device=torch_device.type, batch_size=batch_size, img_size=img_size, amp=amp,
-            channels_last=channels_last, compiled=compile_model, params=runner.params,
-            gmacs=round(runner.gmacs, 3), step_ms=round(step_ms, 2), step_ms_best=round(min(times[label]), 2),
-            images_per_s=round(batch_size / step_ms * 1000, 2),
-            peak_memory_mb=None if not measure_memory else _round(runner.peak_memory_mb()),
-            step_ms_rounds=[round(t, 2) for t in times[label]], compile_s=_round(compile_times[label]),
+            model=runner.candidate.label, mode=mode, device=device.type, batch_size=batch_size, img_size=img_size,
+            amp=amp, channels_last=channels_last, compiled=runner.runtime.startswith("compile"),
+            params=runner.params, gmacs=round(runner.gmacs, 3), step_ms=round(step_ms, 2),
+            step_ms_best=round(min(times[name]), 2), images_per_s=round(batch_size / step_ms * 1000, 2),
+            peak_memory_mb=_round(runner.peak_memory_mb()) if memory else None,
+            step_ms_rounds=[round(t, 2) for t in times[name]], compile_s=_round(compile_times[name]),
+            runtime=runner.runtime, max_diff=runner.max_diff(),
         ))
-    if peer is not None:
-        base = next(r for r in results if r.model == peer)
-        for r in results:
+    return results
+
+
+def _set_ratios(results: List[BenchmarkResult], peer: Optional[str]) -> None:
+    """Ratios to the peer in the same runtime and batch size, and to the same model's eager run."""
+    by_key = {(r.model, r.runtime, r.batch_size): r for r in results}
+    for r in results:
+        eager = by_key.get((r.model, "eager", r.batch_size))
+        if eager is not None and r.runtime != "eager":
+            r.vs_eager = round(r.images_per_s / eager.images_per_s, 3)
+        base = by_key.get((peer, r.runtime, r.batch_size)) if peer is not None else None
+        if base is not None:
             r.peer = peer
             r.ratio = round(r.images_per_s / base.images_per_s, 3)
             r.ratio_best = round(base.step_ms_best / r.step_ms_best, 3)
-    return results
 
 
 def _round(value: Optional[float], digits: int = 1) -> Optional[float]:
@@ -313,19 +459,22 @@ def _round(value: Optional[float], digits: int = 1) -> Optional[float]:
 
 
 def format_table(results: Sequence[BenchmarkResult]) -> str:
-    """A Markdown table of the results."""
+    """A Markdown table of the results; ratios are to the peer in the same runtime and batch size."""
     if not results:
         return ""
-    peer = results[0].peer
-    header = ["model", "mode", "images/s", "ms/step", f"ratio to {peer}" if peer else "ratio",
-              "ratio (best rounds)", "peak MB", "params (M)", "GMACs"]
+    peer = next((r.peer for r in results if r.peer), None)
+    several = len({r.runtime for r in results}) > 1
+    header = ["model", "mode", "runtime", "batch", "images/s", "ms/step",
+              f"ratio to {peer}" if peer else "ratio", "ratio (best rounds)"]
+    header += ["vs eager", "max diff to eager"] * several + ["peak MB", "params (M)", "GMACs"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
-        lines.append("| " + " | ".join([
-            r.model, r.mode, f"{r.images_per_s:.1f}", f"{r.step_ms:.1f}",
-            "-" if r.ratio is None else f"{r.ratio:.3f}",
-            "-" if r.ratio_best is None else f"{r.ratio_best:.3f}",
-            "-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}",
-            f"{r.params / 1e6:.2f}", f"{r.gmacs:.2f}",
-        ]) + " |")
+        row = [r.model, r.mode, r.runtime, str(r.batch_size), f"{r.images_per_s:.1f}", f"{r.step_ms:.1f}",
+               "-" if r.ratio is None else f"{r.ratio:.3f}", "-" if r.ratio_best is None else f"{r.ratio_best:.3f}"]
+        if several:
+            row += ["-" if r.vs_eager is None else f"{r.vs_eager:.3f}",
+                    "-" if r.max_diff is None else f"{r.max_diff:.1e}"]
+        row += ["-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}", f"{r.params / 1e6:.2f}",
+                f"{r.gmacs:.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

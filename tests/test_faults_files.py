@@ -153,3 +153,39 @@ def test_one_writer_per_run_folder_and_a_dead_holder_is_taken_over(tmp_path, cap
     assert not (run / RunLock.NAME).exists() and lock._file is None
     RunLock(run).acquire().release()  # free again
     shutil.rmtree(run)
+
+
+def test_two_training_commands_into_one_folder_the_second_is_refused(tmp_path):
+    """The second `fcvit train` into a folder in use stops before it writes anything; the first goes on, and
+    each epoch has one row in summary.csv."""
+    import csv
+    import signal
+    import time
+
+    from train_helpers import cli_env, fcvit_cmd
+
+    out = tmp_path / "run"
+    command = fcvit_cmd("train", "--dataset", "digits", "--epochs", "3", "-j", "0", "--output", str(out))
+    first = subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / RunLock.NAME).exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / RunLock.NAME).exists(), first.communicate()[1]
+        second = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr
+        assert f"is in use by another run (process {first.pid} on host" in second.stderr
+        assert "Traceback" not in second.stderr
+        first.send_signal(signal.SIGTERM)  # the first run saves and stops cleanly
+        assert first.wait(timeout=300) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    log = (out / "log.txt").read_text()
+    assert "in use by another run" not in log  # the refused run wrote nothing into the folder
+    assert not (out / RunLock.NAME).exists()  # released at the end
+    if (out / "summary.csv").exists():
+        with open(out / "summary.csv") as f:
+            epochs = [row["epoch"] for row in csv.DictReader(f)]
+        assert len(epochs) == len(set(epochs))

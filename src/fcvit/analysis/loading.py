@@ -89,13 +89,15 @@ def create_analysis_model(
         name: str,
         checkpoint: Optional[str] = None,
         pretrained: bool = False,
+        flag: str = "--",
         **kwargs,
 ) -> Tuple[nn.Module, str]:
     """The model in eval mode and a phrase naming its weights (shown in figures and results).
 
     A local ``checkpoint`` always works offline; ``pretrained`` uses timm's hub (or its cache) and fails
     at once, in one sentence, when the hub cannot be reached; with neither the weights are random and
-    a warning says that the maps then show an untrained network.
+    a warning says that the maps then show an untrained network. ``flag`` begins the option names messages
+    give (``--vit-`` where a command loads two models).
     """
     import timm
 
@@ -103,7 +105,7 @@ def create_analysis_model(
 
     check_model_name(name, allow_timm=True)
     if checkpoint and pretrained:
-        raise UserError("Pass either --checkpoint or --pretrained, not both.")
+        raise UserError(f"Pass either {flag}checkpoint or {flag}pretrained, not both.")
     if checkpoint:
         model = create_classifier(name, checkpoint_path=checkpoint, **kwargs)
         weights = f"checkpoint {os.path.basename(checkpoint)}"
@@ -112,8 +114,8 @@ def create_analysis_model(
     else:
         model = timm.create_model(name, **kwargs)
         weights = "random, untrained weights"
-        _logger.warning("No --checkpoint or --pretrained given: %s has random weights, so its maps show an "
-                        "untrained network, not what a trained model sees.", name)
+        _logger.warning("No %scheckpoint or %spretrained given: %s has random weights, so its maps show an "
+                        "untrained network, not what a trained model sees.", flag, flag, name)
     return model.eval(), weights
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from .options import add_device, add_images, add_overwrite, add_weights, positive_int
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis import (ATTENTION_MEASURES, SIMILARITY_MEASURES, analyze_attention, analyze_similarity,
                             create_analysis_model, image_to_tensor, input_size_of, is_fcvit, is_vit)
     from ..analysis.pipeline import format_table, write_results
-    from ..analysis.plots import check_figure_path, draw_measures, save_figure
+    from ..analysis.plots import check_figure_path, draw_measures, save_figure, uniform_values
     from ..data import ImageReader, expand_image_paths
     from ..engine import resolve_device
     from ..errors import UserError
@@ -54,8 +55,11 @@ def run(args: argparse.Namespace) -> int:
     args.device = resolve_device(args.device)
     size = input_size_of(model.to(args.device), args.img_size)
 
+    sizes = []  # (height, width) of each input: the uniform baselines depend on the number of positions
+
     def to_input(image):
-        return image_to_tensor(image, model, input_size_of(model, args.img_size, image.size)).to(args.device)
+        sizes.append(input_size_of(model, args.img_size, image.size))
+        return image_to_tensor(image, model, sizes[-1]).to(args.device)
 
     # one image at a time, decoded when needed, so that thousands of photographs fit in memory
     progress = tqdm(reader, desc="images", unit="img", total=len(reader.paths), disable=len(reader.paths) < 10)
@@ -85,7 +89,14 @@ def run(args: argparse.Namespace) -> int:
     if args.results_file:
         print(write_results(args.results_file, payload, names))
     if args.plot:
+        if kind == "attention":  # one patch grid; FCViT's stage s maps have 1/(4 * 2^s) of each input's sides
+            base = [uniform_values(math.prod(model.patch_embed.grid_size), model.num_prefix_tokens)] * len(rows)
+        else:
+            base = []
+            for r in rows:
+                each = [uniform_values(h * w // (4 << r["stage"]) ** 2) for h, w in sizes]
+                base.append({m: sum(v[m] for v in each) / len(each) for m in each[0]})
         fig = draw_measures(rows, names, title=f"{args.model} ({weights}): {kind} maps over depth, "
-                                               f"mean of {len(paths)} image(s)")
+                                               f"mean of {len(paths)} image(s)", baselines=base)
         print(save_figure(fig, args.plot))
     return reader.exit_status()

@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = read_checkpoint(args.checkpoint)
     state_dict = extract_state_dict(checkpoint, use_ema=args.use_ema)
     name = _model_name(args.checkpoint, checkpoint, state_dict, args.model)
-    model = _build(name, state_dict)
-    diff = _write_folder(model, output, args.checkpoint)
+    run_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), Mapping) else {}
+    model = _build(name, state_dict, run_args.get("model_kwargs") or {})
+    diff = _write_folder(model, output, args.checkpoint, checkpoint)
     print(f"wrote {output} ({name}, {model.num_classes} classes)")
     print(f"check: timm.create_model('local-dir:{args.output}', pretrained=True) (after 'import fcvit') gives "
           f"the checkpoint's logits, max |difference| {diff:.1e}")
@@ -104,39 +105,76 @@ def _model_name(path: str, checkpoint: Mapping[str, object], state_dict: Mapping
     return guessed
 
 
-def _build(name: str, state_dict: Mapping[str, object]):
-    """The classifier with the checkpoint's weights and number of classes (one sentence if they do not fit)."""
+def _build(name: str, state_dict: Mapping[str, object], model_kwargs: Mapping[str, object]):
+    """The classifier with the checkpoint's weights, number of classes and the run's ``--model-kwargs`` (one
+    sentence if they do not fit); timm records the kwargs, so config.json's ``model_args`` rebuilds it."""
     import timm
 
     from ..models import load_weights
 
     head = state_dict.get("head.weight")
     num_classes = int(head.shape[0]) if head is not None and head.dim() == 2 else 1000
-    model = timm.create_model(name, num_classes=num_classes)
+    kwargs = {k: v for k, v in model_kwargs.items() if k != "num_classes"}
+    model = timm.create_model(name, num_classes=num_classes, **kwargs)
     load_weights(model, state_dict, name)
     return model.eval()
 
 
-def model_card(model, checkpoint: str) -> str:
-    """A short hub model card: what the weights are, where they came from, how to load and cite them."""
+def _training(state: Mapping[str, object]) -> str:
+    """The card's lines on the training run, from what a training checkpoint stores (nothing when it is not one)."""
+    args = state.get("args") if isinstance(state.get("args"), Mapping) else {}
+    if "epochs" not in args or "epoch" not in state:
+        return ""
+    start, resume = args.get("initial_checkpoint"), args.get("resume")
+    start = (f"Started from the weights of `{os.path.basename(start)}` (--initial-checkpoint)" if start else
+             f"Continued from the checkpoint `{os.path.basename(resume)}` (--resume)"
+             if resume not in (None, "", "auto") else "Started from random initial weights (no --initial-checkpoint)")
+    folder = args.get("data") or args.get("data_dir")
+    where = f"folder `{os.path.basename(os.path.normpath(str(folder)))}`" if folder else ""
+    data = (f"dataset `{args['dataset']}`" + (f" in the {where}" if where else "")) if args.get("dataset") \
+        else f"the image {where}"
+    names = state.get("class_names")
+    lines = [f"- {start}" + (", with the --finetune preset" if args.get("finetune") else "") + ".",
+             f"- Data: {data}" + (f", classes {', '.join(map(str, names))}" if names else "") + ".",
+             f"- Epochs trained: {state['epoch']}."]
+    saver = state.get("saver") if isinstance(state.get("saver"), Mapping) else {}
+    best = saver.get("best") or []
+    if best:
+        metric, value = saver.get("metric"), float(best[0]["value"])
+        shown = f"{value:.2f}%" if str(metric).startswith("top") else f"{value:.4g}"
+        lines.append(f"- Best validation {metric} of the run: {shown} (epoch {best[0]['tag']}).")
+    return "\n## Training\n\n" + "\n".join(lines) + "\n"
+
+
+def model_card(model, checkpoint: str, cfg: Optional[Mapping[str, object]] = None,
+               state: Optional[Mapping[str, object]] = None) -> str:
+    """A short hub model card: what the weights are, where they came from (what the training checkpoint
+    knew, nothing more), how to load and cite them; ``cfg``: config.json's pretrained_cfg."""
     import hashlib
+
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from ..models import MODEL_CONFIGS
 
-    cfg = model.pretrained_cfg
-    name = cfg["architecture"]
-    digest = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    cfg = dict(model.pretrained_cfg, **(cfg or {}))
+    name = model.pretrained_cfg["architecture"]
+    digest, sha = hashlib.sha256(), ""
+    if os.path.isfile(checkpoint):  # a hub folder given as the checkpoint has no one file to hash
+        with open(checkpoint, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        sha = f" (sha256 `{digest.hexdigest()}`)"
     params = sum(p.numel() for p in model.parameters()) / 1e6
     size = f"{cfg['input_size'][1]}x{cfg['input_size'][2]}"
+    norm = ("ImageNet mean and std" if (list(cfg["mean"]), list(cfg["std"])) == (
+        list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)) else f"mean {list(cfg['mean'])}, std {list(cfg['std'])}")
+    training = _training(state or {})
     published = MODEL_CONFIGS[name].published_top1
-    if model.num_classes == 1000 and published is not None:
+    if model.num_classes == 1000 and published is not None and not training:
         accuracy = (f"- Published ImageNet-1k top-1 of {name}: {published}% (the paper's checkpoint; other "
                     "1000-class weights score their own).\n")
     else:
-        accuracy = f"- A {model.num_classes}-class classifier (fine-tuned; the ImageNet top-1 does not apply).\n"
+        accuracy = f"- A {model.num_classes}-class classifier (its own classes: the ImageNet top-1 does not apply).\n"
     return f"""---
 license: apache-2.0
 library_name: timm
@@ -150,10 +188,10 @@ tags:
 FCViT, the fully convolutional vision transformer of "A Close Look at Spatial Modeling: From Attention
 to Convolution" (Ma et al., 2022, arXiv:2212.12552), in timm's format.
 
-- Source checkpoint: `{os.path.basename(checkpoint)}` (sha256 `{digest.hexdigest()}`), converted with `fcvit convert`.
-- {params:.2f}M parameters, {model.num_classes} classes, input {size}, crop_pct {cfg['crop_pct']}, {cfg['interpolation']} resize, ImageNet mean and std.
+- Source checkpoint: `{os.path.basename(os.path.normpath(checkpoint))}`{sha}, converted with `fcvit convert`.
+- {params:.2f}M parameters, {model.num_classes} classes, input {size}, crop_pct {cfg['crop_pct']}, {cfg['interpolation']} resize, {norm}.
 {accuracy}- License: apache-2.0.
-
+{training}
 ## Use
 
 ```python
@@ -194,8 +232,10 @@ def _check_folder(model, folder: str) -> float:
     return diff
 
 
-def _write_folder(model, output: str, checkpoint: str) -> float:
-    """Write the folder beside ``output``, check it loads, then move its files in (each rename atomic)."""
+def _write_folder(model, output: str, checkpoint: str, state: Mapping[str, object]) -> float:
+    """Write the folder beside ``output`` (with the preprocessing and class names the checkpoint stores), check
+    it loads, then move its files in (each rename atomic)."""
+    import json
     import shutil
     import tempfile
 
@@ -208,9 +248,15 @@ def _write_folder(model, output: str, checkpoint: str) -> float:
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes an owner-only folder; it may become DIR itself
     try:
-        save_for_hf(model, staging, safe_serialization=True)
+        data = state.get("data_config") if isinstance(state.get("data_config"), Mapping) else {}
+        data = {k: data[k] for k in ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std") if k in data}
+        names = state.get("class_names")
+        labels = {"label_names": list(names)} if names and len(names) == model.num_classes else {}
+        save_for_hf(model, staging, model_config=labels, safe_serialization=True, data_config=data or None)
+        with open(os.path.join(staging, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)["pretrained_cfg"]
         with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
-            f.write(model_card(model, checkpoint))
+            f.write(model_card(model, checkpoint, cfg, state))
         for name in os.listdir(staging):
             os.chmod(os.path.join(staging, name), 0o666 & ~umask)  # safetensors writes owner-only files
         diff = _check_folder(model, staging)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from .options import (add_backbone, add_batch_size, add_device, add_images, add_overwrite, add_results,
                       add_runtime_options, add_training_options, check_results_file, non_negative_int, positive_float,
@@ -41,17 +40,17 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model settings (defaults: the paper's MMDetection 2.19 config; each second choice "
                              "is torchvision's)")
     g.add_argument("--box-loss", choices=["l1", "smooth_l1"], default="l1",
-                   help="RPN and box-head regression loss: l1 (the paper's) or smooth_l1 (torchvision's, beta 1/9)")
+                   help="RPN and box-head regression loss: l1 (default, the paper's) or smooth_l1 (torchvision's, beta 1/9)")
     g.add_argument("--roi-align", choices=["aligned", "legacy"], default="aligned",
-                   help="aligned: half-pixel RoIAlign, adaptive sampling, binary mask targets (the paper's); legacy")
+                   help="aligned: half-pixel RoIAlign, adaptive sampling, binary mask targets (default, the paper's); legacy")
     g.add_argument("--matcher", choices=["mmdet", "torchvision"], default="mmdet",
-                   help="low-quality matches only at IoU >= 0.3, RoI head >= 0.5 (mmdet, the paper's) or any IoU")
+                   help="low-quality matches only at IoU >= 0.3, RoI head >= 0.5 (mmdet: default, the paper's) or any IoU")
     g.add_argument("--anchors", choices=["mmdet", "torchvision"], default="mmdet",
-                   help="fractional corners on strides 4-64 (mmdet, the paper's) or rounded, from the padded size")
+                   help="fractional corners on strides 4-64 (mmdet: default, the paper's) or rounded, from the padded size")
     g.add_argument("--proposals-train", type=positive_int, default=1000, metavar="N",
                    help="RPN proposals kept per image in training (default 1000, the paper's; torchvision's 2000)")
     g.add_argument("--fpn-init", choices=["xavier", "kaiming"], default="xavier",
-                   help="FPN convolution init: xavier-uniform (the paper's) or kaiming-uniform a=1 (torchvision's)")
+                   help="FPN convolution init: xavier-uniform (default, the paper's) or kaiming-uniform a=1 (torchvision's)")
     g.add_argument("--head-init", choices=["mmdet", "torchvision"], default="mmdet",
                    help="head init: mmdet's xavier/normal(0.01)/normal(0.001) (the paper's) or PyTorch's defaults")
 
@@ -84,8 +83,9 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=False,
                    help="keep the backbone's BatchNorm statistics fixed, as torchvision (default off, the paper's)")
     _add_model_options(p)
-    p.add_argument("--fpn-channels", type=positive_int, default=256, help=argparse.SUPPRESS)
-    p.add_argument("--representation-size", type=positive_int, default=1024, help=argparse.SUPPRESS)
+    p.add_argument("--fpn-channels", type=positive_int, default=256, help="FPN channels (default %(default)s)")
+    p.add_argument("--representation-size", type=positive_int, default=1024,
+                   help="box head's hidden width (default %(default)s)")
     add_training_options(p, "detect", 1, "box AP", save_interval=1000, eval_interval=(1, "epochs"),
                          sync_bn=" (default off: the paper's were per GPU)")
     add_runtime_options(p, amp_help="mixed precision also on CPU (default: float16 autocast with loss scaling on "
@@ -151,8 +151,7 @@ def run_eval(args: argparse.Namespace) -> int:
         dataset = CocoInstances(ann, images, train=False, categories=categories, transforms=eval_transforms())
         loader = eval_loader(dataset, args.batch_size, ctx, args.workers, collate_fn=collate_detection)
         amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
-        metrics = evaluate(model, loader, dataset, ctx, amp, results_file=args.results_file,
-                           progress=sys.stderr.isatty())
+        metrics = evaluate(model, loader, dataset, ctx, amp, results_file=args.results_file, progress=True)
     finally:
         cleanup_distributed()
     if not ctx.is_main:
@@ -178,6 +177,21 @@ def run_predict(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
-            found = ", ".join(f"{d['name']} {d['score']:.2f}" for d in r["detections"]) or "nothing"
-            print(f"{r['image']} -> {r['output']}: {found}")
+            print(f"{r['image']} -> {r['output']}: {_summary(r, args.score_threshold)}")
     return reader.exit_status()
+
+
+def _summary(result: dict, threshold: float, top: int = 5) -> str:
+    """'3 detections (2 dog, 1 cat); top 3: dog 0.91, ...' or, with none, the best score and the threshold hint."""
+    import collections
+    import math
+
+    found, best = result["detections"], result.get("best_score")
+    if not found:
+        return "no detections" if best is None else (
+            f"none at score >= {threshold:g} (the best scores {best:.3f}): lower --score-threshold, e.g. "
+            f"--score-threshold {math.floor(best * 100) / 100:g}, to see the best ones")
+    counts = collections.Counter(d["name"] for d in found).most_common()
+    best_k = sorted(found, key=lambda d: -d["score"])[:top]
+    return (f"{len(found)} detection{'s' * (len(found) != 1)} ({', '.join(f'{n} {name}' for name, n in counts)}); "
+            f"top {len(best_k)}: " + ", ".join(f"{d['name']} {d['score']:.2f}" for d in best_k))

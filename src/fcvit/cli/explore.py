@@ -50,9 +50,10 @@ def run_explore(args: argparse.Namespace) -> int:
     check_outputs([args.output], args.images, args.overwrite, "choose another -o", "input image")
     device = resolve_device(args.device)
     images = [(os.path.basename(path), load_image(path)) for path in args.images]
-    vit, vit_weights = create_analysis_model(args.vit, checkpoint=args.vit_checkpoint, pretrained=args.vit_pretrained)
+    vit, vit_weights = create_analysis_model(args.vit, checkpoint=args.vit_checkpoint, pretrained=args.vit_pretrained,
+                                             flag="--vit-")
     fcvit, fcvit_weights = create_analysis_model(args.fcvit, checkpoint=args.fcvit_checkpoint,
-                                                 pretrained=args.fcvit_pretrained)
+                                                 pretrained=args.fcvit_pretrained, flag="--fcvit-")
     html = explore_page(images, vit.to(device), args.vit, vit_weights, fcvit.to(device), args.fcvit, fcvit_weights,
                         vit_blocks=args.blocks, fcvit_blocks=args.fcvit_blocks)
     atomic_write(args.output, html)

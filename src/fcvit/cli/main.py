@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import UserError
-from .options import CommandParser
+from .options import CommandParser, cap_workers
 
 # subcommand modules, in the order `fcvit --help` lists them
 COMMAND_MODULES = ["models", "predict", "train", "validate", "plot", "demo", "visualize", "explore", "analyze",
@@ -38,6 +38,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     command = next((word for word in argv if not word.startswith("-")), "")
     try:
         args = build_parser().parse_args(argv)  # a --config file is read (and may be refused) here
+        cap_workers(args, argv)
         if args.command in MEMORY_HUNGRY_COMMANDS:
             from ..engine.allocator import keep_freed_memory
 
@@ -46,6 +47,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     except UserError as exc:
         print(f"fcvit {command}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as exc:
+        from ..engine.distributed import lost_peer
+
+        if not lost_peer(exc):
+            raise
+        print(f"fcvit {command}: error: another process of this run stopped ({str(exc).splitlines()[0][:160]}); its "
+              "own output says why: rerun the same command to continue from the last save.", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print(f"fcvit {command}: interrupted.", file=sys.stderr)
         sys.exit(130)

@@ -184,9 +184,21 @@ def add_workers(p: Any, default: int = WORKERS) -> None:
                    help=f"data loading processes per process (default {default}; 0 loads in the main process)")
 
 
+def cap_workers(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """The default ``-j`` above this process's share of the CPUs only makes the workers compete (PyTorch warns
+    each run): capped to the share, with a note; a ``-j`` the user gives is kept."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    given = any(w.startswith(("-j", "--workers")) for w in argv)
+    if getattr(args, "workers", 0) > share and not given:
+        note(f"-j {args.workers}: {cpus} CPU(s) here, so {share} loader worker(s) per process (the most that do "
+             "not compete); pass -j to choose.")
+        args.workers = share
+
+
 def add_device(p: Any) -> None:
     p.add_argument("--device", default="auto",
-                   help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N; under torchrun each process "
+                   help="auto (default: CUDA if present, else CPU), cpu, cuda or cuda:N; under torchrun each process "
                         "takes its own GPU")
 
 
@@ -232,7 +244,7 @@ def add_backbone(p: Any, stages: Any) -> None:
 
 
 def add_precision(p: Any, amp_help: str = "mixed precision (bfloat16 where supported, else float16)",
-                  dtype_help: str = "auto, bfloat16 or float16 (float16 adds a GradScaler in training); "
+                  dtype_help: str = "auto (default), bfloat16 or float16 (float16 adds a GradScaler in training); "
                                     "bfloat16 or float16 turn mixed precision on without --amp") -> None:
     p.add_argument("--amp", action="store_true", help=amp_help)
     p.add_argument("--amp-dtype", default="auto", choices=("auto", "bfloat16", "bf16", "float16", "fp16"),

@@ -86,22 +86,46 @@ _VALIDATE: List[Row] = [
 _ACCEPTED = {"tta": (0, 1)}
 
 
+def hidden(action: argparse.Action) -> argparse.Action:
+    """An original flag: accepted, but listed by ``--help-all`` only (plain ``--help`` stays short)."""
+    action.full_help, action.help = action.help, argparse.SUPPRESS
+    return action
+
+
+class _HelpAll(argparse.Action):
+    """``--help-all``: the help with the original's flags that plain ``--help`` leaves out, then exit."""
+
+    def __init__(self, option_strings: List[str], dest: str, help: str = "") -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        for action in parser._actions:
+            action.help = getattr(action, "full_help", action.help)
+        parser.print_help()
+        parser.exit()
+
+
 def add_original_flags(p: argparse.ArgumentParser, command: str) -> None:
-    """The flags of the original ``command`` (train or validate)."""
+    """The flags of the original ``command`` (train or validate), listed by ``--help-all`` only."""
     rows = _TRAIN if command == "train" else _VALIDATE
+    p.add_argument("--help-all", action=_HelpAll,
+                   help=f"show this help with the original {command}.py's flags too (accepted, mapped or refused; "
+                        "docs/reproduction.md) and exit")
     g = p.add_argument_group(_GROUP)
-    g.add_argument("--apex-amp", action="store_true",
-                   help="float16 autocast + GradScaler, the closest to NVIDIA apex O1 (= --amp --amp-dtype float16)")
-    g.add_argument("--native-amp", action="store_true", help="torch.cuda.amp's float16 (= --amp --amp-dtype float16)")
-    g.add_argument("--gp", default=None, metavar="POOL", help="global pool: only 'avg', FCViT's own, is accepted")
+    hidden(g.add_argument("--apex-amp", action="store_true", help="float16 autocast + GradScaler, the closest to "
+                          "NVIDIA apex O1 (= --amp --amp-dtype float16)"))
+    hidden(g.add_argument("--native-amp", action="store_true",
+                          help="torch.cuda.amp's float16 (= --amp --amp-dtype float16)"))
+    hidden(g.add_argument("--gp", default=None, metavar="POOL", help="global pool: only 'avg', FCViT's own, is accepted"))
     for flag, keywords, text, _, _ in _SHARED + rows:
         extra = ("--local-rank",) if flag == "--local_rank" else ()
-        g.add_argument(flag, *extra, help=text, **keywords)
+        hidden(g.add_argument(flag, *extra, help=text, **keywords))
     if rows is _TRAIN:
-        g.add_argument("--drop-connect", type=probability, default=None, metavar="PCT", help="old name of --drop-path")
+        hidden(g.add_argument("--drop-connect", type=probability, default=None, metavar="PCT",
+                              help="old name of --drop-path"))
     else:
-        g.add_argument("--test-pool", action="store_true",
-                       help="no effect at the model's own input size (as in the original); refused above it")
+        hidden(g.add_argument("--test-pool", action="store_true",
+                              help="no effect at the model's own input size (as in the original); refused above it"))
 
 
 def resolve_original_flags(args: argparse.Namespace, command: str) -> List[str]:

@@ -24,19 +24,32 @@ _GROUPS = {
     "accuracy (%)": ("eval_top1", "eval_top5", "ema_eval_top1", "ema_eval_top5"),
     "learning rate": ("lr",),
     "images/s": ("train_img_per_sec", "model_img_per_sec", "eval_img_per_sec"),
+    "loss parts": ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"),
+    "COCO box AP (%)": tuple(f"bbox_{k}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
+    "COCO mask AP (%)": tuple(f"segm_{k}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
+    "segmentation (%)": ("mIoU", "mAcc", "aAcc"),
 }
+# titles of the columns drawn alone ({x}: epoch, or row for runs counted in iterations)
+_TITLES = {"seconds": "training time per {x} (s)", "data_wait_share": "share of time waiting for data"}
 
 
 def read_summary(path: str) -> Dict[str, List[float]]:
-    """Numeric columns of a summary.csv (empty cells become NaN so columns stay aligned)."""
+    """Numeric columns of a summary.csv (empty cells and COCO's -1, 'not defined', become NaN so columns stay
+    aligned; COCO's AP fractions become percent, as in the logs); of rows repeating an epoch (iteration) only the
+    last is kept, with a note."""
+    import logging
+
     from ..errors import UserError
 
     if os.path.isdir(path):
         path = os.path.join(path, "summary.csv")
     if not os.path.isfile(path):
         raise UserError(f"'{path}' does not exist: pass a training output folder that holds summary.csv.")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise UserError(f"'{path}' cannot be read as CSV ({exc}): pass the summary.csv a training run wrote.") from None
     if not rows:
         raise UserError(f"'{path}' has no rows yet: plot after the first epoch has finished.")
     columns: Dict[str, List[float]] = {}
@@ -45,11 +58,23 @@ def read_summary(path: str) -> Dict[str, List[float]]:
         for row in rows:
             try:
                 values.append(float(row.get(key) or "nan"))
-            except ValueError:
+            except (TypeError, ValueError):
                 break
         else:
             if not all(math.isnan(v) for v in values):
-                columns[key] = values
+                columns[key] = [math.nan if v < 0 else 100 * v for v in values] if "_AP" in key else values
+    if not set(columns) - set(_POSITIONS):
+        raise UserError(f"'{path}' has no numeric column to plot: pass the summary.csv a training run wrote.")
+    xs = next((v for k, v in columns.items() if k in _POSITIONS), [])
+    last = {v: i for i, v in enumerate(xs) if v == v}  # NaN (an empty cell) is no position
+    repeated = sorted({v for i, v in enumerate(xs) if v == v and last[v] != i})
+    if repeated:
+        x_key = next(k for k in columns if k in _POSITIONS)
+        logging.getLogger(__name__).warning(
+            "%s has several rows for %s %s (two runs into one folder, or a restart without resuming): plotting the "
+            "last row of each.", path, x_key, ", ".join(f"{v:g}" for v in repeated[:8]) + " ..." * (len(repeated) > 8))
+        keep = sorted(last.values(), key=lambda i: xs[i])
+        columns = {k: [v[i] for i in keep] for k, v in columns.items()}
     return columns
 
 
@@ -62,6 +87,7 @@ def plot_summary(columns: Dict[str, List[float]], out_path: str, title: Optional
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     # a run's rows are keyed by its first column: epochs (classification, detection) or iterations (segmentation)
     positions = [k for k in columns if k in _POSITIONS]
@@ -70,7 +96,8 @@ def plot_summary(columns: Dict[str, List[float]], out_path: str, title: Optional
     panels = [(name, [k for k in keys if k in columns]) for name, keys in _GROUPS.items()]
     panels = [(name, keys) for name, keys in panels if keys]
     used = set(positions).union(*(keys for _, keys in panels))
-    panels += [(k, [k]) for k in columns if k not in used]
+    panels += [(_TITLES.get(k, k.replace("_", " ")).format(x=x_key if x_key == "epoch" else "row"), [k])
+               for k in columns if k not in used]
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
@@ -79,6 +106,7 @@ def plot_summary(columns: Dict[str, List[float]], out_path: str, title: Optional
             ax.plot(x, columns[key], marker="o", markersize=3, label=key)
         ax.set_title(name)
         ax.set_xlabel(x_key or "row")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if name == "learning rate":
             ax.set_yscale("log")
         if len(keys) > 1:

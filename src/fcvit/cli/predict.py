@@ -18,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           f"{EXIT_STATUS_HELP}")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--model", default=None,
-                   help="model name (default: the checkpoint's 'arch' when it has one, else fcvit_b12)")
-    p.add_argument("--checkpoint", help="checkpoint file (.pth, .pth.tar or .safetensors)")
+                   help="model name (default: the checkpoint's, else its weights' variant, else fcvit_b12)")
+    p.add_argument("--checkpoint", help="checkpoint file (.pth, .pth.tar, .safetensors) or hub folder (fcvit convert)")
     p.add_argument("--topk", type=positive_int, default=5, help="classes to print per image (default 5)")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -41,34 +41,23 @@ def class_names_for(num_classes: int, checkpoint: dict | None = None) -> list[st
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    import timm
     import torch
     from timm.data import create_transform, resolve_data_config
 
     from ..data import ImageReader, expand_image_paths
     from ..engine import resolve_device
-    from ..models import check_model_name, extract_state_dict, load_weights, read_checkpoint
+    from ..models import check_model_name, create_classifier, read_checkpoint
 
     from .validate import stored_data_config
 
     if args.model is not None:
         check_model_name(args.model, allow_timm=True)
     reader = ImageReader(expand_image_paths(args.images))  # missing and non-image files fail before the slow part
-    checkpoint, kwargs = None, {}
-    if args.checkpoint:
-        checkpoint = read_checkpoint(args.checkpoint)
-        state_dict = extract_state_dict(checkpoint)
-        if "head.weight" in state_dict:
-            kwargs["num_classes"] = int(state_dict["head.weight"].shape[0])
-    if args.model is None:
-        arch = (checkpoint or {}).get("arch")
-        args.model = check_model_name(arch, allow_timm=True) if isinstance(arch, str) else "fcvit_b12"
-    model = timm.create_model(args.model, **kwargs)
-    if checkpoint is not None:
-        load_weights(model, state_dict, args.model)
-    else:
-        logging.getLogger(__name__).warning(
-            "No --checkpoint given: %s has random weights, so its predictions mean nothing.", args.model)
+    checkpoint = read_checkpoint(args.checkpoint) if args.checkpoint else None
+    model = create_classifier(args.model, args.checkpoint, checkpoint=checkpoint)
+    if checkpoint is None:
+        logging.getLogger(__name__).warning("No --checkpoint given: %s has random weights, so its predictions mean "
+                                            "nothing.", args.model or "fcvit_b12")
     args.device = resolve_device(args.device)
     model.eval().to(args.device)
     # a training run's own eval settings (image size, crop, normalisation) win over the model's defaults

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from .options import (add_backbone, add_batch_size, add_device, add_images, add_overwrite, add_results,
                       add_runtime_options, add_training_options, check_results_file, note, positive_float, positive_int,
@@ -64,8 +63,9 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--photometric", choices=PHOTOMETRIC_CHOICES, default="mmseg",
                    help="colour distortion: mmseg (default, the paper's PhotoMetricDistortion) or torchvision")
     p.add_argument("--antialias", action="store_true", help="anti-aliased resizes instead of the paper's plain bilinear")
-    p.add_argument("--fpn-channels", type=positive_int, default=256, help=argparse.SUPPRESS)
-    p.add_argument("--head-channels", type=positive_int, default=128, help=argparse.SUPPRESS)
+    p.add_argument("--fpn-channels", type=positive_int, default=256, help="FPN channels (default %(default)s)")
+    p.add_argument("--head-channels", type=positive_int, default=128,
+                   help="segmentation head channels (default %(default)s)")
     add_training_options(p, "segment", 1, "mIoU", save_interval=1000, eval_interval=(4000, "iterations"), sync_bn=None)
     p.add_argument("--sync-bn", nargs="?", const=True, default=False, choices=(True, *SYNC_BN_SCOPES),
                    metavar="head|all|none",
@@ -82,7 +82,7 @@ def _add_eval(actions: argparse._SubParsersAction) -> None:
                            description="Evaluate a segmentation checkpoint on the validation split (whole images).")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root in the ADE20K layout")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit segment train'")
-    p.add_argument("--split", default="val", help="split to score: val (validation/) or train (training/)")
+    p.add_argument("--split", default="val", help="split to score: val (default, validation/) or train (training/)")
     _add_zero_label(p)
     p.add_argument("--short-side", type=positive_int, default=None,
                    help="evaluation shorter side (default: the training crop size stored in the checkpoint)")
@@ -147,8 +147,7 @@ def run_eval(args: argparse.Namespace) -> int:
         dataset = SegmentationFolder(args.data, args.split, num_classes, not args.no_reduce_zero_label,
                                      eval_transforms(short_side, 4 * short_side, antialias=antialias))
         amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
-        scores = evaluate(model, eval_loader(dataset, 1, ctx, args.workers), num_classes, ctx, amp,
-                          progress=sys.stderr.isatty())
+        scores = evaluate(model, eval_loader(dataset, 1, ctx, args.workers), num_classes, ctx, amp, progress=True)
     finally:
         cleanup_distributed()
     if not ctx.is_main:

@@ -12,7 +12,7 @@ from ..errors import UserError
 from .options import (CommandParser, add_batch_size, add_device, add_precision, add_training_options, add_workers,
                       finite_float, is_main_process, non_negative_float, non_negative_int, positive_float,
                       positive_int, probability)
-from .original_flags import add_original_flags, resolve_original_flags
+from .original_flags import add_original_flags, hidden, resolve_original_flags
 
 #: timm's learning-rate schedules (``timm.scheduler.create_scheduler_v2``); ``none`` keeps the optimizer's lr
 SCHEDULES = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "wsd", "rsqrt", "constant", "none")
@@ -38,6 +38,22 @@ DATASET_PRESETS: Dict[str, Dict[str, Any]] = {
     ),
 }
 
+# --finetune: a published checkpoint on a small dataset. A fixed lr (not scaled by the batch) an order below
+# the recipe's 1e-3 for batch 1024, as AdamW fine-tuning of ImageNet models uses; one warmup epoch, no cooldown,
+# no mixup/cutmix (they need many epochs to pay off), one best checkpoint. Flags and -c values still win.
+FINETUNE_PRESET: Dict[str, Any] = dict(lr=1e-4, warmup_epochs=1, warmup_lr=1e-6, cooldown_epochs=0, min_lr=1e-6,
+                                       mixup=0.0, cutmix=0.0, keep_best=1)
+
+
+class ModelKwargs(ParseKwargs):
+    """timm's KEY=VALUE pairs; an item without '=' is one argparse line, not a ValueError traceback."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Optional[str] = None) -> None:
+        bad = next((value for value in values if value and "=" not in value), None)
+        if bad is not None:
+            raise argparse.ArgumentError(self, f"expected KEY=VALUE pairs such as depths='(1,1,1,1)', got {bad!r}")
+        super().__call__(parser, namespace, values, option_string)
+
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
@@ -50,12 +66,16 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--img-size", type=positive_int, default=None, help="input image size (default: the model's 224)")
     g.add_argument("--input-size", nargs=3, type=positive_int, default=None, metavar="N", help="C H W, overrides --img-size")
     g.add_argument("--crop-pct", type=positive_float, default=None, help="eval center-crop fraction (default: the model's)")
-    g.add_argument("--mean", type=finite_float, nargs="+", default=None, metavar="MEAN")
-    g.add_argument("--std", type=positive_float, nargs="+", default=None, metavar="STD")
+    g.add_argument("--mean", type=finite_float, nargs="+", default=None, metavar="MEAN",
+                   help="normalisation mean per channel (default: the model's, ImageNet's)")
+    g.add_argument("--std", type=positive_float, nargs="+", default=None, metavar="STD",
+                   help="normalisation std per channel (default: the model's, ImageNet's)")
     g.add_argument("--interpolation", default="", help="eval resize interpolation (default: the model's bicubic)")
     add_workers(g)
-    g.add_argument("--pin-mem", action="store_true", default=True, help=argparse.SUPPRESS)
-    g.add_argument("--no-pin-mem", dest="pin_mem", action="store_false", help="do not pin host memory")
+    hidden(g.add_argument("--pin-mem", action="store_true", default=True,
+                          help="pin host memory (the original's flag: already the default on CUDA)"))
+    g.add_argument("--no-pin-mem", dest="pin_mem", action="store_false",
+                   help="do not pin host memory (pinned by default on CUDA)")
     g.add_argument("--skip-bad-images", action="store_true", help="log and skip images that cannot be decoded")
     g.add_argument("--num-classes", type=positive_int, default=None, help="classes (default: from the data)")
     add_device(g)
@@ -70,20 +90,24 @@ def _add_model_and_optimizer(p: argparse.ArgumentParser) -> None:
     g.add_argument("--drop", type=probability, default=0.0, help="dropout before the classifier (default 0)")
     g.add_argument("--drop-path", type=probability, default=None,
                    help="stochastic depth (default 0.1 for fcvit_tiny/b12/b24, 0.2 for b48)")
-    g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
+    g.add_argument("--model-kwargs", nargs="*", default={}, action=ModelKwargs, metavar="KEY=VALUE",
                    help="extra model constructor arguments, e.g. depths='(1,1,1,1)'")
     g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
     g.add_argument("--compile", "--torchcompile", dest="compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("optimization")
     add_batch_size(g, 128, ", the paper's: 8 GPUs x 128 = 1024 per step")
     g.add_argument("-vb", "--validation-batch-size", type=positive_int, default=None, help="eval batch size (default -b)")
-    g.add_argument("--opt", default="adamw", help="timm optimizer name (default adamw)")
-    g.add_argument("--opt-eps", type=positive_float, default=None)
-    g.add_argument("--opt-betas", type=probability, nargs="+", default=None)
-    g.add_argument("--momentum", type=non_negative_float, default=0.9)
-    g.add_argument("--weight-decay", type=non_negative_float, default=0.05)
+    g.add_argument("--opt", default="adamw", help="timm optimizer name (default adamw, the paper's; timm's sgd)")
+    g.add_argument("--opt-eps", type=positive_float, default=None, metavar="EPS",
+                   help="optimizer epsilon (default: the optimizer's)")
+    g.add_argument("--opt-betas", type=probability, nargs="+", default=None, metavar="BETA",
+                   help="optimizer betas (default: the optimizer's)")
+    g.add_argument("--momentum", type=non_negative_float, default=0.9, metavar="M",
+                   help="SGD-type momentum (default %(default)s)")
+    g.add_argument("--weight-decay", type=non_negative_float, default=0.05, metavar="WD",
+                   help="weight decay (default 0.05, the paper's; timm's 2e-5)")
     g.add_argument("--clip-grad", type=positive_float, default=None, help="gradient clipping threshold (default off)")
-    g.add_argument("--clip-mode", default="norm", help="norm, value or agc")
+    g.add_argument("--clip-mode", default="norm", help="norm (default), value or agc")
 
 
 def _add_schedule(p: argparse.ArgumentParser) -> None:
@@ -92,43 +116,65 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
                    help=f"timm lr schedule: {', '.join(SCHEDULES)} (default cosine)")
     g.add_argument("--sched-on-updates", action="store_true", help="step the schedule per update, not per epoch")
     g.add_argument("--lr", type=positive_float, default=None, help="learning rate (default lr-base x global batch / lr-base-size)")
-    g.add_argument("--lr-base", type=positive_float, default=1e-3, help="lr for a global batch of --lr-base-size (default 1e-3)")
-    g.add_argument("--lr-base-size", type=positive_int, default=1024)
-    g.add_argument("--lr-base-scale", default="linear", help="linear or sqrt")
-    g.add_argument("--warmup-lr", type=non_negative_float, default=1e-6)
-    g.add_argument("--min-lr", type=non_negative_float, default=1e-6)
-    g.add_argument("--epochs", type=positive_int, default=300)
-    g.add_argument("--start-epoch", type=non_negative_int, default=None)
+    g.add_argument("--lr-base", type=positive_float, default=1e-3, metavar="LR",
+                   help="lr for a global batch of --lr-base-size (default 1e-3; timm's 0.1)")
+    g.add_argument("--lr-base-size", type=positive_int, default=1024, metavar="N",
+                   help="global batch of --lr-base (default 1024; timm's 256)")
+    g.add_argument("--lr-base-scale", default="linear", metavar="RULE",
+                   help="linear (default) or sqrt (timm's default: by optimizer)")
+    g.add_argument("--warmup-lr", type=non_negative_float, default=1e-6, metavar="LR",
+                   help="lr the warmup starts at (default 1e-6; timm's 1e-5)")
+    g.add_argument("--min-lr", type=non_negative_float, default=1e-6, metavar="LR",
+                   help="lr at the schedule's end (default 1e-6; timm's 0)")
+    g.add_argument("--epochs", type=positive_int, default=300, metavar="N",
+                   help="epochs of the schedule, before cooldown (default 300)")
+    g.add_argument("--start-epoch", type=non_negative_int, default=None, metavar="N",
+                   help="epoch to start at (default: 0 or the resumed one)")
     g.add_argument("--decay-epochs", type=positive_float, default=90,
                    help="step schedule's period (default 90); wsd/rsqrt: decay length, below 1 a fraction (0.2 there)")
     g.add_argument("--decay-milestones", type=positive_int, nargs="+", default=[90, 180, 270], metavar="EPOCH",
                    help="multistep schedule's epochs (default 90 180 270)")
-    g.add_argument("--decay-rate", "--dr", type=positive_float, default=0.1)
-    g.add_argument("--warmup-epochs", type=non_negative_int, default=5)
-    g.add_argument("--cooldown-epochs", type=non_negative_int, default=10)
-    g.add_argument("--patience-epochs", type=non_negative_int, default=10, help="plateau scheduler's patience")
+    g.add_argument("--decay-rate", "--dr", type=positive_float, default=0.1, metavar="RATE",
+                   help="lr factor at each decay (default 0.1)")
+    g.add_argument("--warmup-epochs", type=non_negative_int, default=5, metavar="N",
+                   help="epochs of linear warmup (default 5)")
+    g.add_argument("--cooldown-epochs", type=non_negative_int, default=10, metavar="N",
+                   help="epochs at --min-lr after --epochs (default 10, the paper's; timm's 0)")
+    g.add_argument("--patience-epochs", type=non_negative_int, default=10, metavar="N",
+                   help="plateau scheduler's patience (default 10)")
     g.add_argument("--lr-noise", type=non_negative_float, nargs="+", default=None, metavar="PCT",
                    help="lr noise on/off as fractions of the epochs (timm)")
-    g.add_argument("--lr-noise-pct", type=non_negative_float, default=0.67)
-    g.add_argument("--lr-noise-std", type=non_negative_float, default=1.0)
-    g.add_argument("--lr-cycle-mul", type=positive_float, default=1.0)
-    g.add_argument("--lr-cycle-decay", type=positive_float, default=0.5)
-    g.add_argument("--lr-cycle-limit", type=positive_int, default=1)
-    g.add_argument("--lr-k-decay", type=positive_float, default=1.0)
+    g.add_argument("--lr-noise-pct", type=non_negative_float, default=0.67, metavar="PCT",
+                   help="lr noise limit (default %(default)s)")
+    g.add_argument("--lr-noise-std", type=non_negative_float, default=1.0, metavar="STD",
+                   help="lr noise std (default %(default)s)")
+    g.add_argument("--lr-cycle-mul", type=positive_float, default=1.0, metavar="MUL",
+                   help="cycle length factor (default %(default)s)")
+    g.add_argument("--lr-cycle-decay", type=positive_float, default=0.5, metavar="MUL",
+                   help="lr factor per cycle (default %(default)s)")
+    g.add_argument("--lr-cycle-limit", type=positive_int, default=1, metavar="N",
+                   help="schedule cycles (default %(default)s)")
+    g.add_argument("--lr-k-decay", type=positive_float, default=1.0, metavar="K",
+                   help="k-decay of cosine/poly (default %(default)s)")
 
 
 def _add_augmentation(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("augmentation and regularization")
-    g.add_argument("--no-aug", action="store_true")
-    g.add_argument("--scale", type=positive_float, nargs=2, default=[0.08, 1.0], metavar="PCT")
-    g.add_argument("--ratio", type=positive_float, nargs=2, default=[3 / 4, 4 / 3], metavar="RATIO")
-    g.add_argument("--hflip", type=probability, default=0.5)
-    g.add_argument("--vflip", type=probability, default=0.0)
-    g.add_argument("--color-jitter", type=non_negative_float, default=0.4)
-    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy ('' to disable)")
-    g.add_argument("--reprob", type=probability, default=0.25, help="random erasing probability")
-    g.add_argument("--remode", default="pixel")
-    g.add_argument("--recount", type=positive_int, default=1)
+    g.add_argument("--no-aug", action="store_true", help="no training augmentation (overrides the flags below)")
+    g.add_argument("--scale", type=positive_float, nargs=2, default=[0.08, 1.0], metavar="PCT",
+                   help="random crop's area range (default 0.08 1)")
+    g.add_argument("--ratio", type=positive_float, nargs=2, default=[3 / 4, 4 / 3], metavar="R",
+                   help="random crop's aspect range (default 3/4 4/3)")
+    g.add_argument("--hflip", type=probability, default=0.5, metavar="P", help="horizontal flip chance (default 0.5)")
+    g.add_argument("--vflip", type=probability, default=0.0, metavar="P", help="vertical flip chance (default 0)")
+    g.add_argument("--color-jitter", type=non_negative_float, default=0.4, metavar="F",
+                   help="colour jitter, unused with --aa (default 0.4)")
+    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy, '' off (default "
+                   "rand-m9-mstd0.5-inc1, the paper's; timm's off)")
+    g.add_argument("--reprob", type=probability, default=0.25, metavar="P",
+                   help="random erasing (default 0.25, the paper's; timm's 0)")
+    g.add_argument("--remode", default="pixel", help="random erasing fill: pixel (default), rand or const")
+    g.add_argument("--recount", type=positive_int, default=1, metavar="N", help="erased boxes per image (default 1)")
     g.add_argument("--aug-splits", type=non_negative_int, default=0, metavar="N",
                    help="N augmentation splits per image (AugMix-style: the first clean)")
     g.add_argument("--jsd-loss", "--jsd", dest="jsd_loss", action="store_true",
@@ -139,17 +185,24 @@ def _add_augmentation(p: argparse.ArgumentParser) -> None:
                         "normalised batch after them, as the original's prefetcher)")
     g.add_argument("--bce-loss", action="store_true", help="binary cross-entropy instead of softmax cross-entropy")
     g.add_argument("--bce-target-thresh", type=probability, default=None, help="binarize BCE targets above this value")
-    g.add_argument("--mixup", type=non_negative_float, default=0.8)
-    g.add_argument("--cutmix", type=non_negative_float, default=1.0)
-    g.add_argument("--cutmix-minmax", type=probability, nargs="+", default=None)
-    g.add_argument("--mixup-prob", type=probability, default=1.0)
-    g.add_argument("--mixup-switch-prob", type=probability, default=0.5)
-    g.add_argument("--mixup-mode", default="batch")
-    g.add_argument("--mixup-off-epoch", type=non_negative_int, default=0)
-    g.add_argument("--smoothing", type=probability, default=0.1)
-    g.add_argument("--train-interpolation", default="random")
+    g.add_argument("--mixup", type=non_negative_float, default=0.8, metavar="A",
+                   help="mixup alpha (default 0.8, the paper's; timm's 0)")
+    g.add_argument("--cutmix", type=non_negative_float, default=1.0, metavar="A",
+                   help="cutmix alpha (default 1.0, the paper's; timm's 0)")
+    g.add_argument("--cutmix-minmax", type=probability, nargs="+", default=None, metavar="PCT",
+                   help="cutmix box range, replaces the alpha (default off)")
+    g.add_argument("--mixup-prob", type=probability, default=1.0, metavar="P",
+                   help="chance of mixup/cutmix per batch (default 1.0)")
+    g.add_argument("--mixup-switch-prob", type=probability, default=0.5, metavar="P",
+                   help="chance of cutmix when both are on (default 0.5)")
+    g.add_argument("--mixup-mode", default="batch", help="batch (default), pair or elem")
+    g.add_argument("--mixup-off-epoch", type=non_negative_int, default=0, metavar="N",
+                   help="epoch mixup/cutmix stop at (default 0: never)")
+    g.add_argument("--smoothing", type=probability, default=0.1, metavar="EPS", help="label smoothing (default 0.1)")
+    g.add_argument("--train-interpolation", default="random", help="random (default), bilinear or bicubic")
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (evaluated and ranked)")
-    g.add_argument("--model-ema-decay", type=probability, default=0.9998)
+    g.add_argument("--model-ema-decay", type=probability, default=0.9998, metavar="D",
+                   help="EMA decay per step (default 0.9998)")
     g.add_argument("--model-ema-force-cpu", action="store_true", help="keep the EMA on the CPU, not evaluated (as the original)")
 
 
@@ -162,10 +215,15 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     add_training_options(g, "train", 4, "--eval-metric, as the original train.py", save_interval=0)
     g.add_argument("--experiment", default="", metavar="NAME", help="write to OUTPUT/NAME (default output/train/NAME)")
-    g.add_argument("--initial-checkpoint", default="",
-                   help="start from these weights; a classifier for another number of classes is re-initialised")
+    g.add_argument("--initial-checkpoint", default="", metavar="CKPT",
+                   help="start from these weights (default: random); a classifier for another number of classes "
+                        "is re-initialised")
     g.add_argument("--no-resume-opt", action="store_true", help="resume the weights but a fresh optimizer and scaler")
-    g.add_argument("--eval-metric", default="top1", help="metric ranking the best checkpoints (top1, top5, loss)")
+    g.add_argument("--finetune", action="store_true",
+                   help="fine-tuning preset for a small dataset: " + ", ".join(
+                       f"--{k.replace('_', '-')} {v:g}" for k, v in FINETUNE_PRESET.items()) + " (flags given win)")
+    g.add_argument("--eval-metric", default="top1", choices=("top1", "top5", "loss"),
+                   help="metric ranking the best checkpoints (top1, top5, loss; default top1)")
 
 
 #: flags whose change makes a resumed run another run (refused unless --resume-override, which applies them)
@@ -175,8 +233,8 @@ RUN_SHAPING = (
     "lr_base_size", "lr_base_scale", "sched", "sched_on_updates", "epochs", "warmup_lr", "warmup_epochs", "min_lr",
     "cooldown_epochs", "decay_epochs", "decay_milestones", "decay_rate", "patience_epochs", "lr_noise",
     "lr_noise_pct", "lr_noise_std", "lr_cycle_mul", "lr_cycle_decay", "lr_cycle_limit", "lr_k_decay", "seed", "drop",
-    "drop_path", "smoothing", "mixup", "cutmix", "aa", "reprob", "erase_per_image", "aug_splits", "jsd_loss", "bce_loss", "model_ema",
-    "model_ema_decay", "eval_metric")
+    "drop_path", "smoothing", "mixup", "cutmix", "aa", "reprob", "erase_per_image", "aug_splits", "jsd_loss",
+    "bce_loss", "model_ema", "model_ema_decay", "eval_metric")
 
 
 def build_parser(parser: Optional[CommandParser] = None) -> CommandParser:
@@ -196,16 +254,18 @@ def build_parser(parser: Optional[CommandParser] = None) -> CommandParser:
 
 def layered_defaults(parser: CommandParser, args: argparse.Namespace) -> Dict[str, Any]:
     layered: Dict[str, Any] = dict(DATASET_PRESETS.get(args.dataset, {}))
-    if args.config:
-        layered.update(load_config(args.config, parser))
-    return layered
+    config = load_config(args.config, parser) if args.config else {}
+    if args.finetune or config.get("finetune"):
+        layered.update(FINETUNE_PRESET)
+    return dict(layered, **config)
 
 
 def load_config(path: str, parser: CommandParser) -> Dict[str, Any]:
     import yaml
 
     if not os.path.isfile(path):
-        raise UserError(f"Config file '{path}' does not exist: check the path.")
+        what = "is a folder, not a YAML file" if os.path.isdir(path) else "does not exist"
+        raise UserError(f"Config file '{path}' {what}: check the path.")
     with open(path) as f:
         try:
             values = yaml.safe_load(f) or {}
@@ -235,12 +295,19 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("No DATA folder given: pass a folder holding train/<class>/* and val/<class>/*, "
                         "or --dataset digits for the built-in dataset.")
     notes = resolve_original_flags(args, "train")
+    if args.finetune:
+        notes.append("--finetune: " + ", ".join(f"--{k.replace('_', '-')} {getattr(args, k):g}" for k in FINETUNE_PRESET)
+                     + " (the preset, with the values given on the command line or in -c).")
     if args.experiment:
         args.output = os.path.join(args.output or os.path.join("output", "train"), args.experiment)
         notes.append(f"--experiment {args.experiment}: outputs in {args.output} (OUTPUT/NAME, as timm).")
     if not args.output:
         args.output = os.path.join("output", "train", args.model)
+    _check_output_outside_splits(args)
     _check_split_options(args)
+    from ..tasks.classification.train import check_model_kwargs
+
+    check_model_kwargs(args.model, args.model_kwargs)
     notes.extend(_check_schedule_options(args))
     args.compat_notes = notes
     if args.aa in ("", "none", "None"):
@@ -286,6 +353,16 @@ def schedule_reads(args: argparse.Namespace, option: str) -> bool:
     if option in ("lr_noise_pct", "lr_noise_std"):
         return bool(args.lr_noise)
     return True
+
+
+def _check_output_outside_splits(args: argparse.Namespace) -> None:
+    """An --output inside DATA's train or val folder would be read as an empty class, by this run and the next."""
+    image_folder = args.data and args.dataset in ("", "folder", "imagefolder")
+    for split in (args.train_split, args.val_split) if image_folder else ():
+        folder = os.path.abspath(os.path.join(args.data, split))
+        if os.path.commonpath([folder, os.path.abspath(args.output)]) == folder:
+            raise UserError(f"--output '{args.output}' lies inside the '{split}' split of DATA, where it would be "
+                            f"read as a class: choose an --output outside '{folder}'.")
 
 
 def _check_split_options(args: argparse.Namespace) -> None:

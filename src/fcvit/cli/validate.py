@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "interpolation unless overridden. Runs under torchrun too.")
     add_data_arguments(p)
     p.add_argument("--split", default="val", help="split to evaluate (default val; 'validation' also found)")
-    p.add_argument("--checkpoint", default="", help="checkpoint file (a training run's .pth.tar or published weights)")
+    p.add_argument("--checkpoint", default="", help="checkpoint file (a training run's .pth.tar or published weights) "
+                                                   "or hub folder (fcvit convert)")
     p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
     add_batch_size(p, 128)
     add_results(p, "the results", "also write the results to PATH: CSV if it ends in .csv (as timm), else JSON")
@@ -52,7 +53,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     from ..tasks.classification.train import build_eval_loader, check_classes, create_model, evaluate
     from ..errors import UserError
     from ..models import extract_state_dict, load_weights, read_checkpoint
-    from ..models.checkpoint import checkpoint_args
+    from ..models.checkpoint import CLASSIFIER_KINDS, classifier_kwargs, expect_kind, model_name_for
     from .options import check_results_file
     from .original_flags import resolve_original_flags
     from .train import resolve_data_source
@@ -65,14 +66,16 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError("No --checkpoint given: pass the weights to evaluate (random weights would score chance).")
     check_results_file(args)
     checkpoint = read_checkpoint(args.checkpoint)
+    expect_kind(checkpoint, CLASSIFIER_KINDS, f"Checkpoint '{args.checkpoint}'")
     explicit = getattr(args, "_explicit", set())
     for key, value in stored_data_config(checkpoint).items():
         if key not in explicit and not (key == "input_size" and "img_size" in explicit):
             setattr(args, key, value)
-    if "model" not in explicit and isinstance(checkpoint.get("arch"), str):
-        args.model = checkpoint["arch"]
+    if "model" not in explicit:
+        args.model = model_name_for(checkpoint, args.model)
     state_dict = extract_state_dict(checkpoint, use_ema=args.use_ema)
-    num_classes = int(state_dict["head.weight"].shape[0]) if "head.weight" in state_dict else 1000
+    model_kwargs = classifier_kwargs(checkpoint, state_dict, args.model)  # --model-kwargs rebuild a run's shape
+    num_classes = model_kwargs.pop("num_classes", 1000)
     if args.num_classes is not None and args.num_classes != num_classes:
         raise UserError(f"--num-classes {args.num_classes} does not match the checkpoint, whose classifier has "
                         f"{num_classes} classes: leave --num-classes out.")
@@ -83,9 +86,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         for note in notes:
             _logger.info(note)
         args.drop_path = 0.0
-        stored = checkpoint_args(checkpoint)  # a run trained with --model-kwargs needs them to rebuild its shape
-        same_model = stored.get("model") == args.model
-        args.model_kwargs = dict(stored.get("model_kwargs") or {}) if same_model else {}
+        args.model_kwargs = model_kwargs
         model = create_model(args, num_classes)
         load_weights(model, state_dict, args.model)
         model.to(ctx.device)

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import logging
+from typing import Any, Optional
 
-from .options import add_device, add_overwrite, add_seed, add_weights, positive_int
+from .options import _checked, add_device, add_overwrite, add_seed, add_weights, positive_int
 
 
 def _add_model(p: argparse.ArgumentParser, default: str, what: str) -> None:
@@ -25,7 +26,14 @@ def _add_figure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", required=True, metavar="F.png", help="figure file (.png, .pdf, .svg)")
     add_overwrite(p, "an existing figure")
     add_device(p)
-    p.add_argument("--dpi", type=positive_int, default=100, help="figure resolution in dots per inch (default 100)")
+    p.add_argument("--dpi", type=_checked(int, "a whole number from 10 to 1200", 10, 1200), default=100,
+                   help="figure resolution in dots per inch, 10 to 1200 (default 100)")
+
+
+def _add_scale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", choices=("map", "figure"), default="map",
+                   help="colours of the attention maps: map (default), each from its own minimum to its maximum, as "
+                        "the paper's normalized attention maps; figure, one scale from 0 to the largest weight")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,13 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "ViT/DeiT attention maps per query point, or both side by side (Figure 3 of the paper).")
     sub = p.add_subparsers(dest="what", metavar="WHAT")
     sub.required = True
-    img_size = "shorter side the image is resized to, keeping its aspect ratio (default 224)"
+    img_size = ("shorter side the image is resized to, keeping its aspect ratio (default: the checkpoint's training "
+                "size, else 224)")
 
     s = sub.add_parser("similarity", help="the 8 group maps of both global-context modules of an FCViT block",
                        description="The image and the group similarity maps of gc1 and gc2 of one FCViT block.")
     _add_model(s, "fcvit_b12", "FCViT")
     s.add_argument("--block", type=int, default=-1, help="block index over the whole network (default -1, the last)")
-    s.add_argument("--img-size", type=positive_int, default=224, help=img_size)
+    s.add_argument("--img-size", type=positive_int, help=img_size)
     _add_figure(s)
     s.set_defaults(func=run_similarity)
 
@@ -52,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_queries(a, default_random=4)
     a.add_argument("--block", type=int, default=-1, help="block index (default -1, the last)")
     a.add_argument("--head", default="mean", help="mean (default), all (one column per head) or a head index")
+    _add_scale(a)
     _add_figure(a)
     a.set_defaults(func=run_attention)
 
@@ -68,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--block", type=int, default=-1, help="FCViT block (default -1)")
     c.add_argument("--vit-block", type=int, default=-1, help="ViT block (default -1)")
     c.add_argument("--module", choices=("gc1", "gc2"), default="gc2", help="FCViT global-context module (default gc2)")
-    c.add_argument("--img-size", type=positive_int, default=224, help="FCViT input: " + img_size)
+    c.add_argument("--img-size", type=positive_int, help="FCViT input: " + img_size)
+    _add_scale(c)
     _add_figure(c)
     c.set_defaults(func=run_compare)
 
@@ -86,18 +97,35 @@ def _open_image(args: argparse.Namespace) -> Any:
     return load_image(args.image)
 
 
-def _load(name: str, checkpoint, pretrained: bool, device: str):
+def _load(args, name: str, prefix: str):
+    """The model and its weights' phrase from ``--PREFIXcheckpoint``/``--PREFIXpretrained`` (prefix 'vit_'...)."""
     from ..analysis import create_analysis_model
 
-    model, weights = create_analysis_model(name, checkpoint=checkpoint, pretrained=pretrained)
-    return model.to(device), weights
+    model, weights = create_analysis_model(name, checkpoint=getattr(args, f"{prefix}checkpoint"),
+                                           pretrained=getattr(args, f"{prefix}pretrained"),
+                                           flag="--" + prefix.replace("_", "-"))
+    return model.to(args.device), weights
 
 
-def _fcvit_maps(args, name: str, checkpoint, pretrained: bool, image):
+def _trained_side(checkpoint: Optional[str]) -> Optional[int]:
+    """The shorter input side the checkpoint's training run stored (``data_config``, else ``args.img_size``)."""
+    from ..models.checkpoint import checkpoint_args, read_checkpoint
+    from .validate import stored_data_config
+
+    stored = read_checkpoint(checkpoint) if checkpoint else {}
+    size = stored_data_config(stored).get("input_size", [None, checkpoint_args(stored).get("img_size")])[1:]
+    return min(size) if size and all(isinstance(v, int) for v in size) else None
+
+
+def _fcvit_maps(args, name: str, image, prefix: str = ""):
     from ..analysis import fcvit_similarity, image_to_tensor, input_size_of
 
-    model, weights = _load(name, checkpoint, pretrained, args.device)
-    x = image_to_tensor(image, model, input_size_of(model, args.img_size, image.size)).to(args.device)
+    model, weights = _load(args, name, prefix)
+    side = args.img_size or _trained_side(getattr(args, f"{prefix}checkpoint"))
+    if side and not args.img_size:
+        logging.getLogger(__name__).info("FCViT input: shorter side %d, the checkpoint's training size "
+                                         "(--img-size to change).", side)
+    x = image_to_tensor(image, model, input_size_of(model, side, image.size)).to(args.device)
     block, maps = fcvit_similarity(model, x, args.block)
     return block, {k: v[0].cpu() for k, v in maps.items()}, weights
 
@@ -114,10 +142,10 @@ def _query_points(args, default_random: int):
     return points, k
 
 
-def _vit_maps(args, name: str, checkpoint, pretrained: bool, image, block_arg: int, head, points, k):
+def _vit_maps(args, name: str, image, block_arg: int, head, points, k, prefix: str = ""):
     from ..analysis import ViTAttention, image_to_tensor, input_size_of, query_attention
 
-    model, weights = _load(name, checkpoint, pretrained, args.device)
+    model, weights = _load(args, name, prefix)
     reader = ViTAttention(model, blocks=[block_arg])
     x = image_to_tensor(image, model, input_size_of(model)).to(args.device)
     points, maps, labels, prefix = query_attention(reader, x, reader.blocks[0], image.size, points, k, head, args.seed)
@@ -128,11 +156,22 @@ def run_similarity(args: argparse.Namespace) -> int:
     from ..analysis.plots import display_image, draw_similarity, save_figure
 
     image = _open_image(args)
-    block, maps, weights = _fcvit_maps(args, args.model, args.checkpoint, args.pretrained, image)
+    block, maps, weights = _fcvit_maps(args, args.model, image)
     fig = draw_similarity(display_image(image), maps,
                           title=f"{args.model}, block {block}: token-global similarity per group — weights: {weights}")
     print(save_figure(fig, args.output, dpi=args.dpi))
     return 0
+
+
+def _note_uniform(maps, scale: str) -> None:
+    from ..analysis.plots import NEAR_UNIFORM, spread
+
+    value = spread([m for query in maps for m in query])
+    if value < NEAR_UNIFORM:
+        logging.getLogger(__name__).warning(
+            "The attention maps are nearly uniform (max - min at most %.0f%% of the mean)%s.", 100 * value,
+            ": drawn each from its own minimum to its maximum (--scale map)" if scale == "map" else
+            ", one flat colour with --scale figure: --scale map shows their structure")
 
 
 def _scale_points(points, image, shown):  # image pixels to the pixels of the image drawn
@@ -147,13 +186,13 @@ def run_attention(args: argparse.Namespace) -> int:
     head = parse_head(args.head)
     points, k = _query_points(args, default_random=4)
     image = _open_image(args)
-    block, points, maps, labels, prefix, weights = _vit_maps(args, args.model, args.checkpoint, args.pretrained,
-                                                             image, args.block, head, points, k)
+    block, points, maps, labels, prefix, weights = _vit_maps(args, args.model, image, args.block, head, points, k)
     shown = display_image(image)
     title = f"{args.model}, block {block}: attention of each query over the patches — weights: {weights}"
     if prefix:
         title += f"\n({prefix * 100:.0f}% of these queries' attention goes to class/distillation tokens, not drawn)"
-    fig = draw_attention(shown, _scale_points(points, image, shown), maps, labels, title=title)
+    _note_uniform(maps, args.scale)
+    fig = draw_attention(shown, _scale_points(points, image, shown), maps, labels, title=title, scale=args.scale)
     print(save_figure(fig, args.output, dpi=args.dpi))
     return 0
 
@@ -165,14 +204,15 @@ def run_compare(args: argparse.Namespace) -> int:
 
     points, k = _query_points(args, default_random=8)
     image = _open_image(args)
-    vit_block, points, maps, _, _, vit_weights = _vit_maps(args, args.vit, args.vit_checkpoint, args.vit_pretrained,
-                                                           image, args.vit_block, "mean", points, k)
-    fc_block, fc_maps, fc_weights = _fcvit_maps(args, args.fcvit, args.fcvit_checkpoint, args.fcvit_pretrained, image)
+    vit_block, points, maps, _, _, vit_weights = _vit_maps(args, args.vit, image, args.vit_block, "mean", points, k,
+                                                           "vit_")
+    fc_block, fc_maps, fc_weights = _fcvit_maps(args, args.fcvit, image, "fcvit_")
+    _note_uniform(maps, args.scale)
     shown = display_image(image)
     fig = draw_compare(
         shown, _scale_points(points, image, shown), torch.cat(maps), fc_maps[args.module],
         vit_label=f"ViT attention per query\n(block {vit_block})",
         fcvit_label=f"FCViT {args.module} similarity\nper group (block {fc_block})",
-        title=f"top: {args.vit} ({vit_weights}); bottom: {args.fcvit} ({fc_weights})")
+        title=f"top: {args.vit} ({vit_weights}); bottom: {args.fcvit} ({fc_weights})", scale=args.scale)
     print(save_figure(fig, args.output, dpi=args.dpi))
     return 0

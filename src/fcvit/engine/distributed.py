@@ -201,3 +201,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another process of the run died (gloo's closed
+    connection, NCCL's or the store's errors): that process's own output says why."""
+    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and "Connection closed by peer" in str(exc))

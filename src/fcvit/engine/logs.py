@@ -1,17 +1,22 @@
 """What a run reports: console logging on the main rank, ``summary.csv``, TensorBoard and a progress bar."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Mapping, Optional
+import time
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
-from ..files import atomic_write
-from .distributed import DistContext
+from ..errors import UserError
+from ..files import RunLock, atomic_write
+from .distributed import DistContext, broadcast_object
 
-__all__ = ["setup_logging", "SummaryLog", "ProgressBar"]
+__all__ = ["setup_logging", "run_folder", "SummaryLog", "ProgressBar", "rate"]
+
+_logger = logging.getLogger(__name__)
 
 
 def setup_logging(ctx: DistContext, output_dir: Optional[str] = None) -> None:
@@ -33,8 +38,48 @@ def setup_logging(ctx: DistContext, output_dir: Optional[str] = None) -> None:
         root.addHandler(handler)
 
 
+@contextlib.contextmanager
+def run_folder(ctx: DistContext, output_dir: str) -> Iterator[None]:
+    """``output_dir`` while a training run writes it: its lock (one run per folder: a second one is refused before
+    it writes anything) and its ``log.txt``. A refusal (a UserError) removes the folders made here again if they
+    hold nothing but that log: a refused command leaves no trace (a new, empty class folder under DATA/train,
+    say), and nothing written by another run is touched."""
+    made, folder = [], os.path.abspath(output_dir)
+    while ctx.is_main and not os.path.lexists(folder):
+        made, folder = made + [folder], os.path.dirname(folder)
+    lock, refusal = RunLock(output_dir), None
+    if ctx.is_main:
+        try:
+            lock.acquire()
+        except UserError as exc:
+            refusal = str(exc)
+    refusal = broadcast_object(refusal, ctx)  # every rank stops, not only the one that holds the folder
+    if refusal:
+        raise UserError(refusal)
+    try:
+        setup_logging(ctx, output_dir)
+        yield
+    except UserError:
+        setup_logging(ctx)  # closes log.txt
+        lock.release()
+        for folder in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                if set(os.listdir(folder)) <= {"log.txt", RunLock.NAME}:
+                    for name in os.listdir(folder):
+                        os.remove(os.path.join(folder, name))
+                os.rmdir(folder)
+        raise
+    finally:
+        lock.release()
+
+
 def _fmt(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def rate(value: float) -> str:
+    """A throughput for logs: whole numbers from 100 img/s, 3 significant digits below (0.0123, 4.56)."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 class SummaryLog:
@@ -116,19 +161,32 @@ class SummaryLog:
 
 
 class ProgressBar:
-    """A tqdm bar counted in images (so its rate reads img/s, with an ETA), shown on the main rank only."""
+    """A tqdm bar counted in images (so its rate reads img/s, with an ETA), shown on the main rank only and only
+    on a terminal; elsewhere (a redirected log) a line per tenth of ``total_images`` (per ``every`` steps without
+    a total) instead of the bar's carriage returns, once it has run ``quiet_seconds`` (short ones print nothing)."""
+
+    quiet_seconds, every = 5.0, 50
 
     def __init__(self, total_images: int, desc: str, ctx: Optional[DistContext] = None, enabled: bool = True) -> None:
         from tqdm.auto import tqdm
 
+        shown, tty = enabled and (ctx or DistContext()).is_main, sys.stderr.isatty()
         self._bar = tqdm(total=total_images, desc=desc, unit="img", unit_scale=True, dynamic_ncols=True,
-                         leave=False, disable=not (enabled and (ctx or DistContext()).is_main), file=sys.stderr)
-        self.closed = False
+                         leave=False, disable=not (shown and tty), file=sys.stderr)
+        self._lines, self._desc, self._total = shown and not tty, desc, total_images
+        self._steps = self._images = 0
+        self._start, self.closed = time.perf_counter(), False
 
     def update(self, images: int, **postfix: Any) -> None:
         if postfix:
             self._bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
         self._bar.update(images)
+        self._steps, self._images = self._steps + 1, self._images + images
+        tenth, seconds = max(self._total // 10, 1), time.perf_counter() - self._start
+        due = self._images // tenth > (self._images - images) // tenth if self._total else self._steps % self.every == 0
+        if self._lines and due and seconds >= self.quiet_seconds:
+            _logger.info("%s: %d%s images, %s img/s", self._desc, self._images,
+                         f"/{self._total}" if self._total else "", rate(self._images / max(seconds, 1e-9)))
 
     def close(self) -> None:
         self._bar.close()

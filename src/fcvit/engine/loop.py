@@ -30,7 +30,7 @@ from .checkpoint import (CheckpointSaver, build_train_state, load_resume_state, 
                          resolve_resume, restore_train_state)
 from .control import GracefulStop, check_step
 from .distributed import DistContext, all_reduce_mean, barrier, wrap_ddp
-from .logs import ProgressBar, SummaryLog
+from .logs import ProgressBar, SummaryLog, rate
 from .workers import ignore_stop_signals, user_errors_from_workers
 
 __all__ = ["Task", "Settings", "run_training", "is_out_of_memory", "out_of_memory_as_user_error", "train_loader",
@@ -52,6 +52,7 @@ class Task:
 
     describe = ""  # the start banner's detail
     oom_hint = "or --amp"  # what else frees memory, after a smaller -b
+    metric_scale = 1.0  # the ranking metric times this in logs (100: a fraction such as COCO's AP shown in %)
     model_ema: Optional[nn.Module] = None
     clip_parameters: Optional[List[nn.Parameter]] = None  # None: the optimizer's
 
@@ -270,7 +271,7 @@ class _Run:
             self.bar.close()
             self.summary.close()
         barrier(self.ctx)
-        if interrupted:
+        if interrupted and self.ctx.is_main:
             _logger.warning("Stopped by %s at step %d; %s holds it: rerun the same command (--resume auto) to "
                             "continue.", stop.signal_name or "a signal on another rank", self.step,
                             self.saver.last_path)
@@ -328,8 +329,7 @@ class _Run:
         self.schedule.update(self.step)
         task.after_update(task.model, self.step)
         images *= self.ctx.world_size
-        # a row reports the schedule's value where it stands (per epoch: the epoch's)
-        self.window.add(value, parts, images, task.optimizer.param_groups[0]["lr"])
+        self.window.add(value, parts, images, lr)  # a row reports the lr its last step trained with
         self.bar.update(images, loss=value, lr=lr)
         self.log(value, lr, images)
         return stop_now
@@ -339,8 +339,8 @@ class _Run:
         every = self.settings.log_interval
         if every and self.step % every == 0:
             now = time.perf_counter()
-            _logger.info("epoch %d [%d/%d]: loss %.4g, lr %.3e, %.0f img/s (step %d)", self.epoch, self.done,
-                         self.per_epoch, loss, lr, self.log_images / max(now - self.log_start, 1e-9), self.step)
+            _logger.info("epoch %d [%d/%d]: loss %.4g, lr %.3e, %s img/s (step %d)", self.epoch, self.done,
+                         self.per_epoch, loss, lr, rate(self.log_images / max(now - self.log_start, 1e-9)), self.step)
             self.log_start, self.log_images = now, 0
 
     def boundary(self, stop_now: bool) -> bool:
@@ -375,10 +375,11 @@ class _Run:
         tag = self.epoch if task.unit == "epoch" else self.step
         best = self.saver.save(self.state(), tag, {task.metric: scores[task.metric]})
         self.ranking = scores
-        _logger.info("%s %d: %s %.4g%s; train loss %.4f, %.0f img/s (model alone %.0f, %.0f%% waiting for data)",
-                     task.unit, tag, task.metric, scores[task.metric], " (new best)" if best else "",
-                     train_row.get("train_loss", float("nan")), train_row["train_img_per_sec"],
-                     train_row["model_img_per_sec"], 100 * train_row["data_wait_share"])
+        _logger.info("%s %d: %s %.4g%s%s; train loss %.4f, %s img/s (model alone %s, %.0f%% waiting for data)",
+                     task.unit, tag, task.metric, scores[task.metric] * task.metric_scale,
+                     "%" if task.metric_scale == 100 else "", " (new best)" if best else "",
+                     train_row.get("train_loss", float("nan")), rate(train_row["train_img_per_sec"]),
+                     rate(train_row["model_img_per_sec"]), 100 * train_row["data_wait_share"])
 
     def write_row(self, fields: Mapping[str, Any], ranking: Mapping[str, float]) -> Dict[str, float]:
         """The summary row of the window that ends here; an epoch's end moves timm's per-epoch schedules."""
@@ -433,8 +434,8 @@ class _Run:
         changed, pending, replay = [], None, False
         if path:
             state = load_resume_state(path, s.resume)
+            task.check_resume(state)  # another task's checkpoint is refused before its settings are compared
             changed = self._changes(state, path)
-            task.check_resume(state)
             groups = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in task.optimizer.param_groups]
             schedule = copy.deepcopy(task.scheduler.state_dict())  # this run's, before the resumed run's replace them
             fresh = not s.resume_optimizer

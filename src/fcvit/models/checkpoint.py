@@ -6,6 +6,8 @@ scripts store under ``'args'``): a file whose unpickling would run code is refus
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import pickle
 import re
@@ -20,8 +22,9 @@ from .configs import MODEL_CONFIGS
 from .fcvit import FCViT, remap_state_dict, strip_wrapper_prefixes
 
 __all__ = ["read_checkpoint", "checkpoint_args", "UnreadableCheckpoint", "extract_state_dict", "guess_variant",
-           "load_weights"]
+           "load_weights", "checkpoint_kind", "expect_kind", "model_name_for", "classifier_kwargs", "CLASSIFIER_KINDS"]
 
+_logger = logging.getLogger(__name__)
 _STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 
 
@@ -40,16 +43,18 @@ _COPY_AGAIN = "copy or download it again, or use another checkpoint"
 
 
 def read_checkpoint(path: str | os.PathLike) -> Dict[str, object]:
-    """Open a checkpoint file safely; ``.safetensors`` files give their tensors directly.
+    """Open a checkpoint file safely; ``.safetensors`` files give their tensors directly, a timm hub folder
+    (or ``local-dir:DIR``) its weights with config.json's fields, so every command takes one.
 
     Every way a file can fail to open ends in one sentence that tells the cases apart: empty (a write
     cut short), incomplete or damaged, not a checkpoint at all, refused as unsafe, or not a dict.
     """
     path = os.fspath(path)
+    path = path[len("local-dir:"):] if path.startswith("local-dir:") else path  # timm's name for a hub folder
     if not os.path.exists(path):
         raise UserError(f"Checkpoint '{path}' does not exist: check the path.")
     if os.path.isdir(path):
-        raise UserError(f"Checkpoint '{path}' is a folder: pass the checkpoint file inside it.")
+        return _read_hub_folder(path)
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -89,8 +94,37 @@ def _read_safetensors(path: str) -> Dict[str, object]:
     try:
         return dict(load_file(path, device="cpu"))
     except Exception:  # safetensors raises its own error types
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04":  # a zip: torch.save's format under a .safetensors name
+            raise UnreadableCheckpoint(path, "is a PyTorch (torch.save) file, not safetensors",
+                                       "rename it to end in .pth or .pt") from None
         raise UnreadableCheckpoint(path, "is not a complete safetensors file (it may be truncated)",
                                    _COPY_AGAIN) from None
+
+
+def _read_hub_folder(path: str) -> Dict[str, object]:
+    """A timm hub folder (``fcvit convert``, ``save_for_hf``) as a training checkpoint: its weights, and config.json's
+    architecture, classes, label names, eval settings and model arguments under the fields training writes."""
+    config_path, files = os.path.join(path, "config.json"), ("model.safetensors", "pytorch_model.bin")
+    weights = [os.path.join(path, name) for name in files if os.path.isfile(os.path.join(path, name))]
+    if not os.path.isfile(config_path) or not weights:
+        raise UserError(f"Checkpoint '{path}' is a folder without a timm hub folder's config.json and "
+                        "model.safetensors: pass the checkpoint file inside it, or a folder `fcvit convert` wrote.")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        cfg = dict(config.get("pretrained_cfg") or {})
+    except (OSError, ValueError, TypeError, AttributeError):
+        raise UnreadableCheckpoint(config_path, "is not timm's hub config (a JSON object)", _COPY_AGAIN) from None
+    arch, names = config.get("architecture"), config.get("label_names", cfg.get("label_names"))
+    described = config.get("label_descriptions", cfg.get("label_descriptions"))
+    if isinstance(names, list) and isinstance(described, dict):  # ImageNet's synsets read as their descriptions
+        names = [described.get(n, n) for n in names]
+    return dict(state_dict=read_checkpoint(weights[0]), arch=arch, hub_folder=path,
+                num_classes=config.get("num_classes", cfg.get("num_classes")), class_names=names,
+                data_config={k: cfg[k] for k in ("input_size", "crop_pct", "interpolation", "mean", "std") if k in cfg},
+                args=dict(model=arch, model_kwargs=dict(config.get("model_args") or {})))
 
 
 def _not_loadable(path: str, head: bytes, size: int) -> UnreadableCheckpoint:
@@ -137,17 +171,111 @@ def checkpoint_args(checkpoint: Mapping[str, object]) -> Dict[str, object]:
     return dict(stored) if isinstance(stored, Mapping) else {}
 
 
-def extract_state_dict(checkpoint: Mapping[str, object], use_ema: bool = True) -> Dict[str, torch.Tensor]:
-    """The weights inside a checkpoint dict (EMA weights first when present and wanted)."""
+def _weights(checkpoint: Mapping[str, object], use_ema: bool = True) -> Dict[str, object]:
+    """The weights inside a checkpoint dict, unchecked (EMA weights first when present and wanted)."""
     order = _STATE_DICT_KEYS if use_ema else ("state_dict", "model", "state_dict_ema", "model_ema")
     for key in order:
         value = checkpoint.get(key)
         if isinstance(value, Mapping) and value:
             return strip_wrapper_prefixes(value)
-    tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
+    return strip_wrapper_prefixes({k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)})
+
+
+def extract_state_dict(checkpoint: Mapping[str, object], use_ema: bool = True) -> Dict[str, torch.Tensor]:
+    """The weights inside a checkpoint dict, refused when a model would take them silently wrong: integer or
+    complex values (``load_state_dict`` casts them into float parameters) and NaN or infinity; every load
+    passes here. 0-dim integers are counters (BatchNorm's ``num_batches_tracked``) and stay."""
+    weights = _weights(checkpoint, use_ema)
+    if not weights:
         raise UserError("The checkpoint holds no weights (no 'state_dict', 'model' or tensors at its top level).")
-    return strip_wrapper_prefixes(tensors)
+    for key, value in ((k, v) for k, v in weights.items() if isinstance(v, torch.Tensor)):
+        if value.dim() == 0 and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+            continue  # an integer counter
+        if not value.is_floating_point():
+            raise UserError(f"The checkpoint's weight '{key}' has dtype {str(value.dtype).replace('torch.', '')}, "
+                            "not a floating-point one: save the weights as float32, float16 or bfloat16.")
+        if not bool(torch.isfinite(value).all()):
+            raise UserError(f"The checkpoint's weight '{key}' holds NaN or infinite values, as a diverged run or a "
+                            "damaged file leaves them: use an earlier checkpoint of the run or another file.")
+    return weights
+
+
+#: what each kind of checkpoint is, and which commands take it (``checkpoint_kind``)
+_KINDS = {
+    "classifier": ("an image classifier", "use it with `fcvit predict/validate/export`, `fcvit train --resume`, "
+                                          "or as --pretrained-backbone of `fcvit detect/segment train`"),
+    "timm": ("a {arch} image classifier (a timm model, not FCViT)",
+             "use it with `fcvit predict/validate/export` or `fcvit train --resume`"),
+    "hub": ("a timm hub folder of an image classifier", "use it with `fcvit predict/validate/export`, as "
+            "--initial-checkpoint of `fcvit train`, or as --pretrained-backbone of `fcvit detect/segment train`"),
+    "detector": ("a Mask R-CNN checkpoint", "use it with `fcvit detect eval/predict` or `fcvit detect train --resume`"),
+    "segmenter": ("a Semantic FPN checkpoint",
+                  "use it with `fcvit segment eval/predict` or `fcvit segment train --resume`"),
+    "backbone": ("an FCViT backbone without a classifier",
+                 "use it as --pretrained-backbone of `fcvit detect/segment train`"),
+}
+_WRITERS = {"classifier": "fcvit train", "detector": "fcvit detect train", "segmenter": "fcvit segment train"}
+CLASSIFIER_KINDS = ("classifier", "timm", "hub")
+
+
+def checkpoint_kind(checkpoint: Mapping[str, object]) -> str:
+    """Which of ``_KINDS`` a checkpoint is, from the fields each task's training writes (``arch``,
+    ``model_config``, ``categories``) or a hub folder's config, else from its weights' keys."""
+    arch, config = checkpoint.get("arch"), checkpoint.get("model_config", checkpoint.get("segmenter"))
+    arch = arch if isinstance(arch, str) else checkpoint_args(checkpoint).get("model")
+    arch, config = arch.split(".")[0] if isinstance(arch, str) else "", config if isinstance(config, Mapping) else None
+    if arch.startswith("mask_rcnn_") or "categories" in checkpoint or "min_size" in (config or {}):
+        return "detector"
+    if arch.startswith("semantic_fpn_") or config is not None:
+        return "segmenter"
+    if checkpoint.get("hub_folder"):
+        return "hub"
+    if arch and arch not in MODEL_CONFIGS:
+        return "timm"
+    weights = _weights(checkpoint)
+    if "head.weight" not in weights and _shape_of({FCViT.published_key(k): v for k, v in weights.items()}):
+        return "backbone"
+    return "classifier"
+
+
+def expect_kind(checkpoint: Mapping[str, object], kinds: Tuple[str, ...], name: str) -> str:
+    """The kind of ``checkpoint`` if one of ``kinds`` (the first names the command that writes them), else one
+    sentence saying what ``name`` is and which commands take it: before any model is built."""
+    kind = checkpoint_kind(checkpoint)
+    if kind not in kinds:
+        what, use = _KINDS[kind]
+        arch = str(checkpoint.get("arch") or checkpoint_args(checkpoint).get("model"))
+        raise UserError(f"{name} was not written by '{_WRITERS[kinds[0]]}': it is {what.format(arch=arch)}; {use}.")
+    return kind
+
+
+def model_name_for(checkpoint: Mapping[str, object], default: str) -> str:
+    """The model a checkpoint holds when --model is absent: its 'arch' (a hub folder's architecture), else the
+    FCViT variant its weights' shapes match (as ``fcvit convert`` infers it), else ``default``; said when inferred."""
+    arch = checkpoint.get("arch")
+    if isinstance(arch, str) and arch:
+        if checkpoint.get("hub_folder"):
+            _logger.info("Model %s, the architecture in '%s'.", arch.split(".")[0],
+                         os.path.join(str(checkpoint["hub_folder"]), "config.json"))
+        return arch.split(".")[0]  # without a pretrained tag such as '.in1k'
+    guessed = guess_variant(_weights(checkpoint)) if checkpoint else None
+    if guessed:
+        _logger.info("Model %s: the checkpoint names none and its weights have that variant's shapes (--model "
+                     "chooses another).", guessed)
+    return guessed or default
+
+
+def classifier_kwargs(checkpoint: Mapping[str, object], state_dict: Mapping[str, torch.Tensor],
+                      name: str) -> Dict[str, object]:
+    """``num_classes`` (the FCViT head's rows, else what training stored, as a timm model's head is named its own
+    way) and the run's ``--model-kwargs`` when it trained ``name``: what rebuilds the classifier of these weights."""
+    stored, head = checkpoint_args(checkpoint), state_dict.get("head.weight")
+    kwargs = dict(stored.get("model_kwargs") or {}) if stored.get("model") == name else {}
+    classes = int(head.shape[0]) if isinstance(head, torch.Tensor) and head.dim() == 2 else \
+        checkpoint.get("num_classes") or stored.get("num_classes")
+    if isinstance(classes, int) and classes > 0:
+        kwargs["num_classes"] = classes
+    return kwargs
 
 
 _BLOCK_SCALE = re.compile(r"(?:trunk\.)?stages\.(\d+)\.blocks\.(\d+)\.layer_scale_1")

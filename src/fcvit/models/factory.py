@@ -4,13 +4,14 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import timm
 from torch import nn
 
 from ..errors import UserError
-from .checkpoint import extract_state_dict, load_weights, read_checkpoint
+from .checkpoint import (CLASSIFIER_KINDS, classifier_kwargs, expect_kind, extract_state_dict, load_weights,
+                         model_name_for, read_checkpoint)
 from .fcvit import MODEL_CONFIGS, FCViTBackbone
 
 __all__ = ["create_backbone", "create_classifier", "check_model_name"]
@@ -28,20 +29,19 @@ def check_model_name(name: str, allow_timm: bool = False) -> str:
     raise UserError(f"Unknown model '{name}': {hint}")
 
 
-def create_classifier(name: str, checkpoint_path: Optional[str | os.PathLike] = None, use_ema: bool = True,
-                      **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` where unknown names and wrong checkpoints give one sentence; without
-    ``num_classes`` the model takes the checkpoint classifier's number of classes."""
-    check_model_name(name, allow_timm=True)
-    state_dict = None
-    if checkpoint_path is not None:
-        state_dict = extract_state_dict(read_checkpoint(checkpoint_path), use_ema=use_ema)
-        head = state_dict.get("head.weight")
-        if head is not None and "num_classes" not in kwargs:
-            kwargs["num_classes"] = int(head.shape[0])
-    model = timm.create_model(name, **kwargs)
-    if state_dict is not None:
-        load_weights(model, state_dict, name)
+def create_classifier(name: Optional[str], checkpoint_path: Optional[str | os.PathLike] = None, use_ema: bool = True,
+                      checkpoint: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` where unknown names and wrong checkpoints give one sentence. The checkpoint (a file,
+    a hub folder, or ``checkpoint`` as read from ``checkpoint_path``) names the model when ``name`` is None
+    (else fcvit_b12) and gives its number of classes and the run's --model-kwargs unless ``kwargs`` do."""
+    checkpoint = read_checkpoint(checkpoint_path) if checkpoint is None and checkpoint_path is not None else checkpoint
+    if checkpoint is None:
+        return timm.create_model(check_model_name(name or "fcvit_b12", allow_timm=True), **kwargs)
+    expect_kind(checkpoint, CLASSIFIER_KINDS, f"Checkpoint '{checkpoint_path}'")
+    state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
+    name = check_model_name(name or model_name_for(checkpoint, "fcvit_b12"), allow_timm=True)
+    model = timm.create_model(name, **{**classifier_kwargs(checkpoint, state_dict, name), **kwargs})
+    load_weights(model, state_dict, name)
     return model
 
 
@@ -54,7 +54,9 @@ def create_backbone(name: str, checkpoint_path: Optional[str | os.PathLike] = No
     cfg = MODEL_CONFIGS[name]
     model = FCViTBackbone(**{"depths": cfg.depths, "dims": cfg.dims, "mlp_ratios": cfg.mlp_ratios, **kwargs})
     if checkpoint_path is not None:
-        state_dict = extract_state_dict(read_checkpoint(checkpoint_path))
+        checkpoint = read_checkpoint(checkpoint_path)
+        expect_kind(checkpoint, ("classifier", "backbone", "hub"), f"Checkpoint '{checkpoint_path}'")
+        state_dict = extract_state_dict(checkpoint)
         missing, unexpected = load_weights(model, state_dict, name, allow_partial=True)
         if missing or unexpected:
             _logger.warning(

@@ -71,7 +71,8 @@ def _canonical_split(split: str) -> Optional[str]:
 def find_split_dir(root: str, split: str) -> str:
     """``root/split`` or a usual synonym (val <-> validation); a clear error if none exists."""
     if not os.path.isdir(root):
-        raise UserError(f"Data folder '{root}' does not exist: pass a folder holding train/<class>/* and "
+        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+        raise UserError(f"Data folder '{root}' {what}: pass a folder holding train/<class>/* and "
                         "val/<class>/*, or --dataset digits for the built-in dataset.")
     canonical = _canonical_split(split)
     for name in (split,) + (_SPLIT_SYNONYMS[canonical] if canonical else ()):

@@ -9,6 +9,7 @@ the losses of the original ``train.py``, top-1/top-5 evaluation of the model and
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import math
 import os
@@ -35,15 +36,15 @@ from ...engine import (
     run_distributed,
     run_training,
     seed_everything,
-    setup_logging,
     train_loader,
     unwrap_model,
 )
+from ...engine.logs import run_folder
 from ...engine.workers import user_errors_from_workers
 from ...errors import UserError
 from ..training import loop_settings
 
-__all__ = ["train", "evaluate", "create_model", "build_eval_loader", "check_classes", "ClassificationTask"]
+__all__ = ["train", "evaluate", "create_model", "check_model_kwargs", "build_eval_loader", "check_classes", "ClassificationTask"]
 
 _logger = logging.getLogger(__name__)
 
@@ -66,11 +67,58 @@ def create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     kwargs: Dict[str, Any] = dict(num_classes=num_classes, drop_rate=getattr(args, "drop", 0.0) or 0.0)
     if drop_path is not None:
         kwargs["drop_path_rate"] = drop_path
+    check_model_kwargs(args.model, args.model_kwargs or {})
     kwargs.update(args.model_kwargs or {})
-    model = timm.create_model(args.model, **kwargs)
+    try:
+        model = timm.create_model(args.model, **kwargs)
+    except TypeError as exc:  # another timm model's constructor: FCViT's arguments are checked above
+        if not args.model_kwargs or "keyword argument" not in str(exc):
+            raise
+        raise UserError(f"{args.model} does not take --model-kwargs {', '.join(map(str, args.model_kwargs))} ({exc}): "
+                        "leave them out or pass arguments of its constructor.") from None
     if getattr(args, "initial_checkpoint", None):
         load_initial_weights(model, args.initial_checkpoint, args.model)
     return model
+
+
+#: constructor arguments with a flag of their own, which --model-kwargs would silently override
+FLAG_KWARGS = {"num_classes": "--num-classes", "drop_rate": "--drop", "drop_path_rate": "--drop-path"}
+_STAGE_KWARGS = ("depths", "dims", "mlp_ratios")
+
+
+def check_model_kwargs(model: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before any work, --model-kwargs the model would only reject (with a traceback) after the data is read:
+    an argument with its own flag, one FCViT does not take, malformed or unequal stages, a value of another type."""
+    import timm
+
+    from ...models import MODEL_CONFIGS, FCViT
+
+    flagged = next((key for key in kwargs if key in FLAG_KWARGS), None)
+    if flagged:
+        raise UserError(f"--model-kwargs {flagged} has a flag of its own: pass {FLAG_KWARGS[flagged]} instead.")
+    if not kwargs or model not in MODEL_CONFIGS:
+        return
+    accepted = [name for name in inspect.signature(FCViT.__init__).parameters if name not in ("self", *FLAG_KWARGS)]
+    unknown = next((key for key in kwargs if key not in accepted), None)
+    if unknown is not None:
+        raise UserError(f"--model-kwargs {unknown} is not an argument of {model}: use {', '.join(accepted)}.")
+    cfg = MODEL_CONFIGS[model]
+    kinds = {"depths": int, "dims": int, "mlp_ratios": (int, float)}
+    counts = {len(v) if isinstance(v, (list, tuple)) and all(isinstance(x, kinds[k]) and not isinstance(x, bool)
+                                                              and x > 0 for x in v) else 0
+              for k, v in ((k, kwargs.get(k, getattr(cfg, k))) for k in _STAGE_KWARGS)}
+    if len(counts) > 1 or 0 in counts:
+        given = " ".join(f"{k}={kwargs[k]!r}" for k in _STAGE_KWARGS if k in kwargs)
+        own = " ".join(f"{k}={tuple(getattr(cfg, k))}" for k in _STAGE_KWARGS)
+        raise UserError(f"--model-kwargs {given} does not fit {model}: depths and dims take whole numbers of at least "
+                        f"1, mlp_ratios numbers above 0, one per stage and as many in each (its own: {own}).")
+    try:
+        with torch.device("meta"):  # the constructor's own checks, without memory for the weights
+            timm.create_model(model, **kwargs)
+    except Exception as exc:
+        given = " ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise UserError(f"--model-kwargs {given} cannot build {model} ({str(exc).rstrip('.')}): fix the value or "
+                        "leave it out.") from None
 
 
 def load_initial_weights(model: nn.Module, path: str, model_name: str) -> None:
@@ -296,6 +344,18 @@ def _schedule_extras(args: argparse.Namespace) -> Dict[str, Any]:
         patience_epochs=args.patience_epochs, plateau_mode="min" if "loss" in args.eval_metric else "max")
 
 
+def _warn_short_schedule(args: argparse.Namespace, num_epochs: int) -> None:
+    """The ImageNet recipe's 5 warmup and 10 cooldown epochs fit 300 epochs; in a short run they leave the lr
+    below its scheduled value most of the time, which trains little and says nothing."""
+    cooldown = args.cooldown_epochs if num_epochs > args.epochs else 0
+    ramps = min(args.warmup_epochs, args.epochs) * (args.sched != "none") + cooldown
+    if ramps > num_epochs / 2:
+        _logger.warning("Warning: %d of the %d epochs are warmup (--warmup-epochs %d) or cooldown at --min-lr "
+                        "(--cooldown-epochs %d), so the lr is below its scheduled value for most of the run: use "
+                        "fewer (e.g. --warmup-epochs 1 --cooldown-epochs 0), more --epochs, or --finetune.",
+                        ramps, num_epochs, args.warmup_epochs, cooldown)
+
+
 def _epochs_note(args: argparse.Namespace, num_epochs: int) -> str:
     """Epochs the schedule adds to ``--epochs`` (cooldown, lr cycles), said up front in the start banner."""
     if num_epochs == args.epochs:
@@ -327,13 +387,19 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
+    with run_folder(ctx, args.output):  # one run per folder; a refusal leaves no new folder behind
+        task = _task(args, ctx)
+        settings = loop_settings(args, task.amp, resume_optimizer=not args.no_resume_opt, clip_mode=args.clip_mode,
+                                 start_epoch=args.start_epoch, broadcast_buffers=not args.no_ddp_bb)
+        return dict(run_training(task, ctx, settings), epochs=task.length, class_names=task.class_names)
+
+
+def _task(args: argparse.Namespace, ctx: DistContext) -> "ClassificationTask":
+    """The run's data, model and task: every check that can refuse the run before its first step."""
     from .data import create_classification_dataset
 
     check_initial_with_resume(args)
     notes = list(vars(args).pop("compat_notes", None) or [])  # from flags of the original train.py
-    if ctx.is_main:
-        os.makedirs(args.output, exist_ok=True)
-    setup_logging(ctx, args.output)
     for note in notes:
         _logger.info(note)
     _cpu_threads(ctx, args.workers)
@@ -358,10 +424,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
         model.to(memory_format=torch.channels_last)
     if args.sync_bn:
         model = convert_sync_batchnorm(model, ctx)
-    task = ClassificationTask(args, ctx, model, train_set, class_names, num_classes)
-    settings = loop_settings(args, task.amp, resume_optimizer=not args.no_resume_opt, clip_mode=args.clip_mode,
-                             start_epoch=args.start_epoch, broadcast_buffers=not args.no_ddp_bb)
-    return dict(run_training(task, ctx, settings), epochs=task.length, class_names=class_names)
+    return ClassificationTask(args, ctx, model, train_set, class_names, num_classes)
 
 
 class ClassificationTask(Task):
@@ -402,6 +465,7 @@ class ClassificationTask(Task):
             _logger.info("float16 autocast on CPU runs, but slower than float32 (CPUs lack fast float16 kernels); "
                          "leave out --apex-amp/--amp-dtype float16 there for speed.")
         scheduler, num_epochs = _create_schedule(optimizer, args, batches.batches_per_epoch)
+        _warn_short_schedule(args, num_epochs)
         super().__init__(torch.compile(model) if args.compile else model, optimizer, scheduler, loader,
                          name=f"Training {args.model}", metric=args.eval_metric,
                          mode="min" if "loss" in args.eval_metric else "max", unit="epoch", length=num_epochs)
@@ -469,4 +533,7 @@ class ClassificationTask(Task):
                     class_names=list(self.class_names) if self.class_names else None)
 
     def check_resume(self, state: Mapping[str, Any]) -> None:
+        from ...models.checkpoint import expect_kind
+
+        expect_kind(state, ("classifier", "timm"), "The checkpoint to resume")
         check_classes(self.class_names, state, self.num_classes, "the training data")

@@ -17,6 +17,7 @@ from ...data import ImageReader
 from ...files import atomic_write, check_outputs, make_folder, replaced_note, unique_stems, write_json
 from ...errors import UserError
 from ...models import extract_state_dict, read_checkpoint
+from ...models.checkpoint import expect_kind
 from .dataset import Category
 from .model import build_mask_rcnn, with_legacy_settings
 
@@ -36,6 +37,7 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu",
     """The Mask R-CNN a ``fcvit detect train`` checkpoint describes, with its weights and categories;
     ``min_size``/``max_size`` override its test-time resizing."""
     checkpoint = read_checkpoint(path)
+    expect_kind(checkpoint, ("detector",), f"Checkpoint '{path}'")
     config = checkpoint.get("model_config")
     if not isinstance(config, Mapping) or not isinstance(checkpoint.get("categories"), list):
         raise UserError(f"Checkpoint '{path}' was not written by 'fcvit detect train' (it has no model_config "
@@ -123,7 +125,9 @@ def predict_images(model: nn.Module, categories: Sequence[Category],
              "bbox_xyxy": [round(float(v), 2) for v in box]}
             for box, label, score in zip(prediction["boxes"][keep], prediction["labels"][keep],
                                          prediction["scores"][keep])]
-        results.append({"image": path, "output": out_path, "detections": detections})
+        scores = prediction["scores"]  # the best one also below the threshold: what a lower one would show
+        results.append({"image": path, "output": out_path, "detections": detections,
+                        "best_score": round(float(scores.max()), 4) if len(scores) else None})
         _logger.info("%s: %d detections at score >= %.2f -> %s", path, len(detections), score_threshold, out_path)
     write_json(outputs[-1], results)
     written = {r["output"] for r in results} | {outputs[-1]}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -21,10 +20,12 @@ from torch.utils.data import DataLoader
 
 from ...data.samplers import EpochShardSampler, SeededSamples
 from ...engine import (AmpSettings, DistContext, ProgressBar, Task, broadcast_object, convert_sync_batchnorm,
-                       eval_loader, resolve_amp, run_distributed, run_training, seed_everything, setup_logging,
+                       eval_loader, resolve_amp, run_distributed, run_training, seed_everything,
                        train_loader, unwrap_model)
+from ...engine.logs import run_folder
 from ...engine.workers import user_errors_from_workers
 from ...errors import UserError
+from ...models.checkpoint import expect_kind
 from ..training import loop_settings
 from .coco_eval import CocoEvaluator
 from .dataset import CocoInstances, coco_split_paths, collate_detection, eval_transforms, train_transforms
@@ -215,7 +216,7 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
     for iou in ("bbox", "segm"):
         fields = [(k.split("_", 1)[1], v) for k, v in metrics.items() if k.startswith(f"{iou}_")]
         if fields:
-            lines.append(f"{iou}: " + "  ".join(f"{name} {100 * v:5.1f}" if v >= 0 else f"{name}   n/a"
+            lines.append(f"{iou} (%): " + "  ".join(f"{name} {100 * v:5.1f}" if v >= 0 else f"{name}   n/a"
                                                  for name, v in fields))
     return "\n".join(lines)
 
@@ -226,7 +227,11 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
 
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
-    setup_logging(ctx, args.output)
+    with run_folder(ctx, args.output):  # one run per folder; a refusal leaves no new folder behind
+        return _run(args, ctx)
+
+
+def _run(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
     seed_everything(args.seed, ctx.rank)
     if args.min_size < 32 or args.max_size < args.min_size:  # each value's own range is checked when parsed
         raise UserError(f"--min-size {args.min_size} / --max-size {args.max_size}: the shorter side must be at "
@@ -262,6 +267,7 @@ class DetectionTask(Task):
                                     args.warmup_factor)
         super().__init__(model, optimizer, scheduler, loader, name=f"Mask R-CNN on {args.backbone}",
                          metric="bbox_AP", mode="max", unit="epoch", length=args.epochs)
+        self.metric_scale = 100.0  # COCO's AP is a fraction; logs show it in percent, as COCO tables do
         self.ctx, self.config, self.backbone, self.val_set = ctx, config, args.backbone, val_set
         self.categories = train_set.categories
         self.step = detection_step(ctx, args.freeze_bn_stats)  # type: ignore[method-assign]
@@ -283,8 +289,8 @@ class DetectionTask(Task):
                          + ", ".join(f"{k} {v}" for k, v in config.items() if k in PAPER_SETTINGS))
 
     def evaluate(self, model: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
-        metrics = evaluate(model, self.val_loader, self.val_set, self.ctx, self.amp, progress=sys.stderr.isatty())
-        _logger.info("box AP %.1f, mask AP %.1f\n%s", 100 * metrics["bbox_AP"], 100 * metrics["segm_AP"],
+        metrics = evaluate(model, self.val_loader, self.val_set, self.ctx, self.amp, progress=True)
+        _logger.info("box AP %.1f%%, mask AP %.1f%%\n%s", 100 * metrics["bbox_AP"], 100 * metrics["segm_AP"],
                      format_metrics(metrics))
         return metrics, dict(metrics)
 
@@ -295,6 +301,7 @@ class DetectionTask(Task):
                     iters_per_epoch=self.iters_per_epoch)
 
     def check_resume(self, state: Mapping[str, Any]) -> None:
+        expect_kind(state, ("detector",), "The checkpoint to resume")
         stored = state.get("model_config")
         stored = None if stored is None else with_legacy_settings(stored)
         if stored is not None and stored != self.config:

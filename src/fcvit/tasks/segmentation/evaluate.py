@@ -17,6 +17,7 @@ from ...engine import AmpSettings, DistContext, ProgressBar, all_reduce, unwrap_
 from ...engine.workers import user_errors_from_workers
 from ...errors import UserError
 from ...models import extract_state_dict, load_weights, read_checkpoint
+from ...models.checkpoint import expect_kind
 from .data import default_class_names
 from .metrics import ConfusionMatrix
 from .model import SemanticFPN, create_segmenter
@@ -74,6 +75,7 @@ def stored_config(checkpoint: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
 def load_segmenter(path: str | os.PathLike, device: torch.device | str = "cpu") -> Tuple[SemanticFPN, Dict[str, Any]]:
     """Rebuild a Semantic FPN from a checkpoint written by ``fcvit segment train``; returns (model, checkpoint)."""
     checkpoint = read_checkpoint(path)
+    expect_kind(checkpoint, ("segmenter",), f"Checkpoint '{path}'")
     config = stored_config(checkpoint)
     if not isinstance(config, Mapping):
         raise UserError(f"Checkpoint '{path}' has no '{CONFIG_KEY}' entry, so it was not written by "

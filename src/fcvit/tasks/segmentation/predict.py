@@ -17,7 +17,7 @@ from ...files import atomic_write, check_outputs, make_folder, replaced_note, un
 from .evaluate import infer_logits
 from .transforms import IGNORE_INDEX, eval_transforms
 
-__all__ = ["color_palette", "colorize", "overlay", "segment_image", "predict_images", "planned_outputs"]
+__all__ = ["color_palette", "colorize", "overlay", "draw_legend", "segment_image", "predict_images", "planned_outputs"]
 
 _logger = logging.getLogger(__name__)
 
@@ -50,6 +50,28 @@ def colorize(classes: np.ndarray, num_classes: int) -> Image.Image:
 def overlay(image: Image.Image, mask: Image.Image, alpha: float = 0.5) -> Image.Image:
     """The image with the colour mask blended over it (``alpha`` = weight of the mask)."""
     return Image.blend(image.convert("RGB"), mask.convert("RGB"), alpha)
+
+
+def draw_legend(image: Image.Image, classes: Sequence[int], class_names: Sequence[str]) -> Image.Image:
+    """``image`` with a key in its top-left corner: the colour and name of each of ``classes`` (list the largest
+    first), as many as fit its height, then '+N more'."""
+    from PIL import ImageDraw, ImageFont
+
+    size = max(10, min(image.size) // 32)
+    pad, row, font, palette = size // 2, round(size * 1.4), ImageFont.load_default(size=size), color_palette(256)
+    rows = max(2, (image.height - pad) // row)
+    fit = len(classes) if len(classes) <= rows else rows - 1
+    lines = [class_names[c] for c in classes[:fit]] + [f"+{len(classes) - fit} more"] * (len(classes) > fit)
+    drawn = image.convert("RGB")
+    draw = ImageDraw.Draw(drawn, "RGBA")
+    width = max(draw.textlength(text, font=font) for text in lines) + size + 3 * pad
+    draw.rectangle((0, 0, width, len(lines) * row + pad), fill=(0, 0, 0, 160))
+    for i, text in enumerate(lines):
+        y = pad + i * row
+        if i < fit:
+            draw.rectangle((pad, y, pad + size, y + size), fill=tuple(palette[classes[i] + 1]), outline="white")
+        draw.text((2 * pad + size, y), text, fill="white", font=font)
+    return drawn
 
 
 @torch.inference_mode()
@@ -86,11 +108,12 @@ def predict_images(model: nn.Module, images: ImageReader | Sequence[str | os.Pat
         classes = segment_image(model, image, device, short_side, antialias)
         mask = colorize(classes, len(class_names))
         mask_path, overlay_path = outputs[path]
-        for drawn, out_path in ((mask, mask_path), (overlay(image, mask, alpha), overlay_path)):
-            atomic_write(out_path, lambda f: drawn.save(f, format="PNG"))
         ids, counts = np.unique(classes, return_counts=True)
         found = [dict(index=int(ids[i]), name=class_names[int(ids[i])], fraction=float(counts[i] / classes.size))
                  for i in np.argsort(-counts)]
+        drawn_overlay = draw_legend(overlay(image, mask, alpha), [c["index"] for c in found], class_names)
+        for drawn, out_path in ((mask, mask_path), (drawn_overlay, overlay_path)):
+            atomic_write(out_path, lambda f: drawn.save(f, format="PNG"))
         results.append(dict(image=path, mask=str(mask_path), overlay=str(overlay_path), classes=found))
     written = {p for r in results for p in (r["mask"], r["overlay"])}
     note = replaced_note([p for p in map(str, replaced) if p in written])  # a skipped image's old files stay

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
@@ -20,9 +19,11 @@ from torch import nn
 
 from ...data.samplers import EpochShardSampler, SeededSamples, SeekableBatches
 from ...engine import (DistContext, Task, convert_sync_batchnorm, eval_loader, resolve_amp, run_distributed,
-                       run_training, seed_everything, setup_logging, train_loader)
+                       run_training, seed_everything, train_loader)
+from ...engine.logs import run_folder
 from ...errors import UserError
 from ...files import write_json
+from ...models.checkpoint import expect_kind
 from ..training import loop_settings
 from .data import SegmentationFolder, default_class_names, read_class_names
 from .evaluate import CONFIG_KEY, evaluate, stored_config
@@ -109,7 +110,11 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
-    setup_logging(ctx, args.output)
+    with run_folder(ctx, args.output):  # one run per folder; a refusal leaves no new folder behind
+        return _run(args, ctx)
+
+
+def _run(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     seed_everything(args.seed, ctx.rank)
     if args.iters < 1:
         raise UserError(f"--iters {args.iters} must be at least 1.")
@@ -176,8 +181,7 @@ class SegmentationTask(Task):
         return segmentation_loss(model(images), masks), {}, images.shape[0]
 
     def evaluate(self, model: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
-        self.last_scores = evaluate(model, self.val_loader, self.num_classes, self.ctx, self.amp,
-                                    progress=sys.stderr.isatty())
+        self.last_scores = evaluate(model, self.val_loader, self.num_classes, self.ctx, self.amp, progress=True)
         scores = self.last_scores
         _logger.info("mIoU %.2f, mAcc %.2f, aAcc %.2f", scores["mIoU"], scores["mAcc"], scores["aAcc"])
         summary = {k: scores[k] for k in ("mIoU", "mAcc", "aAcc")}
@@ -187,6 +191,7 @@ class SegmentationTask(Task):
         return self.fields
 
     def check_resume(self, state: Mapping[str, Any]) -> None:
+        expect_kind(state, ("segmenter",), "The checkpoint to resume")
         stored = stored_config(state)
         if stored and dict(stored) != self.config:
             raise UserError(f"The checkpoint to resume holds another model ({dict(stored)}): resume with the "

@@ -1,0 +1,73 @@
+"""Other processes of a distributed run: Ctrl-C to the launcher's group and a rank that dies end in one line each."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from fcvit.files import RunLock
+from train_helpers import cli_env
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _launch(out: Path) -> subprocess.Popen:
+    env = dict(cli_env(), PATH=f"{Path(os.sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.Popen([str(REPO / "distributed_train.sh"), "2", "--dataset", "digits", "--epochs", "3", "-j", "0",
+                             "--output", str(out)], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _training(run: subprocess.Popen, out: Path) -> None:
+    """Wait until both ranks are past their start (the lock is taken, then a few steps)."""
+    deadline = time.monotonic() + 180
+    while not (out / RunLock.NAME).exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert run.poll() is None, run.communicate()[0]
+    time.sleep(8)
+
+
+def _ranks(launcher_pid: int) -> list:
+    found = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout.splitlines()
+    children = [line.split(None, 2) for line in found[1:]]
+    torchrun = [int(pid) for pid, ppid, args in children if "fcvit.cli.launch" in args]
+    return sorted(int(pid) for pid, ppid, args in children if int(ppid) in torchrun and "train.py" in args)
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_to_the_launcher_saves_and_ends_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    run = _launch(out)
+    try:
+        _training(run, out)
+        os.killpg(run.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the launcher and both ranks
+        output, _ = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 0, output
+    assert "Traceback" not in output and "SignalException" not in output, output
+    assert "stopped by SIGINT; rerun the same command" in output
+    assert (out / "last.pth.tar").exists()
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_rank_leaves_one_line_on_the_other(tmp_path):
+    out = tmp_path / "run"
+    run = _launch(out)
+    try:
+        _training(run, out)
+        ranks = _ranks(run.pid)
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        output, _ = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode != 0
+    assert "Traceback" not in output, output
+    assert "another process of this run stopped" in output and "ended with exit status -9" in output

@@ -189,3 +189,31 @@ def test_two_training_commands_into_one_folder_the_second_is_refused(tmp_path):
         with open(out / "summary.csv") as f:
             epochs = [row["epoch"] for row in csv.DictReader(f)]
         assert len(epochs) == len(set(epochs))
+
+
+def test_a_training_run_whose_disk_fills_stops_in_one_sentence_and_resumes(tmp_path, monkeypatch, capsys):
+    """A save that runs out of space ends the run (exit 2, one sentence); last.pth.tar still holds the previous
+    epoch, and the same command continues from it once there is space."""
+    from fcvit.cli.main import main
+    from train_helpers import FAST, TINY_MODEL, make_folder_dataset
+
+    data, out = make_folder_dataset(tmp_path / "data"), tmp_path / "run"
+    command = ["train", str(data), *TINY_MODEL, *FAST, "--epochs", "3", "--output", str(out)]
+    real_save = torch.save
+
+    def full_at_epoch_two(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch") == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_at_epoch_two)
+    with pytest.raises(SystemExit) as exc:
+        main(command)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "disk is full" in err and "Traceback" not in err, err
+    assert torch.load(out / "last.pth.tar", weights_only=True)["epoch"] == 1 and _no_temporaries(out)
+    monkeypatch.setattr(torch, "save", real_save)
+    with pytest.raises(SystemExit) as exc:
+        main(command)
+    assert exc.value.code == 0
+    assert torch.load(out / "last.pth.tar", weights_only=True)["epoch"] == 3

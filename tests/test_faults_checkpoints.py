@@ -243,3 +243,22 @@ def test_a_torch_file_named_safetensors_is_called_what_it_is(tmp_path):
     torch.save({"head.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(UserError, match=r"is a PyTorch \(torch.save\) file, not safetensors: rename it to end in .pth"):
         read_checkpoint(path)
+
+
+def test_visualize_and_analyze_read_the_model_from_a_hub_folder(hub_folder, tmp_path, caplog):
+    """Without --model the analysis commands take the architecture the folder's config.json names."""
+    import logging
+
+    from fcvit.cli.main import main
+    from real_photos import sample_photos
+
+    image = tmp_path / "cat.png"
+    Image.fromarray(sample_photos()["chelsea"]).save(image)
+    with caplog.at_level(logging.INFO):
+        for argv in (["visualize", "similarity", str(image), "--checkpoint", str(hub_folder), "-o",
+                      str(tmp_path / "sim.png"), "--img-size", "64"],
+                     ["analyze", "similarity", str(image), "--checkpoint", str(hub_folder), "--img-size", "64"]):
+            with pytest.raises(SystemExit) as exc:
+                main(argv)
+            assert exc.value.code == 0
+    assert "Model fcvit_tiny, the architecture in" in caplog.text and (tmp_path / "sim.png").stat().st_size > 0

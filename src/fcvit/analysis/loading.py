@@ -85,6 +85,16 @@ def _create_pretrained(name: str, **kwargs) -> Tuple[nn.Module, str]:
     return model, f"pretrained {source}"
 
 
+def model_name(name: Optional[str], checkpoint: Optional[str], default: str) -> str:
+    """``--model`` if given; else the checkpoint's (a hub folder's config.json, a run's stored model, or the FCViT
+    variant its weights' shapes match, said in a log line), as ``fcvit predict`` infers it; else ``default``."""
+    if name or not checkpoint:
+        return name or default
+    from ..models.checkpoint import model_name_for, read_checkpoint
+
+    return model_name_for(read_checkpoint(checkpoint), default)
+
+
 def create_analysis_model(
         name: str,
         checkpoint: Optional[str] = None,

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s = sub.add_parser(what, help=text, description=f"Per-block measures of {text}.")
         add_images(s)
         model = "deit_base_patch16_224" if what == "attention" else "fcvit_b12"
-        s.add_argument("--model", default=model, help=f"model name (default {model})")
+        s.add_argument("--model", default=None, help=f"model name (default: the checkpoint's, else {model})")
+        s.set_defaults(default_model=model)
         add_weights(s, "model")
         s.add_argument("--img-size", type=positive_int, default=224,
                        help="FCViT input: shorter side, aspect ratio kept (default 224; ViTs use their own size)")
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..analysis import (ATTENTION_MEASURES, SIMILARITY_MEASURES, analyze_attention, analyze_similarity,
-                            create_analysis_model, image_to_tensor, input_size_of, is_fcvit, is_vit)
+                            create_analysis_model, image_to_tensor, input_size_of, is_fcvit, is_vit,
+                            model_name)
     from ..analysis.pipeline import format_table, write_results
     from ..analysis.plots import check_figure_path, draw_measures, save_figure, uniform_values
     from ..data import ImageReader, expand_image_paths
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     reader = ImageReader(expand_image_paths(args.images))  # missing and non-image files: before the model
     check_outputs([p for p in (args.plot, args.results_file) if p], reader.paths, overwrite=args.overwrite,
                   choose="choose another --plot or --results-file", input_name="input image")
+    args.model = model_name(args.model, args.checkpoint, args.default_model)
     model, weights = create_analysis_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
     args.device = resolve_device(args.device)
     size = input_size_of(model.to(args.device), args.img_size)

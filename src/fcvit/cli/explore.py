@@ -21,11 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "to make it the query and watch the ViT's attention map of that query, beside FCViT's group "
                     "similarity maps and the measures of 'fcvit analyze' (the paper's Figures 1 and 3).")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photographs to embed (one page, a selector between them)")
-    p.add_argument("--vit", default="deit_base_patch16_224", metavar="MODEL",
-                   help="timm ViT/DeiT model (default deit_base_patch16_224)")
+    p.add_argument("--vit", default=None, metavar="MODEL",
+                   help="timm ViT/DeiT model (default: the --vit-checkpoint's, else deit_base_patch16_224)")
     p.add_argument("--vit-checkpoint", metavar="FILE", help="local ViT/DeiT checkpoint")
     p.add_argument("--vit-pretrained", action="store_true", help="ViT/DeiT weights from timm's hub (needs a network)")
-    p.add_argument("--fcvit", default="fcvit_b12", metavar="MODEL", help="FCViT model (default fcvit_b12)")
+    p.add_argument("--fcvit", default=None, metavar="MODEL",
+                   help="FCViT model (default: the --fcvit-checkpoint's, else fcvit_b12)")
     p.add_argument("--fcvit-checkpoint", metavar="FILE", help="local FCViT checkpoint")
     p.add_argument("--fcvit-pretrained", action="store_true", help="FCViT weights from a hub config (needs a network)")
     p.add_argument("--blocks", type=_blocks, default=None, metavar="I,J",
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_explore(args: argparse.Namespace) -> int:
-    from ..analysis import create_analysis_model
+    from ..analysis import create_analysis_model, model_name
     from ..analysis.explore import explore_page
     from ..data import load_image
     from ..engine import resolve_device
@@ -49,6 +50,8 @@ def run_explore(args: argparse.Namespace) -> int:
         raise UserError(f"--output '{args.output}' must end in .html: the page is one HTML file.")
     check_outputs([args.output], args.images, args.overwrite, "choose another -o", "input image")
     device = resolve_device(args.device)
+    args.vit = model_name(args.vit, args.vit_checkpoint, "deit_base_patch16_224")
+    args.fcvit = model_name(args.fcvit, args.fcvit_checkpoint, "fcvit_b12")
     images = [(os.path.basename(path), load_image(path)) for path in args.images]
     vit, vit_weights = create_analysis_model(args.vit, checkpoint=args.vit_checkpoint, pretrained=args.vit_pretrained,
                                              flag="--vit-")

@@ -10,7 +10,8 @@ from .options import _checked, add_device, add_overwrite, add_seed, add_weights,
 
 def _add_model(p: argparse.ArgumentParser, default: str, what: str) -> None:
     p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--model", default=default, help=f"{what} model name (default {default})")
+    p.add_argument("--model", default=None, help=f"{what} model name (default: the checkpoint's, else {default})")
+    p.set_defaults(default_model=default)
     add_weights(p, what)
 
 
@@ -69,10 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Figure 3 of the paper for any image: ViT attention maps of several query "
                                    "points above FCViT's group similarity maps.")
     c.add_argument("image", metavar="IMAGE")
-    c.add_argument("--fcvit", default="fcvit_b12", metavar="MODEL", help="FCViT model (default fcvit_b12)")
+    c.add_argument("--fcvit", default=None, metavar="MODEL",
+                   help="FCViT model (default: the --fcvit-checkpoint's, else fcvit_b12)")
     add_weights(c, "FCViT", "fcvit")
-    c.add_argument("--vit", default="deit_base_patch16_224", metavar="MODEL",
-                   help="ViT/DeiT model (default deit_base_patch16_224)")
+    c.add_argument("--vit", default=None, metavar="MODEL",
+                   help="ViT/DeiT model (default: the --vit-checkpoint's, else deit_base_patch16_224)")
     add_weights(c, "ViT/DeiT", "vit")
     _add_queries(c, default_random=8)
     c.add_argument("--block", type=int, default=-1, help="FCViT block (default -1)")
@@ -82,6 +84,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_scale(c)
     _add_figure(c)
     c.set_defaults(func=run_compare)
+
+
+def _model_names(args: argparse.Namespace) -> None:
+    """Models not named on the command line: the checkpoint's, else the command's default."""
+    from ..analysis import model_name
+
+    if "default_model" in args:
+        args.model = model_name(args.model, args.checkpoint, args.default_model)
+    else:
+        args.fcvit = model_name(args.fcvit, args.fcvit_checkpoint, "fcvit_b12")
+        args.vit = model_name(args.vit, args.vit_checkpoint, "deit_base_patch16_224")
 
 
 def _open_image(args: argparse.Namespace) -> Any:
@@ -155,6 +168,7 @@ def _vit_maps(args, name: str, image, block_arg: int, head, points, k, prefix: s
 def run_similarity(args: argparse.Namespace) -> int:
     from ..analysis.plots import display_image, draw_similarity, save_figure
 
+    _model_names(args)
     image = _open_image(args)
     block, maps, weights = _fcvit_maps(args, args.model, image)
     fig = draw_similarity(display_image(image), maps,
@@ -185,6 +199,7 @@ def run_attention(args: argparse.Namespace) -> int:
 
     head = parse_head(args.head)
     points, k = _query_points(args, default_random=4)
+    _model_names(args)
     image = _open_image(args)
     block, points, maps, labels, prefix, weights = _vit_maps(args, args.model, image, args.block, head, points, k)
     shown = display_image(image)
@@ -203,6 +218,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..analysis.plots import display_image, draw_compare, save_figure
 
     points, k = _query_points(args, default_random=8)
+    _model_names(args)
     image = _open_image(args)
     vit_block, points, maps, _, _, vit_weights = _vit_maps(args, args.vit, image, args.vit_block, "mean", points, k,
                                                            "vit_")

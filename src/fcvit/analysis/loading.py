@@ -1,11 +1,12 @@
 """Models and images for the analysis tools: local checkpoints, timm's hub, or random weights (said loudly)."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 from urllib.parse import urlparse
 
 import numpy as np
@@ -85,14 +86,32 @@ def _create_pretrained(name: str, **kwargs) -> Tuple[nn.Module, str]:
     return model, f"pretrained {source}"
 
 
+def read_once(path: str) -> Dict[str, Any]:
+    """The checkpoint at ``path`` (:func:`fcvit.models.read_checkpoint`), read once while it is unchanged: the
+    model name, the training size and the weights of one command come from one read."""
+    try:
+        stat = os.stat(path)
+        version = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        version = None  # read_checkpoint says what is wrong with the path
+    return _read(path, version)
+
+
+@functools.lru_cache(maxsize=2)  # a command loads at most two models
+def _read(path: str, version: Any) -> Dict[str, Any]:
+    from ..models.checkpoint import read_checkpoint
+
+    return read_checkpoint(path)
+
+
 def model_name(name: Optional[str], checkpoint: Optional[str], default: str) -> str:
     """``--model`` if given; else the checkpoint's (a hub folder's config.json, a run's stored model, or the FCViT
     variant its weights' shapes match, said in a log line), as ``fcvit predict`` infers it; else ``default``."""
     if name or not checkpoint:
         return name or default
-    from ..models.checkpoint import model_name_for, read_checkpoint
+    from ..models.checkpoint import model_name_for
 
-    return model_name_for(read_checkpoint(checkpoint), default)
+    return model_name_for(read_once(checkpoint), default)
 
 
 def create_analysis_model(
@@ -117,7 +136,7 @@ def create_analysis_model(
     if checkpoint and pretrained:
         raise UserError(f"Pass either {flag}checkpoint or {flag}pretrained, not both.")
     if checkpoint:
-        model = create_classifier(name, checkpoint_path=checkpoint, **kwargs)
+        model = create_classifier(name, checkpoint_path=checkpoint, checkpoint=read_once(checkpoint), **kwargs)
         weights = f"checkpoint {os.path.basename(checkpoint)}"
     elif pretrained:
         model, weights = _create_pretrained(name, **kwargs)

@@ -122,10 +122,11 @@ def _load(args, name: str, prefix: str):
 
 def _trained_side(checkpoint: Optional[str]) -> Optional[int]:
     """The shorter input side the checkpoint's training run stored (``data_config``, else ``args.img_size``)."""
-    from ..models.checkpoint import checkpoint_args, read_checkpoint
+    from ..analysis.loading import read_once
+    from ..models.checkpoint import checkpoint_args
     from .validate import stored_data_config
 
-    stored = read_checkpoint(checkpoint) if checkpoint else {}
+    stored = read_once(checkpoint) if checkpoint else {}
     size = stored_data_config(stored).get("input_size", [None, checkpoint_args(stored).get("img_size")])[1:]
     return min(size) if size and all(isinstance(v, int) for v in size) else None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -12,19 +11,9 @@ from fcvit.cli.main import main
 from fcvit.errors import UserError
 from fcvit.tasks.classification.train import create_model
 
-from train_helpers import FAST, TINY_MODEL, make_folder_dataset
+from train_helpers import FAST, TINY_MODEL, clean_data, data  # noqa: F401 (the shared fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def clean_data(tmp_path_factory) -> Path:
-    return make_folder_dataset(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture
-def data(clean_data, tmp_path) -> Path:
-    return Path(shutil.copytree(clean_data, tmp_path / "data"))
 
 
 def refused(capsys, *argv) -> str:

@@ -11,21 +11,10 @@ import torch
 from fcvit.cli.main import main
 from fcvit.engine import LAST_NAME, atomic_save, build_train_state, load_train_state
 
-from train_helpers import FAST, TINY_MODEL, make_folder_dataset
+from train_helpers import FAST, TINY_MODEL, clean_data, data  # noqa: F401 (the shared fixtures)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def clean_data(tmp_path_factory) -> Path:
-    return make_folder_dataset(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture
-def data(clean_data, tmp_path) -> Path:
-    """A private copy each test may break."""
-    return Path(shutil.copytree(clean_data, tmp_path / "data"))
 
 
 def fcvit(capsys, *argv) -> tuple:

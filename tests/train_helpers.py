@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Sequence
 
 import numpy as np
+import pytest
 from PIL import Image
 
 # a 4-block FCViT (one block per stage) so a CPU step takes milliseconds
@@ -43,3 +45,15 @@ def cli_env() -> dict:
 
 def fcvit_cmd(*args: str) -> List[str]:
     return [sys.executable, "-m", "fcvit", *args]
+
+
+@pytest.fixture(scope="module")
+def clean_data(tmp_path_factory) -> Path:
+    """One generated dataset per test module (import ``clean_data, data`` to use them)."""
+    return make_folder_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def data(clean_data, tmp_path) -> Path:
+    """A private copy each test may break."""
+    return Path(shutil.copytree(clean_data, tmp_path / "data"))

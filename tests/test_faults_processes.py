@@ -71,3 +71,18 @@ def test_a_killed_rank_leaves_one_line_on_the_other(tmp_path):
     assert run.returncode != 0
     assert "Traceback" not in output, output
     assert "another process of this run stopped" in output and "ended with exit status -9" in output
+
+
+@pytest.mark.parametrize("message", [
+    "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234",
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:30954: "
+    "Connection reset by peer. This is typically caused by a remote worker hanging",
+    "[gloo/transport/tcp/pair.cc:598] Write error: Broken pipe",
+])
+def test_a_peer_lost_in_any_collective_is_recognised(message):
+    """Where the surviving rank notices (the step's gradient reduction, the BatchNorm averaging before evaluation,
+    a barrier) decides gloo's wording; each one is the one-line end, and other errors stay tracebacks."""
+    from fcvit.engine.distributed import lost_peer
+
+    assert lost_peer(RuntimeError(message))
+    assert not lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

@@ -206,4 +206,5 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def lost_peer(exc: BaseException) -> bool:
     """Whether ``exc`` is a collective failing because another process of the run died (gloo's closed
     connection, NCCL's or the store's errors): that process's own output says why."""
-    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and "Connection closed by peer" in str(exc))
+    signs = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo/transport/")
+    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(s in str(exc) for s in signs))

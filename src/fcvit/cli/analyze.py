@@ -13,8 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "analyze", help="measure query-irrelevance, head/group diversity and sparsity per block",
         description="Per block: how alike the attention maps of different queries and heads are, and how "
                     "concentrated (docs/analysis.md); for FCViT models, of the group similarity maps.")
-    sub = p.add_subparsers(dest="what", metavar="WHAT")
-    sub.required = True
+    sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     for what, text in (("attention", "ViT/DeiT attention maps (FCViT models: their group similarity maps)"),
                        ("similarity", "FCViT's group similarity maps")):
         s = sub.add_parser(what, help=text, description=f"Per-block measures of {text}.")

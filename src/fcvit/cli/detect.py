@@ -15,11 +15,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "detect", help="object detection and instance segmentation: Mask R-CNN train / eval / predict",
         description="Mask R-CNN + FPN with an FCViT backbone (torchvision's detection models) on COCO or any "
                     "COCO-format dataset; COCO box and mask AP from pycocotools.")
-    actions = p.add_subparsers(dest="action", metavar="ACTION")
-    actions.required = True
-    _add_train(actions)
-    _add_eval(actions)
-    _add_predict(actions)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = actions.add_parser(
+        "train", help="train a Mask R-CNN (epoch-based, torchrun-ready)",
+        description="Train Mask R-CNN + FPN. Defaults are the paper's 1x recipe (MMDetection 2.19, docs/"
+                    "reproduction.md). Run with torchrun --nproc_per_node N for N GPUs; -b is per process.")
+    _add_data_options(p, ("train", "val"))
+    add_backbone(p, 4)
+    p.add_argument("--epochs", type=positive_int, default=12, help="epochs (default 12, the 1x schedule)")
+    p.add_argument("--lr-steps", type=positive_int, nargs="+", default=[8, 11], metavar="EPOCH",
+                   help="multiply the lr by 0.1 after these epochs (default 8 11)")
+    add_batch_size(p, 4, ", the paper's per GPU: 32 per step on 8 GPUs")
+    p.add_argument("--min-size", type=positive_int, default=800, help="shorter image side (default 800)")
+    p.add_argument("--max-size", type=positive_int, default=1333, help="longest allowed longer side (default 1333)")
+    p.add_argument("--lr", type=positive_float, default=2e-4,
+                   help="AdamW learning rate (default 2e-4, the paper's for 32 images per step; not scaled by -b)")
+    p.add_argument("--warmup-iters", type=non_negative_int, default=500, help="linear warmup iterations (default 500)")
+    p.add_argument("--warmup-factor", type=probability, default=0.001, help="warmup start, times the lr (default 0.001)")
+    p.add_argument("--flip-prob", type=probability, default=0.5, help="horizontal flip probability (default 0.5)")
+    p.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the backbone's BatchNorm statistics fixed, as torchvision (default off, the paper's)")
+    _add_model_options(p)
+    p.add_argument("--fpn-channels", type=positive_int, default=256, help="FPN channels (default %(default)s)")
+    p.add_argument("--representation-size", type=positive_int, default=1024,
+                   help="box head's hidden width (default %(default)s)")
+    add_training_options(p, "detect", 1, "box AP", save_interval=1000, eval_interval=(1, "epochs"),
+                         sync_bn=" (default off: the paper's were per GPU)")
+    add_runtime_options(p, amp_help="mixed precision also on CPU (default: float16 autocast with loss scaling on "
+                                    "CUDA, the paper's; float32 on CPU)",
+                        dtype_help="auto, float16 or bfloat16 (default auto: float16 with a GradScaler on CUDA, the "
+                                   "paper's; bfloat16 needs no scaler)")
+    p.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="train in float32 (the paper's float16 autocast is the default on CUDA)")
+    p.run_shaping(RUN_SHAPING)
+    p.set_defaults(func=run_train, amp=None)
+
+    p = actions.add_parser("eval", help="COCO box and mask AP of a checkpoint",
+                           description="Evaluate a detection checkpoint with pycocotools' COCOeval: bbox and segm "
+                                       "AP, AP50, AP75, APs, APm, APl. Runs under torchrun too.")
+    _add_data_options(p, ("val",))
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit detect train'")
+    add_results(p, "the metrics", "also write the detections to PATH in the COCO results format (RLE masks)")
+    _add_sizes(p)
+    add_batch_size(p, 1, ", as the original: a batch pads its images to one size, which moves AP slightly")
+    add_runtime_options(p, amp_help="mixed precision inference")
+    p.set_defaults(func=run_eval)
+
+    p = actions.add_parser("predict", help="draw boxes, masks and class names on images",
+                           description="Detect objects; writes NAME.png with masks, boxes and 'class score' labels "
+                                       "per image, and detections.json.")
+    add_images(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit detect train'")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files and detections.json")
+    add_overwrite(p, "existing drawings and detections.json in DIR")
+    p.add_argument("--score-threshold", type=probability, default=0.5, help="draw scores of at least this (default 0.5)")
+    _add_sizes(p)
+    add_device(p)
+    p.add_argument("--json", action="store_true", help="print the detections as JSON")
+    p.set_defaults(func=run_predict)
 
 
 def _add_data_options(p: argparse.ArgumentParser, splits: tuple) -> None:
@@ -60,70 +113,6 @@ RUN_SHAPING = (
     "backbone", "backbone_depths", "backbone_dims", "data", "min_size", "max_size", "batch_size", "epochs", "lr",
     "lr_steps", "weight_decay", "warmup_iters", "warmup_factor", "flip_prob", "drop_path", "freeze_bn_stats",
     "fpn_channels", "representation_size", "seed")
-
-
-def _add_train(actions: argparse._SubParsersAction) -> None:
-    p = actions.add_parser(
-        "train", help="train a Mask R-CNN (epoch-based, torchrun-ready)",
-        description="Train Mask R-CNN + FPN. Defaults are the paper's 1x recipe (MMDetection 2.19, docs/"
-                    "reproduction.md). Run with torchrun --nproc_per_node N for N GPUs; -b is per process.")
-    _add_data_options(p, ("train", "val"))
-    add_backbone(p, 4)
-    p.add_argument("--epochs", type=positive_int, default=12, help="epochs (default 12, the 1x schedule)")
-    p.add_argument("--lr-steps", type=positive_int, nargs="+", default=[8, 11], metavar="EPOCH",
-                   help="multiply the lr by 0.1 after these epochs (default 8 11)")
-    add_batch_size(p, 4, ", the paper's per GPU: 32 per step on 8 GPUs")
-    p.add_argument("--min-size", type=positive_int, default=800, help="shorter image side (default 800)")
-    p.add_argument("--max-size", type=positive_int, default=1333, help="longest allowed longer side (default 1333)")
-    p.add_argument("--lr", type=positive_float, default=2e-4,
-                   help="AdamW learning rate (default 2e-4, the paper's for 32 images per step; not scaled by -b)")
-    p.add_argument("--warmup-iters", type=non_negative_int, default=500, help="linear warmup iterations (default 500)")
-    p.add_argument("--warmup-factor", type=probability, default=0.001, help="warmup start, times the lr (default 0.001)")
-    p.add_argument("--flip-prob", type=probability, default=0.5, help="horizontal flip probability (default 0.5)")
-    p.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=False,
-                   help="keep the backbone's BatchNorm statistics fixed, as torchvision (default off, the paper's)")
-    _add_model_options(p)
-    p.add_argument("--fpn-channels", type=positive_int, default=256, help="FPN channels (default %(default)s)")
-    p.add_argument("--representation-size", type=positive_int, default=1024,
-                   help="box head's hidden width (default %(default)s)")
-    add_training_options(p, "detect", 1, "box AP", save_interval=1000, eval_interval=(1, "epochs"),
-                         sync_bn=" (default off: the paper's were per GPU)")
-    add_runtime_options(p, amp_help="mixed precision also on CPU (default: float16 autocast with loss scaling on "
-                                    "CUDA, the paper's; float32 on CPU)",
-                        dtype_help="auto, float16 or bfloat16 (default auto: float16 with a GradScaler on CUDA, the "
-                                   "paper's; bfloat16 needs no scaler)")
-    p.add_argument("--no-amp", dest="amp", action="store_false",
-                   help="train in float32 (the paper's float16 autocast is the default on CUDA)")
-    p.run_shaping(RUN_SHAPING)
-    p.set_defaults(func=run_train, amp=None)
-
-
-def _add_eval(actions: argparse._SubParsersAction) -> None:
-    p = actions.add_parser("eval", help="COCO box and mask AP of a checkpoint",
-                           description="Evaluate a detection checkpoint with pycocotools' COCOeval: bbox and segm "
-                                       "AP, AP50, AP75, APs, APm, APl. Runs under torchrun too.")
-    _add_data_options(p, ("val",))
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit detect train'")
-    add_results(p, "the metrics", "also write the detections to PATH in the COCO results format (RLE masks)")
-    _add_sizes(p)
-    add_batch_size(p, 1, ", as the original: a batch pads its images to one size, which moves AP slightly")
-    add_runtime_options(p, amp_help="mixed precision inference")
-    p.set_defaults(func=run_eval)
-
-
-def _add_predict(actions: argparse._SubParsersAction) -> None:
-    p = actions.add_parser("predict", help="draw boxes, masks and class names on images",
-                           description="Detect objects; writes NAME.png with masks, boxes and 'class score' labels "
-                                       "per image, and detections.json.")
-    add_images(p)
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by 'fcvit detect train'")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files and detections.json")
-    add_overwrite(p, "existing drawings and detections.json in DIR")
-    p.add_argument("--score-threshold", type=probability, default=0.5, help="draw scores of at least this (default 0.5)")
-    _add_sizes(p)
-    add_device(p)
-    p.add_argument("--json", action="store_true", help="print the detections as JSON")
-    p.set_defaults(func=run_predict)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -25,8 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcvit", description="FCViT: train, evaluate, benchmark and inspect fully convolutional vision transformers.")
     parser.add_argument("--version", action="version", version=f"fcvit {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
-    subparsers.required = True
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser, required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(subparsers)
     return parser

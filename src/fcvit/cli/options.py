@@ -1,10 +1,6 @@
-"""The option vocabulary of every ``fcvit`` subcommand: one name, default and meaning for each idea.
-
-``-b`` is images per step per process (as timm and torchvision); ``--seed`` is 42 everywhere (the original
-``train.py``'s); ``--output`` defaults to ``output/<command>/<model>``; ``--save-interval`` is 0 for ``train``
-(it evaluates, and so saves, every epoch) and 1000 for ``detect``/``segment``, whose evaluations are thousands
-of iterations apart. Numbers go through the checked types below: a value out of range is one argparse line.
-"""
+"""The option vocabulary of every ``fcvit`` subcommand: one name, default and meaning for each idea (``-b`` per
+process, ``--seed`` 42, ``--output`` output/<command>/<model>); numbers go through the checked types below, so a
+value out of range is one argparse line."""
 from __future__ import annotations
 
 import argparse
@@ -20,26 +16,21 @@ WORKERS = 4
 
 
 # -- value types: each flag's range is checked where it is read, so a wrong value ends in one argparse line
-def _number(text: Any, kind: Callable[[str], Any], what: str) -> Any:
-    """``text`` as ``kind`` (int or float); NaN and infinities are never a setting."""
-    text = str(text).strip()
-    try:
-        value = kind(text)
-    except ValueError:
-        try:
-            shown = text if math.isfinite(float(text)) else repr(text)  # a number, but not a whole one
-        except ValueError:
-            shown = repr(text)
-        raise argparse.ArgumentTypeError(f"expected {what}, got {shown}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
-
-
 def _checked(kind: Callable[[str], Any], what: str, low: float = -math.inf, high: float = math.inf,
              strict: bool = False) -> Callable[[Any], Any]:
+    """``kind`` (int or float) from ``low`` to ``high`` (``strict``: above ``low``); NaN and infinities never."""
     def check(text: Any) -> Any:
-        value = _number(text, kind, what)
+        text = str(text).strip()
+        try:
+            value = kind(text)
+        except ValueError:
+            try:
+                shown = text if math.isfinite(float(text)) else repr(text)  # a number, but not a whole one
+            except ValueError:
+                shown = repr(text)
+            raise argparse.ArgumentTypeError(f"expected {what}, got {shown}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         if not low <= value <= high or (strict and value == low):
             raise argparse.ArgumentTypeError(f"expected {what}, got {value:g}")
         return value
@@ -57,13 +48,9 @@ probability = _checked(float, "a number from 0 to 1", low=0, high=1)  # probabil
 
 # -- the parser: explicit flags recorded and defaults layered with argparse's public interface only
 class CommandParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` that remembers its flags, and, given ``layers``, layers defaults the argparse way.
-
-    ``layers(parser, args)`` returns values (a dataset preset, a YAML file) that go between the built-in
-    defaults and the command line: they become the parser's defaults and the command line is parsed again.
-    ``args._explicit`` holds the dests the command line gave: a second parse into a namespace holding a
-    marker for every dest finds them, as argparse leaves the marker where nothing is given.
-    """
+    """An ``ArgumentParser`` that remembers its flags; ``layers(parser, args)`` returns values (a preset, a YAML
+    file) that become the defaults under a second parse of the command line. ``args._explicit``: the dests the
+    command line gave, found by parsing into a namespace of markers, which argparse leaves where nothing is given."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.flags: Dict[str, List[argparse.Action]] = {}  # dest -> its actions, for checking config values
@@ -174,6 +161,14 @@ def check_results_file(args: argparse.Namespace) -> None:
 
 
 # -- the shared flags
+def add_valued(p: Any, rows: Sequence[tuple]) -> None:
+    """Flags that take a value, one ``(flags, type, default, metavar, help[, nargs])`` row each, so that the
+    long commands read as a table."""
+    for flags, kind, default, metavar, text, *nargs in rows:
+        p.add_argument(*flags.split(), type=kind, default=default, metavar=metavar, nargs=(nargs or [None])[0],
+                       help=text)
+
+
 def add_batch_size(p: Any, default: int, note: str = "") -> None:
     p.add_argument("-b", "--batch-size", type=positive_int, default=default,
                    help=f"images per step per process (default {default}{note}); the global batch is -b x processes")

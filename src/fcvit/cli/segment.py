@@ -19,27 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "segment", help="semantic segmentation: Semantic FPN train / eval / predict",
         description="Semantic FPN with an FCViT backbone on data in the ADE20K layout "
                     "(images/{training,validation}/*.jpg, annotations/{training,validation}/*.png).")
-    actions = p.add_subparsers(dest="action", metavar="ACTION")
-    actions.required = True
-    _add_train(actions)
-    _add_eval(actions)
-    _add_predict(actions)
-
-
-def _add_zero_label(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-reduce-zero-label", action="store_true",
-                   help="use annotation values as class indices (default: ADE20K's 0 = ignored, 1..N = classes 0..N-1)")
-
-
-#: flags whose change makes a resumed run another run (refused unless --resume-override, which applies them:
-#: a new --iters re-spreads the poly decay over the new length)
-RUN_SHAPING = (
-    "backbone", "backbone_depths", "backbone_dims", "data", "num_classes", "class_names", "no_reduce_zero_label",
-    "iters", "crop_size", "batch_size", "lr", "weight_decay", "power", "drop_path", "norm", "photometric",
-    "fpn_channels", "head_channels", "seed")
-
-
-def _add_train(actions: argparse._SubParsersAction) -> None:
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = actions.add_parser("train", help="train a Semantic FPN (iteration-based, torchrun-ready)",
                            description="Train a Semantic FPN. Defaults are the paper's MMSegmentation 0.19 ADE20K "
                                        "set-up, setting by setting (docs/reproduction.md). Reproduce it with: torchrun "
@@ -76,8 +56,6 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.run_shaping(RUN_SHAPING)
     p.set_defaults(func=run_train)
 
-
-def _add_eval(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("eval", help="mIoU, mAcc, aAcc and per-class IoU of a checkpoint",
                            description="Evaluate a segmentation checkpoint on the validation split (whole images).")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root in the ADE20K layout")
@@ -90,8 +68,6 @@ def _add_eval(actions: argparse._SubParsersAction) -> None:
     add_runtime_options(p, amp_help="mixed precision inference")
     p.set_defaults(func=run_eval)
 
-
-def _add_predict(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("predict", help="colour-coded masks and overlays for images",
                            description="Segment images; writes NAME_mask.png (palette PNG, value = class + 1) and "
                                        "NAME_overlay.png per image.")
@@ -103,6 +79,19 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     add_device(p)
     p.add_argument("--json", action="store_true", help="print the classes found per image as JSON")
     p.set_defaults(func=run_predict)
+
+
+def _add_zero_label(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-reduce-zero-label", action="store_true",
+                   help="use annotation values as class indices (default: ADE20K's 0 = ignored, 1..N = classes 0..N-1)")
+
+
+#: flags whose change makes a resumed run another run (refused unless --resume-override, which applies them:
+#: a new --iters re-spreads the poly decay over the new length)
+RUN_SHAPING = (
+    "backbone", "backbone_depths", "backbone_dims", "data", "num_classes", "class_names", "no_reduce_zero_label",
+    "iters", "crop_size", "batch_size", "lr", "weight_decay", "power", "drop_path", "norm", "photometric",
+    "fpn_channels", "head_channels", "seed")
 
 
 def resolve_norm(args: argparse.Namespace) -> None:

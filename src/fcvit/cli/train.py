@@ -9,8 +9,8 @@ from typing import Any, Dict, Optional
 from timm.utils import ParseKwargs  # KEY=VALUE pairs with Python literals, as timm's --model-kwargs
 
 from ..errors import UserError
-from .options import (CommandParser, add_batch_size, add_device, add_precision, add_training_options, add_workers,
-                      finite_float, is_main_process, non_negative_float, non_negative_int, positive_float,
+from .options import (CommandParser, add_batch_size, add_device, add_precision, add_training_options, add_valued,
+                      add_workers, finite_float, is_main_process, non_negative_float, non_negative_int, positive_float,
                       positive_int, probability)
 from .original_flags import add_original_flags, hidden, resolve_original_flags
 
@@ -60,17 +60,17 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("data", nargs="?", metavar="DATA",
                    help="folder holding train/<class>/* and val/<class>/* (or the root timm's --dataset expects)")
     g.add_argument("--data-dir", dest="data_dir", help="same as DATA (timm's spelling)")
-    g.add_argument("--dataset", "-d", default="",
-                   help="'' (image folder, default), 'digits' (built-in), or any timm.data.create_dataset name")
-    g.add_argument("--model", "-m", default="fcvit_tiny", help="model name (default fcvit_tiny)")
-    g.add_argument("--img-size", type=positive_int, default=None, help="input image size (default: the model's 224)")
-    g.add_argument("--input-size", nargs=3, type=positive_int, default=None, metavar="N", help="C H W, overrides --img-size")
-    g.add_argument("--crop-pct", type=positive_float, default=None, help="eval center-crop fraction (default: the model's)")
-    g.add_argument("--mean", type=finite_float, nargs="+", default=None, metavar="MEAN",
-                   help="normalisation mean per channel (default: the model's, ImageNet's)")
-    g.add_argument("--std", type=positive_float, nargs="+", default=None, metavar="STD",
-                   help="normalisation std per channel (default: the model's, ImageNet's)")
-    g.add_argument("--interpolation", default="", help="eval resize interpolation (default: the model's bicubic)")
+    add_valued(g, [
+        ("--dataset -d", None, "", None,
+         "'' (image folder, default), 'digits' (built-in), or any timm.data.create_dataset name"),
+        ("--model -m", None, "fcvit_tiny", None, "model name (default fcvit_tiny)"),
+        ("--img-size", positive_int, None, None, "input image size (default: the model's 224)"),
+        ("--input-size", positive_int, None, "N", "C H W, overrides --img-size", 3),
+        ("--crop-pct", positive_float, None, None, "eval center-crop fraction (default: the model's)"),
+        ("--mean", finite_float, None, "MEAN", "normalisation mean per channel (default: the model's, ImageNet's)",
+         "+"),
+        ("--std", positive_float, None, "STD", "normalisation std per channel (default: the model's, ImageNet's)", "+"),
+        ("--interpolation", None, "", None, "eval resize interpolation (default: the model's bicubic)")])
     add_workers(g)
     hidden(g.add_argument("--pin-mem", action="store_true", default=True,
                           help="pin host memory (the original's flag: already the default on CUDA)"))
@@ -85,29 +85,26 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_model_and_optimizer(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("splits and model")
-    g.add_argument("--train-split", default="train", help="training split folder (default train)")
-    g.add_argument("--val-split", default="val", help="validation split folder (default val; 'validation' also found)")
-    g.add_argument("--drop", type=probability, default=0.0, help="dropout before the classifier (default 0)")
-    g.add_argument("--drop-path", type=probability, default=None,
-                   help="stochastic depth (default 0.1 for fcvit_tiny/b12/b24, 0.2 for b48)")
+    add_valued(g, [
+        ("--train-split", None, "train", None, "training split folder (default train)"),
+        ("--val-split", None, "val", None, "validation split folder (default val; 'validation' also found)"),
+        ("--drop", probability, 0.0, None, "dropout before the classifier (default 0)"),
+        ("--drop-path", probability, None, None, "stochastic depth (default 0.1 for fcvit_tiny/b12/b24, 0.2 for b48)")])
     g.add_argument("--model-kwargs", nargs="*", default={}, action=ModelKwargs, metavar="KEY=VALUE",
                    help="extra model constructor arguments, e.g. depths='(1,1,1,1)'")
     g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
     g.add_argument("--compile", "--torchcompile", dest="compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("optimization")
     add_batch_size(g, 128, ", the paper's: 8 GPUs x 128 = 1024 per step")
-    g.add_argument("-vb", "--validation-batch-size", type=positive_int, default=None, help="eval batch size (default -b)")
-    g.add_argument("--opt", default="adamw", help="timm optimizer name (default adamw, the paper's; timm's sgd)")
-    g.add_argument("--opt-eps", type=positive_float, default=None, metavar="EPS",
-                   help="optimizer epsilon (default: the optimizer's)")
-    g.add_argument("--opt-betas", type=probability, nargs="+", default=None, metavar="BETA",
-                   help="optimizer betas (default: the optimizer's)")
-    g.add_argument("--momentum", type=non_negative_float, default=0.9, metavar="M",
-                   help="SGD-type momentum (default %(default)s)")
-    g.add_argument("--weight-decay", type=non_negative_float, default=0.05, metavar="WD",
-                   help="weight decay (default 0.05, the paper's; timm's 2e-5)")
-    g.add_argument("--clip-grad", type=positive_float, default=None, help="gradient clipping threshold (default off)")
-    g.add_argument("--clip-mode", default="norm", help="norm (default), value or agc")
+    add_valued(g, [
+        ("-vb --validation-batch-size", positive_int, None, None, "eval batch size (default -b)"),
+        ("--opt", None, "adamw", None, "timm optimizer name (default adamw, the paper's; timm's sgd)"),
+        ("--opt-eps", positive_float, None, "EPS", "optimizer epsilon (default: the optimizer's)"),
+        ("--opt-betas", probability, None, "BETA", "optimizer betas (default: the optimizer's)", "+"),
+        ("--momentum", non_negative_float, 0.9, "M", "SGD-type momentum (default %(default)s)"),
+        ("--weight-decay", non_negative_float, 0.05, "WD", "weight decay (default 0.05, the paper's; timm's 2e-5)"),
+        ("--clip-grad", positive_float, None, None, "gradient clipping threshold (default off)"),
+        ("--clip-mode", None, "norm", None, "norm (default), value or agc")])
 
 
 def _add_schedule(p: argparse.ArgumentParser) -> None:
@@ -115,68 +112,48 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sched", default="cosine", choices=SCHEDULES, metavar="NAME",
                    help=f"timm lr schedule: {', '.join(SCHEDULES)} (default cosine)")
     g.add_argument("--sched-on-updates", action="store_true", help="step the schedule per update, not per epoch")
-    g.add_argument("--lr", type=positive_float, default=None, help="learning rate (default lr-base x global batch / lr-base-size)")
-    g.add_argument("--lr-base", type=positive_float, default=1e-3, metavar="LR",
-                   help="lr for a global batch of --lr-base-size (default 1e-3; timm's 0.1)")
-    g.add_argument("--lr-base-size", type=positive_int, default=1024, metavar="N",
-                   help="global batch of --lr-base (default 1024; timm's 256)")
-    g.add_argument("--lr-base-scale", default="linear", metavar="RULE",
-                   help="linear (default) or sqrt (timm's default: by optimizer)")
-    g.add_argument("--warmup-lr", type=non_negative_float, default=1e-6, metavar="LR",
-                   help="lr the warmup starts at (default 1e-6; timm's 1e-5)")
-    g.add_argument("--min-lr", type=non_negative_float, default=1e-6, metavar="LR",
-                   help="lr at the schedule's end (default 1e-6; timm's 0)")
-    g.add_argument("--epochs", type=positive_int, default=300, metavar="N",
-                   help="epochs of the schedule, before cooldown (default 300)")
-    g.add_argument("--start-epoch", type=non_negative_int, default=None, metavar="N",
-                   help="epoch to start at (default: 0 or the resumed one)")
-    g.add_argument("--decay-epochs", type=positive_float, default=90,
-                   help="step schedule's period (default 90); wsd/rsqrt: decay length, below 1 a fraction (0.2 there)")
-    g.add_argument("--decay-milestones", type=positive_int, nargs="+", default=[90, 180, 270], metavar="EPOCH",
-                   help="multistep schedule's epochs (default 90 180 270)")
-    g.add_argument("--decay-rate", "--dr", type=positive_float, default=0.1, metavar="RATE",
-                   help="lr factor at each decay (default 0.1)")
-    g.add_argument("--warmup-epochs", type=non_negative_int, default=5, metavar="N",
-                   help="epochs of linear warmup (default 5)")
-    g.add_argument("--cooldown-epochs", type=non_negative_int, default=10, metavar="N",
-                   help="epochs at --min-lr after --epochs (default 10, the paper's; timm's 0)")
-    g.add_argument("--patience-epochs", type=non_negative_int, default=10, metavar="N",
-                   help="plateau scheduler's patience (default 10)")
-    g.add_argument("--lr-noise", type=non_negative_float, nargs="+", default=None, metavar="PCT",
-                   help="lr noise on/off as fractions of the epochs (timm)")
-    g.add_argument("--lr-noise-pct", type=non_negative_float, default=0.67, metavar="PCT",
-                   help="lr noise limit (default %(default)s)")
-    g.add_argument("--lr-noise-std", type=non_negative_float, default=1.0, metavar="STD",
-                   help="lr noise std (default %(default)s)")
-    g.add_argument("--lr-cycle-mul", type=positive_float, default=1.0, metavar="MUL",
-                   help="cycle length factor (default %(default)s)")
-    g.add_argument("--lr-cycle-decay", type=positive_float, default=0.5, metavar="MUL",
-                   help="lr factor per cycle (default %(default)s)")
-    g.add_argument("--lr-cycle-limit", type=positive_int, default=1, metavar="N",
-                   help="schedule cycles (default %(default)s)")
-    g.add_argument("--lr-k-decay", type=positive_float, default=1.0, metavar="K",
-                   help="k-decay of cosine/poly (default %(default)s)")
+    add_valued(g, [
+        ("--lr", positive_float, None, None, "learning rate (default lr-base x global batch / lr-base-size)"),
+        ("--lr-base", positive_float, 1e-3, "LR", "lr for a global batch of --lr-base-size (default 1e-3; timm's 0.1)"),
+        ("--lr-base-size", positive_int, 1024, "N", "global batch of --lr-base (default 1024; timm's 256)"),
+        ("--lr-base-scale", None, "linear", "RULE", "linear (default) or sqrt (timm's default: by optimizer)"),
+        ("--warmup-lr", non_negative_float, 1e-6, "LR", "lr the warmup starts at (default 1e-6; timm's 1e-5)"),
+        ("--min-lr", non_negative_float, 1e-6, "LR", "lr at the schedule's end (default 1e-6; timm's 0)"),
+        ("--epochs", positive_int, 300, "N", "epochs of the schedule, before cooldown (default 300)"),
+        ("--start-epoch", non_negative_int, None, "N", "epoch to start at (default: 0 or the resumed one)"),
+        ("--decay-epochs", positive_float, 90, None,
+         "step schedule's period (default 90); wsd/rsqrt: decay length, below 1 a fraction (0.2 there)"),
+        ("--decay-milestones", positive_int, [90, 180, 270], "EPOCH",
+         "multistep schedule's epochs (default 90 180 270)", "+"),
+        ("--decay-rate --dr", positive_float, 0.1, "RATE", "lr factor at each decay (default 0.1)"),
+        ("--warmup-epochs", non_negative_int, 5, "N", "epochs of linear warmup (default 5)"),
+        ("--cooldown-epochs", non_negative_int, 10, "N", "epochs at --min-lr after --epochs (default 10, the paper's; "
+         "timm's 0)"),
+        ("--patience-epochs", non_negative_int, 10, "N", "plateau scheduler's patience (default 10)"),
+        ("--lr-noise", non_negative_float, None, "PCT", "lr noise on/off as fractions of the epochs (timm)", "+"),
+        ("--lr-noise-pct", non_negative_float, 0.67, "PCT", "lr noise limit (default %(default)s)"),
+        ("--lr-noise-std", non_negative_float, 1.0, "STD", "lr noise std (default %(default)s)"),
+        ("--lr-cycle-mul", positive_float, 1.0, "MUL", "cycle length factor (default %(default)s)"),
+        ("--lr-cycle-decay", positive_float, 0.5, "MUL", "lr factor per cycle (default %(default)s)"),
+        ("--lr-cycle-limit", positive_int, 1, "N", "schedule cycles (default %(default)s)"),
+        ("--lr-k-decay", positive_float, 1.0, "K", "k-decay of cosine/poly (default %(default)s)")])
 
 
 def _add_augmentation(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("augmentation and regularization")
     g.add_argument("--no-aug", action="store_true", help="no training augmentation (overrides the flags below)")
-    g.add_argument("--scale", type=positive_float, nargs=2, default=[0.08, 1.0], metavar="PCT",
-                   help="random crop's area range (default 0.08 1)")
-    g.add_argument("--ratio", type=positive_float, nargs=2, default=[3 / 4, 4 / 3], metavar="R",
-                   help="random crop's aspect range (default 3/4 4/3)")
-    g.add_argument("--hflip", type=probability, default=0.5, metavar="P", help="horizontal flip chance (default 0.5)")
-    g.add_argument("--vflip", type=probability, default=0.0, metavar="P", help="vertical flip chance (default 0)")
-    g.add_argument("--color-jitter", type=non_negative_float, default=0.4, metavar="F",
-                   help="colour jitter, unused with --aa (default 0.4)")
-    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy, '' off (default "
-                   "rand-m9-mstd0.5-inc1, the paper's; timm's off)")
-    g.add_argument("--reprob", type=probability, default=0.25, metavar="P",
-                   help="random erasing (default 0.25, the paper's; timm's 0)")
-    g.add_argument("--remode", default="pixel", help="random erasing fill: pixel (default), rand or const")
-    g.add_argument("--recount", type=positive_int, default=1, metavar="N", help="erased boxes per image (default 1)")
-    g.add_argument("--aug-splits", type=non_negative_int, default=0, metavar="N",
-                   help="N augmentation splits per image (AugMix-style: the first clean)")
+    add_valued(g, [
+        ("--scale", positive_float, [0.08, 1.0], "PCT", "random crop's area range (default 0.08 1)", 2),
+        ("--ratio", positive_float, [3 / 4, 4 / 3], "R", "random crop's aspect range (default 3/4 4/3)", 2),
+        ("--hflip", probability, 0.5, "P", "horizontal flip chance (default 0.5)"),
+        ("--vflip", probability, 0.0, "P", "vertical flip chance (default 0)"),
+        ("--color-jitter", non_negative_float, 0.4, "F", "colour jitter, unused with --aa (default 0.4)"),
+        ("--aa", None, "rand-m9-mstd0.5-inc1", None,
+         "timm auto-augment policy, '' off (default rand-m9-mstd0.5-inc1, the paper's; timm's off)"),
+        ("--reprob", probability, 0.25, "P", "random erasing (default 0.25, the paper's; timm's 0)"),
+        ("--remode", None, "pixel", None, "random erasing fill: pixel (default), rand or const"),
+        ("--recount", positive_int, 1, "N", "erased boxes per image (default 1)"),
+        ("--aug-splits", non_negative_int, 0, "N", "N augmentation splits per image (AugMix-style: the first clean)")])
     g.add_argument("--jsd-loss", "--jsd", dest="jsd_loss", action="store_true",
                    help="Jensen-Shannon divergence + cross-entropy over the splits (needs --aug-splits)")
     g.add_argument("--resplit", action="store_true", help="no random erasing on the first (clean) split")
@@ -184,22 +161,17 @@ def _add_augmentation(p: argparse.ArgumentParser) -> None:
                    help="random erasing on each image in the loader, before mixup/cutmix (default: on the "
                         "normalised batch after them, as the original's prefetcher)")
     g.add_argument("--bce-loss", action="store_true", help="binary cross-entropy instead of softmax cross-entropy")
-    g.add_argument("--bce-target-thresh", type=probability, default=None, help="binarize BCE targets above this value")
-    g.add_argument("--mixup", type=non_negative_float, default=0.8, metavar="A",
-                   help="mixup alpha (default 0.8, the paper's; timm's 0)")
-    g.add_argument("--cutmix", type=non_negative_float, default=1.0, metavar="A",
-                   help="cutmix alpha (default 1.0, the paper's; timm's 0)")
-    g.add_argument("--cutmix-minmax", type=probability, nargs="+", default=None, metavar="PCT",
-                   help="cutmix box range, replaces the alpha (default off)")
-    g.add_argument("--mixup-prob", type=probability, default=1.0, metavar="P",
-                   help="chance of mixup/cutmix per batch (default 1.0)")
-    g.add_argument("--mixup-switch-prob", type=probability, default=0.5, metavar="P",
-                   help="chance of cutmix when both are on (default 0.5)")
-    g.add_argument("--mixup-mode", default="batch", help="batch (default), pair or elem")
-    g.add_argument("--mixup-off-epoch", type=non_negative_int, default=0, metavar="N",
-                   help="epoch mixup/cutmix stop at (default 0: never)")
-    g.add_argument("--smoothing", type=probability, default=0.1, metavar="EPS", help="label smoothing (default 0.1)")
-    g.add_argument("--train-interpolation", default="random", help="random (default), bilinear or bicubic")
+    add_valued(g, [
+        ("--bce-target-thresh", probability, None, None, "binarize BCE targets above this value"),
+        ("--mixup", non_negative_float, 0.8, "A", "mixup alpha (default 0.8, the paper's; timm's 0)"),
+        ("--cutmix", non_negative_float, 1.0, "A", "cutmix alpha (default 1.0, the paper's; timm's 0)"),
+        ("--cutmix-minmax", probability, None, "PCT", "cutmix box range, replaces the alpha (default off)", "+"),
+        ("--mixup-prob", probability, 1.0, "P", "chance of mixup/cutmix per batch (default 1.0)"),
+        ("--mixup-switch-prob", probability, 0.5, "P", "chance of cutmix when both are on (default 0.5)"),
+        ("--mixup-mode", None, "batch", None, "batch (default), pair or elem"),
+        ("--mixup-off-epoch", non_negative_int, 0, "N", "epoch mixup/cutmix stop at (default 0: never)"),
+        ("--smoothing", probability, 0.1, "EPS", "label smoothing (default 0.1)"),
+        ("--train-interpolation", None, "random", None, "random (default), bilinear or bicubic")])
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (evaluated and ranked)")
     g.add_argument("--model-ema-decay", type=probability, default=0.9998, metavar="D",
                    help="EMA decay per step (default 0.9998)")
@@ -303,8 +275,7 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         notes.append(f"--experiment {args.experiment}: outputs in {args.output} (OUTPUT/NAME, as timm).")
     if not args.output:
         args.output = os.path.join("output", "train", args.model)
-    _check_output_outside_splits(args)
-    _check_split_options(args)
+    _check_splits(args)
     from ..tasks.classification.train import check_model_kwargs
 
     check_model_kwargs(args.model, args.model_kwargs)
@@ -355,17 +326,15 @@ def schedule_reads(args: argparse.Namespace, option: str) -> bool:
     return True
 
 
-def _check_output_outside_splits(args: argparse.Namespace) -> None:
-    """An --output inside DATA's train or val folder would be read as an empty class, by this run and the next."""
+def _check_splits(args: argparse.Namespace) -> None:
+    """An --output inside DATA's train or val folder would be read as an empty class, by this run and the next;
+    the augmentation split options must fit together."""
     image_folder = args.data and args.dataset in ("", "folder", "imagefolder")
     for split in (args.train_split, args.val_split) if image_folder else ():
         folder = os.path.abspath(os.path.join(args.data, split))
         if os.path.commonpath([folder, os.path.abspath(args.output)]) == folder:
             raise UserError(f"--output '{args.output}' lies inside the '{split}' split of DATA, where it would be "
                             f"read as a class: choose an --output outside '{folder}'.")
-
-
-def _check_split_options(args: argparse.Namespace) -> None:
     if args.aug_splits == 1:
         raise UserError(f"--aug-splits {args.aug_splits} makes no split: pass 0 (off) or at least 2.")
     if args.jsd_loss and args.aug_splits < 2:

@@ -10,16 +10,14 @@ import logging
 import os
 from typing import Any, Dict
 
-from .options import is_main_process
+from .options import add_batch_size, add_results, check_results_file, is_main_process
+from .original_flags import add_original_flags, resolve_original_flags
+from .train import add_data_arguments, resolve_data_source
 
 _logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .options import add_batch_size, add_results
-    from .original_flags import add_original_flags
-    from .train import add_data_arguments
-
     p = subparsers.add_parser(
         "validate", help="evaluate a checkpoint: top-1, top-5, loss, images/s",
         description="Evaluate a classifier on DATA/val (or --dataset digits) with the model's crop_pct and "
@@ -54,9 +52,6 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     from ..errors import UserError
     from ..models import extract_state_dict, load_weights, read_checkpoint
     from ..models.checkpoint import CLASSIFIER_KINDS, classifier_kwargs, expect_kind, model_name_for
-    from .options import check_results_file
-    from .original_flags import resolve_original_flags
-    from .train import resolve_data_source
 
     notes = resolve_original_flags(args, "validate")
     resolve_data_source(args)

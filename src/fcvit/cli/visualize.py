@@ -42,8 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "visualize", help="draw FCViT similarity maps and ViT attention maps on an image",
         description="Draw what the models look at: FCViT's token-global similarity maps (one per group), "
                     "ViT/DeiT attention maps per query point, or both side by side (Figure 3 of the paper).")
-    sub = p.add_subparsers(dest="what", metavar="WHAT")
-    sub.required = True
+    sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     img_size = ("shorter side the image is resized to, keeping its aspect ratio (default: the checkpoint's training "
                 "size, else 224)")
 
@@ -70,12 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Figure 3 of the paper for any image: ViT attention maps of several query "
                                    "points above FCViT's group similarity maps.")
     c.add_argument("image", metavar="IMAGE")
-    c.add_argument("--fcvit", default=None, metavar="MODEL",
-                   help="FCViT model (default: the --fcvit-checkpoint's, else fcvit_b12)")
-    add_weights(c, "FCViT", "fcvit")
-    c.add_argument("--vit", default=None, metavar="MODEL",
-                   help="ViT/DeiT model (default: the --vit-checkpoint's, else deit_base_patch16_224)")
-    add_weights(c, "ViT/DeiT", "vit")
+    for prefix, what, default in (("fcvit", "FCViT", "fcvit_b12"), ("vit", "ViT/DeiT", "deit_base_patch16_224")):
+        c.add_argument(f"--{prefix}", default=None, metavar="MODEL",
+                       help=f"{what} model (default: the --{prefix}-checkpoint's, else {default})")
+        add_weights(c, what, prefix)
     _add_queries(c, default_random=8)
     c.add_argument("--block", type=int, default=-1, help="FCViT block (default -1)")
     c.add_argument("--vit-block", type=int, default=-1, help="ViT block (default -1)")

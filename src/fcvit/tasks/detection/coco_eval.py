@@ -1,9 +1,6 @@
-"""COCO box and mask AP with pycocotools' COCOeval, from torchvision Mask R-CNN outputs.
-
-Predictions become COCO result entries (``[x, y, w, h]`` boxes in original image pixels, RLE masks, the
-file's own category ids) per image; under torchrun the main rank gathers every rank's, each image
-once (the evaluation loader shards without repeats), before running COCOeval once.
-"""
+"""COCO box and mask AP with pycocotools' COCOeval from Mask R-CNN outputs, as COCO result entries (``[x, y, w,
+h]`` boxes in original pixels, RLE masks, the file's category ids); under torchrun the main rank gathers every
+rank's images (each once: the evaluation loader shards without repeats) and runs COCOeval once."""
 from __future__ import annotations
 
 import contextlib

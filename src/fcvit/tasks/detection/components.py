@@ -18,17 +18,9 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 __all__ = ["FlooredMatcher", "GridAnchorGenerator", "AlignedMultiScaleRoIAlign", "Float32BoxCoder", "ProposalNetwork",
            "MaskRoIHeads", "l1_box_loss", "binary_mask_targets", "aligned_mask_loss", "xavier_init_convs",
-           "mmdet_head_init", "BOX_LOSSES", "MASK_TARGETS"]
+           "mmdet_head_init"]
 
-BOX_LOSSES = ("l1", "smooth_l1")
-MASK_TARGETS = ("aligned", "legacy")
 FINEST_SCALE = 56  # MMDetection's SingleRoIExtractor: boxes under 112 px (sqrt of area) pool from stride 4
-
-
-def _choice(name: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} '{value}' is not one of {tuple(choices)}")
-    return value
 
 
 class FlooredMatcher(Matcher):
@@ -56,25 +48,21 @@ class GridAnchorGenerator(AnchorGenerator):
     def __init__(self, sizes: Sequence[Sequence[int]], aspect_ratios: Sequence[Sequence[float]],
                  strides: Sequence[int]) -> None:
         super().__init__(tuple(tuple(s) for s in sizes), tuple(tuple(r) for r in aspect_ratios))
-        if len(strides) != len(self.sizes):
-            raise ValueError(f"{len(strides)} strides for {len(self.sizes)} anchor levels")
         self.strides = tuple(int(s) for s in strides)
 
     def generate_anchors(self, scales: List[int], aspect_ratios: List[float], dtype: torch.dtype = torch.float32,
                          device: torch.device = torch.device("cpu")) -> Tensor:
         scales_t = torch.as_tensor(scales, dtype=torch.float32, device=device)
-        ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32, device=device)  # height / width
-        heights = (torch.sqrt(ratios)[:, None] * scales_t[None, :]).reshape(-1)
-        widths = (1 / torch.sqrt(ratios)[:, None] * scales_t[None, :]).reshape(-1)
+        root_ratios = torch.sqrt(torch.as_tensor(aspect_ratios, dtype=torch.float32, device=device))  # height / width
+        heights = (root_ratios[:, None] * scales_t[None, :]).reshape(-1)
+        widths = (1 / root_ratios[:, None] * scales_t[None, :]).reshape(-1)
         return torch.stack([-widths, -heights, widths, heights], dim=1) / 2
 
     def forward(self, image_list: ImageList, feature_maps: List[Tensor]) -> List[Tensor]:
         device = feature_maps[0].device
         levels = []
         for feature, stride, cell in zip(feature_maps, self.strides, self.cell_anchors):
-            rows, cols = feature.shape[-2:]
-            ys = torch.arange(rows, dtype=torch.float32, device=device) * stride
-            xs = torch.arange(cols, dtype=torch.float32, device=device) * stride
+            ys, xs = (torch.arange(n, dtype=torch.float32, device=device) * stride for n in feature.shape[-2:])
             grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
             centres = torch.stack([grid_x, grid_y, grid_x, grid_y], dim=-1).reshape(-1, 1, 4)
             levels.append((centres + cell.to(device).reshape(1, -1, 4)).reshape(-1, 4))
@@ -89,8 +77,6 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
     def __init__(self, featmap_names: List[str], output_size: int, strides: Sequence[int],
                  finest_scale: int = FINEST_SCALE) -> None:
         super().__init__(featmap_names, output_size, sampling_ratio=0)
-        if len(strides) != len(featmap_names):
-            raise ValueError(f"{len(strides)} strides for {len(featmap_names)} feature maps")
         self.strides = tuple(int(s) for s in strides)
         self.finest_scale = finest_scale
         self.aligned = True
@@ -135,7 +121,7 @@ class ProposalNetwork(RegionProposalNetwork):
 
     def __init__(self, *args, box_loss: str = "l1", **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.box_loss = _choice("box_loss", box_loss, BOX_LOSSES)
+        self.box_loss = box_loss
         self.box_coder = Float32BoxCoder(self.box_coder.weights)
 
     @classmethod
@@ -186,8 +172,7 @@ class MaskRoIHeads(RoIHeads):
 
     def __init__(self, *args, box_loss: str = "l1", mask_targets: str = "aligned", **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.box_loss = _choice("box_loss", box_loss, BOX_LOSSES)
-        self.mask_targets = _choice("mask_targets", mask_targets, MASK_TARGETS)
+        self.box_loss, self.mask_targets = box_loss, mask_targets
         self.box_coder = Float32BoxCoder(self.box_coder.weights)
 
     @classmethod

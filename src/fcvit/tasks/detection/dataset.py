@@ -1,10 +1,8 @@
-"""COCO-format instance datasets: images, boxes, masks and categories, checked before training starts.
+"""COCO-format instance datasets, checked when opened (one sentence per problem, see ``docs/reliability.md``).
 
-Any COCO-format file works, with custom classes and non-contiguous category ids: the categories, sorted
-by id, become the model's labels 1..K (0 is the background, as torchvision's detection models expect),
-and the checkpoint keeps the id and name of each so that results go back to the file's ids. What a user
-can fix is found when the dataset is opened and reported in one sentence each (see ``docs/reliability.md``);
-boxes of zero width or height are dropped, counted and logged.
+The categories, sorted by id (custom and non-contiguous ids work), become the model's labels 1..K (0 is
+torchvision's background); checkpoints keep their ids and names so results go back to the file's ids.
+Boxes of zero width or height are dropped, counted and logged.
 """
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -199,12 +196,9 @@ def check_segmentation(ann: Mapping[str, Any], image_hw: Tuple[float, float], pa
 
 
 class CocoInstances(torch.utils.data.Dataset):
-    """Images with boxes, labels and instance masks from a COCO-format file, as torchvision targets.
-
-    ``categories`` are the model's classes (from its checkpoint), by default the file's own. With
-    ``train=True`` images without usable annotations are skipped (nothing to learn); for evaluation they
-    stay, because detections on them are false positives that COCOeval must see.
-    """
+    """Images with boxes, labels and instance masks from a COCO-format file, as torchvision targets; ``categories``
+    are the model's (default: the file's). Images without usable annotations are skipped with ``train=True``
+    (nothing to learn), kept for evaluation (detections on them are false positives COCOeval must see)."""
 
     def __init__(self, annotation_file: str | os.PathLike, image_dir: str | os.PathLike, train: bool = False,
                  categories: Optional[Sequence[Category]] = None, transforms: Optional[Callable] = None) -> None:
@@ -264,8 +258,9 @@ class CocoInstances(torch.utils.data.Dataset):
                             "listed under 'categories': add the category or fix the annotation.")
         if cat not in self.label_of_category:
             known = ", ".join(f"{c.id} ({c.name})" for c in self.categories[:12])
+            known += ", ..." if len(self.categories) > 12 else ""
             raise UserError(f"Category id {cat} used in '{path}' is unknown to the model, which knows "
-                            f"{len(self.categories)} categories ({known}{', ...' if len(self.categories) > 12 else ''}): "
+                            f"{len(self.categories)} categories ({known}): "
                             "use annotations with the training categories or train a model on these.")
         try:
             x, y, w, h = (float(v) for v in ann["bbox"])
@@ -344,7 +339,7 @@ class CocoInstances(torch.utils.data.Dataset):
         boxes[:, 2:] += boxes[:, :2]
         boxes[:, 0::2].clamp_(0, width)
         boxes[:, 1::2].clamp_(0, height)
-        masks = (np.stack([self._mask(a, height, width) for a in anns]) if anns
+        masks = (np.stack([self.coco.annToMask(a) for a in anns]) if anns
                  else np.zeros((0, height, width), np.uint8))
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
@@ -358,17 +353,6 @@ class CocoInstances(torch.utils.data.Dataset):
         if self.transforms is not None:
             img, target = self.transforms(img, target)
         return img, target
-
-    @staticmethod
-    def _mask(ann: Mapping[str, Any], height: int, width: int) -> np.ndarray:
-        seg = ann["segmentation"]
-        if isinstance(seg, list):  # polygons
-            rle = coco_mask.merge(coco_mask.frPyObjects(seg, height, width))
-        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
-            rle = coco_mask.frPyObjects(seg, height, width)
-        else:
-            rle = seg
-        return coco_mask.decode(rle).astype(np.uint8)
 
 
 def train_transforms(flip_prob: float = 0.5) -> v2.Compose:

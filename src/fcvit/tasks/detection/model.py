@@ -1,11 +1,7 @@
-"""Mask R-CNN with an FCViT backbone and an FPN, built from torchvision's maintained detection models.
-
-The FCViT backbone gives four GroupNorm-ed maps (strides 4, 8, 16, 32); torchvision's
-``FeaturePyramidNetwork`` turns them into 256-channel maps and ``LastLevelMaxPool`` adds a fifth level
-(stride 64) by max-pooling the last one, the layout of the published FCViT detection config. The
-defaults reproduce that config (MMDetection 2.19) setting by setting; where it differs from
-torchvision's defaults, :mod:`.components` overrides the one step concerned and each keyword below
-switches back to torchvision's behaviour (``TORCHVISION_SETTINGS``).
+"""Mask R-CNN with an FCViT backbone and an FPN (strides 4..32, plus a max-pooled stride-64 level), built from
+torchvision's detection models. The defaults reproduce the published MMDetection 2.19 config; where it differs
+from torchvision, :mod:`.components` overrides the one step concerned and a keyword switches back to
+torchvision's behaviour (``TORCHVISION_SETTINGS``).
 """
 from __future__ import annotations
 
@@ -56,12 +52,8 @@ TORCHVISION_SETTINGS: Dict[str, Any] = dict(box_loss="smooth_l1", roi_align="leg
 
 
 class FCViTFPN(nn.Module):
-    """FCViT body plus FPN: the ``backbone`` torchvision's ``GeneralizedRCNN`` expects.
-
-    Returns an ``OrderedDict`` with keys '0'..'3' (strides 4..32) and 'pool' (stride 64), each with
-    ``out_channels`` channels. ``init`` 'xavier' gives the FPN's convolutions MMDetection's
-    xavier-uniform weights; 'kaiming' keeps torchvision's kaiming-uniform (a=1).
-    """
+    """FCViT body plus FPN, the ``backbone`` torchvision's ``GeneralizedRCNN`` expects: maps '0'..'3' (strides
+    4..32) and 'pool' (64). ``init`` 'xavier' is MMDetection's FPN init, 'kaiming' torchvision's (a=1)."""
 
     def __init__(self, body: FCViTBackbone, out_channels: int = FPN_CHANNELS, init: str = "xavier") -> None:
         super().__init__()
@@ -132,22 +124,14 @@ def build_mask_rcnn(
 ) -> MaskRCNN:
     """Mask R-CNN + FPN on ``fcvit.create_backbone(backbone)``, set up as the paper's MMDetection config.
 
-    ``num_classes`` counts the object classes without the background (COCO: 80); torchvision's heads get
-    one more output for it. ``pretrained_backbone`` is an ImageNet FCViT checkpoint (its classifier is
-    dropped). Images are normalised with the ImageNet mean and std the backbone was trained with.
-    ``fpn_channels`` (256) and ``representation_size`` (1024, the width of the two-layer box head) are
-    the recipe's; smaller values (the mask head follows ``fpn_channels``) make quick models for tests.
-
-    The paper's settings, each with torchvision's alternative (``TORCHVISION_SETTINGS``):
-    ``box_loss`` 'l1' (RPN and box head; 'smooth_l1', beta 1/9); ``roi_align`` 'aligned' (aligned,
-    adaptive RoIAlign for box and mask features and binary mask targets; 'legacy': unaligned, 2
-    samples, soft targets); ``matcher`` 'mmdet' (low-quality matches only at IoU >= 0.3 for the RPN,
-    kept at >= 0.5 for the RoI head; 'torchvision': no floor, none for the RoI head); ``anchors``
-    'mmdet' (fractional corners, fixed strides; 'torchvision': rounded, inferred strides);
-    ``proposals_train`` 1000 (2000) kept after NMS in training; ``fpn_init`` 'xavier' ('kaiming');
-    ``head_init`` 'mmdet' (box head and mask-predictor init; 'torchvision'). ``backbone_kwargs``
-    (e.g. smaller ``depths``/``dims``) and ``mask_rcnn_kwargs`` (e.g. ``box_batch_size_per_image``)
-    pass through to ``create_backbone`` and ``MaskRCNN``.
+    ``num_classes`` excludes the background (COCO: 80). ``pretrained_backbone`` is an ImageNet FCViT checkpoint;
+    images are normalised with the ImageNet statistics it was trained with. Smaller ``fpn_channels`` (256) and
+    ``representation_size`` (1024) make quick test models. The paper's settings and torchvision's alternatives:
+    ``box_loss`` 'l1' / 'smooth_l1' (beta 1/9); ``roi_align`` 'aligned' (adaptive, binary mask targets) /
+    'legacy' (unaligned, 2 samples, soft targets); ``matcher`` 'mmdet' (low-quality matches at IoU >= 0.3 for
+    the RPN, >= 0.5 for the RoI head) / 'torchvision'; ``anchors`` 'mmdet' (fractional, fixed strides) /
+    'torchvision'; ``proposals_train`` 1000 / 2000; ``fpn_init`` 'xavier' / 'kaiming'; ``head_init`` 'mmdet' /
+    'torchvision'. ``backbone_kwargs`` and ``mask_rcnn_kwargs`` pass through to ``create_backbone`` and ``MaskRCNN``.
     """
     settings = dict(box_loss=box_loss, roi_align=roi_align, matcher=matcher, anchors=anchors,
                     proposals_train=proposals_train, fpn_init=fpn_init, head_init=head_init)
@@ -176,18 +160,14 @@ def build_mask_rcnn(
     model.rpn = ProposalNetwork.from_torchvision(model.rpn, box_loss)
     model.roi_heads = MaskRoIHeads.from_torchvision(model.roi_heads, box_loss, roi_align)
     if matcher == "mmdet":
-        rpn_matcher, roi_matcher = model.rpn.proposal_matcher, model.roi_heads.proposal_matcher
-        model.rpn.proposal_matcher = FlooredMatcher(rpn_matcher.high_threshold, rpn_matcher.low_threshold,
-                                                    RPN_LOW_QUALITY_FLOOR)
-        model.roi_heads.proposal_matcher = FlooredMatcher(roi_matcher.high_threshold, roi_matcher.low_threshold,
-                                                          ROI_LOW_QUALITY_FLOOR)
+        for part, floor in ((model.rpn, RPN_LOW_QUALITY_FLOOR), (model.roi_heads, ROI_LOW_QUALITY_FLOOR)):
+            old = part.proposal_matcher
+            part.proposal_matcher = FlooredMatcher(old.high_threshold, old.low_threshold, floor)
     return model
 
 
 def count_parameters(model: nn.Module, parts: Sequence[str] = ()) -> Dict[str, int]:
     """Parameters in total and per named sub-module (e.g. 'backbone.body', 'roi_heads.box_head')."""
-    counts = {"total": sum(p.numel() for p in model.parameters())}
     modules = dict(model.named_modules())
-    for name in parts:
-        counts[name] = sum(p.numel() for p in modules[name].parameters())
-    return counts
+    counts = {name: sum(p.numel() for p in modules[name].parameters()) for name in parts}
+    return {"total": sum(p.numel() for p in model.parameters()), **counts}

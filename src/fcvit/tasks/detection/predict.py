@@ -21,14 +21,9 @@ from ...models.checkpoint import expect_kind
 from .dataset import Category
 from .model import build_mask_rcnn, with_legacy_settings
 
-__all__ = ["load_detector", "categories_from", "detect", "draw_detections", "predict_images", "planned_outputs",
-           "class_colours"]
+__all__ = ["load_detector", "detect", "draw_detections", "predict_images", "planned_outputs", "class_colours"]
 
 _logger = logging.getLogger(__name__)
-
-
-def categories_from(checkpoint: Mapping[str, Any]) -> List[Category]:
-    return [Category(int(c["id"]), str(c["name"])) for c in checkpoint["categories"]]
 
 
 def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu",
@@ -42,7 +37,7 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu",
     if not isinstance(config, Mapping) or not isinstance(checkpoint.get("categories"), list):
         raise UserError(f"Checkpoint '{path}' was not written by 'fcvit detect train' (it has no model_config "
                         "and categories): pass a detection checkpoint, such as OUTPUT/model_best.pth.tar.")
-    categories = categories_from(checkpoint)
+    categories = [Category(int(c["id"]), str(c["name"])) for c in checkpoint["categories"]]
     config = with_legacy_settings(config)
     config.update({k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v})
     model = build_mask_rcnn(**config)
@@ -76,14 +71,15 @@ def draw_detections(image: torch.Tensor, prediction: Mapping[str, torch.Tensor],
     ``names`` are indexed by model label (0 = background)."""
     keep = prediction["scores"] >= score_threshold
     boxes, labels, scores = prediction["boxes"][keep], prediction["labels"][keep], prediction["scores"][keep]
-    colours = class_colours(len(names) - 1)
+    all_colours = class_colours(len(names) - 1)
+    colours = [all_colours[int(i)] for i in labels]
     drawn = image
     if "masks" in prediction and keep.any():
         masks = prediction["masks"][keep][:, 0] > mask_threshold
-        drawn = draw_segmentation_masks(drawn, masks, alpha=0.45, colors=[colours[int(i)] for i in labels])
+        drawn = draw_segmentation_masks(drawn, masks, alpha=0.45, colors=colours)
     if len(boxes):
         captions = [f"{names[int(i)]} {float(s):.2f}" for i, s in zip(labels, scores)]
-        drawn = draw_bounding_boxes(drawn, boxes, labels=captions, colors=[colours[int(i)] for i in labels],
+        drawn = draw_bounding_boxes(drawn, boxes, labels=captions, colors=colours,
                                     width=max(1, round(min(image.shape[-2:]) / 300)))
     return drawn
 

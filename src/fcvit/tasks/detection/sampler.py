@@ -21,12 +21,8 @@ def aspect_ratio_groups(aspect_ratios: Sequence[float], boundaries: Sequence[flo
 
 
 class AspectRatioBatchSampler(Sampler[List[int]]):
-    """Batches from ``sampler`` where every full batch holds images of one aspect-ratio group.
-
-    A batch is emitted as soon as its group has ``batch_size`` indices (in the sampler's order); what is
-    left over at the end is packed into mixed batches, so an epoch always has ``ceil(len(sampler) /
-    batch_size)`` batches: with a sharded sampler every rank runs the same number of steps.
-    """
+    """Batches from ``sampler``, each emitted once its aspect-ratio group has ``batch_size`` indices; leftovers
+    end the pass in mixed batches, so every rank of a sharded sampler runs ``ceil(len(sampler) / batch_size)``."""
 
     def __init__(self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int) -> None:
         if batch_size < 1:

@@ -1,11 +1,7 @@
-"""Mask R-CNN training and COCO evaluation on the shared engine (torchrun/DDP, AMP, checkpoints, clean stops).
-
-The published 1x recipe (the paper's MMDetection 2.19 config): 12 epochs, AdamW (lr 2e-4, weight decay
-1e-4 on every parameter), a linear warmup over 500 iterations from 0.001x, the learning rate times 0.1
-after epochs 8 and 11; 4 images per GPU on 8 GPUs (32 per step); shorter side 800, longer at most
-1333; flips with probability 0.5; batches grouped by aspect ratio; float16 autocast with dynamic loss
-scaling; the backbone's BatchNorm trained with per-GPU batch statistics. ``-b`` is the batch PER
-PROCESS, as in torchvision's references and timm; the global batch is ``-b`` x processes.
+"""Mask R-CNN training and COCO evaluation on the shared engine, with the paper's MMDetection 2.19 1x recipe:
+12 epochs, AdamW (lr 2e-4, weight decay 1e-4 on every parameter), linear warmup over 500 iterations from 0.001x,
+lr x 0.1 after epochs 8 and 11; 8 GPUs x 4 images; sides 800/1333; flips at 0.5; batches grouped by aspect
+ratio; float16 autocast with dynamic loss scaling; per-GPU BatchNorm statistics. ``-b`` is PER PROCESS.
 """
 from __future__ import annotations
 
@@ -39,8 +35,9 @@ _logger = logging.getLogger(__name__)
 
 PAPER_GLOBAL_BATCH = 32  # 8 GPUs x 4 images: the batch the recipe's lr 2e-4 was tuned for
 
-# -- data ---------------------------------------------------------------------------------------------
-def resolve_data_paths(args: argparse.Namespace, splits: Sequence[str] = ("train", "val")) -> Dict[str, Tuple[str, str]]:
+
+def resolve_data_paths(args: argparse.Namespace, splits: Sequence[str] = ("train", "val")
+                       ) -> Dict[str, Tuple[str, str]]:
     """(annotation file, image folder) per split: ``--data`` in the COCO layout, overridden by the
     explicit ``--train-ann/--train-images/--val-ann/--val-images`` options."""
     paths: Dict[str, Tuple[str, str]] = {}
@@ -58,24 +55,16 @@ def resolve_data_paths(args: argparse.Namespace, splits: Sequence[str] = ("train
 
 def detection_train_loader(train_set: CocoInstances, per_process: int, ctx: DistContext, workers: int = 4,
                            seed: int = 0) -> DataLoader:
-    """Training batches grouped by aspect ratio, from an order fixed by (seed, epoch) split over the ranks.
-
-    Each image's augmentation is seeded by (seed, epoch, position), as in every task, so a run resumed inside
-    an epoch sees exactly the batches, flips and crops it missed, whatever the number of workers.
-    """
+    """Training batches grouped by aspect ratio from an order fixed by (seed, epoch), split over the ranks; each
+    image's augmentation seeded by (seed, epoch, position), so a resumed run sees exactly what it missed."""
     sampler = EpochShardSampler(len(train_set), seed, ctx.rank, ctx.world_size)
     batches = AspectRatioBatchSampler(sampler, aspect_ratio_groups(train_set.aspect_ratios()), per_process)
     return train_loader(SeededSamples(train_set), batches, workers, ctx.device.type == "cuda", collate_detection)
 
 
-# -- model and optimisation ---------------------------------------------------------------------------
 def model_config(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
     """The arguments of ``build_mask_rcnn`` that fix the architecture; stored in every checkpoint."""
-    backbone_kwargs = {}
-    if args.backbone_depths:
-        backbone_kwargs["depths"] = list(args.backbone_depths)
-    if args.backbone_dims:
-        backbone_kwargs["dims"] = list(args.backbone_dims)
+    backbone_kwargs = {k: list(v) for k, v in (("depths", args.backbone_depths), ("dims", args.backbone_dims)) if v}
     if backbone_kwargs and len(set(len(v) for v in backbone_kwargs.values()) | {4}) != 1:
         raise UserError("--backbone-depths and --backbone-dims need four values each (one per stage).")
     if "depths" in backbone_kwargs and "dims" not in backbone_kwargs:
@@ -88,12 +77,8 @@ def model_config(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
 
 
 def freeze_batchnorm_stats(model: nn.Module) -> None:
-    """Keep BatchNorm running statistics fixed (their affine weights still train): ``--freeze-bn-stats``.
-
-    The paper's config asked for this (``norm_eval=True``) but the FCViT backbone swallowed the option, so
-    its stem and downsampling BatchNorms trained with batch statistics; that is the default here. Frozen
-    statistics are what torchvision's detection backbones (FrozenBatchNorm2d) use.
-    """
+    """``--freeze-bn-stats``: BatchNorm running statistics fixed, affine weights trained (torchvision's way). The
+    paper's config asked for it (``norm_eval``) but its FCViT backbone ignored it, so the default trains them."""
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
@@ -108,21 +93,15 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
 
 def late_lr_steps(lr_steps: Sequence[int], epochs: int) -> str:
     """A note naming the ``--lr-steps`` that come after the last epoch (so never lower the lr), or ''."""
-    late = [e for e in lr_steps if e >= epochs]
-    if not late:
-        return ""
-    listed = " ".join(str(e) for e in late)
-    return (f"--lr-steps {listed}: after the last of --epochs {epochs}, so the lr does not drop there in this run "
-            "(the 1x schedule steps after epochs 8 and 11 of 12).")
+    late = " ".join(str(e) for e in lr_steps if e >= epochs)
+    return (f"--lr-steps {late}: after the last of --epochs {epochs}, so the lr does not drop there in this run "
+            "(the 1x schedule steps after epochs 8 and 11 of 12).") if late else ""
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, iters_per_epoch: int, lr_steps: Sequence[int],
                     warmup_iters: int, warmup_factor: float) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-iteration schedule: linear warmup from ``warmup_factor`` x lr, times 0.1 at each epoch in ``lr_steps``.
-
-    The two schedules multiply (``ChainedScheduler``), as MMDetection's warmup does on top of its step
-    policy; the first iteration runs at ``warmup_factor`` x lr.
-    """
+    """Per-iteration schedule: linear warmup from ``warmup_factor`` x lr, times 0.1 at each epoch in ``lr_steps``;
+    the two multiply (``ChainedScheduler``), as MMDetection's warmup does on top of its step policy."""
     from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR
 
     schedules: List[torch.optim.lr_scheduler.LRScheduler] = [
@@ -132,7 +111,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, iters_per_epoch: int, lr_s
     return ChainedScheduler(schedules, optimizer=optimizer)
 
 
-# -- the two loops --------------------------------------------------------------------------------------
 def detection_step(ctx: DistContext, freeze_bn_stats: bool = False) -> Callable[[nn.Module, Any], Any]:
     """The loss of one batch: Mask R-CNN's summed loss dict (its parts are logged separately)."""
 
@@ -153,23 +131,19 @@ def detection_step(ctx: DistContext, freeze_bn_stats: bool = False) -> Callable[
 def evaluate(model: nn.Module, loader: DataLoader, dataset: CocoInstances, ctx: DistContext,
              amp: Optional[AmpSettings] = None, results_file: Optional[str] = None,
              progress: bool = False) -> Dict[str, float]:
-    """COCO bbox and segm AP, AP50, AP75, APs, APm, APl (in [0, 1]) of ``model`` on ``dataset``.
-
-    Every rank predicts its share; the main rank runs COCOeval and sends the numbers to all ranks.
-    ``results_file`` gets the detections in the COCO results format.
-    """
+    """COCO bbox and segm AP, AP50, AP75, APs, APm, APl (in [0, 1]): every rank predicts its share, the main
+    rank runs COCOeval and broadcasts the numbers; ``results_file`` gets the detections as COCO results."""
     model = unwrap_model(model)
     was_training = model.training
     model.eval()
     evaluator = CocoEvaluator(dataset.coco, dataset.categories)
-    bar = ProgressBar(len(loader.dataset), "eval", ctx, enabled=progress)
-    for images, targets in user_errors_from_workers(loader):
-        images = [img.to(ctx.device, non_blocking=True) for img in images]
-        with amp.autocast() if amp is not None else contextlib.nullcontext():
-            outputs = model(images)
-        evaluator.update(outputs, [t["image_id"] for t in targets])
-        bar.update(len(images))
-    bar.close()
+    with ProgressBar(len(loader.dataset), "eval", ctx, enabled=progress) as bar:
+        for images, targets in user_errors_from_workers(loader):
+            images = [img.to(ctx.device, non_blocking=True) for img in images]
+            with amp.autocast() if amp is not None else contextlib.nullcontext():
+                outputs = model(images)
+            evaluator.update(outputs, [t["image_id"] for t in targets])
+            bar.update(len(images))
     evaluator.gather()
     metrics: Dict[str, float] = {}
     if ctx.is_main:
@@ -181,23 +155,16 @@ def evaluate(model: nn.Module, loader: DataLoader, dataset: CocoInstances, ctx: 
     return metrics
 
 
-# -- the run ----------------------------------------------------------------------------------------------
 def detection_amp(device: torch.device, amp: Optional[bool], amp_dtype: str = "auto") -> AmpSettings:
-    """The paper's precision by default: float16 autocast with a dynamic GradScaler on CUDA, float32 on CPU.
-
-    ``amp`` None is the default, False is ``--no-amp`` (float32), True is ``--amp``; ``amp_dtype`` 'auto'
-    means float16 on CUDA (the paper's) and the engine's choice elsewhere (bfloat16 on CPU).
-    """
+    """The paper's float16 autocast with a dynamic GradScaler on CUDA by default, float32 elsewhere. ``amp``: None
+    (default), False (``--no-amp``) or True (``--amp``); ``amp_dtype`` 'auto' is float16 on CUDA, else the engine's."""
     device = torch.device(device)
-    if amp is False:
-        if amp_dtype != "auto":
-            raise UserError(f"--no-amp and --amp-dtype {amp_dtype} conflict: drop --no-amp for {amp_dtype} "
-                            "autocast, or --amp-dtype for float32.")
+    if amp is False and amp_dtype != "auto":
+        raise UserError(f"--no-amp and --amp-dtype {amp_dtype} conflict: drop --no-amp for {amp_dtype} "
+                        "autocast, or --amp-dtype for float32.")
+    if amp is False or (amp is None and device.type != "cuda" and amp_dtype == "auto"):
         return resolve_amp(device, False)
-    dtype = "float16" if amp_dtype == "auto" and device.type == "cuda" else amp_dtype
-    if amp is None and device.type != "cuda" and amp_dtype == "auto":
-        return resolve_amp(device, False)
-    return resolve_amp(device, True, dtype)
+    return resolve_amp(device, True, "float16" if amp_dtype == "auto" and device.type == "cuda" else amp_dtype)
 
 
 def _log_batch(per_process: int, ctx: DistContext, lr: float) -> None:
@@ -228,31 +195,27 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
     with run_folder(ctx, args.output):  # one run per folder; a refusal leaves no new folder behind
-        return _run(args, ctx)
-
-
-def _run(args: argparse.Namespace, ctx: DistContext) -> Dict[str, float]:
-    seed_everything(args.seed, ctx.rank)
-    if args.min_size < 32 or args.max_size < args.min_size:  # each value's own range is checked when parsed
-        raise UserError(f"--min-size {args.min_size} / --max-size {args.max_size}: the shorter side must be at "
-                        "least 32 and the longer side limit at least the shorter side.")
-    paths = resolve_data_paths(args)
-    train_set = CocoInstances(*paths["train"], train=True, transforms=train_transforms(args.flip_prob))
-    val_set = CocoInstances(*paths["val"], train=False, categories=train_set.categories,
-                            transforms=eval_transforms())
-    if len(train_set) < args.batch_size * ctx.world_size:
-        raise UserError(f"The training set has {len(train_set)} annotated images, fewer than one step of "
-                        f"{args.batch_size * ctx.world_size} (-b {args.batch_size} x {ctx.world_size} processes): "
-                        "pass a smaller -b.")
-    config = model_config(args, len(train_set.categories))
-    model = build_mask_rcnn(pretrained_backbone=args.pretrained_backbone, drop_path_rate=args.drop_path, **config)
-    if not args.pretrained_backbone:
-        _logger.warning("No --pretrained-backbone: the backbone starts from random weights, so AP will stay far "
-                        "below the published numbers, which start from ImageNet checkpoints.")
-    if args.sync_bn and not args.freeze_bn_stats:
-        model = convert_sync_batchnorm(model, ctx)
-    task = DetectionTask(args, ctx, model.to(ctx.device), config, train_set, val_set)
-    return run_training(task, ctx, loop_settings(args, task.amp, eval_interval=args.eval_interval))["metrics"]
+        seed_everything(args.seed, ctx.rank)
+        if args.min_size < 32 or args.max_size < args.min_size:  # each value's own range is checked when parsed
+            raise UserError(f"--min-size {args.min_size} / --max-size {args.max_size}: the shorter side must be at "
+                            "least 32 and the longer side limit at least the shorter side.")
+        paths = resolve_data_paths(args)
+        train_set = CocoInstances(*paths["train"], train=True, transforms=train_transforms(args.flip_prob))
+        val_set = CocoInstances(*paths["val"], train=False, categories=train_set.categories,
+                                transforms=eval_transforms())
+        if len(train_set) < args.batch_size * ctx.world_size:
+            raise UserError(f"The training set has {len(train_set)} annotated images, fewer than one step of "
+                            f"{args.batch_size * ctx.world_size} (-b {args.batch_size} x {ctx.world_size} processes): "
+                            "pass a smaller -b.")
+        config = model_config(args, len(train_set.categories))
+        model = build_mask_rcnn(pretrained_backbone=args.pretrained_backbone, drop_path_rate=args.drop_path, **config)
+        if not args.pretrained_backbone:
+            _logger.warning("No --pretrained-backbone: the backbone starts from random weights, so AP will stay far "
+                            "below the published numbers, which start from ImageNet checkpoints.")
+        if args.sync_bn and not args.freeze_bn_stats:
+            model = convert_sync_batchnorm(model, ctx)
+        task = DetectionTask(args, ctx, model.to(ctx.device), config, train_set, val_set)
+        return run_training(task, ctx, loop_settings(args, task.amp, eval_interval=args.eval_interval))["metrics"]
 
 
 class DetectionTask(Task):
@@ -268,8 +231,11 @@ class DetectionTask(Task):
         super().__init__(model, optimizer, scheduler, loader, name=f"Mask R-CNN on {args.backbone}",
                          metric="bbox_AP", mode="max", unit="epoch", length=args.epochs)
         self.metric_scale = 100.0  # COCO's AP is a fraction; logs show it in percent, as COCO tables do
-        self.ctx, self.config, self.backbone, self.val_set = ctx, config, args.backbone, val_set
-        self.categories = train_set.categories
+        self.ctx, self.config, self.val_set = ctx, config, val_set
+        categories = train_set.categories
+        self.fields = dict(model_config=config, categories=[{"id": c.id, "name": c.name} for c in categories],
+                           class_names=[c.name for c in categories], arch=f"mask_rcnn_{args.backbone}",
+                           iters_per_epoch=self.iters_per_epoch)
         self.step = detection_step(ctx, args.freeze_bn_stats)  # type: ignore[method-assign]
         # evaluation one image per process, as the original's: a batch pads its images to a shared size
         self.val_loader = eval_loader(val_set, 1, ctx, args.workers, collate_fn=collate_detection)
@@ -284,7 +250,7 @@ class DetectionTask(Task):
         bn_note = ("statistics frozen" if args.freeze_bn_stats else
                    "synchronised" if args.sync_bn else "per-process batch statistics")
         self.oom_hint = "a smaller --min-size/--max-size, or --amp"
-        self.describe = (f"{len(train_set.categories)} classes, {len(train_set)} train / {len(val_set)} val images, "
+        self.describe = (f"{len(categories)} classes, {len(train_set)} train / {len(val_set)} val images, "
                          f"sizes {args.min_size}/{args.max_size}, backbone BatchNorm {bn_note}; "
                          + ", ".join(f"{k} {v}" for k, v in config.items() if k in PAPER_SETTINGS))
 
@@ -295,10 +261,7 @@ class DetectionTask(Task):
         return metrics, dict(metrics)
 
     def checkpoint_fields(self) -> Dict[str, Any]:
-        categories = self.categories
-        return dict(model_config=self.config, categories=[{"id": c.id, "name": c.name} for c in categories],
-                    class_names=[c.name for c in categories], arch=f"mask_rcnn_{self.backbone}",
-                    iters_per_epoch=self.iters_per_epoch)
+        return self.fields
 
     def check_resume(self, state: Mapping[str, Any]) -> None:
         expect_kind(state, ("detector",), "The checkpoint to resume")

@@ -69,18 +69,11 @@ def read_class_names(path: str | os.PathLike, num_classes: Optional[int] = None)
 
 def map_labels(annotation: np.ndarray, num_classes: int, reduce_zero_label: bool = True,
                source: str = "annotation") -> np.ndarray:
-    """Annotation values to training labels (uint8), with 255 for ignored pixels.
-
-    With ``reduce_zero_label``: 0 -> 255, v -> v - 1 (255 stays 255). Values that land outside
-    0..num_classes-1 and are not 255 are an error naming the values and the fix.
-    """
+    """Annotation values to training labels (uint8, 255 ignored); with ``reduce_zero_label`` 0 -> 255 and
+    v -> v - 1. Values landing outside 0..num_classes-1 and not 255 are an error naming them and the fix."""
     values = annotation.astype(np.int64)
-    if reduce_zero_label:
-        labels = values - 1
-        labels[values == 0] = IGNORE_INDEX
-        labels[values == IGNORE_INDEX] = IGNORE_INDEX
-    else:
-        labels = values
+    ignored = (values == 0) | (values == IGNORE_INDEX)
+    labels = np.where(ignored, IGNORE_INDEX, values - 1) if reduce_zero_label else values
     bad = (labels >= num_classes) & (labels != IGNORE_INDEX) | (labels < 0)
     if bad.any():
         offset = 1 if reduce_zero_label else 0

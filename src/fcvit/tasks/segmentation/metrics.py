@@ -1,9 +1,6 @@
-"""Segmentation scores from a confusion matrix accumulated over the whole split.
-
-Per-class IoU = TP / (TP + FP + FN) and accuracy = TP / (TP + FN); classes that never occur in either
-labels or predictions (IoU) or in the labels (accuracy) are NaN and left out of the means, as in
-MMSegmentation. aAcc is the pixel accuracy over all labelled pixels. Ignored pixels count nowhere.
-"""
+"""Segmentation scores from a confusion matrix over the whole split, as MMSegmentation's: per-class IoU = TP /
+(TP + FP + FN) and accuracy = TP / (TP + FN), NaN for absent classes and left out of the means; aAcc is the
+pixel accuracy over all labelled pixels. Ignored pixels count nowhere."""
 from __future__ import annotations
 
 import math
@@ -41,20 +38,12 @@ class ConfusionMatrix:
 def scores_from_confusion(matrix: torch.Tensor) -> Dict[str, object]:
     """mIoU, mAcc, aAcc (percent) and per-class IoU/Acc lists (percent, NaN where undefined)."""
     matrix = matrix.double().cpu()
-    true_positive = matrix.diag()
-    label_area = matrix.sum(dim=1)
-    prediction_area = matrix.sum(dim=0)
-    union = label_area + prediction_area - true_positive
-    iou = true_positive / union  # 0/0 -> NaN: class absent from labels and predictions
+    true_positive, label_area = matrix.diag(), matrix.sum(dim=1)
+    iou = true_positive / (label_area + matrix.sum(dim=0) - true_positive)  # 0/0 = NaN: class absent everywhere
     acc = true_positive / label_area
-    total = label_area.sum()
-    return {
-        "mIoU": float(iou.nanmean()) * 100 if not torch.isnan(iou).all() else float("nan"),
-        "mAcc": float(acc.nanmean()) * 100 if not torch.isnan(acc).all() else float("nan"),
-        "aAcc": float(true_positive.sum() / total) * 100 if total > 0 else float("nan"),
-        "IoU": [float(v) * 100 for v in iou],
-        "Acc": [float(v) * 100 for v in acc],
-    }
+    return {"mIoU": float(iou.nanmean()) * 100, "mAcc": float(acc.nanmean()) * 100,  # NaN when all are
+            "aAcc": float(true_positive.sum() / label_area.sum()) * 100,
+            "IoU": [float(v) * 100 for v in iou], "Acc": [float(v) * 100 for v in acc]}
 
 
 def format_class_table(scores: Dict[str, object], class_names: Optional[Sequence[str]] = None) -> str:

@@ -1,11 +1,8 @@
-"""Semantic FPN (the semantic branch of Panoptic FPN, Kirillov et al. 2019) on an FCViT backbone.
-
-Backbone (4 maps, strides 4..32) -> torchvision FPN (256 channels, one output per level, nearest
-top-down, xavier-uniform initialised) -> per level, 3x3 conv + norm + ReLU blocks with 2x bilinear
-upsampling until stride 4 (128 channels) -> sum -> dropout -> 1x1 classifier at stride 4 (normal, std
-0.01) -> bilinear upsampling to the input size. This matches MMSegmentation 0.19's ``FPN`` + ``FPNHead``
-configuration used for the published ADE20K numbers, including its initialisation. Under torchrun only
-the head's BatchNorm is synchronised by default (:func:`synchronize_batch_norm`), as there.
+"""Semantic FPN (the semantic branch of Panoptic FPN, Kirillov et al. 2019) on an FCViT backbone, as
+MMSegmentation 0.19's ``FPN`` + ``FPNHead`` config of the published ADE20K numbers, initialisation included:
+backbone (strides 4..32) -> xavier-initialised torchvision FPN (256 channels) -> per level, conv + norm + ReLU
+blocks with 2x bilinear upsampling to stride 4 (128 channels) -> sum -> dropout -> 1x1 classifier (normal, std
+0.01) -> bilinear upsampling to the input size.
 """
 from __future__ import annotations
 
@@ -20,11 +17,11 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
 from ...models import create_backbone
+from ..detection.components import xavier_init_convs
 
-__all__ = ["SYNC_BN_SCOPES", "XavierFeaturePyramidNetwork", "SemanticFPNHead", "SemanticFPN", "create_segmenter",
-           "synchronize_batch_norm"]
+__all__ = ["SYNC_BN_SCOPES", "SemanticFPNHead", "SemanticFPN", "create_segmenter"]
 
-SYNC_BN_SCOPES = ("head", "all", "none")
+SYNC_BN_SCOPES = ("head", "all", "none")  # --sync-bn's old spellings
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -35,41 +32,9 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm '{kind}', expected 'bn' or 'gn'")
 
 
-class _ConvNormReLU(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int, norm: str) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            _norm(norm, out_channels),
-            nn.ReLU(inplace=True),
-        )
-
-
-class _Upsample2x(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-
-
-class XavierFeaturePyramidNetwork(FeaturePyramidNetwork):
-    """torchvision's FPN initialised as MMSegmentation's ``FPN``: xavier-uniform weights (gain 1), zero biases.
-
-    torchvision's own kaiming-uniform (a=1) draws from a wider range wherever a conv's fan-in is smaller
-    than its fan-out (the 1x1 lateral convs from 64 or 128 channels to 256).
-    """
-
-    def __init__(self, in_channels_list: Sequence[int], out_channels: int) -> None:
-        super().__init__(list(in_channels_list), out_channels)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-
-
 class SemanticFPNHead(nn.Module):
-    """Merge FPN levels at the finest stride and classify every pixel there.
-
-    Level i at stride s_i gets max(1, log2(s_i / s_0)) conv blocks, each but the stride-s_0 one
-    followed by a 2x upsampling, so all levels meet at s_0 with ``channels`` channels and are summed.
-    """
+    """Merge FPN levels at the finest stride s_0 and classify every pixel there: level i gets max(1, log2(s_i /
+    s_0)) conv blocks, each but the stride-s_0 one followed by a 2x upsampling, and the levels are summed."""
 
     def __init__(self, in_channels: int, strides: Sequence[int], num_classes: int, channels: int = 128,
                  dropout: float = 0.1, norm: str = "bn") -> None:
@@ -80,9 +45,10 @@ class SemanticFPNHead(nn.Module):
             steps = max(1, int(round(math.log2(stride / self.strides[0]))))
             layers: List[nn.Module] = []
             for step in range(steps):
-                layers.append(_ConvNormReLU(in_channels if step == 0 else channels, channels, norm))
+                conv = nn.Conv2d(in_channels if step == 0 else channels, channels, 3, padding=1, bias=False)
+                layers.append(nn.Sequential(conv, _norm(norm, channels), nn.ReLU(inplace=True)))
                 if stride != self.strides[0]:
-                    layers.append(_Upsample2x())
+                    layers.append(nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False))
             self.scale_heads.append(nn.Sequential(*layers))
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(channels, num_classes, 1)
@@ -110,7 +76,9 @@ class SemanticFPN(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        self.fpn = XavierFeaturePyramidNetwork(list(backbone.channels), fpn_channels)
+        # MMSegmentation's init: torchvision's kaiming-uniform (a=1) is wider where fan-in < fan-out (laterals)
+        self.fpn = FeaturePyramidNetwork(list(backbone.channels), fpn_channels)
+        xavier_init_convs(self.fpn)
         self.head = SemanticFPNHead(fpn_channels, backbone.strides, num_classes, head_channels, dropout, norm)
 
     def forward_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -135,13 +103,9 @@ def create_segmenter(
         norm: str = "bn",
         backbone_kwargs: Optional[Dict[str, Any]] = None,
 ) -> SemanticFPN:
-    """A Semantic FPN with the named FCViT backbone (optionally initialised from a checkpoint).
-
-    ``drop_path_rate`` defaults to 0, as in the PoolFormer-derived ``*_feat`` backbones the published
-    segmentation configs build on. ``backbone_kwargs`` overrides the variant's shape (``depths``, ``dims``, ``mlp_ratios``): tests use
-    it for tiny networks. The model keeps its own construction arguments in ``config`` so that a
-    checkpoint can rebuild it.
-    """
+    """A Semantic FPN with the named FCViT backbone (optionally from a checkpoint); ``config`` keeps these
+    arguments so a checkpoint can rebuild it. ``drop_path_rate`` 0 is the published configs'; ``backbone_kwargs``
+    overrides the variant's shape (``depths``, ``dims``, ``mlp_ratios``), for tiny test networks."""
     kwargs = dict(backbone_kwargs or {})
     kwargs.setdefault("drop_path_rate", drop_path_rate)
     net = create_backbone(backbone, checkpoint_path=backbone_checkpoint, **kwargs)
@@ -151,19 +115,3 @@ def create_segmenter(
                         backbone_kwargs={k: list(v) if isinstance(v, (tuple, list)) else v
                                          for k, v in (backbone_kwargs or {}).items()})
     return model
-
-
-def synchronize_batch_norm(model: SemanticFPN, scope: str = "head") -> SemanticFPN:
-    """Turn the BatchNorms of ``scope`` into SyncBatchNorm: ``head`` (the paper's), ``all`` or ``none``.
-
-    The published config synchronised only the decode head's norms; the backbone's BatchNorms (stem and
-    downsamplers) stayed plain, each GPU normalising with the statistics of its own 4 images.
-    """
-    if scope == "all":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if scope == "head":
-        model.head = nn.SyncBatchNorm.convert_sync_batchnorm(model.head)
-        return model
-    if scope == "none":
-        return model
-    raise ValueError(f"unknown SyncBatchNorm scope '{scope}', expected one of {SYNC_BN_SCOPES}")

@@ -27,10 +27,8 @@ _OPENCV_BLOCK = 32  # pixels per iteration of OpenCV's AVX2 HSV->RGB loop
 _SATURATION_DIV = torch.tensor([0] + [round((255 << _HSV_SHIFT) / i) for i in range(1, 256)], dtype=torch.int32)
 _HUE_DIV = torch.tensor([0] + [round((_HUE_RANGE << _HSV_SHIFT) / (6 * i)) for i in range(1, 256)],
                         dtype=torch.int32)
-# which of (v, v(1-s), v(1-s f), v(1-s(1-f))) is red, green and blue in each 60-degree sector
-_SECTOR_R = torch.tensor([0, 2, 1, 1, 3, 0])
-_SECTOR_G = torch.tensor([3, 0, 0, 2, 1, 1])
-_SECTOR_B = torch.tensor([1, 1, 3, 0, 0, 2])
+# which of (v, v(1-s), v(1-s f), v(1-s(1-f))) is red, green and blue (rows) in each 60-degree sector
+_SECTORS = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]])
 
 
 def _check_uint8(image: torch.Tensor) -> None:
@@ -71,7 +69,7 @@ def _hsv_factor_table(fused: bool) -> torch.Tensor:
                            _one_minus_product(saturation, fraction[None], fused),
                            _one_minus_product(saturation, (1 - fraction)[None], fused)])  # (4, S, H)
     sector = sector.long().clamp_(0, 5)
-    lookups = torch.stack([_SECTOR_R[sector], _SECTOR_G[sector], _SECTOR_B[sector]])  # (3, H)
+    lookups = _SECTORS[:, sector]  # (3, H)
     return factors.gather(0, lookups[:, None, :].expand(3, 256, 256)).reshape(3, -1)
 
 
@@ -128,16 +126,12 @@ def photometric_distortion(image: torch.Tensor, brightness: Optional[float] = No
     """Apply the drawn steps (None = skipped) in MMSegmentation's order: brightness, contrast if
     ``contrast_first``, saturation, hue, contrast otherwise."""
     _check_uint8(image)
-    if brightness is not None:
-        image = adjust_brightness(image, brightness)
-    if contrast is not None and contrast_first:
-        image = adjust_contrast(image, contrast)
-    if saturation is not None:
-        image = adjust_saturation(image, saturation)
-    if hue is not None:
-        image = adjust_hue(image, hue)
-    if contrast is not None and not contrast_first:
-        image = adjust_contrast(image, contrast)
+    first, last = (contrast, None) if contrast_first else (None, contrast)
+    steps = ((adjust_brightness, brightness), (adjust_contrast, first), (adjust_saturation, saturation),
+             (adjust_hue, hue), (adjust_contrast, last))
+    for adjust, value in steps:
+        if value is not None:
+            image = adjust(image, value)
     return image
 
 
@@ -150,11 +144,8 @@ class PhotometricDistortion(v2.Transform):
     def __init__(self, brightness_delta: float = 32, contrast_range: Tuple[float, float] = (0.5, 1.5),
                  saturation_range: Tuple[float, float] = (0.5, 1.5), hue_delta: int = 18, p: float = 0.5):
         super().__init__()
-        self.brightness_delta = float(brightness_delta)
-        self.contrast_range = tuple(contrast_range)
-        self.saturation_range = tuple(saturation_range)
-        self.hue_delta = int(hue_delta)
-        self.p = p
+        self.brightness_delta, self.hue_delta, self.p = float(brightness_delta), int(hue_delta), p
+        self.contrast_range, self.saturation_range = tuple(contrast_range), tuple(saturation_range)
 
     def _applies(self) -> bool:
         return bool(torch.rand(()) < self.p)
@@ -188,6 +179,6 @@ class TorchvisionPhotometricDistortion(v2.Compose):
 
 
 def build_photometric(kind: str = "mmseg") -> v2.Transform:
-    if kind in PHOTOMETRIC_CHOICES:
-        return PhotometricDistortion() if kind == "mmseg" else TorchvisionPhotometricDistortion()
-    raise ValueError(f"unknown photometric distortion '{kind}', expected one of {PHOTOMETRIC_CHOICES}")
+    if kind not in PHOTOMETRIC_CHOICES:
+        raise ValueError(f"unknown photometric distortion '{kind}', expected one of {PHOTOMETRIC_CHOICES}")
+    return PhotometricDistortion() if kind == "mmseg" else TorchvisionPhotometricDistortion()

@@ -25,16 +25,8 @@ _logger = logging.getLogger(__name__)
 def color_palette(num_colors: int = 256) -> np.ndarray:
     """The PASCAL VOC colour map (bit-interleaved RGB); colour 0 is black, so class ``c`` is drawn with
     colour ``c + 1`` and ignored pixels stay black."""
-    palette = np.zeros((num_colors, 3), dtype=np.uint8)
-    for index in range(num_colors):
-        value, r, g, b = index, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= (value & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        palette[index] = (r, g, b)
-    return palette
+    index, channel = np.arange(num_colors)[:, None], np.arange(3)
+    return sum(((index >> (3 * k + channel)) & 1) << (7 - k) for k in range(8)).astype(np.uint8)
 
 
 def colorize(classes: np.ndarray, num_classes: int) -> Image.Image:

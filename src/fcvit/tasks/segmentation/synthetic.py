@@ -1,9 +1,5 @@
-"""A small generated dataset in the ADE20K layout, for tests and smoke runs without a download.
-
-Each image has a textured background (class 1) and a few rectangles and ellipses of other classes,
-each class with its own colour plus noise, and a thin frame labelled 0 ("other", ignored). The
-annotations follow ADE20K's convention, so the same label mapping applies as for the real data.
-"""
+"""A small generated dataset in the ADE20K layout (and label convention), for tests and smoke runs: a noisy
+background (class 1), rectangles and ellipses of other classes in their own colours, a frame of 0 ("other")."""
 from __future__ import annotations
 
 import os
@@ -52,11 +48,8 @@ def make_synthetic_dataset(
         num_classes: int = 4,
         seed: int = 0,
 ) -> Path:
-    """Write ``images/{training,validation}/*.jpg`` and ``annotations/.../*.png`` under ``root``.
-
-    ``num_classes`` counts the classes after the mapping (annotation values 1..num_classes), at most 8.
-    Images are JPEG like ADE20K's (quality 95); annotations are lossless single-channel PNGs.
-    """
+    """Write ``images/{training,validation}/*.jpg`` (quality 95, as ADE20K's) and ``annotations/.../*.png`` under
+    ``root``; ``num_classes`` (at most 8) counts the classes after the mapping (annotation values 1..num_classes)."""
     if not 2 <= num_classes <= len(CLASS_COLOURS):
         raise ValueError(f"num_classes must be in 2..{len(CLASS_COLOURS)}")
     root = Path(root)

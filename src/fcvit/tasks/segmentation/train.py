@@ -1,10 +1,7 @@
-"""Iteration-based Semantic FPN training on the shared engine (torchrun/DDP, AMP, checkpoints, clean stops).
-
-The published recipe (MMSegmentation 0.19): AdamW (lr 2e-4, weight decay 1e-4 on every parameter),
-poly decay with power 0.9 to 0 per iteration over 40,000 iterations without warmup, float32, 8 GPUs x 4
-images = 32 per step, 512x512 crops; evaluation every 4,000 iterations, the final checkpoint reported.
-``-b`` is images PER PROCESS, as in torchvision's references and timm: ``torchrun --nproc_per_node 8 ...
--b 4`` is the paper's set-up, and the lr is used as given whatever the global batch.
+"""Iteration-based Semantic FPN training on the shared engine, with the published MMSegmentation 0.19 recipe:
+AdamW (lr 2e-4, weight decay 1e-4 on every parameter), poly decay (power 0.9) to 0 over 40,000 iterations without
+warmup, float32, 8 GPUs x 4 images, 512x512 crops; evaluation every 4,000 iterations, the final one reported.
+``-b`` is PER PROCESS (``torchrun --nproc_per_node 8 ... -b 4`` is the paper's); the lr is used as given.
 """
 from __future__ import annotations
 
@@ -37,14 +34,12 @@ __all__ = ["RECIPE_GLOBAL_BATCH", "segmentation_loss", "build_model", "build_opt
 _logger = logging.getLogger(__name__)
 
 RECIPE_GLOBAL_BATCH = 32  # 8 GPUs x 4 images: the batch the recipe's lr 2e-4 belongs to
+SUMMARY = ("mIoU", "mAcc", "aAcc")
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-pixel cross-entropy averaged over ALL pixels of the batch, ignored ones counting 0.
-
-    This is MMSegmentation 0.x's default (the published runs): a crop that is entirely "other" gives
-    a loss of 0 instead of the NaN a mean over labelled pixels only would give.
-    """
+    """Per-pixel cross-entropy averaged over ALL pixels, ignored ones counting 0 (MMSegmentation 0.x's default):
+    a crop that is entirely "other" gives a loss of 0, not the NaN of a mean over labelled pixels only."""
     return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none").mean()
 
 
@@ -60,15 +55,12 @@ def resolve_classes(args: argparse.Namespace) -> Tuple[int, List[str]]:
 
 
 def build_model(args: argparse.Namespace, num_classes: int) -> SemanticFPN:
-    backbone_kwargs: Dict[str, Any] = {}
-    if args.backbone_depths:
-        backbone_kwargs["depths"] = tuple(args.backbone_depths)
-    if args.backbone_dims:
-        backbone_kwargs["dims"] = tuple(args.backbone_dims)
-    if len(backbone_kwargs) == 1 or (backbone_kwargs and len(backbone_kwargs["depths"]) != len(backbone_kwargs["dims"])):
+    backbone_kwargs = {k: tuple(v) for k, v in (("depths", args.backbone_depths), ("dims", args.backbone_dims)) if v}
+    if len(backbone_kwargs) == 1 or len({len(v) for v in backbone_kwargs.values()}) > 1:
         raise UserError("--backbone-depths and --backbone-dims go together, with one value per stage each.")
     if args.pretrained_backbone and backbone_kwargs:
-        raise UserError("--pretrained-backbone loads a published variant's weights: drop --backbone-depths/--backbone-dims.")
+        raise UserError("--pretrained-backbone loads a published variant's weights: "
+                        "drop --backbone-depths/--backbone-dims.")
     return create_segmenter(args.backbone, num_classes, backbone_checkpoint=args.pretrained_backbone,
                             drop_path_rate=args.drop_path, head_channels=args.head_channels,
                             fpn_channels=args.fpn_channels, norm="gn" if args.norm == "gn" else "bn",
@@ -111,38 +103,34 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     with run_folder(ctx, args.output):  # one run per folder; a refusal leaves no new folder behind
-        return _run(args, ctx)
-
-
-def _run(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
-    seed_everything(args.seed, ctx.rank)
-    if args.iters < 1:
-        raise UserError(f"--iters {args.iters} must be at least 1.")
-    num_classes, class_names = resolve_classes(args)
-    reduce_zero, crop = not args.no_reduce_zero_label, args.crop_size
-    train_set = SegmentationFolder(args.data, "train", num_classes, reduce_zero,
-                                   train_transforms(crop_size=(crop, crop), scale=(4 * crop, crop),
-                                                    photometric=args.photometric, antialias=args.antialias))
-    val_set = SegmentationFolder(args.data, "val", num_classes, reduce_zero,
-                                 eval_transforms(short_side=crop, max_long_side=4 * crop, antialias=args.antialias))
-    for dataset in (train_set, val_set):  # a bad label found at the first evaluation would cost the steps since
-        dataset.check_labels()  # the last save
-    model = build_model(args, num_classes)
-    if not args.pretrained_backbone and ctx.is_main:
-        _logger.warning("No --pretrained-backbone: the backbone starts from random weights, so mIoU will stay far "
-                        "below the published numbers, which start from ImageNet checkpoints.")
-    model = distributed_batch_norm(model, args.norm, args.sync_bn, ctx).to(ctx.device)
-    task = SegmentationTask(args, ctx, model, train_set, val_set, class_names)
-    eval_interval = args.eval_interval if args.eval_interval > 0 else args.iters
-    result = run_training(task, ctx, loop_settings(args, task.amp, eval_interval=eval_interval))
-    scores = task.last_scores
-    if result["global_step"] >= args.iters and scores and ctx.is_main:
-        _logger.info("Final checkpoint (iteration %d, the one the paper reports):\n%s", result["global_step"],
-                     format_class_table(scores, class_names))
-        write_json(os.path.join(args.output, "results.json"),
-                   dict(iter=result["global_step"], backbone=args.backbone,
-                        **{k: scores[k] for k in ("mIoU", "mAcc", "aAcc")}, IoU=dict(zip(class_names, scores["IoU"]))))
-    return dict(scores)
+        seed_everything(args.seed, ctx.rank)
+        if args.iters < 1:
+            raise UserError(f"--iters {args.iters} must be at least 1.")
+        num_classes, class_names = resolve_classes(args)
+        reduce_zero, crop = not args.no_reduce_zero_label, args.crop_size
+        train_set = SegmentationFolder(args.data, "train", num_classes, reduce_zero,
+                                       train_transforms(crop_size=(crop, crop), scale=(4 * crop, crop),
+                                                        photometric=args.photometric, antialias=args.antialias))
+        val_set = SegmentationFolder(args.data, "val", num_classes, reduce_zero,
+                                     eval_transforms(crop, 4 * crop, antialias=args.antialias))
+        for dataset in (train_set, val_set):  # now, not at the first evaluation after many steps
+            dataset.check_labels()
+        model = build_model(args, num_classes)
+        if not args.pretrained_backbone and ctx.is_main:
+            _logger.warning("No --pretrained-backbone: the backbone starts from random weights, so mIoU will stay far "
+                            "below the published numbers, which start from ImageNet checkpoints.")
+        model = distributed_batch_norm(model, args.norm, args.sync_bn, ctx).to(ctx.device)
+        task = SegmentationTask(args, ctx, model, train_set, val_set, class_names)
+        eval_interval = args.eval_interval if args.eval_interval > 0 else args.iters
+        result = run_training(task, ctx, loop_settings(args, task.amp, eval_interval=eval_interval))
+        scores = task.last_scores
+        if result["global_step"] >= args.iters and scores and ctx.is_main:
+            _logger.info("Final checkpoint (iteration %d, the one the paper reports):\n%s", result["global_step"],
+                         format_class_table(scores, class_names))
+            write_json(os.path.join(args.output, "results.json"),
+                       dict(iter=result["global_step"], backbone=args.backbone, **{k: scores[k] for k in SUMMARY},
+                            IoU=dict(zip(class_names, scores["IoU"]))))
+        return dict(scores)
 
 
 class SegmentationTask(Task):
@@ -160,7 +148,7 @@ class SegmentationTask(Task):
                          train_loader(SeededSamples(train_set), batches, args.workers, ctx.device.type == "cuda"),
                          name=f"Semantic FPN on {args.backbone}", metric="mIoU", mode="max", unit="iter",
                          length=args.iters)
-        self.ctx, self.class_names, self.num_classes = ctx, class_names, len(class_names)
+        self.ctx, self.num_classes = ctx, len(class_names)
         self.val_loader = eval_loader(val_set, 1, ctx, args.workers)  # one image a batch: sizes differ
         self.config = dict(model.config)  # create_segmenter()'s arguments, so eval/predict can rebuild the model
         self.amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
@@ -169,22 +157,20 @@ class SegmentationTask(Task):
             _logger.warning("The recipe's lr (2e-4) is for %d images per step (8 GPUs x -b 4); this run takes %d at "
                             "--lr %g, used as given.", RECIPE_GLOBAL_BATCH, images_per_step, args.lr)
         self.fields = dict(class_names=class_names, arch=f"semantic_fpn_{args.backbone}",
-                           eval_short_side=args.crop_size, eval_antialias=bool(args.antialias), **{CONFIG_KEY: self.config})
+                           eval_short_side=args.crop_size, eval_antialias=bool(args.antialias))
+        self.fields[CONFIG_KEY] = self.config
         self.oom_hint = "a smaller --crop-size, or --amp"
         self.describe = f"{self.num_classes} classes, {len(train_set)} train / {len(val_set)} val images"
         self.last_scores: Dict[str, Any] = {}
 
     def step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], int]:
-        images, masks = batch
-        images = images.to(self.ctx.device, non_blocking=True)
-        masks = masks.to(self.ctx.device, non_blocking=True)
+        images, masks = (t.to(self.ctx.device, non_blocking=True) for t in batch)
         return segmentation_loss(model(images), masks), {}, images.shape[0]
 
     def evaluate(self, model: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
-        self.last_scores = evaluate(model, self.val_loader, self.num_classes, self.ctx, self.amp, progress=True)
-        scores = self.last_scores
+        scores = self.last_scores = evaluate(model, self.val_loader, self.num_classes, self.ctx, self.amp)
         _logger.info("mIoU %.2f, mAcc %.2f, aAcc %.2f", scores["mIoU"], scores["mAcc"], scores["aAcc"])
-        summary = {k: scores[k] for k in ("mIoU", "mAcc", "aAcc")}
+        summary = {k: scores[k] for k in SUMMARY}
         return summary, summary
 
     def checkpoint_fields(self) -> Dict[str, Any]:

@@ -20,26 +20,18 @@ IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-__all__ = ["IGNORE_INDEX", "RandomRescale", "CatMaxRatioCrop", "PadTo", "PhotometricDistortion", "keep_ratio_scale",
-           "keep_ratio_size", "train_transforms", "eval_size", "eval_transforms", "EvalResize"]
+__all__ = ["IGNORE_INDEX", "RandomRescale", "CatMaxRatioCrop", "PadTo", "PhotometricDistortion", "keep_ratio_size",
+           "train_transforms", "eval_size", "eval_transforms", "EvalResize"]
 
 
 def _find_mask(flat_inputs: List[Any]) -> tv_tensors.Mask:
-    masks = [x for x in flat_inputs if isinstance(x, tv_tensors.Mask)]
-    if len(masks) != 1:
-        raise TypeError(f"expected one tv_tensors.Mask among the inputs, found {len(masks)}")
-    return masks[0]
-
-
-def keep_ratio_scale(height: int, width: int, scale: Tuple[int, int]) -> float:
-    """MMSegmentation's ``Resize(keep_ratio=True)`` factor: long side at most ``max(scale)``, short side at
-    most ``min(scale)``, whatever the image's orientation."""
-    return min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return next(x for x in flat_inputs if isinstance(x, tv_tensors.Mask))
 
 
 def keep_ratio_size(height: int, width: int, scale: Tuple[int, int]) -> Tuple[int, int]:
-    """(height, width) fitted into ``scale`` keeping the ratio, rounded half up as ``mmcv.imrescale``."""
-    factor = keep_ratio_scale(height, width, scale)
+    """MMSegmentation's ``Resize(keep_ratio=True)``: long side at most ``max(scale)``, short side at most
+    ``min(scale)``, whatever the orientation, rounded half up as ``mmcv.imrescale``."""
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
@@ -50,9 +42,7 @@ class RandomRescale(v2.Transform):
     def __init__(self, scale: Tuple[int, int] = (2048, 512), ratio_range: Tuple[float, float] = (0.5, 2.0),
                  antialias: bool = False):
         super().__init__()
-        self.scale = tuple(scale)
-        self.ratio_range = tuple(ratio_range)
-        self.antialias = antialias
+        self.scale, self.ratio_range, self.antialias = tuple(scale), tuple(ratio_range), antialias
 
     def make_params(self, flat_inputs: List[Any]) -> Dict[str, Any]:
         height, width = F.get_size(_find_mask(flat_inputs))
@@ -71,16 +61,12 @@ class CatMaxRatioCrop(v2.Transform):
     def __init__(self, size: Tuple[int, int], cat_max_ratio: float = 0.75, max_tries: int = 10,
                  ignore_index: int = IGNORE_INDEX):
         super().__init__()
-        self.size = tuple(size)
-        self.cat_max_ratio = cat_max_ratio
-        self.max_tries = max_tries
-        self.ignore_index = ignore_index
+        self.size, self.cat_max_ratio = tuple(size), cat_max_ratio
+        self.max_tries, self.ignore_index = max_tries, ignore_index
 
     def _draw(self, height: int, width: int) -> Tuple[int, int, int, int]:
         crop_h, crop_w = min(self.size[0], height), min(self.size[1], width)
-        top = random.randint(0, height - crop_h)
-        left = random.randint(0, width - crop_w)
-        return top, left, crop_h, crop_w
+        return random.randint(0, height - crop_h), random.randint(0, width - crop_w), crop_h, crop_w
 
     def make_params(self, flat_inputs: List[Any]) -> Dict[str, Any]:
         mask = _find_mask(flat_inputs)
@@ -90,14 +76,12 @@ class CatMaxRatioCrop(v2.Transform):
             for _ in range(self.max_tries):
                 top, left, crop_h, crop_w = box
                 labels = mask[..., top:top + crop_h, left:left + crop_w]
-                labels = labels[labels != self.ignore_index]
-                counts = torch.bincount(labels.flatten().long()) if labels.numel() else labels.new_zeros(0)
+                counts = torch.bincount(labels[labels != self.ignore_index].long())
                 counts = counts[counts > 0]
                 if len(counts) > 1 and counts.max().item() / counts.sum().item() < self.cat_max_ratio:
                     break
                 box = self._draw(height, width)
-        top, left, crop_h, crop_w = box
-        return dict(top=top, left=left, height=crop_h, width=crop_w)
+        return dict(zip(("top", "left", "height", "width"), box))
 
     def transform(self, inpt: Any, params: Dict[str, Any]) -> Any:
         return self._call_kernel(F.crop, inpt, **params)
@@ -116,8 +100,7 @@ class PadTo(v2.Transform):
         return dict(padding=[0, 0, max(0, self.size[1] - width), max(0, self.size[0] - height)])
 
     def transform(self, inpt: Any, params: Dict[str, Any]) -> Any:
-        fill = self.fill.get(type(inpt), 0)
-        return self._call_kernel(F.pad, inpt, padding=params["padding"], fill=fill)
+        return self._call_kernel(F.pad, inpt, padding=params["padding"], fill=self.fill.get(type(inpt), 0))
 
 
 def _normalize(mean: Sequence[float], std: Sequence[float]) -> List[v2.Transform]:

@@ -1,9 +1,6 @@
-"""Writing files so that a kill at any moment leaves the old complete file or the new one, never half.
-
-Every file fcvit writes goes through :func:`atomic_write`: a hidden temporary beside the target
-(``.NAME.<random>.tmp``, the pattern :func:`remove_stale_temporaries` clears), flushed, then renamed over
-it. A write the system refuses (disk full, read-only, permissions) is one ``UserError`` sentence.
-"""
+"""Writing files so that a kill at any moment leaves the old complete file or the new one, never half: every file
+fcvit writes is a hidden temporary beside the target (``.NAME.<random>.tmp``), flushed, then renamed over it. A write
+the system refuses (disk full, read-only, permissions) is one ``UserError`` sentence."""
 from __future__ import annotations
 
 import contextlib
@@ -68,11 +65,10 @@ def atomic_write(path: PathLike, content: Content) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                    dir=os.path.dirname(os.path.abspath(path)))
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the user's usual permissions
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes owner-only files; give the user's usual permissions
             if callable(content):
                 content(f)
             else:
@@ -86,7 +82,7 @@ def atomic_write(path: PathLike, content: Content) -> None:
             raise
         raise write_error(path, cause) from None
     finally:
-        if tmp is not None and os.path.exists(tmp):
+        if tmp is not None:  # gone when replaced
             with contextlib.suppress(OSError):
                 os.remove(tmp)
 
@@ -179,8 +175,8 @@ def replaced_note(replaced: Iterable[PathLike]) -> Optional[str]:
 
 
 def unique_stems(paths: Sequence[PathLike]) -> List[str]:
-    """One output stem per input: file stems, a repeated one (also in another case) suffixed ``_2``, ``_3``...
-    until it is free, so ``a/x``, ``b/x``, ``c/x_2`` give ``x``, ``x_2``, ``x_2_2``."""
+    """One output stem per input: a repeated stem (also in another case) suffixed ``_2``, ``_3``... until it is free,
+    so ``a/x``, ``b/x``, ``c/x_2`` give ``x``, ``x_2``, ``x_2_2``."""
     taken, stems = set(), []
     for path in paths:
         stem = candidate = os.path.splitext(os.path.basename(os.fspath(path)))[0]
@@ -195,9 +191,8 @@ def unique_stems(paths: Sequence[PathLike]) -> List[str]:
 class RunLock:
     """One writer per run folder: an exclusive ``flock`` on ``FOLDER/.fcvit.lock``, which names its holder.
 
-    The kernel drops the lock of a process that dies, so a killed run's lock is taken over (with a log
-    line); a live holder is refused in one sentence. Keep the object while the run lasts (a context
-    manager, or ``acquire()``/``release()``): collecting it closes the file and so drops the lock.
+    The kernel drops a dead process's lock, so a killed run's lock is taken over; a live holder is refused. Keep the
+    object while the run lasts: collecting it closes the file and so drops the lock.
     """
 
     NAME = ".fcvit.lock"
@@ -207,34 +202,31 @@ class RunLock:
         self.path = os.path.join(self.folder, self.NAME)
         self._file: Optional[BinaryIO] = None
 
-    def _open_locked(self) -> Optional[BinaryIO]:
-        """The lock file, locked; None when its holder removed it meanwhile (then lock the new one)."""
-        try:
-            f = open(self.path, "a+b")
-        except OSError as exc:
-            raise write_error(self.path, exc) from None
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
-                return f
-        except BlockingIOError:
-            f.seek(0)
-            holder = (f.read().decode("utf-8", "replace").split() + ["?", "?"])[:2]
-            f.close()
-            raise UserError(f"'{self.folder}' is in use by another run (process {holder[0]} on host {holder[1]}): "
-                            "wait for it to end, stop it, or choose another --output.") from None
-        except FileNotFoundError:
-            pass
-        f.close()
-        return None
+    @staticmethod
+    def _holder(f: BinaryIO) -> List[str]:
+        f.seek(0)
+        return f.read().decode("utf-8", "replace").split()
 
     def acquire(self) -> "RunLock":
         check_output_folder(self.folder)
         make_folder(self.folder)
-        while (f := self._open_locked()) is None:
-            pass
-        f.seek(0)
-        previous = f.read().decode("utf-8", "replace").split()
+        while True:  # until the file locked is still the lock file (its holder may have removed it meanwhile)
+            try:
+                f = open(self.path, "a+b")
+            except OSError as exc:
+                raise write_error(self.path, exc) from None
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = (self._holder(f) + ["?", "?"])[:2]
+                f.close()
+                raise UserError(f"'{self.folder}' is in use by another run (process {holder[0]} on host {holder[1]}): "
+                                "wait for it to end, stop it, or choose another --output.") from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
+                    break
+            f.close()
+        previous = self._holder(f)
         if previous:
             _logger.warning("Taking over the lock of '%s' left by process %s on host %s, which no longer runs.",
                             self.folder, previous[0], previous[-1])

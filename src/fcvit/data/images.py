@@ -1,14 +1,13 @@
-"""Opening image files as correct 8-bit RGB, upright (EXIF orientation applied), with errors that name
-the file and the fix. :func:`load_image` is the one loader of every command; :class:`ImageReader` decodes
-many one at a time, reporting and skipping the unreadable ones so the others still get their result.
-"""
+"""Opening image files as upright 8-bit RGB, with errors that name the file and the fix: :func:`load_image` is
+every command's loader; :class:`ImageReader` decodes many, reporting and skipping the unreadable ones."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
 import sys
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,39 +27,27 @@ TRANSPARENT_BACKGROUND = (255, 255, 255)
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def _sixteen_bit_to_8(values: np.ndarray) -> np.ndarray:
-    """Divided by 257, so that 8-bit values stored as 16 bits (v * 257) come back exactly."""
-    return np.rint(values.astype(np.float64) / 257.0)
-
-
-def _integer_to_8(values: np.ndarray) -> np.ndarray:
-    """Mode ``I``: Pillow stores 16-bit samples so, hence 0..65535 is 16-bit; beyond, the type's whole range."""
-    values = values.astype(np.float64)
-    low, high = float(values.min(initial=0)), float(values.max(initial=0))
-    if low >= 0 and high <= 65535:
-        return _sixteen_bit_to_8(values)
-    if low >= 0:
-        return values * (255.0 / (2.0 ** 31 - 1))
-    return (values + 2.0 ** 31) * (255.0 / (2.0 ** 32 - 1))
-
-
-def _float_to_8(values: np.ndarray) -> np.ndarray:
-    """Mode ``F``: a maximum of at most 1 means 0..1 intensities, else 0..255; NaN becomes 0."""
-    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-    return values * 255.0 if values.size and values.max() <= 1.0 else values
-
-
 def _deep_gray_to_l(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer or float grayscale as 8-bit ``L``, scaled (Pillow's convert clips them to 255)."""
-    values = np.asarray(image)
+    """16-bit, 32-bit integer or float grayscale as 8-bit ``L``, scaled (Pillow's convert clips them to 255).
+
+    Floats up to 1 are 0..1 intensities, else 0..255 (NaN is 0). Integers in 0..65535 (Pillow's 16-bit samples,
+    signed ones shifted there) are divided by 257, so that 8-bit values stored as v * 257 come back exactly;
+    beyond, they span the 32-bit range."""
+    raw = np.asarray(image)
+    values = raw.astype(np.float64)
     if image.mode == "F":
-        scaled = _float_to_8(values)
-    elif image.mode == "I":
-        scaled = _integer_to_8(values)
-    elif values.dtype.kind == "i":  # signed 16-bit: shift to 0..65535 first
-        scaled = _sixteen_bit_to_8(values.astype(np.int64) + 32768)
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+        scaled = values * 255.0 if values.size and values.max() <= 1.0 else values
     else:
-        scaled = _sixteen_bit_to_8(values)
+        if image.mode != "I" and raw.dtype.kind == "i":  # signed 16-bit
+            values += 32768
+        low, high = float(values.min(initial=0)), float(values.max(initial=0))
+        if low >= 0 and high <= 65535:
+            scaled = np.rint(values / 257.0)
+        elif low >= 0:
+            scaled = values * (255.0 / (2.0 ** 31 - 1))
+        else:
+            scaled = (values + 2.0 ** 31) * (255.0 / (2.0 ** 32 - 1))
     return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
 
 
@@ -86,58 +73,50 @@ def is_regular_file(path: str) -> bool:
         return False
 
 
-def _check_path(path: str) -> None:
+@contextlib.contextmanager
+def _open(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """The image file opened; what is not one, or fails to decode in the block, is a sentence naming it."""
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise UserError(f"Image '{path}' does not exist: check the path.")
     if os.path.isdir(path):
         raise UserError(f"'{path}' is a folder, not an image: pass image files.")
     if not is_regular_file(path):
         raise UserError(f"'{path}' is not a regular file (a FIFO, socket or device): pass image files.")
-
-
-def _decode_error(path: str, exc: BaseException) -> UserError:
-    return UserError(f"Image '{path}' cannot be decoded ({exc}): it is corrupt, truncated or not an image; "
-                     "replace or remove it.")
+    try:
+        with Image.open(path) as img:
+            yield img
+    except _DECODE_ERRORS as exc:
+        raise UserError(f"Image '{path}' cannot be decoded ({exc}): it is corrupt, truncated or not an image; "
+                        "replace or remove it.") from None
 
 
 def load_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
     """Decode an image fully (a truncated file fails here, with its name), upright as its EXIF orientation
     says (as viewers show it), as 8-bit RGB (:func:`to_rgb`) or converted on to ``mode``."""
-    path = os.fspath(path)
-    _check_path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = to_rgb(ImageOps.exif_transpose(img))  # a copy, so it outlives the file
-    except _DECODE_ERRORS as exc:
-        raise _decode_error(path, exc) from None
+    with _open(path) as img:
+        img.load()
+        rgb = to_rgb(ImageOps.exif_transpose(img))  # a copy, so it outlives the file
     return rgb if mode == "RGB" else rgb.convert(mode)
 
 
 def header_size(path: str | os.PathLike) -> Tuple[int, int]:
     """(width, height) of :func:`load_image`'s result (EXIF orientation applied), from the header only."""
-    _check_path(os.fspath(path))
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            if img.format == "PNG" and "exif" not in img.info:  # PNG's getexif() would decode the pixels
-                return width, height
-            return (height, width) if img.getexif().get(0x0112) in (5, 6, 7, 8) else (width, height)
-    except _DECODE_ERRORS as exc:
-        raise _decode_error(os.fspath(path), exc) from None
+    with _open(path) as img:
+        width, height = img.size
+        if img.format == "PNG" and "exif" not in img.info:  # PNG's getexif() would decode the pixels
+            return width, height
+        return (height, width) if img.getexif().get(0x0112) in (5, 6, 7, 8) else (width, height)
 
 
 def check_image(path: str) -> Optional[str]:
     """Why :func:`load_image` would refuse ``path``, or None; JPEGs decode at 1/8 scale (Pillow's draft)."""
     try:
-        _check_path(path)
-        with Image.open(path) as img:
+        with _open(path) as img:
             img.draft(None, (1, 1))
             img.load()
     except UserError as exc:
         return str(exc)
-    except _DECODE_ERRORS as exc:
-        return str(_decode_error(path, exc))
     return None
 
 
@@ -189,15 +168,17 @@ class ImageReader:
         self.paths = [os.fspath(p) for p in paths]  # a path given twice is read twice (unique_stems names its outputs)
         self.skipped: List[Tuple[str, str]] = []  # (path, why)
         self.processed: List[str] = []  # paths decoded and handed out, in order
-        self._readable: List[str] = []
-        for path in self.paths:
-            try:
-                header_size(path)
-                self._readable.append(path)
-            except UserError as exc:
-                self._skip(path, exc)
+        self._readable = [path for path in self.paths if self._check(path, header_size)]
         if not self._readable:
             self._raise_none_read()
+
+    def _check(self, path: str, read: Callable[[str], Any]) -> Any:
+        """``read(path)``, or None after skipping the path."""
+        try:
+            return read(path)
+        except UserError as exc:
+            self._skip(path, exc)
+            return None
 
     def _skip(self, path: str, exc: UserError) -> None:
         if len(self.paths) == 1:
@@ -211,13 +192,10 @@ class ImageReader:
 
     def __iter__(self) -> Iterator[Tuple[str, Image.Image]]:
         for path in self._readable:
-            try:
-                image = load_image(path)
-            except UserError as exc:
-                self._skip(path, exc)
-                continue
-            self.processed.append(path)
-            yield path, image
+            image = self._check(path, load_image)
+            if image is not None:
+                self.processed.append(path)
+                yield path, image
         if not self.processed:
             self._raise_none_read()
 

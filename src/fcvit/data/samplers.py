@@ -1,66 +1,46 @@
 """Samplers every task trains with: an order fixed by (seed, epoch), resumable at any batch.
 
-:class:`EpochShardSampler` yields ``(index, sample_seed)`` pairs and :class:`SeededSamples` seeds
-python/numpy/torch from ``sample_seed`` before loading and transforming that sample. The augmentation a
-sample gets then depends only on (seed, epoch, position), not on the number of workers or on where a
-run was interrupted, so a resumed run sees exactly the batches an uninterrupted one would.
-:class:`SeekableBatches` groups them into batches and gives the training loop
-(:mod:`fcvit.engine.loop`) its one way to seek: ``set_position(epoch, batches_done)``.
+Each sample is loaded and augmented with the RNGs seeded from (seed, epoch, position), not from the number of workers
+or where a run was interrupted, so a resumed run sees exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
 import math
 import random
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Iterator, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import BatchSampler, Dataset, Sampler
 
 __all__ = ["EpochShardSampler", "ShardSampler", "SeededSamples", "SeekableBatches"]
 
 
-def _sample_seed(seed: int, epoch: int, position: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
-
-
 class EpochShardSampler(Sampler):
-    """Training order: a permutation fixed by (seed, epoch), split over ranks, resumable mid-epoch.
+    """Training order: a permutation fixed by (seed, epoch), split over ranks (padded to equal counts, as
+    DistributedSampler), as ``(index, sample_seed)``; ``set_epoch(epoch, skip=n)`` skips this rank's first ``n``."""
 
-    Like DistributedSampler it pads to equal per-rank counts so all ranks take the same number of
-    steps; it yields ``(index, sample_seed)`` for :class:`SeededSamples`. ``set_epoch(epoch,
-    skip=n)`` starts the epoch after ``n`` already-consumed samples of this rank.
-    """
-
-    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
-        self.num_samples_total = num_samples
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.shuffle = shuffle
+    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.num_samples_total, self.seed, self.rank, self.world_size = num_samples, seed, rank, world_size
         self.per_rank = math.ceil(num_samples / world_size)
-        self.epoch = 0
-        self.skip = 0
+        self.epoch = self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch = epoch
-        self.skip = skip
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
         return self.per_rank - self.skip
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + 7919 * self.epoch)
-            order = torch.randperm(self.num_samples_total, generator=g).tolist()
-        else:
-            order = list(range(self.num_samples_total))
+        g = torch.Generator()
+        g.manual_seed(self.seed + 7919 * self.epoch)
+        order = torch.randperm(self.num_samples_total, generator=g).tolist()
         total = self.per_rank * self.world_size
         order += order[: total - len(order)]
         mine = order[self.rank:total:self.world_size]
         for position in range(self.skip, len(mine)):
-            yield mine[position], _sample_seed(self.seed, self.epoch, position * self.world_size + self.rank)
+            sample_seed = np.random.SeedSequence([self.seed, self.epoch, position * self.world_size + self.rank])
+            yield mine[position], int(sample_seed.generate_state(1)[0])
 
 
 class ShardSampler(Sampler):
@@ -102,14 +82,13 @@ class SeededSamples(Dataset):
                 torch.set_rng_state(saved[2])
 
 
-class SeekableBatches(Sampler[List[Tuple[int, int]]]):
+class SeekableBatches(BatchSampler):
     """Full batches of ``batch_size`` from an :class:`EpochShardSampler` (the last partial one dropped)."""
 
     def __init__(self, sampler: EpochShardSampler, batch_size: int) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        self.sampler = sampler
-        self.batch_size = batch_size
+        super().__init__(sampler, batch_size, drop_last=True)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -118,14 +97,3 @@ class SeekableBatches(Sampler[List[Tuple[int, int]]]):
     def set_position(self, epoch: int, batches_done: int) -> None:
         """The next pass yields the batches of ``epoch`` after the first ``batches_done``."""
         self.sampler.set_epoch(epoch, skip=batches_done * self.batch_size)
-
-    def __len__(self) -> int:
-        return len(self.sampler) // self.batch_size
-
-    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
-        batch: List[Tuple[int, int]] = []
-        for item in self.sampler:
-            batch.append(item)
-            if len(batch) == self.batch_size:
-                yield batch
-                batch = []

@@ -1,18 +1,7 @@
-"""Task-agnostic training engine shared by classification, detection and segmentation.
-
-A task subclasses :class:`~fcvit.engine.loop.Task` (its model, optimizer, scheduler and loader, the loss of
-one batch, its evaluation) and hands it to the one loop with the run's :class:`~fcvit.engine.loop.Settings`::
-
-    ctx = init_distributed(args.device); setup_logging(ctx, out); seed_everything(args.seed, ctx.rank)
-    batches = SeekableBatches(EpochShardSampler(len(dataset), args.seed, ctx.rank, ctx.world_size), args.batch_size)
-    task = MyTask(model, optimizer, scheduler, train_loader(SeededSamples(dataset), batches, workers, pin),
-                  name="My task", metric="top1", unit="epoch", length=epochs)
-    result = run_training(task, ctx, Settings(output=out, amp=resolve_amp(ctx.device, args.amp)))
-
-The modules: ``loop`` (the run), ``distributed`` (process group, reductions, DDP, BatchNorm over ranks),
-``checkpoint`` (atomic saves, train state, best-k saver), ``control`` (clean stops, the per-step check),
-``amp``, ``rng``, ``logs`` (console, ``summary.csv``, progress bar) and ``workers`` (loader workers).
-"""
+"""Task-agnostic training engine shared by classification, detection and segmentation: a task subclasses
+:class:`~fcvit.engine.loop.Task` and hands it to :func:`~fcvit.engine.loop.run_training` with the run's
+:class:`~fcvit.engine.loop.Settings`; the other modules are what every run needs (processes, checkpoints, stops,
+mixed precision, random state, logs, loader workers)."""
 from .amp import AmpSettings, backward_step, resolve_amp
 from .checkpoint import (BEST_NAME, LAST_NAME, CheckpointSaver, atomic_copy, atomic_save, build_train_state,
                          load_train_state, plain_args, rank_value, resolve_resume, restore_train_state)

@@ -1,12 +1,9 @@
 """Keep freed CPU memory mapped between training steps (glibc), instead of handing it back every step.
 
 glibc returns the free top of its heap to the kernel past a *trim threshold* and serves blocks above an *mmap
-threshold* with fresh mappings. A training step frees hundreds of megabytes of activations at its end, so the
-next step page-faults the same memory back in: 11-18% of fcvit_tiny's CPU step at batch 16 and 20% of
-convnext_atto's (docs/benchmarks.md). Raising both thresholds does what jemalloc or tcmalloc would, without
-another library. The commands that train, evaluate or benchmark call :func:`keep_freed_memory` once;
-``FCVIT_KEEP_FREED_MEMORY=0`` keeps glibc's defaults. A process setting, not one of the fast paths
-(``FCVIT_FUSED_OPS``, :mod:`fcvit.ops.config`).
+threshold* with fresh mappings, so each step page-faults back in the activations the last one freed: 11-18% of
+fcvit_tiny's CPU step at batch 16 (docs/benchmarks.md). Raising both does what jemalloc or tcmalloc would.
+``FCVIT_KEEP_FREED_MEMORY=0`` keeps glibc's defaults.
 """
 from __future__ import annotations
 

@@ -33,9 +33,7 @@ class AmpSettings:
 
 
 def _bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu"
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu"
 
 
 def resolve_amp(device: torch.device, enabled: bool, dtype: str = "auto") -> AmpSettings:

@@ -19,20 +19,18 @@ from ..files import atomic_copy, atomic_save, remove_stale_temporaries
 from .distributed import DistContext, batchnorm_statistics, gather_objects, unwrap_model
 from .rng import get_rng_state, set_rng_state
 
-__all__ = [
-    "LAST_NAME", "BEST_NAME", "atomic_save", "atomic_copy", "plain_args", "build_train_state",
-    "restore_train_state", "rank_value", "load_train_state", "load_resume_state", "resolve_resume", "CheckpointSaver",
-]
+__all__ = ["LAST_NAME", "BEST_NAME", "atomic_save", "atomic_copy", "plain_args", "build_train_state",
+           "restore_train_state", "rank_value", "load_train_state", "load_resume_state", "resolve_resume",
+           "CheckpointSaver"]
 
 _logger = logging.getLogger(__name__)
 
 LAST_NAME = "last.pth.tar"
 BEST_NAME = "model_best.pth.tar"
-_PLAIN = (str, int, float, bool, type(None))
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, _PLAIN):
+    if isinstance(value, (str, int, float, bool, type(None))):
         return value
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
@@ -42,34 +40,26 @@ def _plain(value: Any) -> Any:
 
 
 def plain_args(args: Any) -> Optional[Dict[str, Any]]:
-    """The run's arguments (a namespace or a mapping) as a dict of plain values (callables and objects become
-    text), so that the checkpoint opens with a plain ``torch.load(path, weights_only=True)``."""
+    """The run's arguments (a namespace or a mapping) as plain values (objects become text), so that the
+    checkpoint opens with ``torch.load(path, weights_only=True)``."""
     if args is None:
         return None
     items = dict(args) if isinstance(args, Mapping) else vars(args)
     return {str(k): _plain(v) for k, v in items.items() if k != "func"}
 
 
-def build_train_state(
-        model: nn.Module,
-        optimizer: Optional[torch.optim.Optimizer] = None,
-        scheduler: Any = None,
-        scaler: Any = None,
-        model_ema: Optional[nn.Module] = None,
-        epoch: int = 0,
-        global_step: int = 0,
-        args: Any = None,
-        ctx: Optional[DistContext] = None,
-        per_rank: Optional[Mapping[str, Any]] = None,
-        **extra: Any,
-) -> Dict[str, Any]:
-    """Everything needed to continue a run exactly: weights, optimizer, schedule, scaler, EMA, counters, RNG.
+def _objects(optimizer: Any, scheduler: Any, scaler: Any) -> Dict[str, Any]:
+    return {key: obj for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler))
+            if obj is not None}
 
-    ``epoch`` is the number of COMPLETED epochs. ``per_rank`` holds values each rank has its own of; they
-    are stored as rank 0's and, with a distributed ``ctx`` (every rank must call this together), every
-    rank's under ``<key>_per_rank``, with the RNG states and BatchNorm statistics (which follow each rank's
-    own batches), so that every rank continues exactly on resume.
-    """
+
+def build_train_state(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
+                      scaler: Any = None, model_ema: Optional[nn.Module] = None, epoch: int = 0,
+                      global_step: int = 0, args: Any = None, ctx: Optional[DistContext] = None,
+                      per_rank: Optional[Mapping[str, Any]] = None, **extra: Any) -> Dict[str, Any]:
+    """Everything needed to continue a run exactly; ``epoch`` counts COMPLETED epochs. ``per_rank`` values, the RNG
+    states and BatchNorm statistics are also stored as every rank's under ``<key>_per_rank`` with a distributed
+    ``ctx`` (every rank calls this together), so that every rank continues exactly on resume."""
     own = dict(per_rank or {}, rng=get_rng_state())
     state: Dict[str, Any] = dict(own, state_dict=unwrap_model(model).state_dict(), epoch=int(epoch),
                                  global_step=int(global_step), args=plain_args(args))
@@ -77,9 +67,7 @@ def build_train_state(
         own["batchnorm"] = [t.cpu() for t in batchnorm_statistics(model, model_ema)]
         gathered = gather_objects(own, ctx)
         state.update({f"{key}_per_rank": [g[key] for g in gathered] for key in own})
-    for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
-        if obj is not None:
-            state[key] = obj.state_dict()
+    state.update({key: obj.state_dict() for key, obj in _objects(optimizer, scheduler, scaler).items()})
     if model_ema is not None:
         state["state_dict_ema"] = unwrap_model(model_ema).state_dict()
     state.update(extra)
@@ -102,16 +90,9 @@ def load_train_state(path: str | os.PathLike) -> Dict[str, Any]:
     return read_checkpoint(path)
 
 
-def restore_train_state(
-        state: Mapping[str, Any],
-        model: nn.Module,
-        optimizer: Optional[torch.optim.Optimizer] = None,
-        scheduler: Any = None,
-        scaler: Any = None,
-        model_ema: Optional[nn.Module] = None,
-        restore_rng: bool = True,
-        ctx: Optional[DistContext] = None,
-) -> Dict[str, int]:
+def restore_train_state(state: Mapping[str, Any], model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                        scheduler: Any = None, scaler: Any = None, model_ema: Optional[nn.Module] = None,
+                        restore_rng: bool = True, ctx: Optional[DistContext] = None) -> Dict[str, int]:
     """Load what :func:`build_train_state` stored into live objects; returns ``epoch`` and ``global_step``.
     Plain weights (no optimizer or schedule) load with a warning; weights that do not fit are a UserError."""
     from ..models.checkpoint import extract_state_dict, load_weights
@@ -119,11 +100,11 @@ def restore_train_state(
     target = unwrap_model(model)
     model_name = getattr(target, "default_cfg", {}).get("architecture", type(target).__name__)
     load_weights(target, extract_state_dict(state, use_ema=False), model_name)
-    for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
-        if obj is not None and state.get(key) is not None:
-            obj.load_state_dict(state[key])
-        elif obj is not None:
+    for key, obj in _objects(optimizer, scheduler, scaler).items():
+        if state.get(key) is None:
             _logger.warning("Checkpoint has no %s state: it starts fresh.", key)
+        else:
+            obj.load_state_dict(state[key])
     if model_ema is not None:
         ema_state = state.get("state_dict_ema")
         if isinstance(ema_state, Mapping):
@@ -131,16 +112,16 @@ def restore_train_state(
         else:
             _logger.warning("Checkpoint has no EMA weights: EMA restarts from the model's weights.")
             unwrap_model(model_ema).load_state_dict(target.state_dict())
-    statistics = rank_value(state, "batchnorm", ctx) if ctx is not None and ctx.distributed else None
-    live = batchnorm_statistics(model, model_ema)
-    if isinstance(statistics, (list, tuple)) and len(statistics) == len(live):
-        with torch.no_grad():
-            for tensor, saved in zip(live, statistics):
-                tensor.copy_(saved)
+    world_size = ctx.world_size if ctx is not None else 1
+    if world_size > 1:
+        statistics, live = rank_value(state, "batchnorm", ctx), batchnorm_statistics(model, model_ema)
+        if isinstance(statistics, (list, tuple)) and len(statistics) == len(live):
+            with torch.no_grad():
+                for tensor, saved in zip(live, statistics):
+                    tensor.copy_(saved)
     rng = rank_value(state, "rng", ctx)
     if restore_rng and isinstance(rng, Mapping):
         per_rank = state.get("rng_per_rank")
-        world_size = ctx.world_size if ctx is not None else 1
         if (isinstance(per_rank, (list, tuple)) or world_size > 1) and rng is state.get("rng"):
             _logger.warning("The checkpoint was written by %s process(es), this run has %d: random streams "
                             "continue from rank 0's, so the run will not repeat the original exactly.",
@@ -194,9 +175,7 @@ class CheckpointSaver:
                  ctx: Optional[DistContext] = None) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
-        self.output_dir = os.fspath(output_dir)
-        self.metric = metric
-        self.mode = mode
+        self.output_dir, self.metric, self.mode = os.fspath(output_dir), metric, mode
         self.keep_best = max(int(keep_best), 0)
         self.ctx = ctx or DistContext()
         self.best: List[_Entry] = []
@@ -218,9 +197,6 @@ class CheckpointSaver:
     def best_value(self) -> Optional[float]:
         return self.best[0].value if self.best else None
 
-    def _better(self, a: float, b: float) -> bool:
-        return a > b if self.mode == "max" else a < b
-
     def state_dict(self) -> Dict[str, Any]:
         return {"metric": self.metric, "mode": self.mode,
                 "best": [{"tag": e.tag, "value": e.value, "path": os.path.basename(e.path)} for e in self.best]}
@@ -233,19 +209,19 @@ class CheckpointSaver:
             self._complete_copies(state.get("copies"), source)
         stored = [_Entry(int(e["tag"]), float(e["value"]), os.path.join(self.output_dir, e["path"]))
                   for e in state.get("best", []) if os.path.exists(os.path.join(self.output_dir, e["path"]))]
+        names = ", ".join(os.path.basename(e.path) for e in stored)
         if stored and (state.get("metric") != self.metric or state.get("mode") != self.mode):
             if self.ctx.is_main:
                 _logger.info("The resumed run ranked its best checkpoints by %s (%s), this one by %s (%s): a new "
                              "ranking starts; %s stay as they are.", state.get("metric"), state.get("mode"),
-                             self.metric, self.mode, ", ".join(os.path.basename(e.path) for e in stored))
+                             self.metric, self.mode, names)
             return
         self.best = stored[:self.keep_best]
         if len(stored) > self.keep_best:  # the user asked to keep fewer from now on, not to delete these
             self._protected = {e.path for e in stored}
             if self.ctx.is_main:
                 _logger.info("--keep-best %d keeps fewer best checkpoints than the resumed run (%d): its %s stay on "
-                             "disk, never removed by this run's ranking.", self.keep_best, len(stored),
-                             ", ".join(os.path.basename(e.path) for e in stored))
+                             "disk, never removed by this run's ranking.", self.keep_best, len(stored), names)
 
     def _complete_copies(self, copies: Any, source: str) -> None:
         """Finish the best copies a stop cut short: the resumed ``last.pth.tar`` IS that best checkpoint."""
@@ -253,9 +229,7 @@ class CheckpointSaver:
                 or not os.path.samefile(source, self.last_path):
             return
         targets = [os.path.join(self.output_dir, str(copies["entry"]))]
-        if copies.get("best"):
-            targets.append(self.best_path)
-        for target in targets:
+        for target in targets + [self.best_path] if copies.get("best") else targets:
             if not os.path.isfile(target) or not filecmp.cmp(source, target, shallow=False):
                 atomic_copy(source, target)
                 _logger.info("Completed the copy of %s to %s that a stop interrupted.", LAST_NAME,
@@ -266,34 +240,29 @@ class CheckpointSaver:
         ``checkpoint-<tag>``; returns ``model_best.pth.tar``'s path when it became the new best."""
         if not self.ctx.is_main:
             return None
-        value = None if metrics is None else metrics.get(self.metric)
-        if value is not None:
-            value = float(value)
-            if not math.isfinite(value):
-                value = None
-        qualifies = value is not None and self.keep_best > 0 and (
-            len(self.best) < self.keep_best or self._better(value, self.best[-1].value))
-        if qualifies:
+        value = (metrics or {}).get(self.metric)
+        value = float(value) if value is not None and math.isfinite(float(value)) else None
+        entry, ranking, dropped = None, list(self.best), []
+        if value is not None and self.keep_best > 0 and (len(self.best) < self.keep_best or (
+                value > self.best[-1].value if self.mode == "max" else value < self.best[-1].value)):
             # the ranking after this save, stored inside the file so a resume keeps it
             entry = _Entry(int(tag), value, os.path.join(self.output_dir, f"checkpoint-{tag}.pth.tar"))
-            ranking = [e for e in self.best if e.tag != entry.tag] + [entry]
-            ranking.sort(key=lambda e: e.value, reverse=self.mode == "max")
+            ranking = sorted([e for e in self.best if e.tag != entry.tag] + [entry], key=lambda e: e.value,
+                             reverse=self.mode == "max")
             dropped, ranking = ranking[self.keep_best:], ranking[:self.keep_best]
-        else:
-            ranking, dropped, entry = list(self.best), [], None
-        previous = self.best
-        self.best = ranking
+        new_best = entry is not None and ranking[0] is entry
+        previous, self.best = self.best, ranking
         state["saver"] = self.state_dict()
         if entry is not None:  # what this file is about to be copied to, so a resume can finish the copies
-            state["saver"]["copies"] = {"entry": os.path.basename(entry.path), "best": ranking[0] is entry}
+            state["saver"]["copies"] = {"entry": os.path.basename(entry.path), "best": new_best}
         if value is not None:
             state.setdefault("metric", value)
         try:
             atomic_save(state, self.last_path)
             if entry is not None:
                 atomic_copy(self.last_path, entry.path)
-                if ranking[0] is entry:
-                    atomic_copy(self.last_path, self.best_path)
+            if new_best:
+                atomic_copy(self.last_path, self.best_path)
         except BaseException:
             self.best = previous
             raise
@@ -301,7 +270,6 @@ class CheckpointSaver:
             if old.path in self._protected:
                 _logger.info("%s leaves the best %d but stays: the resumed run kept it.",
                              os.path.basename(old.path), self.keep_best)
-            elif old.path != (entry.path if entry else None) and os.path.exists(old.path):
+            elif old.path != entry.path and os.path.exists(old.path):
                 os.remove(old.path)
-        return self.best_path if entry is not None and ranking[0] is entry else None
-
+        return self.best_path if new_best else None

@@ -45,14 +45,14 @@ T = TypeVar("T")
 
 
 def resolve_device(requested: Optional[str], local_rank: int = 0) -> torch.device:
-    """'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N' as a device; one sentence when CUDA is asked for but absent."""
+    """'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N' as a device; an absent CUDA asked for is a UserError."""
     if requested in (None, "", "auto"):
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(requested)
     except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
+        device = torch.device("meta")  # refused below
+    if device.type not in ("cpu", "cuda"):
         raise UserError(f"Unknown device '{requested}': use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -83,11 +83,10 @@ def _active(ctx: DistContext) -> bool:
 
 def all_reduce(tensor: torch.Tensor, ctx: DistContext, op: str = "sum") -> torch.Tensor:
     """Reduce ``tensor`` over ranks ('sum', 'max' or 'min') and return it; a copy, the input is kept."""
-    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
     out = tensor.detach().clone()
     if _active(ctx):
         out = out.to(ctx.device)
-        dist.all_reduce(out, op=ops[op])
+        dist.all_reduce(out, op=getattr(dist.ReduceOp, op.upper()))
     return out
 
 
@@ -169,10 +168,8 @@ def distribute_bn(model: nn.Module, ctx: DistContext, reduce: bool = True) -> in
         flat /= ctx.world_size
     else:
         dist.broadcast(flat, src=0)
-    offset = 0
-    for t in stats:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
+    for t, part in zip(stats, flat.split([t.numel() for t in stats])):
+        t.copy_(part.view_as(t))
     return len(stats)
 
 

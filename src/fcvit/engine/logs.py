@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import os
+import shutil
 import sys
 import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional
@@ -65,9 +66,7 @@ def run_folder(ctx: DistContext, output_dir: str) -> Iterator[None]:
         for folder in made:  # the deepest first
             with contextlib.suppress(OSError):
                 if set(os.listdir(folder)) <= {"log.txt", RunLock.NAME}:
-                    for name in os.listdir(folder):
-                        os.remove(os.path.join(folder, name))
-                os.rmdir(folder)
+                    shutil.rmtree(folder)
         raise
     finally:
         lock.release()
@@ -94,8 +93,6 @@ class SummaryLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                from ..errors import UserError
-
                 raise UserError("TensorBoard logging needs the tensorboard package: pip install tensorboard, "
                                 "or leave out --tensorboard.") from None
 
@@ -106,6 +103,12 @@ class SummaryLog:
             return []
         with open(self.path, newline="") as f:
             return list(csv.DictReader(f))
+
+    def _fields(self) -> List[str]:
+        if not os.path.isfile(self.path):
+            return []
+        with open(self.path, newline="") as f:
+            return next(csv.reader(f), [])
 
     def _rewrite(self, rows: List[Mapping[str, Any]], fields: List[str]) -> None:
         text = io.StringIO(newline="")
@@ -119,20 +122,14 @@ class SummaryLog:
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         row = {k: _fmt(v) for k, v in row.items()}
-        fields: List[str] = []
-        if os.path.isfile(self.path):
-            with open(self.path, newline="") as f:
-                fields = next(csv.reader(f), [])
+        fields = self._fields()
         if not fields:
             self._rewrite([row], list(row))
-        elif set(row) - set(fields):
-            self._rewrite(self.read(), fields + [k for k in row if k not in fields])
-            self.append(row)
-            return
+        elif set(row) - set(fields):  # the wider header
+            self._rewrite(self.read() + [row], fields + [k for k in row if k not in fields])
         else:
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=fields).writerow(row)
-                f.flush()
         if self._tb is not None and self.step_key in row:
             step = int(float(row[self.step_key]))
             for key, value in row.items():
@@ -150,9 +147,7 @@ class SummaryLog:
         key, rows = self.step_key, self.read()
         kept = [r for r in rows if key not in r or not r[key] or float(r[key]) < keep_below]
         if len(kept) != len(rows):
-            with open(self.path, newline="") as f:
-                fields = next(csv.reader(f), [])
-            self._rewrite(kept, fields)
+            self._rewrite(kept, self._fields())
 
     def close(self) -> None:
         if self._tb is not None:

@@ -1,9 +1,7 @@
-"""The one training loop: a task says what is its own (a :class:`Task`), the loop does what every run needs.
-
-The loop owns the exact data position (a checkpoint records the data epoch in progress and how many of
-its batches are done, so a resumed run repeats the uninterrupted one), the cadence of logs, evaluations
-and saves, the best-k ranking, the stop and non-finite guards, out-of-memory in one sentence, the
-``summary.csv`` rows and the schedule's stepping. Runs are counted in epochs or in iterations.
+"""The one training loop: a task says what is its own (a :class:`Task`), the loop does what every run needs:
+the exact data position (so a resumed run repeats the uninterrupted one), the cadence of logs, evaluations and
+saves, the best-k ranking, stops, non-finite losses, out-of-memory in one sentence, ``summary.csv`` and the
+schedule's stepping. Runs are counted in epochs or in iterations.
 """
 from __future__ import annotations
 
@@ -33,8 +31,7 @@ from .distributed import DistContext, all_reduce_mean, barrier, wrap_ddp
 from .logs import ProgressBar, SummaryLog, rate
 from .workers import ignore_stop_signals, user_errors_from_workers
 
-__all__ = ["Task", "Settings", "run_training", "is_out_of_memory", "out_of_memory_as_user_error", "train_loader",
-           "eval_loader"]
+__all__ = ["Task", "Settings", "run_training", "out_of_memory_as_user_error", "train_loader", "eval_loader"]
 
 _logger = logging.getLogger(__name__)
 
@@ -45,9 +42,8 @@ StepOutput = Tuple[torch.Tensor, Mapping[str, torch.Tensor], int]
 class Task:
     """What a task gives the loop: its objects, the loss of one batch and its evaluation; hooks default to nothing.
 
-    The batch sampler of ``train_loader`` needs ``batch_size``, ``batches_per_epoch`` and ``set_position(epoch,
-    batches_done)`` (:class:`fcvit.data.samplers.SeekableBatches`). The best checkpoints are ranked by
-    ``metric`` (higher is better with ``mode`` 'max'); a run lasts ``length`` epochs or iterations (``unit``).
+    ``train_loader``'s batch sampler seeks like :class:`fcvit.data.samplers.SeekableBatches`. The best checkpoints
+    are ranked by ``metric`` (higher is better with ``mode`` 'max'); a run lasts ``length`` ``unit``s.
     """
 
     describe = ""  # the start banner's detail
@@ -93,9 +89,9 @@ class Task:
 class Settings:
     """How the user runs it, translated by the task from its flags (the engine never sees them).
 
-    ``args`` is stored in every checkpoint; ``run_shaping`` maps the names of those whose change makes a
-    resumed run another run to how the user writes them: a resume with other values is refused unless
-    ``resume_override``, which applies them; ``new_run_only`` are those only a new run can apply.
+    ``args`` is stored in every checkpoint; ``run_shaping`` maps the arguments whose change makes a resumed run
+    another run to their flags: other values are refused unless ``resume_override`` (which applies them, except
+    ``new_run_only``).
     """
 
     output: str
@@ -119,9 +115,8 @@ class Settings:
 
 def train_loader(dataset: Dataset, batches: Sampler, workers: int, pin_memory: bool,
                  collate_fn: Optional[Callable] = None) -> DataLoader:
-    """The loader the loop trains from: ``batches`` seeks (``set_position``), workers ignore stop signals
-    (SIGTERM to the process group stops the run cleanly), and a private generator, so that starting an
-    epoch draws nothing from the random state a checkpoint restores."""
+    """The loader the loop trains from: workers ignore stop signals (SIGTERM to the process group stops the run
+    cleanly), and a private generator, so that starting an epoch draws nothing from the restored random state."""
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
                       collate_fn=collate_fn, persistent_workers=workers > 0, generator=torch.Generator(),
                       worker_init_fn=ignore_stop_signals if workers else None)
@@ -135,20 +130,15 @@ def eval_loader(dataset: Dataset, batch_size: int, ctx: DistContext, workers: in
                       worker_init_fn=ignore_stop_signals if workers else None)
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
-    text = str(exc)
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
-
-
 @contextlib.contextmanager
 def out_of_memory_as_user_error(batch_size: int, device: torch.device, hint: str = "or --amp") -> Iterator[None]:
-    """Running out of memory (training or evaluation, every task) becomes one sentence with what to change."""
+    """Running out of memory (CUDA's OutOfMemoryError, the CPU allocator's RuntimeError; training or evaluation, every
+    task) becomes one sentence with what to change."""
     try:
         yield
-    except (RuntimeError, torch.OutOfMemoryError) as exc:
-        if not is_out_of_memory(exc):
+    except RuntimeError as exc:
+        if not (isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
+                or "out of memory" in str(exc)):
             raise
         raise UserError(f"A batch of {batch_size} images does not fit in {device} memory: use a smaller -b "
                         f"(e.g. -b {max(batch_size // 2, 1)}), {hint}.") from None
@@ -189,8 +179,7 @@ class _Window:
 
 
 class _Schedule:
-    """timm's schedulers (set by epoch and update count, moved per update and per epoch) and torch's (one
-    step per update) behind one interface."""
+    """timm's schedulers (moved per update and per epoch) and torch's (one step per update) behind one interface."""
 
     def __init__(self, scheduler: Any) -> None:
         self.scheduler, self.timm = scheduler, hasattr(scheduler, "step_update")
@@ -206,8 +195,8 @@ class _Schedule:
             self.scheduler.step(epoch + 1, metric)
 
     def place(self, epoch: int, global_step: int, replay: bool) -> None:
-        """At a resumed position: timm's are set from it; torch's restored state is already there, unless
-        ``replay`` (its state was rebuilt for new settings): then it is stepped there."""
+        """At a resumed position: timm's are set from it; torch's is already there, unless ``replay`` (its state was
+        rebuilt for new settings)."""
         if self.timm and global_step:
             self.scheduler.step(epoch)
             self.scheduler.step_update(num_updates=global_step)
@@ -233,8 +222,7 @@ def run_training(task: Task, ctx: DistContext, settings: Settings) -> Dict[str, 
 
 
 class _Run:
-    """One run: its position (global step, data epoch, batches of it done), the open summary window, and the
-    parts every step goes through: step, log, then one cadence decision (evaluate, save, stop)."""
+    """One run: its position (global step, data epoch, batches of it done) and the open summary window."""
 
     def __init__(self, task: Task, ctx: DistContext, settings: Settings) -> None:
         self.task, self.ctx, self.settings = task, ctx, settings
@@ -244,7 +232,7 @@ class _Run:
             raise UserError("The training data gives no full batch on each process: use a smaller -b or more images.")
         self.total = task.length * self.per_epoch if task.unit == "epoch" else task.length
         out = settings.output
-        self.saver = CheckpointSaver(out, metric=task.metric, mode=task.mode, keep_best=settings.keep_best, ctx=ctx)
+        self.saver = CheckpointSaver(out, task.metric, task.mode, settings.keep_best, ctx)
         self.summary = SummaryLog(os.path.join(out, "summary.csv"), ctx, step_key=task.unit,
                                   tensorboard_dir=os.path.join(out, "tensorboard") if settings.tensorboard else None)
         self.schedule = _Schedule(task.scheduler)
@@ -256,7 +244,6 @@ class _Run:
         self.bar = ProgressBar(0, "", ctx, enabled=False)
         self.log_start, self.log_images = time.perf_counter(), 0
 
-    # -- the run -----------------------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
         pending = self.resume()
         self.banner(pending)
@@ -292,8 +279,7 @@ class _Run:
                 self.bar = ProgressBar(remaining, f"epoch {epoch}", self.ctx, enabled=sys.stderr.isatty())
             if epoch != started:
                 self.task.on_epoch_start(epoch)
-            started = epoch
-            self.epoch = epoch
+            started = self.epoch = epoch
             self.window.data_seconds += time.perf_counter() - tick
             stop_now = self.train_step(batch, stop)
             self.window.seconds += time.perf_counter() - tick
@@ -387,8 +373,7 @@ class _Run:
         if self.done >= self.per_epoch:
             self.schedule.epoch_end(self.epoch, ranking.get(self.task.metric))
         position = {"epoch": self.epoch, "iter": self.step}
-        if self.task.unit == "iter":
-            position = {"iter": self.step, "epoch": self.epoch}
+        position = {self.task.unit: position[self.task.unit], **position}  # the run's unit is the first column
         self.summary.append(dict(position, lr=self.window.lr, **train_row, **fields))
         self.window = _Window()
         return train_row
@@ -426,7 +411,6 @@ class _Run:
                          "epoch" if task.unit == "epoch" else "iteration",
                          int(pending["epoch"]) if task.unit == "epoch" else self.step)
 
-    # -- resume ------------------------------------------------------------------------------------------
     def resume(self) -> Optional[Mapping[str, Any]]:
         """Continue the run in ``--resume``: its state and position; returns the evaluation a stop put off."""
         task, s, ctx = self.task, self.settings, self.ctx

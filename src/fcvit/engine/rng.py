@@ -1,8 +1,5 @@
-"""Seeding and capturing every random number generator a training run draws from.
-
-States are stored as tensors and plain Python values so that checkpoints load with
-``torch.load(weights_only=True)``: numpy's state array becomes a uint32 tensor.
-"""
+"""Seeding and capturing every random number generator a training run draws from, as tensors and plain values
+so that checkpoints load with ``torch.load(weights_only=True)``."""
 from __future__ import annotations
 
 import random
@@ -43,11 +40,9 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         random.setstate((version, tuple(internal), gauss))
     if "numpy" in state:
         n = state["numpy"]
-        keys = n["keys"].numpy().astype(np.uint32)
-        np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
     if "torch" in state:
         torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

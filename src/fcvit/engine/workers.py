@@ -16,13 +16,18 @@ T = TypeVar("T")
 _LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
 
 
+def _shut_down(iterator: object) -> None:
+    """torch's own clean shutdown: ask each worker to exit, join, then terminate stragglers."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 def _shut_down_live_workers() -> None:
     """At exit, stop the workers of loaders an exception left running: they ignore SIGTERM, which
     multiprocessing's own exit handler (registered earlier, so run later) relies on before joining them."""
     for iterator in list(_LIVE_ITERATORS):
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        _shut_down(iterator)
 
 
 atexit.register(_shut_down_live_workers)
@@ -43,8 +48,7 @@ def user_errors_from_workers(loader: Iterable[T]) -> Iterator[T]:
         _LIVE_ITERATORS.add(iterator)
     except TypeError:  # an iterator without weak references holds no worker processes
         pass
-    marker = "UserError: "
-    finished = False
+    marker, finished = "UserError: ", False
     try:
         while True:
             try:
@@ -60,9 +64,6 @@ def user_errors_from_workers(loader: Iterable[T]) -> Iterator[T]:
             yield batch
     finally:
         if not finished:
-            # torch's own clean shutdown: ask each worker to exit, join, then terminate stragglers
-            shutdown = getattr(iterator, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            _shut_down(iterator)
             if getattr(loader, "_iterator", None) is iterator:  # persistent workers: start afresh next time
                 loader._iterator = None  # type: ignore[attr-defined]

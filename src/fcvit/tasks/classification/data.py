@@ -1,6 +1,4 @@
-"""Image classification data: folder datasets checked up front, timm's other dataset forms and the
-built-in digits dataset. The samplers that make training resumable live in :mod:`fcvit.data.samplers`.
-"""
+"""Image classification data: folder datasets checked up front, timm's other dataset forms and the built-in digits."""
 from __future__ import annotations
 
 import logging
@@ -35,12 +33,11 @@ class BadImageError(UserError):
 
 
 class DigitsDataset(Dataset):
-    """scikit-learn's handwritten digits (1,797 8x8 images) as RGB; the stratified split is fixed by ``split_seed``."""
+    """scikit-learn's handwritten digits (1,797 8x8 images) as RGB, in a fixed stratified 80/20 split."""
 
     classes = DIGITS_CLASSES
 
-    def __init__(self, split: str = "train", transform: Optional[Callable] = None, val_fraction: float = 0.2,
-                 split_seed: int = 0) -> None:
+    def __init__(self, split: str = "train", transform: Optional[Callable] = None) -> None:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
@@ -49,8 +46,8 @@ class DigitsDataset(Dataset):
             raise UserError("The digits dataset has the splits 'train' and 'val': pass one of those.")
         digits = load_digits()
         images = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-        train_idx, val_idx = train_test_split(np.arange(len(images)), test_size=val_fraction,
-                                              random_state=split_seed, stratify=digits.target)
+        train_idx, val_idx = train_test_split(np.arange(len(images)), test_size=0.2, random_state=0,
+                                              stratify=digits.target)
         idx = np.sort(train_idx if split == "train" else val_idx)
         self.images, self.targets, self.transform = images[idx], digits.target[idx].astype(np.int64), transform
 
@@ -119,22 +116,17 @@ class CheckedImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load(self, index: int) -> Tuple[Image.Image, int]:
-        path, target = self.samples[index]
-        try:
-            return load_image(path), target
-        except UserError as exc:
-            raise BadImageError(f"{exc} (or pass --skip-bad-images to go on without it)") from None
-
     def __getitem__(self, index: int) -> Tuple[Any, int]:
         for attempt in range(len(self)):
+            path, target = self.samples[(index + attempt) % len(self)]
             try:
-                img, target = self._load((index + attempt) % len(self))
+                img = load_image(path)
                 break
-            except BadImageError as exc:
+            except UserError as exc:
+                bad = BadImageError(f"{exc} (or pass --skip-bad-images to go on without it)")
                 if not self.skip_bad_images:
-                    raise
-                _logger.warning("%s unreadable image: %s", "Not evaluating" if self.evaluation else "Skipping", exc)
+                    raise bad from None
+                _logger.warning("%s unreadable image: %s", "Not evaluating" if self.evaluation else "Skipping", bad)
                 if self.evaluation:
                     img, target = Image.new("RGB", (32, 32)), SKIPPED_TARGET
                     break
@@ -162,11 +154,9 @@ def check_images(dataset: Dataset, workers: int = 8) -> None:
 def create_classification_dataset(name: str, root: Optional[str], split: str, transform: Optional[Callable] = None,
                                   skip_bad_images: bool = False, class_names: Optional[Sequence[str]] = None,
                                   evaluation: bool = False) -> Dataset:
-    """The dataset for ``--dataset name`` and ``DATA``: 'digits', an image folder (empty name or 'folder'), or
-    any other name ``timm.data.create_dataset`` accepts; ``.classes`` holds the names where the source knows
-    them. ``evaluation``: a folder's images are checked now (:func:`check_images`), and unreadable ones with
-    ``skip_bad_images`` are marked instead of replaced.
-    """
+    """The dataset for ``--dataset name`` and ``DATA``: 'digits', an image folder (empty name or 'folder'), or any
+    other name ``timm.data.create_dataset`` accepts; ``.classes`` holds the names where the source knows them.
+    ``evaluation``: a folder's images are checked now, and unreadable ones marked instead of replaced."""
     if name == "digits":
         return DigitsDataset(split, transform=transform)
     if not root:

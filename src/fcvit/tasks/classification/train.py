@@ -1,11 +1,5 @@
-"""Image classification as a task of the engine's loop: data, model, loss, evaluation; timm does the rest.
-
-What is classification's own lives here: the image-folder/timm/digits data with the recipe's
-augmentation, the classifier (with the recipe's drop path, or fine-tuned from a checkpoint), mixup and
-the losses of the original ``train.py``, top-1/top-5 evaluation of the model and its EMA, and
-``--dist-bn`` before evaluation. Resume, stops, saves, logging and schedule stepping come from
-:func:`fcvit.engine.loop.run_training`.
-"""
+"""Image classification as a task of the engine's loop: the recipe's data, classifier, mixup and losses of the
+original ``train.py``, top-1/top-5 of the model and its EMA; resume, saves and logging come from the loop."""
 from __future__ import annotations
 
 import argparse
@@ -21,43 +15,27 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ...data.samplers import EpochShardSampler, SeededSamples, SeekableBatches
-from ...engine import (
-    AmpSettings,
-    DistContext,
-    ProgressBar,
-    Task,
-    all_reduce,
-    convert_sync_batchnorm,
-    distribute_bn,
-    eval_loader,
-    out_of_memory_as_user_error,
-    resolve_amp,
-    resolve_resume,
-    run_distributed,
-    run_training,
-    seed_everything,
-    train_loader,
-    unwrap_model,
-)
+from ...engine import (AmpSettings, DistContext, ProgressBar, Task, all_reduce, convert_sync_batchnorm, distribute_bn,
+                       eval_loader, out_of_memory_as_user_error, resolve_amp, resolve_resume, run_distributed,
+                       run_training, seed_everything, train_loader, unwrap_model)
 from ...engine.logs import run_folder
 from ...engine.workers import user_errors_from_workers
 from ...errors import UserError
 from ..training import loop_settings
 
-__all__ = ["train", "evaluate", "create_model", "check_model_kwargs", "build_eval_loader", "check_classes", "ClassificationTask"]
+__all__ = ["train", "evaluate", "create_model", "check_model_kwargs", "build_eval_loader", "check_classes",
+           "ClassificationTask"]
 
 _logger = logging.getLogger(__name__)
 
 OOM_HINT = "--grad-checkpointing or --amp"
 
 
-# ----------------------------------------------------------------------------------------------- model
-
 def create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     """The classifier by name (FCViT or any timm model), with the recipe's drop-path for FCViT variants."""
-    from ...models import MODEL_CONFIGS, check_model_name
-
     import timm
+
+    from ...models import MODEL_CONFIGS, check_model_name
 
     check_model_name(args.model, allow_timm=True)
     drop_path = args.drop_path
@@ -83,7 +61,7 @@ def create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
 
 #: constructor arguments with a flag of their own, which --model-kwargs would silently override
 FLAG_KWARGS = {"num_classes": "--num-classes", "drop_rate": "--drop", "drop_path_rate": "--drop-path"}
-_STAGE_KWARGS = ("depths", "dims", "mlp_ratios")
+_STAGE_KWARGS = {"depths": int, "dims": int, "mlp_ratios": (int, float)}  # the element types of each
 
 
 def check_model_kwargs(model: str, kwargs: Mapping[str, Any]) -> None:
@@ -103,10 +81,9 @@ def check_model_kwargs(model: str, kwargs: Mapping[str, Any]) -> None:
     if unknown is not None:
         raise UserError(f"--model-kwargs {unknown} is not an argument of {model}: use {', '.join(accepted)}.")
     cfg = MODEL_CONFIGS[model]
-    kinds = {"depths": int, "dims": int, "mlp_ratios": (int, float)}
-    counts = {len(v) if isinstance(v, (list, tuple)) and all(isinstance(x, kinds[k]) and not isinstance(x, bool)
-                                                              and x > 0 for x in v) else 0
-              for k, v in ((k, kwargs.get(k, getattr(cfg, k))) for k in _STAGE_KWARGS)}
+    counts = {len(v) if isinstance(v, (list, tuple)) and all(isinstance(x, kind) and not isinstance(x, bool) and x > 0
+                                                              for x in v) else 0
+              for v, kind in ((kwargs.get(k, getattr(cfg, k)), kind) for k, kind in _STAGE_KWARGS.items())}
     if len(counts) > 1 or 0 in counts:
         given = " ".join(f"{k}={kwargs[k]!r}" for k in _STAGE_KWARGS if k in kwargs)
         own = " ".join(f"{k}={tuple(getattr(cfg, k))}" for k in _STAGE_KWARGS)
@@ -125,20 +102,15 @@ def load_initial_weights(model: nn.Module, path: str, model_name: str) -> None:
     """Start from a checkpoint's weights (fine-tuning); a classifier for other classes is left new."""
     from ...models import extract_state_dict, load_weights, read_checkpoint
 
-    state_dict = extract_state_dict(read_checkpoint(path))
-    own = model.state_dict()
+    state_dict, own = extract_state_dict(read_checkpoint(path)), model.state_dict()
     head_keys = [k for k in state_dict if k.startswith("head.")]
-    if any(k in own and tuple(state_dict[k].shape) != tuple(own[k].shape) for k in head_keys):
-        for k in head_keys:
-            del state_dict[k]
+    other_head = any(k in own and tuple(state_dict[k].shape) != tuple(own[k].shape) for k in head_keys)
+    if other_head:
+        state_dict = {k: v for k, v in state_dict.items() if k not in head_keys}
         _logger.info("Initial weights from '%s': classifier of %s is for other classes, starting it new.",
                      path, model_name)
-        load_weights(model, state_dict, model_name, allow_partial=True)
-    else:
-        load_weights(model, state_dict, model_name)
+    load_weights(model, state_dict, model_name, allow_partial=other_head)
 
-
-# ------------------------------------------------------------------------------------------------ data
 
 def check_classes(data_classes: Optional[Sequence[str]], checkpoint: Dict[str, Any], num_classes: int,
                   data_name: str) -> None:
@@ -194,8 +166,6 @@ def build_eval_loader(args: argparse.Namespace, model: nn.Module, ctx: DistConte
     return loader, dataset, tf_args
 
 
-# ------------------------------------------------------------------------------------------- training
-
 def _mixup_fn(args: argparse.Namespace, num_classes: int) -> Optional[Callable]:
     from timm.data import Mixup
 
@@ -207,8 +177,7 @@ def _mixup_fn(args: argparse.Namespace, num_classes: int) -> Optional[Callable]:
 
 
 def _train_loss(args: argparse.Namespace, mixup: bool) -> nn.Module:
-    """The original train.py's choice: JSD over augmentation splits, else (binary) cross-entropy on soft
-    (mixup) or smoothed targets."""
+    """The original train.py's: JSD over augmentation splits, else (binary) cross-entropy on soft/smoothed targets."""
     from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     bce, threshold = args.bce_loss, args.bce_target_thresh
@@ -250,19 +219,14 @@ def _batch_erasing(args: argparse.Namespace, device: torch.device) -> Optional[C
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, amp: AmpSettings, ctx: DistContext,
              channels_last: bool = False, desc: str = "eval") -> Dict[str, float]:
-    """Top-1, top-5 (in %), mean cross-entropy and images/s over the whole split, exact across ranks.
-
-    Samples whose target is ``SKIPPED_TARGET`` (unreadable images under --skip-bad-images) are left out of
-    every count and returned as ``skipped``.
-    """
+    """Top-1, top-5 (in %), mean cross-entropy and images/s over the whole split, exact across ranks; unreadable
+    images (``SKIPPED_TARGET`` under --skip-bad-images) are counted only as ``skipped``."""
     from .data import SKIPPED_TARGET
 
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64, device=ctx.device)  # loss, top1, top5, count, skipped
-    num_classes = None
     start = time.perf_counter()
-    total = len(loader.sampler) * ctx.world_size if hasattr(loader.sampler, "__len__") else 0
-    with ProgressBar(total, desc, ctx) as bar:
+    with ProgressBar(len(loader.sampler) * ctx.world_size, desc, ctx) as bar:
         for images, targets in user_errors_from_workers(loader):
             images = images.to(ctx.device, non_blocking=True)
             targets = targets.to(ctx.device, non_blocking=True)
@@ -273,21 +237,16 @@ def evaluate(model: nn.Module, loader: DataLoader, amp: AmpSettings, ctx: DistCo
             read = targets != SKIPPED_TARGET
             sums[4] += (~read).sum()
             logits, targets = logits.float()[read], targets[read]
-            num_classes = logits.shape[1]
-            k = min(5, num_classes)
-            top = logits.topk(k, dim=1).indices
-            hits = top.eq(targets.unsqueeze(1))
+            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets.unsqueeze(1))
             sums[0] += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
             sums[1] += hits[:, :1].sum()
             sums[2] += hits.sum()
             sums[3] += targets.numel()
             bar.update(images.shape[0] * ctx.world_size)
-    sums = all_reduce(sums, ctx)
-    seconds = time.perf_counter() - start
-    count = max(float(sums[3].item()), 1.0)
-    return {"loss": sums[0].item() / count, "top1": 100.0 * sums[1].item() / count,
-            "top5": 100.0 * sums[2].item() / count, "img_per_sec": count / max(seconds, 1e-9),
-            "images": int(sums[3].item()), "skipped": int(sums[4].item())}
+    loss, top1, top5, images, skipped = all_reduce(sums, ctx).tolist()
+    count = max(images, 1.0)
+    return {"loss": loss / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "images": int(images),
+            "img_per_sec": count / max(time.perf_counter() - start, 1e-9), "skipped": int(skipped)}
 
 
 def _cpu_threads(ctx: DistContext, workers: int) -> None:
@@ -319,8 +278,7 @@ def _create_schedule(optimizer: torch.optim.Optimizer, args: argparse.Namespace,
     stays where the optimizer starts it), so the loop always has a schedule to step and checkpoint."""
     from timm.scheduler import create_scheduler_v2
 
-    extras = _schedule_extras(args)
-    sched, warmup_epochs = args.sched, args.warmup_epochs
+    extras, sched, warmup_epochs = _schedule_extras(args), args.sched, args.warmup_epochs
     if sched == "none":
         sched, warmup_epochs, extras["noise"] = "constant", 0, None
     try:
@@ -331,7 +289,8 @@ def _create_schedule(optimizer: torch.optim.Optimizer, args: argparse.Namespace,
             decay_rate=args.decay_rate, step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch,
             **extras)
     except ValueError as exc:  # timm's own range checks (wsd/rsqrt decay length)
-        raise UserError(f"--sched {args.sched}: {str(exc).rstrip('.')}; change --decay-epochs, --warmup-epochs or --epochs.") from None
+        raise UserError(f"--sched {args.sched}: {str(exc).rstrip('.')}; change --decay-epochs, --warmup-epochs or "
+                        "--epochs.") from None
 
 
 def _schedule_extras(args: argparse.Namespace) -> Dict[str, Any]:
@@ -370,15 +329,12 @@ def _epochs_note(args: argparse.Namespace, num_epochs: int) -> str:
 
 
 def check_initial_with_resume(args: argparse.Namespace) -> None:
-    """``--initial-checkpoint`` starts a NEW run, so it conflicts with an explicit ``--resume CKPT`` (whose weights
-    would replace it). ``--resume auto`` without a ``last.pth.tar`` starts a new run from the initial weights; with
-    one, rerunning the same command continues that run (the loop refuses another --initial-checkpoint)."""
-    explicit_resume = args.resume not in ("", "auto")
-    if args.initial_checkpoint and explicit_resume and resolve_resume(args.resume, args.output):
+    """``--initial-checkpoint`` starts a NEW run, so an explicit ``--resume CKPT`` (whose weights would replace it)
+    conflicts; ``--resume auto`` continues a run the same command started."""
+    if args.initial_checkpoint and args.resume not in ("", "auto") and resolve_resume(args.resume, args.output):
         raise UserError(f"--initial-checkpoint and --resume {args.resume} conflict: a resumed run continues from "
                         "its own weights, so drop --initial-checkpoint to continue it, or drop --resume (or pass "
                         "--resume '') to start a new run from the initial weights.")
-
 
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
@@ -399,8 +355,7 @@ def _task(args: argparse.Namespace, ctx: DistContext) -> "ClassificationTask":
     from .data import create_classification_dataset
 
     check_initial_with_resume(args)
-    notes = list(vars(args).pop("compat_notes", None) or [])  # from flags of the original train.py
-    for note in notes:
+    for note in vars(args).pop("compat_notes", None) or []:  # from flags of the original train.py
         _logger.info(note)
     _cpu_threads(ctx, args.workers)
     seed_everything(args.seed, ctx.rank)
@@ -453,9 +408,10 @@ class ClassificationTask(Task):
                             "use an even -b or --mixup 0 --cutmix 0.")
         batches = SeekableBatches(EpochShardSampler(len(train_set), args.seed, ctx.rank, ctx.world_size),
                                   args.batch_size)
-        loader = train_loader(SeededSamples(train_set), batches, args.workers, ctx.device.type == "cuda" and args.pin_mem)
+        loader = train_loader(SeededSamples(train_set), batches, args.workers,
+                              ctx.device.type == "cuda" and args.pin_mem)
         self.val_loader, _, eval_tf = build_eval_loader(args, model, ctx, args.val_split, class_names,
-                                                        args.validation_batch_size or args.batch_size)
+                                                        args.validation_batch_size)
         lr = _resolve_lr(args, ctx.world_size)
         optimizer = create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay,
                                         momentum=args.momentum, **({"eps": args.opt_eps} if args.opt_eps else {}),
@@ -488,18 +444,15 @@ class ClassificationTask(Task):
         self.data_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in eval_tf.items()}
 
     def step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], int]:
-        images, targets = batch
-        batch_images = targets.shape[0]
-        images, targets = _join_splits(images, targets)
-        images = images.to(self.ctx.device, non_blocking=True)
-        targets = targets.to(self.ctx.device, non_blocking=True)
+        images, targets = _join_splits(*batch)
+        images, targets = images.to(self.ctx.device, non_blocking=True), targets.to(self.ctx.device, non_blocking=True)
         if self.args.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if self.mixup is not None:
             images, targets = self.mixup(images, targets)
         if self.batch_erasing is not None:
             images = self.batch_erasing(images)
-        return self.loss_fn(model(images), targets), {}, batch_images
+        return self.loss_fn(model(images), targets), {}, batch[1].shape[0]
 
     def evaluate(self, model: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
         metrics = evaluate(model, self.val_loader, self.amp, self.ctx, self.args.channels_last, "eval")
@@ -515,10 +468,9 @@ class ClassificationTask(Task):
         return ranked, row
 
     def before_evaluate(self, model: nn.Module) -> None:
-        if self.dist_bn:
-            distribute_bn(model, self.ctx, reduce=self.dist_bn == "reduce")
-            if self.model_ema is not None and self.ema_evaluated:
-                distribute_bn(self.model_ema.module, self.ctx, reduce=self.dist_bn == "reduce")
+        ema = [self.model_ema.module] if self.model_ema is not None and self.ema_evaluated else []
+        for each in [model] + ema if self.dist_bn else []:
+            distribute_bn(each, self.ctx, reduce=self.dist_bn == "reduce")
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.mixup is not None and self.args.mixup_off_epoch and epoch >= self.args.mixup_off_epoch:

@@ -43,14 +43,10 @@ _COPY_AGAIN = "copy or download it again, or use another checkpoint"
 
 
 def read_checkpoint(path: str | os.PathLike) -> Dict[str, object]:
-    """Open a checkpoint file safely; ``.safetensors`` files give their tensors directly, a timm hub folder
-    (or ``local-dir:DIR``) its weights with config.json's fields, so every command takes one.
-
-    Every way a file can fail to open ends in one sentence that tells the cases apart: empty (a write
-    cut short), incomplete or damaged, not a checkpoint at all, refused as unsafe, or not a dict.
-    """
-    path = os.fspath(path)
-    path = path[len("local-dir:"):] if path.startswith("local-dir:") else path  # timm's name for a hub folder
+    """Open a checkpoint file safely (``.safetensors`` too), or a timm hub folder (or ``local-dir:DIR``) as its
+    weights with config.json's fields. Every way a file can fail to open ends in one sentence telling the
+    cases apart: empty (a write cut short), incomplete or damaged, not a checkpoint, unsafe, or not a dict."""
+    path = os.fspath(path).removeprefix("local-dir:")  # timm's name for a hub folder
     if not os.path.exists(path):
         raise UserError(f"Checkpoint '{path}' does not exist: check the path.")
     if os.path.isdir(path):
@@ -328,23 +324,18 @@ def _describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], model_name: str,
                  allow_partial: bool = False) -> Tuple[List[str], List[str]]:
-    """Load weights with a one-sentence error on a mismatch.
-
-    Keys are compared once the model's FCViT parts have renamed the published layout's. With
-    ``allow_partial`` (backbones from classification checkpoints) keys the model lacks are skipped
-    and keys the file lacks are left at their initial values; both lists are returned.
-    """
+    """Load weights (the published layout's keys renamed) with a one-sentence error on a mismatch. With
+    ``allow_partial`` (backbones from classifiers) keys the model lacks are skipped and keys the file lacks
+    keep their initial values; both lists are returned."""
     state_dict = remap_state_dict(model, state_dict)
     own = model.state_dict()
     wrong_shape = [k for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    if wrong_shape or (not allow_partial and missing):
+    if wrong_shape or (missing and not allow_partial) or (allow_partial and len(missing) == len(own)):
         raise UserError(_describe_mismatch(model, state_dict, model_name))
     if not allow_partial and unexpected:
         listed = ", ".join(unexpected[:3]) + (" ..." if len(unexpected) > 3 else "")
         raise UserError(f"The checkpoint does not fit {model_name}: it has keys the model lacks ({listed}).")
-    if allow_partial and len(missing) == len(own):
-        raise UserError(_describe_mismatch(model, state_dict, model_name))
     model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=not allow_partial)
     return missing, unexpected

@@ -5,8 +5,7 @@ similarity, plus large depth-wise convolutions, in timm's layout (``stem``, ``st
 ``.blocks``, ``norm``, ``head``). A load-state-dict hook renames the published checkpoints' flat layout
 (``patch_embed``, ``network.N``) at any prefix: a detector's ``backbone.``, an EMA copy, DDP.
 
-Annotations stay evaluated (no ``from __future__ import annotations``): FX copies the annotation of
-``forward`` into the traced graph's signature, where a string would not resolve under TorchScript.
+Annotations stay evaluated: FX copies ``forward``'s into the traced graph, where a string would not script.
 """
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
 
@@ -57,12 +56,7 @@ def remap_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> Dict[st
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
     """Drop DistributedDataParallel's ``module.`` and torch.compile's ``_orig_mod.`` prefixes."""
-    out: Dict[str, Any] = {}
-    for key, value in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            key = key[len(prefix):] if key.startswith(prefix) else key
-        out[key] = value
-    return out
+    return {key.removeprefix("module.").removeprefix("_orig_mod."): value for key, value in state_dict.items()}
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, Any]:
@@ -289,25 +283,18 @@ def _create_fcvit(variant: str, pretrained: bool = False, **kwargs: Any) -> FCVi
                                 feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **kwargs)
 
 
-@register_model
-def fcvit_tiny(pretrained: bool = False, **kwargs: Any) -> FCViT:
-    """FCViT-tiny: 4.8M parameters, 74.9% ImageNet top-1 (published)."""
-    return _create_fcvit("fcvit_tiny", pretrained, **kwargs)
+def _entrypoint(variant: str, params_m: float) -> Callable[..., FCViT]:
+    """timm's model function of ``variant``, registered as ``@register_model`` registers one."""
+    def create(pretrained: bool = False, **kwargs: Any) -> FCViT:
+        return _create_fcvit(variant, pretrained, **kwargs)
+
+    create.__name__ = create.__qualname__ = variant
+    top1 = MODEL_CONFIGS[variant].published_top1
+    create.__doc__ = f"{variant}: {params_m}M parameters, {top1}% ImageNet top-1 (published)."
+    return register_model(create)
 
 
-@register_model
-def fcvit_b12(pretrained: bool = False, **kwargs: Any) -> FCViT:
-    """FCViT-B12: 14.7M parameters, 80.9% ImageNet top-1 (published)."""
-    return _create_fcvit("fcvit_b12", pretrained, **kwargs)
-
-
-@register_model
-def fcvit_b24(pretrained: bool = False, **kwargs: Any) -> FCViT:
-    """FCViT-B24: 27.0M parameters, 82.5% ImageNet top-1 (published)."""
-    return _create_fcvit("fcvit_b24", pretrained, **kwargs)
-
-
-@register_model
-def fcvit_b48(pretrained: bool = False, **kwargs: Any) -> FCViT:
-    """FCViT-B48: 51.5M parameters, 83.6% ImageNet top-1 (published)."""
-    return _create_fcvit("fcvit_b48", pretrained, **kwargs)
+fcvit_tiny = _entrypoint("fcvit_tiny", 4.8)
+fcvit_b12 = _entrypoint("fcvit_b12", 14.7)
+fcvit_b24 = _entrypoint("fcvit_b24", 27.0)
+fcvit_b48 = _entrypoint("fcvit_b48", 51.5)

@@ -1,13 +1,10 @@
 """Folding FCViT for inference: fewer operations, the same outputs.
 
-``fcvit.fuse(model)`` returns an eval-mode copy in which every BatchNorm (stem, downsamplers) is folded
-into the convolution before it, every block's second layer scale into its channel mixer's last 1x1
-convolution, and the affine of every block's second GroupNorm into the mixer's first 1x1. The first
-layer scale and norm stay (the token mixer ends in a GELU, and the global context is not linear in its
-input), as does the final norm. A fused model has other state-dict keys (no BatchNorms): it is for
-inference and export, not for training or saving. Its ONNX graph (``fcvit export --fuse``) has one node a
-block fewer: the export drops the multiplication by the folded layer scale, now ones
-(:func:`fcvit.tools.export.simplify_onnx`), and a norm without affine is one LayerNormalization as before.
+``fcvit.fuse(model)`` returns an eval-mode copy in which every BatchNorm (stem, downsamplers) is folded into
+the convolution before it, every block's second layer scale into its channel mixer's last 1x1, and the
+affine of its second GroupNorm into the mixer's first 1x1. The first layer scale and norm stay (the token
+mixer ends in a GELU, and the global context is not linear in its input), as does the final norm. A fused
+model has other state-dict keys: it is for inference and export, not for training or saving.
 """
 from __future__ import annotations
 

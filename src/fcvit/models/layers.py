@@ -1,16 +1,14 @@
 """FCViT's layers: the paper's math (Figure 2; docs/fcvit-architecture.md), as the original writes it.
 
-Tensors flow as logical NCHW tensors stored channels-last: depth-wise convolutions run on
-channels-last kernels and a 1x1 convolution is a matrix product over channels (:class:`PointwiseConv`).
-Speed lives in :mod:`fcvit.ops`: a module built with the fast paths on (:func:`fcvit.ops.use_fused_ops`,
-kept in its ``fused_ops``) hands its own parameters to fused operators of the same function (the
-``fused_forward`` methods), so a change of structure is made here alone and a change of math in the
-operator too; tests/test_memory.py and tests/test_performance.py compare the two paths.
+Tensors flow as logical NCHW tensors stored channels-last: depth-wise convolutions run on channels-last
+kernels and a 1x1 convolution is a matrix product over channels (:class:`PointwiseConv`). Speed lives in
+:mod:`fcvit.ops`: a module built with the fast paths on (kept in its ``fused_ops``) hands its own
+parameters to fused operators of the same function (the ``fused_forward`` methods), so a change of
+structure is made here alone and a change of math in the operator too.
 
-A traced FX graph also runs eagerly, and timm's tests demand ``torch.equal`` between traced and
-untraced models. So :class:`FCViTBlock` is a leaf in timm's FX registry: the traced call chooses its
-path as the untraced block does (behind ``torch.jit.is_scripting()``, so the graph still scripts). A
-bare ``torch.fx.symbolic_trace`` traces into the block and records the plain ops.
+A traced FX graph also runs eagerly, and timm's tests demand ``torch.equal`` between traced and untraced
+models. So :class:`FCViTBlock` is a leaf in timm's FX registry: the traced call chooses its path as the
+untraced block does (behind ``torch.jit.is_scripting()``, so the graph still scripts).
 """
 import math
 from typing import Callable, Final, Optional, Type
@@ -53,9 +51,7 @@ class PointwiseConv(nn.Module):
 
     def reset_parameters(self) -> None:
         """``nn.Conv2d``'s default initialisation, so the layer is usable on its own (FCViT re-initialises)."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        bound = 1.0 / math.sqrt(self.in_channels)
-        nn.init.uniform_(self.bias, -bound, bound)
+        nn.Conv2d.reset_parameters(self)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return forms.pointwise_conv(x, self.weight, self.bias)  # one Conv in ONNX (fcvit.ops.onnx_forms)
@@ -118,13 +114,8 @@ class GlobalContext(nn.Module):
 class TokenMixer(nn.Module):
     """Two rounds of (global context, 11x11 depth-wise conv, bottleneck 1x1 MLP)."""
 
-    def __init__(
-            self,
-            dim: int,
-            kernel_size: int = 11,
-            act_layer: Type[nn.Module] = nn.GELU,
-            num_groups: int = 8,
-    ) -> None:
+    def __init__(self, dim: int, kernel_size: int = 11, act_layer: Type[nn.Module] = nn.GELU,
+                 num_groups: int = 8) -> None:
         super().__init__()
         hidden = max(dim // 8, 16)
         self.gc1 = GlobalContext(dim, num_groups)
@@ -140,8 +131,7 @@ class TokenMixer(nn.Module):
         x = x + self.gc1(x)
         x = self.act1(self.fc1(self.dw1(x)))
         x = x + self.gc2(x)
-        x = self.act2(self.fc2(self.dw2(x)))
-        return x
+        return self.act2(self.fc2(self.dw2(x)))
 
     @torch.jit.unused
     def fused_forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
@@ -159,13 +149,8 @@ class TokenMixer(nn.Module):
 class ChannelMixer(nn.Module):
     """Inverted-bottleneck MLP with a 3x3 depth-wise conv in its hidden layer."""
 
-    def __init__(
-            self,
-            dim: int,
-            mlp_ratio: float = 4.0,
-            act_layer: Type[nn.Module] = nn.GELU,
-            drop: float = 0.0,
-    ) -> None:
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, act_layer: Type[nn.Module] = nn.GELU,
+                 drop: float = 0.0) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.fc1 = PointwiseConv(dim, hidden)
@@ -196,16 +181,9 @@ class FCViTBlock(nn.Module):
 
     fused_ops: Final[bool]
 
-    def __init__(
-            self,
-            dim: int,
-            mlp_ratio: float = 4.0,
-            act_layer: Type[nn.Module] = nn.GELU,
-            norm_layer: Callable[[int], nn.Module] = GroupNorm1,
-            proj_drop: float = 0.0,
-            drop_path: float = 0.0,
-            layer_scale_init_value: Optional[float] = 1e-5,
-    ) -> None:
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, act_layer: Type[nn.Module] = nn.GELU,
+                 norm_layer: Callable[[int], nn.Module] = GroupNorm1, proj_drop: float = 0.0,
+                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = 1e-5) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.token_mixer = TokenMixer(dim, act_layer=act_layer)
@@ -224,8 +202,7 @@ class FCViTBlock(nn.Module):
         if not torch.jit.is_scripting() and self.fuses(x):
             return self._fused_forward(x)
         x = x + self.drop_path(self.layer_scale_1.reshape(-1, 1, 1) * self.token_mixer(self.norm1(x)))
-        x = x + self.drop_path(self.layer_scale_2.reshape(-1, 1, 1) * self.channel_mixer(self.norm2(x)))
-        return x
+        return x + self.drop_path(self.layer_scale_2.reshape(-1, 1, 1) * self.channel_mixer(self.norm2(x)))
 
     @torch.jit.unused
     def fuses(self, x: torch.Tensor) -> bool:
@@ -246,13 +223,11 @@ def init_weights(module: nn.Module) -> None:
     """The original initialisation: He-normal (fan-out) convs, truncated-normal linears."""
     if isinstance(module, (nn.Conv2d, PointwiseConv)):
         w = module.weight
-        fan_out = w.shape[0] * w.shape[2] * w.shape[3]
-        if isinstance(module, nn.Conv2d):
-            fan_out //= module.groups
+        fan_out = w.shape[0] * w.shape[2] * w.shape[3] // getattr(module, "groups", 1)
         nn.init.normal_(w, 0.0, math.sqrt(2.0 / fan_out))
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+    else:
+        return
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)

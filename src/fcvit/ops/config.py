@@ -1,14 +1,9 @@
 """The one switch of FCViT's fast paths, in the manner of timm's ``use_fused_attn``.
 
 :func:`use_fused_ops` is read once when a module is built and kept in its ``fused_ops`` (a
-``torch.jit.Final[bool]``). ``FCVIT_FUSED_OPS=0`` in the environment, or :func:`set_fused_ops` before
-building, makes every FCViT module built afterwards run the plain PyTorch ops of
-:mod:`fcvit.models.layers` (blocks, global contexts and the depth-wise weight gradient alike), as
-does timm's ``set_layer_config(exportable=True)``. Per call, a module checks only what cannot be
-known when it is built: :func:`recording`, and the dtype and device where a kernel needs them.
-
-``FCVIT_KEEP_FREED_MEMORY`` (:mod:`fcvit.engine.allocator`) is no part of this switch: it sets how
-the C library keeps freed memory, for every model alike.
+``torch.jit.Final[bool]``). ``FCVIT_FUSED_OPS=0``, :func:`set_fused_ops` before building, or timm's
+``set_layer_config(exportable=True)`` makes every FCViT module built afterwards run the plain PyTorch ops.
+Per call, a module checks only what cannot be known when it is built: :func:`recording`, dtype, device.
 """
 import os
 

@@ -1,14 +1,11 @@
 """Depth-wise convolution with a faster weight gradient on the CPU.
 
-oneDNN computes the weight gradient of FCViT's 11x11 depth-wise convolutions 5 to 20 times slower
-than their forward pass (docs/benchmarks.md). That gradient is a per-channel correlation of the input
-with the output gradient, computed much faster on FCViT's shapes as ``"fft"`` (in the frequency
-domain, the products summed over the batch before one inverse transform per channel; large maps) or
-``"depthwise"`` (a *forward* depth-wise convolution over ``batch x channels`` planes whose kernel is
-the output gradient; small maps, but not one pixel high or wide, where PyTorch's fallback is slow).
-``"auto"`` chooses by map size. Forward and input gradient are the ordinary ones; the weight gradient
-agrees with oneDNN's to float32 rounding (tests/test_depthwise.py). Only eager CPU float32 training of
-a module built with the fast paths on (:mod:`fcvit.ops.config`) takes this path.
+oneDNN computes the weight gradient of FCViT's 11x11 depth-wise convolutions 5 to 20 times slower than
+their forward pass (docs/benchmarks.md). That gradient, a per-channel correlation of the input with the
+output gradient, is much faster on FCViT's shapes as ``"fft"`` (products summed over the batch before one
+inverse transform per channel; large maps) or ``"depthwise"`` (a *forward* depth-wise convolution over
+``batch x channels`` planes with the output gradient as kernel; small maps, but not one pixel high or wide,
+where PyTorch's fallback is slow). Only eager CPU float32 training with the fast paths on takes this path.
 """
 from typing import Final, Optional, Tuple
 
@@ -102,12 +99,9 @@ def depthwise_conv_backward(
         x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, padding: Tuple[int, int],
         method: Optional[str] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Input, weight and bias gradients of a stride-1 depth-wise convolution with bias.
-
-    The weight gradient takes the faster formulations for float32 on the CPU, PyTorch's own backward
-    everywhere else. ``method`` overrides the size-based choice between ``"fft"`` and ``"depthwise"``
-    (a caller working on cache-sized batch slices knows better).
-    """
+    """Input, weight and bias gradients of a stride-1 depth-wise convolution with bias, the weight's the
+    faster way for CPU float32. ``method`` overrides the size-based choice between ``"fft"`` and
+    ``"depthwise"`` (a caller working on cache-sized batch slices knows better)."""
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32:
         picked = _pick_method(x)
         if method is not None and picked in ("fft", "depthwise"):

@@ -1,15 +1,12 @@
 """The fused operators of an FCViT block: :mod:`fcvit.models.layers`' math, computed cheaper.
 
-Two parts of every block are custom operators (``torch.library.custom_op``, namespace ``fcvit``) with
-fake (shape) implementations and autograd formulas, so ``torch.compile`` (``fullgraph=True`` too) calls
-them instead of tracing the slower plain ops: ``fcvit::conv_mlp``, a token-mixer round after its global
-context (optionally with the block's first residual), and ``fcvit::channel_mixer``, norm2 and the
-channel mixer with the layer scale folded into the last 1x1. For training they keep less for backward
-than the plain ops (docs/benchmarks.md has the per-tensor breakdown) and recompute the rest, on the CPU
-over cache-sized batch slices (:data:`CPU_SLICE_BYTES`); the token mixer's depth-wise weight gradient
-is :mod:`fcvit.ops.depthwise`'s. Under autocast they compute their products in the autocast dtype and
-the normalisation in float32, as autocast does. Inference (autograd off) uses sibling operators that
-keep nothing, on CPU float32 with oneDNN kernels that apply the GELU inside the preceding product.
+Custom operators (namespace ``fcvit``) with fake implementations and autograd formulas, so that
+``torch.compile`` (``fullgraph=True`` too) calls them instead of tracing slower plain ops: ``conv_mlp``, a
+token-mixer round after its global context (optionally with the block's first residual), and
+``channel_mixer``, norm2 and the channel mixer with the layer scale folded into the last 1x1. Training
+keeps less for backward than the plain ops (docs/benchmarks.md) and recomputes the rest, on the CPU over
+cache-sized batch slices; autocast gets its dtype for the products and float32 for the normalisation.
+Inference uses sibling operators that keep nothing, oneDNN-fused (GELU inside the product) on CPU float32.
 """
 from __future__ import annotations
 
@@ -32,10 +29,9 @@ HAS_ONEDNN = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
 # Channel mixers with this many input channels or more keep their hidden layer for backward.
 KEEP_HIDDEN_FROM_CHANNELS = 128
 
-# CPU batch slices, in bytes: "grad" and "no_grad" bound the channel mixer's hidden activation per
-# slice in training and inference, "mlp" a token-mixer round's input per slice in its backward. Such
-# slices keep each kernel's input in cache from the kernel before; smaller ones lose more to per-call
-# overhead (measured on fcvit_tiny and fcvit_b12, docs/benchmarks.md). 0 turns slicing off.
+# CPU batch slices, in bytes: "grad" and "no_grad" bound the channel mixer's hidden activation per slice in
+# training and inference, "mlp" a token-mixer round's input in its backward. Such slices keep each kernel's
+# input in cache; smaller ones lose more to per-call overhead (docs/benchmarks.md). 0 turns slicing off.
 CPU_SLICE_BYTES = {"grad": 8 * 1024 * 1024, "mlp": 1024 * 1024, "no_grad": 4 * 1024 * 1024}
 
 
@@ -132,13 +128,12 @@ def _strided_like(t: Tensor, ref: Tensor) -> Tensor:
 def _gelu_backward_(grad: Tensor, x: Tensor, into_grad: bool = False) -> Tensor:
     """The exact GELU's input gradient written over ``x`` (or over ``grad``): both are temporaries of
     the backward formulas, and reusing one saves allocating (and page-faulting) a third tensor."""
-    out = grad if into_grad else x
-    return torch.ops.aten.gelu_backward.grad_input(grad, x, grad_input=out)
+    return torch.ops.aten.gelu_backward.grad_input(grad, x, grad_input=grad if into_grad else x)
 
 
-def _empty_nchw(like: Tensor, b: int, c: int, h: int, w: int, dtype: torch.dtype) -> Tensor:
-    """An NCHW-shaped tensor stored channels-last, as the operators return them."""
-    return _nchw(like.new_empty(b, h, w, c, dtype=dtype))
+def _empty_nchw(like: Tensor, channels: int, dtype: torch.dtype) -> Tensor:
+    """``like``'s batch and map size with ``channels``, stored channels-last as the operators return them."""
+    return _nchw(like.new_empty(like.shape[0], like.shape[2], like.shape[3], channels, dtype=dtype))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,7 +165,7 @@ def _(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b
       residual: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     b, _, h, w = x.shape
     dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
-    return _empty_nchw(x, b, w1.shape[0], h, w, dtype), torch.empty_like(x), x.new_empty(b, h, w, w0.shape[0])
+    return _empty_nchw(x, w1.shape[0], dtype), torch.empty_like(x), x.new_empty(b, h, w, w0.shape[0])
 
 
 @torch.library.custom_op("fcvit::conv_mlp_backward", mutates_args=())
@@ -230,17 +225,15 @@ def _conv_mlp_setup(ctx, inputs, output) -> None:
     x, wdw, bdw, w0, _b0, w1, b1, residual, scale = inputs
     ctx.set_materialize_grads(False)  # no zero-filled gradient for the hidden output nobody uses
     ctx.has_residual = residual is not None and scale is not None
-    saved = (x, output[1], output[2], wdw, w0, w1, b1) + ((scale,) if ctx.has_residual else ())
-    ctx.save_for_backward(*saved)
+    ctx.save_for_backward(x, output[1], output[2], wdw, w0, w1, b1, *((scale,) if ctx.has_residual else ()))
 
 
 def _conv_mlp_grad(ctx, grad: Optional[Tensor], _grad_conv: Optional[Tensor], _grad_hidden: Optional[Tensor]):
     if grad is None:
         return (None,) * 9
     g = torch.ops.fcvit.conv_mlp_backward(grad, *ctx.saved_tensors)
-    if ctx.has_residual:  # the residual's gradient is the output's: no operator, no copy
-        return g[0], g[1], g[2], g[3], g[4], g[5], g[6], grad, g[7]
-    return g[0], g[1], g[2], g[3], g[4], g[5], g[6], None, None
+    # the residual's gradient is the output's: no operator, no copy
+    return (*g[:7], grad, g[7]) if ctx.has_residual else (*g[:7], None, None)
 
 
 _conv_mlp.register_autograd(_conv_mlp_grad, setup_context=_conv_mlp_setup)
@@ -257,8 +250,7 @@ def _conv_mlp_infer(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor,
 
 @_conv_mlp_infer.register_fake
 def _(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
-    b, _, h, w = x.shape
-    return _empty_nchw(x, b, w1.shape[0], h, w, x.dtype)
+    return _empty_nchw(x, w1.shape[0], x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -305,7 +297,7 @@ def _(x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
     b, _, h, w = x.shape
     stats = x.new_empty(b, groups, dtype=_norm_dtype(x))
     kept = x.new_empty((b, h, w, w1.shape[0]) if keep_hidden else (0,), dtype=w1.dtype)
-    return _empty_nchw(x, b, w2.shape[0], h, w, w2.dtype), stats, torch.empty_like(stats), kept
+    return _empty_nchw(x, w2.shape[0], w2.dtype), stats, torch.empty_like(stats), kept
 
 
 @torch.library.custom_op("fcvit::channel_mixer_backward", mutates_args=())
@@ -369,12 +361,11 @@ def _mixer_setup(ctx, inputs, output) -> None:
 
 
 def _mixer_backward(ctx, grad: Optional[Tensor], *_unused: Optional[Tensor]):
-    x, norm_w, norm_b, mean, rstd, w1, b1, wdw, bdw, w2, kept = ctx.saved_tensors
     if grad is None:
         return (None,) * 12
-    g = torch.ops.fcvit.channel_mixer_backward(
-        grad, x, norm_w, norm_b, ctx.groups, ctx.eps, mean, rstd, w1, b1, wdw, bdw, w2, kept)
-    return g[0], g[1], g[2], None, None, g[3], g[4], g[5], g[6], g[7], g[8], None
+    x, norm_w, norm_b, *stats_and_weights = ctx.saved_tensors
+    g = torch.ops.fcvit.channel_mixer_backward(grad, x, norm_w, norm_b, ctx.groups, ctx.eps, *stats_and_weights)
+    return (*g[:3], None, None, *g[3:], None)
 
 
 _channel_mixer.register_autograd(_mixer_backward, setup_context=_mixer_setup)
@@ -396,11 +387,8 @@ def _channel_mixer_infer(
         x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
         w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor,
 ) -> Tensor:
-    """The mixer keeping nothing, in cache-sized batch slices on the CPU (oneDNN-fused in float32).
-
-    The normalisation runs on the whole batch: PyTorch's channels-last GroupNorm is many times slower
-    on one-sample slices than on the batch.
-    """
+    """The mixer keeping nothing, in cache-sized batch slices on the CPU (oneDNN-fused in float32) after
+    the whole-batch normalisation (PyTorch's channels-last GroupNorm is many times slower on slices)."""
     z = _group_norm(x, norm_w, norm_b, groups, eps)[0].to(w1.dtype)
     weights = (w1, b1, wdw, bdw, w2, b2)
     slices = batch_slices(z, w1.shape[0], CPU_SLICE_BYTES["no_grad"])
@@ -414,8 +402,7 @@ def _channel_mixer_infer(
 @_channel_mixer_infer.register_fake
 def _(x: Tensor, norm_w: Tensor, norm_b: Tensor, groups: int, eps: float,
       w1: Tensor, b1: Tensor, wdw: Tensor, bdw: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-    b, _, h, w = x.shape
-    return _empty_nchw(x, b, w2.shape[0], h, w, w2.dtype)
+    return _empty_nchw(x, w2.shape[0], w2.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------

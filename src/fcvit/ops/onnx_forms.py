@@ -1,25 +1,14 @@
 """How FCViT is written into an ONNX graph: the one place for choices made only while exporting.
 
-A step of :mod:`fcvit.models.layers` whose cheapest ONNX form differs from its eager one is a function
-here, written both ways side by side: eagerly (and under FX, TorchScript and ``torch.compile``) the
-expression the layers always ran, so outputs are unchanged; while ``torch.onnx`` exports
-(:func:`exporting`), the form an ONNX runtime optimises, free of the shape arithmetic that a reshape
-with dynamic batch, height and width costs (``Shape``, ``Gather``, ``Unsqueeze``, ``Concat`` per use):
+A step of :mod:`fcvit.models.layers` whose cheapest ONNX form differs from its eager one is written here
+both ways: eagerly (and under FX, TorchScript and ``torch.compile``) the expression the layers always ran;
+while ``torch.onnx`` exports, the form an ONNX runtime optimises, free of the shape arithmetic a reshape
+with dynamic sizes costs (``Shape``, ``Gather``, ``Unsqueeze``, ``Concat`` per use): 1x1 convolutions and
+the global context's group sums and spread as ``Conv`` s (the latter with a constant block mask), the
+bottleneck as ``Split`` and ``Max``, and a one-group GroupNorm as one ``LayerNormalization`` (opset 17 and
+later, TorchScript-based exporter only, :func:`onnx_symbolics`). The math stays in ``layers.py``.
 
-- a 1x1 convolution is one ``Conv`` instead of transpose, matrix product, bias and transpose back;
-- the global context's per-group sums and their spread back over the channels are 1x1 ``Conv`` s with
-  a constant block mask (``groups x channels``), not reshapes to five dimensions;
-- its per-sample mean and unbiased std are reductions over (C, H, W), the count read once from the shape;
-- its competitive bottleneck is a ``Split`` into halves and their ``Max``;
-- a GroupNorm with one group (FCViT's norms) is one ``LayerNormalization`` over axis 1 with the
-  per-channel scale and shift broadcast (opset 17 and later, :func:`onnx_symbolics`, which
-  :func:`fcvit.tools.export.export_onnx` registers for its TorchScript-based export only; the
-  dynamo-based exporter writes GroupNorm its own way and takes the other forms as they are).
-
-The math, its order and its constants stay in ``layers.py``; only how a step is spelled differs here.
-
-Annotations stay evaluated (no ``from __future__ import annotations``): TorchScript compiles these
-functions where the scripted layers call them.
+Annotations stay evaluated: TorchScript compiles these functions where the scripted layers call them.
 """
 import contextlib
 from typing import Iterator, Tuple

@@ -1,17 +1,14 @@
 """Throughput of FCViT against timm peers: inference or training steps, interleaved in one process.
 
-Timings on a shared or throttling machine drift; measuring every model in turn, round after round,
-in the same process and reporting medians and ratios to a peer measured the same way keeps the
-comparison fair where absolute numbers are not. ``fcvit benchmark`` is the command line of
-:func:`run_benchmark`.
+Timings on a shared or throttling machine drift; measuring every model in turn, round after round, in the
+same process and reporting medians and ratios to a peer measured the same way keeps the comparison fair
+where absolute numbers are not. ``fcvit benchmark`` is the command line of :func:`run_benchmark`.
 
-Each candidate runs in one of :data:`RUNTIMES` (issue 22): PyTorch eager; ``torch.compile`` with
-inductor's defaults, or in its CPU inference mode with frozen weights (``torch._inductor.config.freezing``,
-as PyTorch documents for CPU inference); or ONNX Runtime (CPU) on the file :func:`fcvit.tools.export.export_onnx`
-writes, which is what ``fcvit export --format onnx`` writes. Every runtime gets a model instance of its
+Each candidate runs in one of :data:`RUNTIMES` (issue 22): PyTorch eager; ``torch.compile`` with inductor's
+defaults, or in its CPU inference mode with frozen weights (as PyTorch documents for CPU inference); or ONNX
+Runtime (CPU) on the file ``fcvit export --format onnx`` writes. Every runtime gets a model instance of its
 own: torch.compile shares compiled graphs between instances of one class, and a frozen graph holds its
-instance's weights. ONNX Runtime runs with as many intra-op threads as PyTorch and with its threads'
-spin-waiting off, which on a shared machine (and between the other runtimes' steps) takes the cores the
+instance's weights. ONNX Runtime's threads do not spin-wait, which on a shared machine takes the cores the
 next model needs.
 """
 from __future__ import annotations
@@ -25,7 +22,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 from unittest import mock
 
 import torch
@@ -48,10 +45,9 @@ _RUNTIME_ALIASES = {"compile": ("compile-default", "compile-frozen"), "ort": ("o
 class Candidate:
     """A model to measure: a label and how to build it (called once, before the rounds).
 
-    ``fast_paths`` builds the model with FCViT's fast paths (:mod:`fcvit.ops`) on or off (``None``:
-    as the switch stands; off, every module runs the plain ops); ``cpu_shortcuts=False`` runs it
-    without the CPU batch slices and the faster depth-wise weight gradient, the tuning constants of
-    :mod:`fcvit.ops` patched while it runs, which is how the benchmarks show what they are worth.
+    ``fast_paths`` builds it with FCViT's fast paths (:mod:`fcvit.ops`) on or off (``None``: as the switch
+    stands); ``cpu_shortcuts=False`` runs it without the CPU batch slices and the faster depth-wise weight
+    gradient (:mod:`fcvit.ops`' tuning constants patched meanwhile), to show what they are worth.
     """
 
     label: str
@@ -64,11 +60,8 @@ class Candidate:
 def parse_runtimes(text: str) -> List[str]:
     """Comma-separated runtimes in order, ``compile`` standing for both compiled ones."""
     out: List[str] = []
-    for word in (w.strip() for w in text.split(",")):
-        if not word:
-            continue
-        names = _RUNTIME_ALIASES.get(word, (word,))
-        for name in names:
+    for word in filter(None, (w.strip() for w in text.split(","))):
+        for name in _RUNTIME_ALIASES.get(word, (word,)):
             if name not in RUNTIMES:
                 raise UserError(f"Unknown runtime '{word}': choose from eager, compile (both of compile-default "
                                 "and compile-frozen), compile-default, compile-frozen, onnxruntime.")
@@ -147,13 +140,13 @@ def _cpu_shortcuts_setting(value: Optional[bool]) -> Iterator[None]:
 class _Runner:
     """One candidate ready to run: model on the device, fixed inputs, and a ``step`` closure."""
 
-    def __init__(self, candidate: Candidate, mode: str, batch_size: int, img_size: int, device: torch.device,
-                 amp: bool, channels_last: bool, compile_model: bool, num_classes: int,
-                 model: Optional[nn.Module] = None, onnx_file: Optional[Callable[[nn.Module], str]] = None) -> None:
-        self.candidate = candidate
-        self.device = device
+    def __init__(self, candidate: Candidate, model: nn.Module, onnx_path: str, mode: str, batch_size: int,
+                 img_size: int, device: torch.device, amp: bool, channels_last: bool, compile_model: bool,
+                 num_classes: int) -> None:
+        """``model`` is the candidate's instance, kept across batch sizes, as is its ONNX file ``onnx_path``."""
+        self.candidate, self.device, self.mode = candidate, device, mode
         self.runtime = "compile-default" if compile_model and candidate.runtime == "eager" else candidate.runtime
-        model = (model if model is not None else _build(candidate)).to(device)
+        model = model.to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.module = model
@@ -164,31 +157,34 @@ class _Runner:
             self.inputs = self.inputs.contiguous(memory_format=torch.channels_last)
         self.targets = torch.randint(0, num_classes, (batch_size,), device=device)
         self.frozen = self.runtime == "compile-frozen"
+        model.train(mode == "train")
         self.session = None
         if self.runtime == "onnxruntime":
-            model.eval()
-            if onnx_file is None:
-                raise ValueError("The onnxruntime runtime needs onnx_file, which writes the model's ONNX file.")
-            self.session = _onnx_session(onnx_file(model))
+            if not os.path.exists(onnx_path):
+                from .export import export_onnx
+
+                export_onnx(model, onnx_path, img_size=img_size)
+            self.session = _onnx_session(onnx_path)
             self.feed = {self.session.get_inputs()[0].name: self.inputs.detach().cpu().numpy()}
-        if self.runtime.startswith("compile"):  # a distinct backend for frozen graphs: none shares the other's cache
-            self.model = torch.compile(model, dynamic=False, options={"freezing": True} if self.frozen else None)
-        else:
-            self.model = model
+        # a distinct backend for frozen graphs: none shares the other's cache
+        self.model = (torch.compile(model, dynamic=False, options={"freezing": True} if self.frozen else None)
+                      if self.runtime.startswith("compile") else model)
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
-        self.mode = mode
         if mode == "train":
-            model.train()
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
             self.loss_fn = nn.CrossEntropyLoss()
-        else:
-            model.eval()
+
+    @property
+    def name(self) -> str:
+        return self.candidate.label if self.runtime == "eager" else f"{self.candidate.label} ({self.runtime})"
 
     def _forward(self):
         if self.session is not None:
             return self.session.run(None, self.feed)[0]
         if self.frozen:  # read when dynamo traces (weights as constants) and when inductor compiles
-            with _freezing():
+            import torch._inductor.config as inductor_config
+
+            with inductor_config.patch(freezing=True):
                 return self.model(self.inputs)
         return self.model(self.inputs)
 
@@ -247,18 +243,17 @@ def _quiet_native_output() -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     with tempfile.TemporaryFile() as sink:
-        saved = [os.dup(1), os.dup(2)]
+        saved = [os.dup(fd) for fd in (1, 2)]
         try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
+            for fd in (1, 2):
+                os.dup2(sink.fileno(), fd)
             yield
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
             sink.seek(0)
             kept = [line for line in sink.read().decode(errors="replace").splitlines()
                     if line.strip() and not _PROFILER_NOISE.search(line)]
@@ -274,28 +269,17 @@ def _cpu_peak_memory_mb(step: Callable[[], None]) -> Optional[float]:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    fd, path = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    try:
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
         with _quiet_native_output():
             with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
                 step()
             prof.export_chrome_trace(path)
         with open(path) as f:
             events = json.load(f).get("traceEvents", [])
-    finally:
-        os.unlink(path)
     totals = [e["args"]["Total Allocated"] for e in events
               if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == 0]
-    if not totals:
-        return None
-    return max(0, max(totals)) / 2 ** 20
-
-
-def _freezing() -> contextlib.AbstractContextManager:
-    import torch._inductor.config as inductor_config
-
-    return inductor_config.patch(freezing=True)
+    return max(0, max(totals)) / 2 ** 20 if totals else None
 
 
 def _onnx_session(path: str):
@@ -342,14 +326,10 @@ def run_benchmark(
         num_classes: int = 1000,
         log: Optional[Callable[[str], None]] = None,
 ) -> List[BenchmarkResult]:
-    """Time every candidate round-robin: ``rounds`` rounds of ``iters`` steps each, after ``warmup`` steps.
-
-    The starting candidate rotates from round to round so that none always runs first. The result
-    of each candidate is the median step time over the rounds; ``ratio`` is its images/s divided by
-    the images/s of ``peer`` (a label among the candidates) in the same runtime and batch size, and
-    ``vs_eager`` divides by the same model's eager images/s. Several batch sizes are measured one after
-    the other, each round-robin of its own, with the same model instances (and ONNX files).
-    """
+    """Time every candidate round-robin: ``rounds`` rounds of ``iters`` steps each, after ``warmup`` steps,
+    the first candidate rotating. Results are median step times; ``ratio`` divides images/s by ``peer``'s (a
+    label) in the same runtime and batch size, ``vs_eager`` by the same model's eager run. Several batch
+    sizes run one after the other, each round-robin of its own, with the same model instances."""
     if mode not in MODES:
         raise UserError(f"Unknown mode '{mode}': use infer or train.")
     if not candidates:
@@ -368,69 +348,55 @@ def run_benchmark(
     if threads is not None:
         torch.set_num_threads(threads)
     log = log or (lambda msg: None)
-    batch_sizes = [batch_size] if isinstance(batch_size, int) else list(dict.fromkeys(batch_size))
+    models: Dict[tuple, nn.Module] = {}  # one instance per candidate, kept across batch sizes
+    results: List[BenchmarkResult] = []
     with tempfile.TemporaryDirectory(prefix="fcvit-benchmark-") as folder:
-        models: Dict[tuple, nn.Module] = {}  # one instance per candidate, kept across batch sizes
-        files: Dict[tuple, str] = {}
-
-        def onnx_file(key: tuple, model: nn.Module) -> str:
-            if key not in files:
-                from .export import export_onnx
-
-                files[key] = str(export_onnx(model, os.path.join(folder, f"{len(files)}.onnx"), img_size=img_size))
-            return files[key]
-
-        results: List[BenchmarkResult] = []
-        for batch in batch_sizes:
+        for batch in dict.fromkeys(sizes):
             runners: List[_Runner] = []
-            for c in candidates:
+            for i, c in enumerate(candidates):
                 key = (c.label, c.runtime)
                 if key not in models:
                     models[key] = _build(c)
-                runners.append(_Runner(c, mode, batch, img_size, torch_device, amp, channels_last, compile_model,
-                                       num_classes, model=models[key],
-                                       onnx_file=lambda m, key=key: onnx_file(key, m)))
-            results += _measure(runners, mode, batch, img_size, torch_device, amp, channels_last, warmup, iters,
-                                rounds, measure_memory, log)
+                runners.append(_Runner(c, models[key], os.path.join(folder, f"{i}.onnx"), mode, batch, img_size,
+                                       torch_device, amp, channels_last, compile_model, num_classes))
+            results += _measure(runners, warmup, iters, rounds, measure_memory, log, mode=mode,
+                                device=torch_device.type, batch_size=batch, img_size=img_size, amp=amp,
+                                channels_last=channels_last)
     _set_ratios(results, peer)
     return results
 
 
-def _name(runner: _Runner) -> str:
-    return runner.candidate.label if runner.runtime == "eager" else f"{runner.candidate.label} ({runner.runtime})"
-
-
-def _measure(runners: List[_Runner], mode: str, batch_size: int, img_size: int, device: torch.device, amp: bool,
-             channels_last: bool, warmup: int, iters: int, rounds: int, measure_memory: bool,
-             log: Callable[[str], None]) -> List[BenchmarkResult]:
-    """Warm up, then time the runners round-robin (the first one rotating): one batch size's results."""
+def _measure(runners: List[_Runner], warmup: int, iters: int, rounds: int, measure_memory: bool,
+             log: Callable[[str], None], **settings: Any) -> List[BenchmarkResult]:
+    """Warm up, then time the runners round-robin (the first one rotating): one batch size's results,
+    ``settings`` their common fields."""
+    batch_size = settings["batch_size"]
     compile_times: Dict[str, Optional[float]] = {}
     for runner in runners:
         compiling = runner.runtime.startswith("compile")
         start = time.perf_counter()
         for _ in range(max(warmup, 1 if compiling else 0)):
             runner.step()
-        _synchronize(device)
-        compile_times[_name(runner)] = time.perf_counter() - start if compiling else None
-        log(f"ready: {_name(runner)}, batch {batch_size} ({runner.params / 1e6:.2f}M params, "
+        _synchronize(runner.device)
+        compile_times[runner.name] = time.perf_counter() - start if compiling else None
+        log(f"ready: {runner.name}, batch {batch_size} ({runner.params / 1e6:.2f}M params, "
             f"{runner.gmacs:.2f} GMACs)")
 
-    times: Dict[str, List[float]] = {_name(r): [] for r in runners}
+    times: Dict[str, List[float]] = {r.name: [] for r in runners}
     for round_idx in range(rounds):
         shift = round_idx % len(runners)
         for runner in runners[shift:] + runners[:shift]:
-            times[_name(runner)].append(runner.time_steps(iters) * 1000)
+            times[runner.name].append(runner.time_steps(iters) * 1000)
         log(f"batch {batch_size}, round {round_idx + 1}/{rounds}: "
             + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in times.items()))
 
     results = []
     for runner in runners:
-        name = _name(runner)
+        name = runner.name
         step_ms = statistics.median(times[name])
         memory = measure_memory and runner.runtime != "onnxruntime"  # the profiler sees PyTorch's allocations only
         results.append(BenchmarkResult(
-            model=runner.candidate.label, mode=mode, device=device.type, batch_size=batch_size, img_size=img_size,
-            amp=amp, channels_last=channels_last, compiled=runner.runtime.startswith("compile"),
+            model=runner.candidate.label, **settings, compiled=runner.runtime.startswith("compile"),
             params=runner.params, gmacs=round(runner.gmacs, 3), step_ms=round(step_ms, 2),
             step_ms_best=round(min(times[name]), 2), images_per_s=round(batch_size / step_ms * 1000, 2),
             peak_memory_mb=_round(runner.peak_memory_mb()) if memory else None,
@@ -458,6 +424,10 @@ def _round(value: Optional[float], digits: int = 1) -> Optional[float]:
     return None if value is None else round(value, digits)
 
 
+def _cell(value: Optional[float], spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def format_table(results: Sequence[BenchmarkResult]) -> str:
     """A Markdown table of the results; ratios are to the peer in the same runtime and batch size."""
     if not results:
@@ -470,11 +440,9 @@ def format_table(results: Sequence[BenchmarkResult]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         row = [r.model, r.mode, r.runtime, str(r.batch_size), f"{r.images_per_s:.1f}", f"{r.step_ms:.1f}",
-               "-" if r.ratio is None else f"{r.ratio:.3f}", "-" if r.ratio_best is None else f"{r.ratio_best:.3f}"]
+               _cell(r.ratio, ".3f"), _cell(r.ratio_best, ".3f")]
         if several:
-            row += ["-" if r.vs_eager is None else f"{r.vs_eager:.3f}",
-                    "-" if r.max_diff is None else f"{r.max_diff:.1e}"]
-        row += ["-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}", f"{r.params / 1e6:.2f}",
-                f"{r.gmacs:.2f}"]
+            row += [_cell(r.vs_eager, ".3f"), _cell(r.max_diff, ".1e")]
+        row += [_cell(r.peak_memory_mb, ".0f"), f"{r.params / 1e6:.2f}", f"{r.gmacs:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -1,17 +1,11 @@
 """Exporting a model to ONNX, TorchScript or safetensors, each checked against PyTorch after writing.
 
-Every file is written to a temporary name beside the target and moved into place only when complete,
-so an interrupted export never leaves a half-written file under the requested name. Exports record
-the plain ops whatever the fast-path switch (:mod:`fcvit.ops.config`): scripting skips the fused
-methods, and ONNX export is one of the calls :func:`fcvit.ops.recording` sees.
-
-ONNX files are written for a runtime to optimise (issue 22): the layers take their ONNX forms while
-exported (:mod:`fcvit.ops.onnx_forms`, the one place for such choices), the TorchScript-based exporter
-folds constants, and :func:`simplify_onnx` then moves the remaining ``Constant`` nodes into
-initializers, drops ``Identity`` nodes and multiplications by constant ones (a layer scale that
-``fcvit.fuse`` folded away), and removes what nothing reads. ``static=True`` fixes the batch and image
-size, so that the shape arithmetic of the dynamic file folds away too. The file's ``metadata_props``
-carry the preprocessing and class names (:func:`onnx_metadata`).
+Files are written atomically, so an interrupted export leaves no half-written file. Exports record the
+plain ops whatever the fast-path switch: scripting skips the fused methods, and ONNX export is one of the
+calls :func:`fcvit.ops.recording` sees. ONNX files are written for a runtime to optimise (issue 22): the
+layers take their ONNX forms (:mod:`fcvit.ops.onnx_forms`), the exporter folds constants, :func:`simplify_onnx`
+cleans up what is left, and ``static=True`` fixes the batch and image size so that the shape arithmetic of
+the dynamic file folds away too. ``metadata_props`` carry the preprocessing and class names.
 """
 from __future__ import annotations
 
@@ -51,22 +45,17 @@ def _checked_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     atomic_write(path, write)
 
 
-def _require_onnx():
-    try:
-        import onnx
-    except ImportError as exc:
-        raise UserError("Exporting ONNX needs the onnx package: pip install onnx (and onnxruntime to check the "
-                        "file).") from exc
-    return onnx
-
-
 def export_onnx(model: nn.Module, path: str | os.PathLike, img_size: int = 224, opset: int = ONNX_OPSET,
                 in_chans: int = 3, static: bool = False, batch_size: int = 1,
                 metadata: Optional[Mapping[str, str]] = None) -> Path:
     """ONNX (input ``images``, output ``output``), weights inside, with dynamic batch size and image size, or
     fixed to ``batch_size`` x ``in_chans`` x ``img_size`` x ``img_size`` with ``static``; simplified
     (:func:`simplify_onnx`), ``metadata`` written into its ``metadata_props``."""
-    onnx = _require_onnx()
+    try:
+        import onnx
+    except ImportError as exc:
+        raise UserError("Exporting ONNX needs the onnx package: pip install onnx (and onnxruntime to check the "
+                        "file).") from exc
     path = Path(path)
     model = model.eval()
     example = torch.randn(batch_size if static else 1, in_chans, img_size, img_size)
@@ -107,24 +96,16 @@ def onnx_metadata(model: nn.Module, checkpoint: Optional[Mapping[str, Any]] = No
             value = config[key]
             out[key] = json.dumps([float(v) if key in ("mean", "std") else v for v in value]) \
                 if isinstance(value, (list, tuple)) else str(value)
-    classes = getattr(model, "num_classes", 0)
-    names = _class_names(classes, checkpoint)
+    classes, names = getattr(model, "num_classes", 0), checkpoint.get("class_names")
     if classes:
         out["num_classes"] = str(classes)
-    if names:
-        out["class_names"] = json.dumps(names)
-    return out
-
-
-def _class_names(num_classes: int, checkpoint: Mapping[str, Any]) -> Optional[List[str]]:
-    names = checkpoint.get("class_names")
-    if isinstance(names, (list, tuple)) and len(names) == num_classes:
-        return [str(n) for n in names]
-    if num_classes == 1000:
+    if classes and isinstance(names, (list, tuple)) and len(names) == classes:
+        out["class_names"] = json.dumps([str(n) for n in names])
+    elif classes == 1000:
         from timm.data import ImageNetInfo
 
-        return list(ImageNetInfo().label_descriptions())
-    return None
+        out["class_names"] = json.dumps(list(ImageNetInfo().label_descriptions()))
+    return out
 
 
 def simplify_onnx(proto: Any) -> Any:
@@ -148,7 +129,7 @@ def simplify_onnx(proto: Any) -> Any:
             initializers[tensor.name] = tensor
         else:
             kept.append(node)
-    _set_nodes(graph, kept)
+    _set_items(graph.node, kept)
     shapes = _inferred_shapes(proto)
     bypass = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.output[0] not in outputs}
 
@@ -207,15 +188,11 @@ def _remove_unread(graph: Any) -> None:
         live = [n for n in graph.node if any(o in read for o in n.output if o)]
         if len(live) == len(graph.node):
             break
-        _set_nodes(graph, live)
+        _set_items(graph.node, live)
     read = {name for node in graph.node for name in node.input} | outputs
     _set_items(graph.initializer, [t for t in graph.initializer if t.name in read])
     produced = {o for node in graph.node for o in node.output}
     _set_items(graph.value_info, [v for v in graph.value_info if v.name in produced])
-
-
-def _set_nodes(graph: Any, nodes: List[Any]) -> None:
-    _set_items(graph.node, nodes)
 
 
 def _set_items(field: Any, items: List[Any]) -> None:
@@ -253,15 +230,9 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:
     """A scripted model (``torch.jit.load`` runs it without fcvit installed), any input size and batch."""
     path = Path(path)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.script announces its deprecation
+        warnings.simplefilter("ignore")  # torch.jit announces its deprecation
         scripted = torch.jit.script(model.eval())
-
-    def write(f: BinaryIO) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.jit.save(scripted, f)
-
-    _checked_write(path, write)
+        _checked_write(path, lambda f: torch.jit.save(scripted, f))
     return path
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -14,43 +14,33 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
-    """MACs of a convolution (4-D weight, any groups) or a linear layer (2-D weight)."""
+def _counted_weight(module: nn.Module) -> Optional[torch.Tensor]:
+    """The weight of a convolution (4-D, any groups) or a linear layer (2-D), the layers MACs are counted of."""
     weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or not isinstance(output, torch.Tensor):
+    if isinstance(weight, torch.Tensor) and (weight.dim() == 4 or weight.dim() == 2 and isinstance(module, nn.Linear)):
+        return weight
+    return None
+
+
+def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+    """Every output element reads ``weight.numel() / out_channels`` inputs (``in / groups * kh * kw``)."""
+    weight = _counted_weight(module)
+    if weight is None or not isinstance(output, torch.Tensor):
         return 0
-    if weight.dim() == 4:  # (out, in / groups, kh, kw): every output element reads in/groups*kh*kw inputs
-        return output.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
-    if weight.dim() == 2 and isinstance(module, nn.Linear):
-        return output.numel() * weight.shape[1]
-    return 0
+    return output.numel() * weight.numel() // weight.shape[0]
 
 
 def _block_macs(block: nn.Module, height: int, width: int) -> int:
-    """MACs of one FCViT block from its layers' shapes (its fused fast paths bypass layer hooks).
-
-    Every convolution inside a block is stride 1 with "same" padding, so it produces H x W outputs;
-    the global-context linears act on one pooled vector.
-    """
-    total = 0
-    for module in block.modules():
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor):
-            continue
-        if weight.dim() == 4:
-            total += height * width * weight.numel()
-        elif weight.dim() == 2 and isinstance(module, nn.Linear):
-            total += weight.numel()
-    return total
+    """MACs of one FCViT block from its layers' shapes (its fused fast paths bypass layer hooks): its
+    convolutions are stride 1, "same" padding; its global-context linears act on one pooled vector."""
+    weights = [w for w in map(_counted_weight, block.modules()) if w is not None]
+    return sum((height * width if w.dim() == 4 else 1) * w.numel() for w in weights)
 
 
 @torch.no_grad()
 def count_gmacs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 224)) -> float:
-    """GMACs of one forward pass on one image, counting convolution and linear layers.
-
-    Counted from the layers' shapes rather than from the operators that happen to run, so the figure
-    describes the architecture (as the papers' tables do) and not one implementation of it.
-    """
+    """GMACs of one forward pass on one image, counting convolution and linear layers from their shapes
+    rather than the operators that run: the architecture's figure (as the papers' tables give it)."""
     from ..models.layers import FCViTBlock
 
     totals: List[int] = []
@@ -86,14 +76,9 @@ class SavedTensor:
 
 
 def saved_activations(model: nn.Module, x: torch.Tensor, depth: int = 5) -> List[SavedTensor]:
-    """Every activation the forward pass of ``model(x)`` keeps for backward, in the order saved.
-
-    Records what autograd saves (``torch.autograd.graph.saved_tensors_hooks``), once per storage
-    (views of one tensor saved by several ops count once, for the first module that saved it), and
-    no parameters. ``module`` is the name of the innermost module running at the time, cut to
-    ``depth`` components (``stages.0.blocks.1.token_mixer``); ``""`` is outside any named module. This is
-    what training memory is made of, and how docs/benchmarks.md breaks it down.
-    """
+    """Every activation the forward pass of ``model(x)`` keeps for backward, in the order saved: what
+    training memory is made of (docs/benchmarks.md). Once per storage (the first module saving it), no
+    parameters; ``module`` is the innermost running module's name cut to ``depth`` components ("" outside any)."""
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: Set[int] = set()
     records: List[SavedTensor] = []

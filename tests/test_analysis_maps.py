@@ -161,3 +161,13 @@ def test_fcvit_keeps_the_aspect_ratio_and_vits_take_their_own_size(micro_fcvit):
     x = image_to_tensor(Image.new("RGB", (451, 300), (255, 255, 255)), micro_fcvit, (224, 352))
     assert x.shape == (1, 3, 224, 352)
     torch.testing.assert_close(x[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+
+
+def test_a_negative_head_counts_from_the_end():
+    """--head -1 is offered by the help; a plain slice maps[-1:0] gave zero-column maps."""
+    reader = ViTAttention(tiny_vit(distilled=True), blocks=[-1])
+    x = torch.randn(1, 3, 64, 64)
+    _, maps, labels, _ = query_attention(reader, x, 2, (640, 320), [(500, 250)], head=-1)
+    _, every, _, _ = query_attention(reader, x, 2, (640, 320), [(500, 250)], head="all")
+    assert labels == ["head 1"]
+    torch.testing.assert_close(maps[0][0], every[0][1])

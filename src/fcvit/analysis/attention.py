@@ -1,10 +1,9 @@
 """Reading attention maps out of timm's ViT/DeiT models and FCViT's similarity maps, ready to draw or measure.
 
-timm computes attention with ``F.scaled_dot_product_attention`` when it can, which never forms the
-attention matrix. Each ``Attention`` module has a ``fused_attn`` switch for its explicit path
-(``q @ k.T``, softmax, ``attn_drop``); :class:`ViTAttention` turns it off and lets
-``timm.utils.AttentionExtract`` hook the ``attn_drop`` outputs, which in eval mode are the softmax
-probabilities themselves. The models' code is not changed and their outputs stay the same.
+timm computes attention with ``F.scaled_dot_product_attention`` when it can, which never forms the attention matrix.
+:class:`ViTAttention` turns each ``Attention``'s ``fused_attn`` switch off (explicit ``q @ k.T``, softmax,
+``attn_drop``) and hooks the ``attn_drop`` outputs, in eval mode the softmax probabilities themselves; the models'
+code and outputs stay the same.
 """
 from __future__ import annotations
 
@@ -15,14 +14,7 @@ from torch import nn
 
 from ..errors import UserError
 
-__all__ = [
-    "ViTAttention",
-    "is_vit",
-    "split_prefix",
-    "patch_index",
-    "fcvit_similarity",
-    "resolve_block",
-]
+__all__ = ["ViTAttention", "is_vit", "split_prefix", "patch_index", "fcvit_similarity", "resolve_block"]
 
 
 def is_vit(model: nn.Module) -> bool:
@@ -34,16 +26,14 @@ def is_vit(model: nn.Module) -> bool:
 def resolve_block(block: int, n: int) -> int:
     """A block index (negative from the end) checked against ``n`` blocks."""
     if not -n <= block < n:
-        raise UserError(f"Block {block} does not exist: the model has {n} blocks, so use 0..{n - 1} or -1 for the last.")
+        raise UserError(f"Block {block} does not exist: the model has {n} blocks, so use 0..{n - 1} "
+                        "or -1 for the last.")
     return block % n
 
 
 class ViTAttention:
-    """Attention probabilities of every block of a timm VisionTransformer (ViT, DeiT, DeiT-distilled).
-
-    ``reader(x)`` runs the model and returns ``{block: B x heads x N x N}`` over all N tokens, prefix
-    (class, distillation, register) tokens first, as the model orders them.
-    """
+    """Attention probabilities of every block of a timm VisionTransformer (ViT, DeiT, DeiT-distilled): ``reader(x)``
+    gives ``{block: B x heads x N x N}`` over all N tokens, prefix (class, distillation, register) tokens first."""
 
     def __init__(self, model: nn.Module, blocks: Optional[Sequence[int]] = None) -> None:
         from timm.utils import AttentionExtract
@@ -52,26 +42,21 @@ class ViTAttention:
             raise UserError(f"{type(model).__name__} is not one of timm's ViT/DeiT models (VisionTransformer): choose "
                             "one such as vit_base_patch16_224 or deit_base_patch16_224, or FCViT for similarity maps.")
         self.model = model
-        self.num_blocks = len(model.blocks)
-        wanted = range(self.num_blocks) if blocks is None else [resolve_block(b, self.num_blocks) for b in blocks]
-        self.blocks: List[int] = sorted(set(wanted))
+        n = len(model.blocks)
+        self.blocks: List[int] = sorted(range(n) if blocks is None else {resolve_block(b, n) for b in blocks})
         names = [f"blocks.{i}.attn.attn_drop" for i in self.blocks]
         modules = dict(model.named_modules())
-        missing = [n for n in names if n not in modules]
-        if missing:
+        if missing := [name for name in names if name not in modules]:
             raise UserError(f"{type(model).__name__} has no '{missing[0]}' module to read attention from: "
                             "use a standard timm ViT/DeiT model.")
         for i in self.blocks:
-            attn = model.blocks[i].attn
-            if hasattr(attn, "fused_attn"):
-                attn.fused_attn = False  # explicit softmax path: same result, attention matrix materialised
+            model.blocks[i].attn.fused_attn = False  # explicit softmax path: same result, attention matrix formed
         self.extractor = AttentionExtract(model, names=names, method="hook")
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
-        self.patch_size: Tuple[int, int] = tuple(model.patch_embed.patch_size)
 
     def grid(self, x: torch.Tensor) -> Tuple[int, int]:
         """Patch rows and columns for an input ``x``."""
-        return x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1]
+        return self.model.patch_embed.dynamic_feat_size(x.shape[-2:])
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
@@ -79,24 +64,17 @@ class ViTAttention:
         found = self.extractor(x)
         maps = {i: found[f"blocks.{i}.attn.attn_drop"].float() for i in self.blocks}
         for i, attn in maps.items():
-            row_sums = attn.sum(-1)
-            if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-3):
+            if not torch.allclose(attn.sum(-1), torch.ones_like(attn[..., 0]), atol=1e-3):
                 raise RuntimeError(f"Block {i}: the values read at attn_drop are not attention probabilities.")
         return maps
 
 
 def split_prefix(attn: torch.Tensor, num_prefix_tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Patch queries over patch keys, renormalised, and the mass those queries gave to prefix tokens.
-
-    ``attn`` is ``... x N x N``; returns ``(... x P x P, ... x P)`` with ``P = N - num_prefix_tokens``.
-    The maps drawn and measured are spatial: the class and distillation tokens have no place on the
-    image, so their share is reported separately (``prefix_mass``) rather than hidden.
-    """
+    """Patch queries over patch keys renormalised (``... x P x P``) and the mass they gave prefix tokens (``... x P``):
+    the class and distillation tokens have no place on the image, so their share is reported, not hidden."""
     patch = attn[..., num_prefix_tokens:, :]
-    prefix_mass = patch[..., :num_prefix_tokens].sum(-1)
     spatial = patch[..., num_prefix_tokens:]
-    spatial = spatial / spatial.sum(-1, keepdim=True).clamp_min(1e-12)
-    return spatial, prefix_mass
+    return spatial / spatial.sum(-1, keepdim=True).clamp_min(1e-12), patch[..., :num_prefix_tokens].sum(-1)
 
 
 def patch_index(x: float, y: float, image_size: Tuple[int, int], grid: Tuple[int, int]) -> int:
@@ -106,9 +84,7 @@ def patch_index(x: float, y: float, image_size: Tuple[int, int], grid: Tuple[int
         raise UserError(f"Query point {x:g},{y:g} lies outside the {width}x{height} image: use X,Y pixel "
                         "coordinates inside it (0,0 is the top left).")
     rows, cols = grid
-    col = min(int(x * cols / width), cols - 1)
-    row = min(int(y * rows / height), rows - 1)
-    return row * cols + col
+    return min(int(y * rows / height), rows - 1) * cols + min(int(x * cols / width), cols - 1)
 
 
 def fcvit_similarity(model: nn.Module, x: torch.Tensor, block: int = -1) -> Tuple[int, Dict[str, torch.Tensor]]:

@@ -1,9 +1,8 @@
 """One self-contained HTML page to move the query and watch the maps (the paper's Figures 1 and 3).
 
-The page needs no server and no network: the photographs, every map and the measures are embedded.
-Attention maps are stored for every patch query of the chosen ViT blocks, per head and as the mean
-over heads, each quantised to uint8 against its own maximum (kept as float32), so the page can draw
-a map on its own scale or on the scale shared by all queries of the block. FCViT's group similarity
+Photographs, maps and measures are embedded: no server, no network. The attention maps of every patch query of the
+chosen ViT blocks, per head and mean over heads, are quantised to uint8 against their own maximum (kept as float32),
+so the page can draw a map on its own scale or on the one shared by the block's queries. FCViT's group similarity
 maps do not depend on a query; they are quantised between their own minimum and maximum.
 """
 from __future__ import annotations
@@ -12,14 +11,14 @@ import base64
 import io
 import json
 from importlib import resources
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import UserError
-from .attention import ViTAttention, split_prefix
+from .attention import ViTAttention, resolve_block, split_prefix
 from .loading import image_to_tensor, input_size_of
 from .measures import attention_measures, mean_pairwise_cosine, normalized_entropy, similarity_measures, top_mass
 
@@ -37,40 +36,24 @@ def _finite(values: Dict[str, float]) -> Dict[str, Optional[float]]:
     return {k: (v if np.isfinite(v) else None) for k, v in values.items()}
 
 
-def _photo_url(image, max_side: int = 448) -> str:
-    from .plots import display_image
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(display_image(image, max_side)).save(buffer, format="JPEG", quality=88)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _per_query(spatial: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
-    """Each measure of ``heads x P x P`` per head and query (``heads x P``), and head irrelevance per query."""
+def _vit_block(attn: torch.Tensor, num_prefix_tokens: int) -> Dict[str, object]:
+    """Maps and measures of one block's ``heads x N x N`` float32 attention, over patch queries and keys: each
+    measure per head and query (``heads x P``), and head irrelevance per query."""
+    spatial, prefix = split_prefix(attn, num_prefix_tokens)
     p = spatial.shape[-1]
-    unit = torch.nn.functional.normalize(spatial.double(), dim=-1)
-    gram = unit @ unit.transpose(-1, -2)  # heads x P x P: every query against every other
-    query_irr = (gram.sum(-1) - gram.diagonal(dim1=-2, dim2=-1)) / max(p - 1, 1)
-    out = {"query_irrelevance": query_irr.float(), "top1pct_mass": top_mass(spatial, 0.01),
-           "top5pct_mass": top_mass(spatial, 0.05), "entropy": normalized_entropy(spatial)}
-    head_irr = mean_pairwise_cosine(spatial.transpose(0, 1)) if spatial.shape[0] > 1 else torch.full((p,), float("nan"))
-    return {k: v.float() for k, v in out.items()}, head_irr.float()
-
-
-def _vit_block(spatial: torch.Tensor, prefix: Optional[torch.Tensor]) -> Dict[str, object]:
-    """Maps and measures of one block: ``spatial`` is ``heads x P x P`` (patch queries over patch keys)."""
     heads = torch.cat([spatial, spatial.mean(0, keepdim=True)])  # the mean over heads as one more head
     peak = heads.amax(-1).clamp_min(1e-12)  # (heads + 1) x P
     quantised = torch.round(heads / peak[..., None] * 255).to(torch.uint8)
-    per_query, head_irr = _per_query(spatial)
+    unit = torch.nn.functional.normalize(spatial.double(), dim=-1)
+    gram = unit @ unit.transpose(-1, -2)  # heads x P x P: every query against every other
+    per_query = {"query_irrelevance": ((gram.sum(-1) - gram.diagonal(dim1=-2, dim2=-1)) / max(p - 1, 1)).float(),
+                 "top1pct_mass": top_mass(spatial, 0.01), "top5pct_mass": top_mass(spatial, 0.05),
+                 "entropy": normalized_entropy(spatial)}
+    head_irr = mean_pairwise_cosine(spatial.transpose(0, 1)) if spatial.shape[0] > 1 else torch.full((p,), float("nan"))
     columns = {k: torch.cat([v, v.mean(0, keepdim=True)]) for k, v in per_query.items()}  # the mean column: over heads
-    return {
-        "maps": _b64(quantised.numpy()), "peak": _b64(peak.float().numpy()),
-        "query": {k: _b64(v.numpy()) for k, v in columns.items()}, "head_irrelevance": _b64(head_irr.numpy()),
-        "average": _finite(attention_measures(spatial[None], None if prefix is None else prefix[None])),
-    }
+    return {"maps": _b64(quantised.numpy()), "peak": _b64(peak.float().numpy()),
+            "query": {k: _b64(v.numpy()) for k, v in columns.items()}, "head_irrelevance": _b64(head_irr.numpy()),
+            "average": _finite(attention_measures(spatial[None], prefix[None] if num_prefix_tokens else None))}
 
 
 def _fcvit_block(maps: Dict[str, torch.Tensor]) -> Dict[str, object]:
@@ -85,61 +68,47 @@ def _fcvit_block(maps: Dict[str, torch.Tensor]) -> Dict[str, object]:
 @torch.no_grad()
 def _image_entry(name: str, image, vit: ViTAttention, fcvit: nn.Module, fcvit_blocks: Sequence[int],
                  device: torch.device) -> Dict[str, object]:
-    from ..models.similarity import similarity_maps
+    from PIL import Image
 
-    x = image_to_tensor(image, vit.model, input_size_of(vit.model)).to(device)
-    attention = vit(x)
-    vit_entry = {}
-    for block in vit.blocks:
-        spatial, prefix = split_prefix(attention[block][0].cpu(), vit.num_prefix_tokens)
-        vit_entry[str(block)] = _vit_block(spatial, prefix if vit.num_prefix_tokens else None)
+    from ..models.similarity import similarity_maps
+    from .plots import display_image
+
+    attention = vit(image_to_tensor(image, vit.model, input_size_of(vit.model)).to(device))
+    vit_entry = {str(block): _vit_block(attention[block][0].cpu(), vit.num_prefix_tokens) for block in vit.blocks}
     y = image_to_tensor(image, fcvit, input_size_of(fcvit, None, image.size)).to(device)
     _, maps = similarity_maps(fcvit, y, blocks=list(fcvit_blocks))
     fcvit_entry = {str(b): _fcvit_block({k: v.cpu() for k, v in maps[b].items()}) for b in fcvit_blocks}
-    return {"name": name, "photo": _photo_url(image), "aspect": image.height / image.width,
-            "vit": vit_entry, "fcvit": fcvit_entry}
+    photo = io.BytesIO()
+    Image.fromarray(display_image(image, 448)).save(photo, format="JPEG", quality=88)
+    return {"name": name, "photo": "data:image/jpeg;base64," + base64.b64encode(photo.getvalue()).decode("ascii"),
+            "aspect": image.height / image.width, "vit": vit_entry, "fcvit": fcvit_entry}
 
 
-def _colormap() -> str:
+def explore_page(images: Sequence[tuple], vit_model: nn.Module, vit_name: str, vit_weights: str,
+                 fcvit_model: nn.Module, fcvit_name: str, fcvit_weights: str,
+                 vit_blocks: Optional[Sequence[int]] = None, fcvit_blocks: Optional[Sequence[int]] = None) -> str:
+    """The page's HTML for ``images`` (``(name, PIL image)`` pairs); block lists default to every block."""
     from matplotlib import colormaps
 
-    from .plots import OVERLAY_CMAP
-
-    lut = colormaps[OVERLAY_CMAP](np.linspace(0.0, 1.0, 256))[:, :3]
-    return _b64(np.round(lut * 255).astype(np.uint8))
-
-
-def explore_page(
-        images: Sequence[tuple],
-        vit_model: nn.Module,
-        vit_name: str,
-        vit_weights: str,
-        fcvit_model: nn.Module,
-        fcvit_name: str,
-        fcvit_weights: str,
-        vit_blocks: Optional[Sequence[int]] = None,
-        fcvit_blocks: Optional[Sequence[int]] = None,
-) -> str:
-    """The page's HTML for ``images`` (``(name, PIL image)`` pairs); block lists default to every block."""
     from ..models.similarity import fcvit_blocks as all_fcvit_blocks
-    from .attention import resolve_block
-    from .plots import OVERLAY_ALPHA
+    from .plots import OVERLAY_ALPHA, OVERLAY_CMAP
 
     device = next(vit_model.parameters()).device
     reader = ViTAttention(vit_model, blocks=vit_blocks)
-    n_fcvit = len(all_fcvit_blocks(fcvit_model))
-    if not n_fcvit:
-        raise UserError(f"{fcvit_name} is not an FCViT model: the page's right panel needs one, e.g. --fcvit fcvit_b12.")
-    chosen = sorted({resolve_block(b, n_fcvit) for b in fcvit_blocks}) if fcvit_blocks is not None else list(range(n_fcvit))
-    entries: List[Dict[str, object]] = [_image_entry(name, image, reader, fcvit_model, chosen, device)
-                                        for name, image in images]
-    grid = reader.grid(image_to_tensor(images[0][1], vit_model, input_size_of(vit_model)))
+    n = len(all_fcvit_blocks(fcvit_model))
+    if not n:
+        raise UserError(f"{fcvit_name} is not an FCViT model: the page's right panel needs one, "
+                        "e.g. --fcvit fcvit_b12.")
+    chosen = sorted(range(n) if fcvit_blocks is None else {resolve_block(b, n) for b in fcvit_blocks})
+    lut = colormaps[OVERLAY_CMAP](np.linspace(0.0, 1.0, 256))[:, :3]
     data = {
-        "vit": {"name": vit_name, "weights": vit_weights, "blocks": reader.blocks, "grid": list(grid),
-                "heads": int(vit_model.blocks[0].attn.num_heads), "prefix_tokens": reader.num_prefix_tokens},
+        "vit": {"name": vit_name, "weights": vit_weights, "blocks": reader.blocks,
+                "grid": list(vit_model.patch_embed.grid_size), "heads": int(vit_model.blocks[0].attn.num_heads),
+                "prefix_tokens": reader.num_prefix_tokens},
         "fcvit": {"name": fcvit_name, "weights": fcvit_weights, "blocks": chosen,
                   "groups": int(all_fcvit_blocks(fcvit_model)[0].token_mixer.gc1.num_groups)},
-        "measures": list(_QUERY_MEASURES), "cmap": _colormap(), "alpha": OVERLAY_ALPHA, "images": entries,
+        "measures": list(_QUERY_MEASURES), "cmap": _b64(np.round(lut * 255).astype(np.uint8)), "alpha": OVERLAY_ALPHA,
+        "images": [_image_entry(name, image, reader, fcvit_model, chosen, device) for name, image in images],
     }
     template = resources.files("fcvit.analysis").joinpath("explore.html").read_text(encoding="utf-8")
     # "</" cannot end the script early once escaped; JSON stays valid

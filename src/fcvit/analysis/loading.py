@@ -1,6 +1,7 @@
 """Models and images for the analysis tools: local checkpoints, timm's hub, or random weights (said loudly)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -24,21 +25,15 @@ HF_HOST = "huggingface.co"
 
 
 def hub_reachable(host: str = HF_HOST, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to ``host:443`` opens within ``timeout`` seconds.
-
-    ``HF_HUB_OFFLINE=1`` answers no at once. The look-up runs in a daemon thread because name
-    resolution ignores socket time-outs, so an offline machine never waits longer than ``timeout``.
-    """
+    """Whether a TCP connection to ``host:443`` opens within ``timeout`` seconds (``HF_HUB_OFFLINE=1``: no at once).
+    The look-up runs in a daemon thread because name resolution ignores socket time-outs."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
     result = {"ok": False}
 
     def probe() -> None:
-        try:
-            with socket.create_connection((host, 443), timeout=timeout):
-                result["ok"] = True
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), socket.create_connection((host, 443), timeout=timeout):
+            result["ok"] = True
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
@@ -48,33 +43,24 @@ def hub_reachable(host: str = HF_HOST, timeout: float = 3.0) -> bool:
 
 def _cached_hub_file(hf_hub_id: str) -> Optional[str]:
     """A copy of the model's weights already in the Hugging Face cache, if any."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-        found = try_to_load_from_cache(hf_hub_id, filename)
-        if isinstance(found, str) and os.path.isfile(found):
-            return found
-    return None
+    from huggingface_hub import try_to_load_from_cache  # a dependency of timm
+
+    names = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+    found = (try_to_load_from_cache(hf_hub_id, name) for name in names)
+    return next((path for path in found if isinstance(path, str) and os.path.isfile(path)), None)
 
 
 def _create_pretrained(name: str, **kwargs) -> Tuple[nn.Module, str]:
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(name)
-    hf_hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    url = getattr(cfg, "url", None) if cfg is not None else None
+    cfg = timm.models.get_pretrained_cfg(name)  # None for a name without published weights
+    hf_hub_id, url = getattr(cfg, "hf_hub_id", None), getattr(cfg, "url", None)
     if not hf_hub_id and not url:
         raise UserError(f"timm has no published weights for {name}: pass a local file with --checkpoint.")
-    if hf_hub_id:
-        cached = _cached_hub_file(hf_hub_id)
-        if cached:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs)
-            return model, f"pretrained {hf_hub_id} (from the local cache)"
-        host, source = HF_HOST, hf_hub_id
-    else:
-        host, source = urlparse(url).hostname or url, url
+    if hf_hub_id and (cached := _cached_hub_file(hf_hub_id)):
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs)
+        return model, f"pretrained {hf_hub_id} (from the local cache)"
+    host, source = (HF_HOST, hf_hub_id) if hf_hub_id else (urlparse(url).hostname or url, url)
     if not hub_reachable(host):
         raise UserError(f"--pretrained needs to download {name} from {host}, which cannot be reached from this "
                         "machine: download the weights where there is a network and pass the file with --checkpoint.")
@@ -114,19 +100,13 @@ def model_name(name: Optional[str], checkpoint: Optional[str], default: str) -> 
     return model_name_for(read_once(checkpoint), default)
 
 
-def create_analysis_model(
-        name: str,
-        checkpoint: Optional[str] = None,
-        pretrained: bool = False,
-        flag: str = "--",
-        **kwargs,
-) -> Tuple[nn.Module, str]:
+def create_analysis_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = False, flag: str = "--",
+                          **kwargs) -> Tuple[nn.Module, str]:
     """The model in eval mode and a phrase naming its weights (shown in figures and results).
 
-    A local ``checkpoint`` always works offline; ``pretrained`` uses timm's hub (or its cache) and fails
-    at once, in one sentence, when the hub cannot be reached; with neither the weights are random and
-    a warning says that the maps then show an untrained network. ``flag`` begins the option names messages
-    give (``--vit-`` where a command loads two models).
+    A local ``checkpoint`` always works offline; ``pretrained`` uses timm's hub (or its cache) and fails at once, in
+    one sentence, without it; with neither the weights are random and a warning says so. ``flag`` begins the option
+    names messages give (``--vit-`` where a command loads two models).
     """
     import timm
 
@@ -154,36 +134,25 @@ def is_fcvit(model: nn.Module) -> bool:
     return bool(fcvit_blocks(model))
 
 
-def input_size_of(
-        model: nn.Module,
-        img_size: Optional[int] = None,
-        image_size: Optional[Tuple[int, int]] = None,
-) -> Tuple[int, int]:
-    """(height, width) the image is resized to.
-
-    A ViT takes its own fixed size. FCViT is fully convolutional, so with the photograph's
-    ``image_size`` (width, height) it keeps the aspect ratio: the shorter side becomes ``img_size``
-    (default: the model's 224) and both sides are rounded to multiples of its stride of 32.
-    """
-    patch_embed = getattr(model, "patch_embed", None)
-    if patch_embed is not None and getattr(patch_embed, "img_size", None) is not None and not is_fcvit(model):
-        return tuple(int(s) for s in patch_embed.img_size)
+def input_size_of(model: nn.Module, img_size: Optional[int] = None,
+                  image_size: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
+    """(height, width) the image is resized to: a ViT's own fixed size; for the fully convolutional FCViT, given the
+    photograph's ``image_size`` (width, height), its aspect ratio with the shorter side ``img_size`` (default: the
+    model's 224) and both sides rounded to multiples of its stride of 32."""
+    if getattr(getattr(model, "patch_embed", None), "img_size", None) is not None and not is_fcvit(model):
+        return tuple(int(s) for s in model.patch_embed.img_size)
     if img_size is None:
         size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
         img_size = min(int(size[1]), int(size[2]))
     if image_size is None or not is_fcvit(model):
         return int(img_size), int(img_size)
-    width, height = image_size
-    scale = img_size / min(width, height)
-    return (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
+    scale = img_size / min(image_size)
+    return tuple(max(32, round(side * scale / 32) * 32) for side in reversed(image_size))  # as (height, width)
 
 
 def image_to_tensor(image: Image.Image, model: nn.Module, size: Tuple[int, int]) -> torch.Tensor:
-    """The whole image resized (not cropped) to ``size`` and normalised with the model's mean and std.
-
-    No crop, so that every pixel of the picture shown has a place on the maps; the maps are drawn
-    stretched back over the original image.
-    """
+    """The whole image resized (not cropped: every pixel shown has a place on the maps drawn stretched back over it)
+    to ``size`` and normalised with the model's mean and std."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
     std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)

@@ -1,9 +1,8 @@
 """Numbers for what attention and similarity maps look like (formulas in docs/analysis.md).
 
-Attention tensors here are ``... x heads x queries x keys`` with every row a probability distribution
-over the keys. FCViT's similarity maps are ``... x groups x positions`` of real values; they are read
-as distributions over positions through a softmax (what attention would make of them) for the
-sparsity measures and compared directly (Pearson correlation) for the diversity between groups.
+Attention tensors here are ``... x heads x queries x keys`` with every row a probability distribution over the keys.
+FCViT's similarity maps are ``... x groups x positions`` of real values: read through a softmax over positions (what
+attention would make of them) for sparsity, compared directly (Pearson correlation) for diversity between groups.
 """
 from __future__ import annotations
 
@@ -12,18 +11,9 @@ from typing import Dict
 
 import torch
 
-__all__ = [
-    "mean_pairwise_cosine",
-    "query_irrelevance",
-    "head_irrelevance",
-    "top_mass",
-    "normalized_entropy",
-    "mean_pairwise_correlation",
-    "attention_measures",
-    "similarity_measures",
-    "ATTENTION_MEASURES",
-    "SIMILARITY_MEASURES",
-]
+__all__ = ["mean_pairwise_cosine", "query_irrelevance", "head_irrelevance", "top_mass", "normalized_entropy",
+           "mean_pairwise_correlation", "attention_measures", "similarity_measures", "ATTENTION_MEASURES",
+           "SIMILARITY_MEASURES"]
 
 # names as they appear in tables, JSON and CSV, with one line each (the docs give the formulas)
 ATTENTION_MEASURES = {
@@ -47,11 +37,8 @@ SIMILARITY_MEASURES = {
 
 
 def mean_pairwise_cosine(vectors: torch.Tensor) -> torch.Tensor:
-    """Mean cosine similarity over all pairs ``i != j`` of the rows of ``... x n x d``; shape ``...``.
-
-    The Gram matrix of the unit rows holds every pair once in each triangle; removing its diagonal
-    (which is 1 for non-zero rows) leaves ``n (n - 1)`` pair terms.
-    """
+    """Mean cosine similarity over all pairs ``i != j`` of the rows of ``... x n x d``; shape ``...``. The Gram matrix
+    of the unit rows holds every pair once in each triangle; less its diagonal, ``n (n - 1)`` terms."""
     n = vectors.shape[-2]
     if n < 2:
         raise ValueError("Pairwise similarity needs at least two maps.")
@@ -75,9 +62,7 @@ def top_mass(dist: torch.Tensor, fraction: float) -> torch.Tensor:
     """Mass of the ``ceil(fraction * n)`` largest entries of each distribution (last dim); shape ``...``."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
-    n = dist.shape[-1]
-    k = max(1, math.ceil(fraction * n))
-    return dist.topk(k, dim=-1).values.sum(-1)
+    return dist.topk(max(1, math.ceil(fraction * dist.shape[-1])), dim=-1).values.sum(-1)
 
 
 def normalized_entropy(dist: torch.Tensor) -> torch.Tensor:
@@ -85,26 +70,19 @@ def normalized_entropy(dist: torch.Tensor) -> torch.Tensor:
     n = dist.shape[-1]
     if n < 2:
         raise ValueError("Normalised entropy needs at least two tokens.")
-    p = dist.double()
-    entropy = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1)
-    return (entropy / math.log(n)).to(dist.dtype)
+    return (torch.special.entr(dist.double()).sum(-1) / math.log(n)).to(dist.dtype)
 
 
 def mean_pairwise_correlation(maps: torch.Tensor) -> torch.Tensor:
-    """Mean Pearson correlation over pairs of rows of ``... x n x d``: cosine of the centred rows.
-
-    A constant row has no defined correlation; it is treated as uncorrelated (centred row of zeros).
-    """
+    """Mean Pearson correlation over pairs of rows of ``... x n x d``: cosine of the centred rows. A constant row,
+    whose correlation is undefined, counts as uncorrelated (a centred row of zeros)."""
     centred = maps.double() - maps.double().mean(dim=-1, keepdim=True)
     return mean_pairwise_cosine(centred).to(maps.dtype)
 
 
 def attention_measures(attn: torch.Tensor, prefix_mass: torch.Tensor | None = None) -> Dict[str, float]:
-    """All attention measures of one block, averaged over images, heads and queries.
-
-    ``attn`` is ``B x heads x Q x K`` with rows summing to 1 (patch queries over patch keys);
-    ``prefix_mass`` (``B x heads x Q``), when given, is the attention that went to prefix tokens.
-    """
+    """All attention measures of one block's ``B x heads x Q x K`` patch attention (rows summing to 1), averaged over
+    images, heads and queries; ``prefix_mass`` (``B x heads x Q``), if given, went to the prefix tokens."""
     attn = attn.float()
     out = {
         "query_irrelevance": query_irrelevance(attn).mean().item(),

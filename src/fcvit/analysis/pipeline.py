@@ -16,15 +16,8 @@ from ..files import atomic_write
 from .attention import ViTAttention, patch_index, split_prefix
 from .measures import ATTENTION_MEASURES, SIMILARITY_MEASURES, attention_measures, similarity_measures
 
-__all__ = [
-    "parse_head",
-    "parse_query",
-    "query_attention",
-    "analyze_attention",
-    "analyze_similarity",
-    "format_table",
-    "write_results",
-]
+__all__ = ["parse_head", "parse_query", "query_attention", "analyze_attention", "analyze_similarity", "format_table",
+           "write_results"]
 
 Head = Union[int, str]
 
@@ -42,13 +35,12 @@ def parse_head(text: str) -> Head:
 
 def parse_query(text: str) -> Tuple[float, float]:
     """``X,Y`` pixel coordinates of the original image."""
-    parts = text.replace(" ", "").split(",")
     try:
-        if len(parts) != 2:
-            raise ValueError
-        return float(parts[0]), float(parts[1])
+        x, y = text.replace(" ", "").split(",")
+        return float(x), float(y)
     except ValueError:
-        raise UserError(f"--query '{text}' is not valid: write pixel coordinates as X,Y, e.g. --query 120,80.") from None
+        raise UserError(f"--query '{text}' is not valid: write pixel coordinates as X,Y, "
+                        "e.g. --query 120,80.") from None
 
 
 def _select_heads(maps: torch.Tensor, head: Head) -> Tuple[torch.Tensor, List[str]]:
@@ -59,48 +51,38 @@ def _select_heads(maps: torch.Tensor, head: Head) -> Tuple[torch.Tensor, List[st
     if head == "all":
         return maps, [f"head {h}" for h in range(heads)]
     if not -heads <= head < heads:
-        raise UserError(f"Head {head} does not exist: the block has {heads} heads, so use 0..{heads - 1}, -1, mean or all.")
-    return maps[head:head + 1], [f"head {head % heads}"]
+        raise UserError(f"Head {head} does not exist: the block has {heads} heads, so use 0..{heads - 1}, "
+                        "-1, mean or all.")
+    head %= heads  # -1 is the last head; maps[-1:0] would be empty
+    return maps[head:head + 1], [f"head {head}"]
 
 
 @torch.no_grad()
-def query_attention(
-        reader: ViTAttention,
-        x: torch.Tensor,
-        block: int,
-        image_size: Tuple[int, int],
-        points: Optional[Sequence[Tuple[float, float]]] = None,
-        random_queries: int = 0,
-        head: Head = "mean",
-        seed: int = 0,
-) -> Tuple[List[Tuple[float, float]], List[torch.Tensor], List[str], float]:
+def query_attention(reader: ViTAttention, x: torch.Tensor, block: int, image_size: Tuple[int, int],
+                    points: Optional[Sequence[Tuple[float, float]]] = None, random_queries: int = 0,
+                    head: Head = "mean", seed: int = 0,
+                    ) -> Tuple[List[Tuple[float, float]], List[torch.Tensor], List[str], float]:
     """Attention maps of chosen query points in one block for image ``x`` (batch of one).
 
-    ``points`` are ``(x, y)`` pixels of an image of ``image_size = (width, height)``; random queries
-    are distinct patches drawn with ``seed`` and placed at their patch centres. Returns the points,
-    per point a ``columns x rows x cols`` map, the column labels, and the mean share of the queries'
-    attention that went to prefix tokens (not drawn).
+    ``points`` are ``(x, y)`` pixels of an image of ``image_size = (width, height)``; random queries are distinct
+    patches drawn with ``seed``, placed at their centres. Returns the points, per point a ``columns x rows x cols``
+    map, the column labels, and the mean share of the queries' attention that went to prefix tokens (not drawn).
     """
-    grid = reader.grid(x)
-    rows, cols = grid
+    rows, cols = grid = reader.grid(x)
     width, height = image_size
     points = list(points or [])
     indices = [patch_index(px, py, image_size, grid) for px, py in points]
     if random_queries:
         if random_queries > rows * cols:
             raise UserError(f"--random-queries {random_queries} exceeds the {rows * cols} patches of the image.")
-        generator = torch.Generator().manual_seed(seed)
-        for idx in torch.randperm(rows * cols, generator=generator)[:random_queries].tolist():
+        for idx in torch.randperm(rows * cols, generator=torch.Generator().manual_seed(seed))[:random_queries].tolist():
             indices.append(idx)
             points.append(((idx % cols + 0.5) * width / cols, (idx // cols + 0.5) * height / rows))
     if not indices:
         raise UserError("No query points: give --query X,Y (pixels) or --random-queries K.")
-    attn = reader(x)[block]
-    spatial, prefix = split_prefix(attn[0], reader.num_prefix_tokens)  # heads x P x P, heads x P
-    maps, labels = [], []
-    for idx in indices:
-        selected, labels = _select_heads(spatial[:, idx], head)
-        maps.append(selected.reshape(-1, rows, cols))
+    spatial, prefix = split_prefix(reader(x)[block][0], reader.num_prefix_tokens)  # heads x P x P, heads x P
+    selected, labels = _select_heads(spatial[:, indices], head)  # columns x queries x P
+    maps = [m.reshape(-1, rows, cols) for m in selected.unbind(1)]
     prefix_share = float(prefix[:, indices].mean()) if reader.num_prefix_tokens else 0.0
     return points, maps, labels, prefix_share
 
@@ -125,15 +107,13 @@ def _mean_rows(per_image: List[List[dict]], keys: Sequence[str]) -> List[dict]:
 def analyze_attention(model: nn.Module, inputs: Iterable[torch.Tensor]) -> List[dict]:
     """Per block of a ViT/DeiT: the attention measures, averaged over the images (each ``1 x 3 x H x W``)."""
     reader = ViTAttention(model)
+    n = reader.num_prefix_tokens
     per_image = []
     for x in inputs:
         maps = reader(x)
-        rows = []
-        for block in reader.blocks:
-            spatial, prefix = split_prefix(maps[block], reader.num_prefix_tokens)
-            values = attention_measures(spatial, prefix if reader.num_prefix_tokens else None)
-            rows.append(dict(block=block, **values))
-        per_image.append(rows)
+        splits = [(block, *split_prefix(maps[block], n)) for block in reader.blocks]
+        per_image.append([dict(block=b, **attention_measures(spatial, prefix if n else None))
+                          for b, spatial, prefix in splits])
     return _mean_rows(per_image, list(ATTENTION_MEASURES))
 
 
@@ -146,24 +126,20 @@ def analyze_similarity(model: nn.Module, inputs: Iterable[torch.Tensor]) -> List
     stages = [int(name.split(".")[1]) if name.startswith("stages.") else None
               for name, m in model.named_modules() if isinstance(m, FCViTBlock)]
     if not stages:
-        raise UserError(f"{type(model).__name__} is not an FCViT model: group similarity maps exist only for fcvit_* models.")
+        raise UserError(f"{type(model).__name__} is not an FCViT model: group similarity maps exist only for "
+                        "fcvit_* models.")
     per_image = []
     for x in inputs:
         _, maps = similarity_maps(model, x, blocks=None)
-        rows = []
-        for block in sorted(maps):
-            for module in ("gc1", "gc2"):
-                rows.append(dict(block=block, stage=stages[block], module=module,
-                                 **similarity_measures(maps[block][module])))
-        per_image.append(rows)
+        per_image.append([dict(block=b, stage=stages[b], module=gc, **similarity_measures(maps[b][gc]))
+                          for b in sorted(maps) for gc in ("gc1", "gc2")])
     return _mean_rows(per_image, list(SIMILARITY_MEASURES))
 
 
 def format_table(rows: List[dict], measures: Sequence[str]) -> str:
     """A plain-text table: one line per block (and module)."""
     keys = ["block"] + (["module"] if any("module" in r for r in rows) else [])
-    header = " ".join(f"{k:>6}" for k in keys) + " " + " ".join(f"{m:>17}" for m in measures)
-    lines = [header]
+    lines = [" ".join(f"{k:>6}" for k in keys) + " " + " ".join(f"{m:>17}" for m in measures)]
     for r in rows:
         cells = " ".join(f"{str(r.get(k, '')):>6}" for k in keys)
         vals = " ".join(f"{r[m]:>17.4f}" if isinstance(r.get(m), float) else f"{'-':>17}" for m in measures)

@@ -1,9 +1,7 @@
 """Figures: FCViT's group similarity maps, ViT attention maps per query, both side by side, measures over depth.
 
-Maps are drawn at their own resolution (patch grid or feature map) with ``extent`` covering the
-photograph and bilinear interpolation at render time, so the array inside each overlay is exactly
-the map the model computed. Figures are ``matplotlib.figure.Figure`` objects (no pyplot state), saved
-atomically.
+Maps are drawn at their own resolution with ``extent`` over the photograph and bilinear interpolation at render time,
+so each overlay's array is exactly the model's map. Figures are ``Figure`` objects (no pyplot state), saved atomically.
 """
 from __future__ import annotations
 
@@ -21,17 +19,8 @@ from matplotlib.ticker import MaxNLocator
 from ..errors import UserError
 from ..files import atomic_write
 
-__all__ = [
-    "draw_similarity",
-    "draw_attention",
-    "draw_compare",
-    "draw_measures",
-    "save_figure",
-    "check_figure_path",
-    "display_image",
-    "spread",
-    "uniform_values",
-]
+__all__ = ["draw_similarity", "draw_attention", "draw_compare", "draw_measures", "save_figure", "check_figure_path",
+           "display_image", "spread", "uniform_values"]
 
 OVERLAY_CMAP = "jet"
 OVERLAY_ALPHA = 0.55
@@ -73,49 +62,47 @@ def uniform_values(tokens: int, prefix_tokens: int = 0) -> Dict[str, float]:
                 prefix_mass=prefix_tokens / (tokens + prefix_tokens))
 
 
+def _as_numpy(t) -> np.ndarray:
+    return t.detach().cpu().float().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float32)
+
+
 def _overlay(ax, image: np.ndarray, heat: np.ndarray, vmin: float, vmax: float):
     h, w = image.shape[:2]
     ax.imshow(image, extent=(0, w, h, 0))
     mappable = ax.imshow(heat, cmap=OVERLAY_CMAP, alpha=OVERLAY_ALPHA, vmin=vmin, vmax=vmax,
                          extent=(0, w, h, 0), interpolation="bilinear")
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xlim=(0, w), ylim=(h, 0), xticks=[], yticks=[])
     return mappable
 
 
-def _plain(ax, image: np.ndarray) -> None:
-    ax.imshow(image)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _as_numpy(t) -> np.ndarray:
-    return t.detach().cpu().float().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float32)
+def _figure(image: np.ndarray, rows: int, columns: int, side: float, margin: Tuple[float, float], title: str,
+            labels: Optional[Sequence[str]] = None) -> Tuple[Figure, np.ndarray]:
+    """Rows of the photograph and ``columns`` maps, panels ``side`` inches wide; ``labels`` title the columns."""
+    aspect = image.shape[0] / image.shape[1]
+    fig = Figure(figsize=(side * (columns + 1) + margin[0], side * aspect * rows + margin[1]), layout="constrained")
+    axes = fig.subplots(rows, columns + 1, squeeze=False)
+    for ax in axes[:, 0]:
+        ax.imshow(image)
+        ax.set(xticks=[], yticks=[])
+    for ax, label in zip(axes[0], ["image", *labels] if labels is not None else []):
+        ax.set_title(label, fontsize=9)
+    _title(fig, title)
+    return fig, axes
 
 
 def draw_similarity(image: np.ndarray, maps: Dict[str, torch.Tensor], title: str = "") -> Figure:
     """The photograph and, per global-context module (rows gc1, gc2), its group maps (``G x h x w`` each)."""
-    names = list(maps)
-    groups = maps[names[0]].shape[0]
     arrays = {k: _as_numpy(v) for k, v in maps.items()}
     vmin = min(float(a.min()) for a in arrays.values())
     vmax = max(float(a.max()) for a in arrays.values())
-    aspect = image.shape[0] / image.shape[1]
-    fig = Figure(figsize=(1.6 * (groups + 1) + 0.8, 1.6 * aspect * len(names) + 0.7), layout="constrained")
-    axes = fig.subplots(len(names), groups + 1, squeeze=False)
-    mappable = None
-    for r, name in enumerate(names):
-        _plain(axes[r, 0], image)
-        axes[r, 0].set_ylabel(name, fontsize=10)
-        for g in range(groups):
-            mappable = _overlay(axes[r, g + 1], image, arrays[name][g], vmin, vmax)
-            if r == 0:
-                axes[r, g + 1].set_title(f"group {g + 1}", fontsize=9)
-    axes[0, 0].set_title("image", fontsize=9)
+    groups = len(next(iter(arrays.values())))
+    fig, axes = _figure(image, len(arrays), groups, 1.6, (0.8, 0.7), title,
+                        [f"group {g + 1}" for g in range(groups)])
+    for row, (name, array) in zip(axes, arrays.items()):
+        row[0].set_ylabel(name, fontsize=10)
+        for ax, heat in zip(row[1:], array):
+            mappable = _overlay(ax, image, heat, vmin, vmax)
     fig.colorbar(mappable, ax=axes, shrink=0.9, label="similarity (normalised)")
-    _title(fig, title)
     return fig
 
 
@@ -137,15 +124,14 @@ def _title(fig: Figure, text: str, fontsize: int = 10) -> None:
         fig.suptitle(_wrap(fig, text, fontsize), fontsize=fontsize)
 
 
-def _mark(ax, x: float, y: float, number: Optional[int] = None) -> None:
+def _mark(ax, x: float, y: float, number: int) -> None:
     """A query's star, drawn whole over the panel's border, with its number on the side towards the middle."""
     ax.plot([x], [y], marker="*", markersize=13, color="white", markeredgecolor="black", markeredgewidth=1.0,
-             clip_on=False, zorder=5)
-    if number is not None:
-        right, bottom = x > sum(ax.get_xlim()) / 2, y > sum(ax.get_ylim()) / 2
-        ax.annotate(str(number), (x, y), xytext=(-10 if right else 10, 10 if bottom else -10),
-                    textcoords="offset points", ha="center", va="center", fontsize=8, fontweight="bold",
-                    annotation_clip=False, zorder=6, bbox=dict(boxstyle="circle,pad=0.15", fc="white", ec="black"))
+            clip_on=False, zorder=5)
+    right, bottom = x > sum(ax.get_xlim()) / 2, y > sum(ax.get_ylim()) / 2
+    ax.annotate(str(number), (x, y), xytext=(-10 if right else 10, 10 if bottom else -10),
+                textcoords="offset points", ha="center", va="center", fontsize=8, fontweight="bold",
+                annotation_clip=False, zorder=6, bbox=dict(boxstyle="circle,pad=0.15", fc="white", ec="black"))
 
 
 def _scaled(heat: np.ndarray, per_map: bool, vmax: float) -> Tuple[np.ndarray, float, float]:
@@ -157,96 +143,57 @@ def _scaled(heat: np.ndarray, per_map: bool, vmax: float) -> Tuple[np.ndarray, f
 
 def _uniform_note(fig: Figure, arrays: Sequence[np.ndarray], per_map: bool) -> None:
     """A line under the figure when every map is nearly uniform (see :func:`spread`)."""
-    value = spread(arrays)
-    if value < NEAR_UNIFORM:
+    if (value := spread(arrays)) < NEAR_UNIFORM:
         text = f"Every map is nearly uniform (max - min at most {100 * value:.0f}% of the mean): " + (
             "the per-map scale stretches these small differences." if per_map else
             "one flat colour on this scale; --scale map shows their structure.")
         fig.supxlabel(_wrap(fig, text, 8), fontsize=8)
 
 
-def draw_attention(
-        image: np.ndarray,
-        points: Sequence[Tuple[float, float]],
-        maps: Sequence[torch.Tensor],
-        column_labels: Sequence[str],
-        title: str = "",
-        scale: str = "map",
-) -> Figure:
-    """Per query row: the photograph with the query marked, then its maps (``columns x rows x cols`` each).
-
-    ``points`` are pixel coordinates in ``image``. Values are the query's share of attention per patch;
-    ``scale`` 'map' draws each map from its own minimum to its maximum (the paper's "normalized attention
-    maps"), 'figure' all on one scale from 0; a note says when every map is nearly uniform.
-    """
+def draw_attention(image: np.ndarray, points: Sequence[Tuple[float, float]], maps: Sequence[torch.Tensor],
+                   column_labels: Sequence[str], title: str = "", scale: str = "map") -> Figure:
+    """Per query row: the photograph with the query (pixels in ``image``) marked, then its maps (``columns x rows x
+    cols`` each: the query's share of attention per patch). ``scale`` 'map' draws each map from its own minimum to its
+    maximum (the paper's "normalized attention maps"), 'figure' all on one scale from 0; a note says when every map
+    is nearly uniform."""
     arrays = [_as_numpy(m) for m in maps]
-    columns, per_map = arrays[0].shape[0], scale == "map"
-    vmax = max(float(a.max()) for a in arrays)
-    aspect = image.shape[0] / image.shape[1]
-    fig = Figure(figsize=(1.9 * (columns + 1) + 0.9, 1.9 * aspect * len(points) + 0.7), layout="constrained")
-    axes = fig.subplots(len(points), columns + 1, squeeze=False)
-    mappable = None
-    for r, ((x, y), arr) in enumerate(zip(points, arrays)):
-        _plain(axes[r, 0], image)
-        _mark(axes[r, 0], x, y, r + 1)
-        axes[r, 0].set_ylabel(f"query {r + 1}\n({x:.0f}, {y:.0f})", fontsize=8)
-        for c in range(columns):
-            mappable = _overlay(axes[r, c + 1], image, *_scaled(arr[c], per_map, vmax))
-            _mark(axes[r, c + 1], x, y, r + 1)
-            if r == 0:
-                axes[r, c + 1].set_title(column_labels[c], fontsize=9)
-    axes[0, 0].set_title("image", fontsize=9)
-    fig.colorbar(mappable, ax=axes, shrink=0.9,
-                 label="attention, each map min to max" if per_map else "attention weight")
-    _uniform_note(fig, [a[c] for a in arrays for c in range(columns)], per_map)
-    _title(fig, title)
+    per_map, vmax = scale == "map", max(float(a.max()) for a in arrays)
+    fig, axes = _figure(image, len(points), len(arrays[0]), 1.9, (0.9, 0.7), title, column_labels)
+    for r, (row, (x, y), array) in enumerate(zip(axes, points, arrays)):
+        row[0].set_ylabel(f"query {r + 1}\n({x:.0f}, {y:.0f})", fontsize=8)
+        _mark(row[0], x, y, r + 1)
+        for ax, heat in zip(row[1:], array):
+            mappable = _overlay(ax, image, *_scaled(heat, per_map, vmax))
+            _mark(ax, x, y, r + 1)
+    label = "attention, each map min to max" if per_map else "attention weight"
+    fig.colorbar(mappable, ax=axes, shrink=0.9, label=label)
+    _uniform_note(fig, [heat for a in arrays for heat in a], per_map)
     return fig
 
 
-def draw_compare(
-        image: np.ndarray,
-        points: Sequence[Tuple[float, float]],
-        vit_maps: torch.Tensor,
-        fcvit_maps: torch.Tensor,
-        vit_label: str,
-        fcvit_label: str,
-        title: str = "",
-        scale: str = "map",
-) -> Figure:
-    """Figure 3 of the paper: ViT attention for several queries (top) and FCViT's group maps (bottom).
-
-    ``vit_maps`` is ``queries x rows x cols`` (one map per query), ``fcvit_maps`` ``groups x h x w``;
-    ``scale`` as in :func:`draw_attention`, for the attention maps.
-    """
-    vit, per_map = _as_numpy(vit_maps), scale == "map"
-    fc = _as_numpy(fcvit_maps)
-    columns = max(len(vit), len(fc))
-    aspect = image.shape[0] / image.shape[1]
-    fig = Figure(figsize=(1.7 * (columns + 1) + 1.2, 2 * 1.7 * aspect + 1.0), layout="constrained")
-    axes = fig.subplots(2, columns + 1, squeeze=False)
-    _plain(axes[0, 0], image)
+def draw_compare(image: np.ndarray, points: Sequence[Tuple[float, float]], vit_maps: torch.Tensor,
+                 fcvit_maps: torch.Tensor, vit_label: str, fcvit_label: str, title: str = "",
+                 scale: str = "map") -> Figure:
+    """Figure 3 of the paper: ViT attention for several queries (top, ``vit_maps`` ``queries x rows x cols``) and
+    FCViT's group maps (bottom, ``fcvit_maps`` ``groups x h x w``); ``scale`` as in :func:`draw_attention`."""
+    vit, fc, per_map = _as_numpy(vit_maps), _as_numpy(fcvit_maps), scale == "map"
+    fig, axes = _figure(image, 2, max(len(vit), len(fc)), 1.7, (1.2, 1.0), title)
     for i, (x, y) in enumerate(points):
         _mark(axes[0, 0], x, y, i + 1)
     axes[0, 0].set_title(vit_label, fontsize=8)
-    _plain(axes[1, 0], image)
     axes[1, 0].set_title(fcvit_label, fontsize=8)
-    vit_mappable = fc_mappable = None
-    for c in range(columns):
-        for r in (0, 1):
-            axes[r, c + 1].set_axis_off()
-        if c < len(vit):
-            axes[0, c + 1].set_axis_on()
-            vit_mappable = _overlay(axes[0, c + 1], image, *_scaled(vit[c], per_map, float(vit.max())))
-            _mark(axes[0, c + 1], *points[c], c + 1)
-            axes[0, c + 1].set_title(f"query {c + 1}", fontsize=9)
-        if c < len(fc):
-            axes[1, c + 1].set_axis_on()
-            fc_mappable = _overlay(axes[1, c + 1], image, fc[c], float(fc.min()), float(fc.max()))
-            axes[1, c + 1].set_title(f"group {c + 1}", fontsize=9)
+    for c, heat in enumerate(vit):
+        vit_mappable = _overlay(axes[0, c + 1], image, *_scaled(heat, per_map, float(vit.max())))
+        _mark(axes[0, c + 1], *points[c], c + 1)
+        axes[0, c + 1].set_title(f"query {c + 1}", fontsize=9)
+    for c, heat in enumerate(fc):
+        fc_mappable = _overlay(axes[1, c + 1], image, heat, float(fc.min()), float(fc.max()))
+        axes[1, c + 1].set_title(f"group {c + 1}", fontsize=9)
+    for ax in [*axes[0, len(vit) + 1:], *axes[1, len(fc) + 1:]]:
+        ax.set_axis_off()
     fig.colorbar(vit_mappable, ax=axes[0, :], shrink=0.9, label="attention,\nmin to max" if per_map else "attention")
     fig.colorbar(fc_mappable, ax=axes[1, :], shrink=0.9, label="similarity")
     _uniform_note(fig, list(vit), per_map)
-    _title(fig, title)
     return fig
 
 
@@ -288,8 +235,7 @@ def draw_measures(rows: List[dict], measures: Sequence[str], title: str = "",
 def check_figure_path(path: str) -> str:
     """The figure format of ``path`` (its extension), or a one-sentence error before any slow work."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         raise UserError(f"The folder of the output '{path}' does not exist: create it or choose another path.")
     ext = os.path.splitext(path)[1].lower().lstrip(".")
     supported = Figure().canvas.get_supported_filetypes()
@@ -302,8 +248,7 @@ def check_figure_path(path: str) -> str:
 def save_figure(fig: Figure, path: str, dpi: int = 100) -> str:
     """Write the figure to ``path`` (format from its extension) through a temporary file and a rename."""
     path = os.fspath(path)
-    ext = check_figure_path(path)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=ext, dpi=dpi)
+    fig.savefig(buffer, format=check_figure_path(path), dpi=dpi)
     atomic_write(path, buffer.getvalue())
     return path

@@ -32,7 +32,7 @@ from fcvit.tasks.detection.dataset import (
 )
 from fcvit.tasks.detection.model import build_mask_rcnn, count_parameters
 from fcvit.tasks.detection.sampler import AspectRatioBatchSampler, aspect_ratio_groups
-from fcvit.tasks.detection.synthetic import make_shapes_coco
+from synthetic_data import make_shapes_coco
 import fcvit.engine.loop as loop_module
 import fcvit.tasks.detection.train as train_module
 from fcvit.tasks.detection.train import build_scheduler, detection_step, late_lr_steps

@@ -50,7 +50,7 @@ def _assert_distinct_rank_streams(checkpoint: Path) -> None:
 
 @pytest.fixture(scope="module")
 def segmentation_data(tmp_path_factory) -> Path:
-    from fcvit.tasks.segmentation.synthetic import make_synthetic_dataset
+    from synthetic_data import make_synthetic_dataset
 
     return make_synthetic_dataset(tmp_path_factory.mktemp("seg") / "data", num_train=8, num_val=2, size=(64, 64),
                                   num_classes=3, seed=1)
@@ -79,7 +79,7 @@ DETECT_SMALL = ["--backbone", "fcvit_tiny", "--backbone-depths", "1", "1", "1", 
 
 
 def test_detection_resumes_under_two_processes_with_each_ranks_stream(tmp_path):
-    from fcvit.tasks.detection.synthetic import make_shapes_coco
+    from synthetic_data import make_shapes_coco
 
     data = make_shapes_coco(tmp_path / "shapes", num_train=4, num_val=2, size=(64, 64))
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -19,7 +19,7 @@ from fcvit.engine import atomic_save, build_train_state
 from fcvit.errors import UserError
 from fcvit.models.checkpoint import checkpoint_kind, read_checkpoint
 from fcvit.tasks.detection.model import build_mask_rcnn
-from fcvit.tasks.detection.synthetic import make_shapes_coco
+from synthetic_data import make_shapes_coco
 from fcvit.tasks.segmentation.model import create_segmenter
 
 from train_helpers import FAST, TINY_MODEL, make_folder_dataset

@@ -19,9 +19,9 @@ from fcvit.errors import UserError
 from fcvit.tasks.classification.data import BadImageError, create_classification_dataset
 from fcvit.tasks.detection.coco_eval import CocoEvaluator
 from fcvit.tasks.detection.dataset import Category, CocoInstances, coco_split_paths
-from fcvit.tasks.detection.synthetic import make_shapes_coco
+from synthetic_data import make_shapes_coco
 from fcvit.tasks.segmentation.data import SegmentationFolder
-from fcvit.tasks.segmentation.synthetic import make_synthetic_dataset
+from synthetic_data import make_synthetic_dataset
 
 
 def _png(path: Path, size=(12, 8)) -> Path:

@@ -16,9 +16,9 @@ from fcvit.cli import options
 from fcvit.cli.main import build_parser, main
 from fcvit.errors import UserError
 from fcvit.tasks.detection.dataset import CocoInstances, coco_split_paths
-from fcvit.tasks.detection.synthetic import make_shapes_coco
+from synthetic_data import make_shapes_coco
 from fcvit.tasks.segmentation.data import SegmentationFolder
-from fcvit.tasks.segmentation.synthetic import make_synthetic_dataset
+from synthetic_data import make_synthetic_dataset
 
 # a value each checked type refuses, and the words of its message
 BAD_VALUE = {

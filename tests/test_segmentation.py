@@ -26,7 +26,7 @@ from fcvit.tasks.segmentation import (
 )
 from fcvit.engine.workers import ignore_stop_signals, user_errors_from_workers
 from fcvit.tasks.segmentation.predict import color_palette, colorize, predict_images
-from fcvit.tasks.segmentation.synthetic import make_synthetic_dataset
+from synthetic_data import make_synthetic_dataset
 from fcvit.tasks.segmentation.transforms import CatMaxRatioCrop, PadTo, RandomRescale, eval_size, eval_transforms
 
 TINY_BACKBONE = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))

@@ -15,7 +15,7 @@ from PIL import Image
 
 from fcvit.cli.main import main
 from fcvit.engine import load_train_state
-from fcvit.tasks.segmentation.synthetic import make_synthetic_dataset
+from synthetic_data import make_synthetic_dataset
 
 NUM_CLASSES = 4
 SMALL = ["--backbone", "fcvit_tiny", "--backbone-depths", "1", "1", "1", "1", "--backbone-dims", "16", "32", "64",

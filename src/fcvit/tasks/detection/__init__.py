@@ -5,9 +5,8 @@ from .dataset import Category, CocoInstances, coco_split_paths
 from .model import PAPER_SETTINGS, TORCHVISION_SETTINGS, FCViTFPN, build_mask_rcnn, count_parameters
 from .predict import load_detector, predict_images
 from .sampler import AspectRatioBatchSampler
-from .synthetic import make_shapes_coco
 from .train import detection_step, evaluate
 
 __all__ = ["AP_FIELDS", "PAPER_SETTINGS", "TORCHVISION_SETTINGS", "AspectRatioBatchSampler", "Category",
            "CocoEvaluator", "CocoInstances", "FCViTFPN", "build_mask_rcnn", "coco_split_paths", "count_parameters",
-           "detection_step", "evaluate", "load_detector", "make_shapes_coco", "predict_images"]
+           "detection_step", "evaluate", "load_detector", "predict_images"]

@@ -43,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = read_checkpoint(args.checkpoint)
     state_dict = extract_state_dict(checkpoint, use_ema=args.use_ema)
     name = _model_name(args.checkpoint, checkpoint, state_dict, args.model)
-    run_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), Mapping) else {}
-    model = _build(name, state_dict, run_args.get("model_kwargs") or {})
+    model = _build(name, checkpoint, state_dict)
     diff = _write_folder(model, output, args.checkpoint, checkpoint)
     print(f"wrote {output} ({name}, {model.num_classes} classes)")
     print(f"check: timm.create_model('local-dir:{args.output}', pretrained=True) (after 'import fcvit') gives "
@@ -70,17 +69,16 @@ def _check_output(checkpoint: str, output: str, overwrite: bool) -> List[str]:
                          choose="choose another --output folder", input_name="checkpoint")
 
 
-def _arch_field(path: str, checkpoint: Mapping[str, object]) -> Optional[str]:
-    """timm's ``arch`` entry, or ``arch`` in safetensors metadata."""
-    arch = checkpoint.get("arch")
-    if arch is None and path.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as f:
-            arch = (f.metadata() or {}).get("arch")
-    if not isinstance(arch, str) or not arch:
+def _metadata_arch(path: str) -> Optional[str]:
+    """``arch`` in a safetensors file's metadata (what ``fcvit export`` writes)."""
+    if not path.endswith(".safetensors"):
         return None
-    return arch.split(".")[0]  # drop a pretrained tag such as '.in1k'
+    from safetensors import safe_open
+
+    from ..models.checkpoint import stored_arch
+
+    with safe_open(path, framework="pt") as f:
+        return stored_arch(f.metadata() or {})
 
 
 def _model_name(path: str, checkpoint: Mapping[str, object], state_dict: Mapping[str, object],
@@ -88,10 +86,11 @@ def _model_name(path: str, checkpoint: Mapping[str, object], state_dict: Mapping
     """``--model``, else the checkpoint's ``arch``, else the variant with the weights' shapes."""
     from ..errors import UserError
     from ..models import MODEL_CONFIGS, check_model_name, guess_variant
+    from ..models.checkpoint import stored_arch
 
     if requested:
         return check_model_name(requested)
-    arch = _arch_field(path, checkpoint)
+    arch = stored_arch(checkpoint) or _metadata_arch(path)
     if arch is not None:
         if arch not in MODEL_CONFIGS:
             raise UserError(f"Checkpoint '{path}' holds '{arch}' weights (its 'arch' field), not FCViT: "
@@ -105,17 +104,15 @@ def _model_name(path: str, checkpoint: Mapping[str, object], state_dict: Mapping
     return guessed
 
 
-def _build(name: str, state_dict: Mapping[str, object], model_kwargs: Mapping[str, object]):
+def _build(name: str, checkpoint: Mapping[str, object], state_dict: Mapping[str, object]):
     """The classifier with the checkpoint's weights, number of classes and the run's ``--model-kwargs`` (one
     sentence if they do not fit); timm records the kwargs, so config.json's ``model_args`` rebuilds it."""
     import timm
 
     from ..models import load_weights
+    from ..models.checkpoint import classifier_kwargs
 
-    head = state_dict.get("head.weight")
-    num_classes = int(head.shape[0]) if head is not None and head.dim() == 2 else 1000
-    kwargs = {k: v for k, v in model_kwargs.items() if k != "num_classes"}
-    model = timm.create_model(name, num_classes=num_classes, **kwargs)
+    model = timm.create_model(name, **classifier_kwargs(checkpoint, state_dict, name))
     load_weights(model, state_dict, name)
     return model.eval()
 
@@ -241,6 +238,8 @@ def _write_folder(model, output: str, checkpoint: str, state: Mapping[str, objec
 
     from timm.models import save_for_hf
 
+    from ..models.checkpoint import stored_preprocessing
+
     parent, base = os.path.split(output)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
@@ -248,8 +247,7 @@ def _write_folder(model, output: str, checkpoint: str, state: Mapping[str, objec
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes an owner-only folder; it may become DIR itself
     try:
-        data = state.get("data_config") if isinstance(state.get("data_config"), Mapping) else {}
-        data = {k: data[k] for k in ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std") if k in data}
+        data = stored_preprocessing(state)
         names = state.get("class_names")
         labels = {"label_names": list(names)} if names and len(names) == model.num_classes else {}
         save_for_hf(model, staging, model_config=labels, safe_serialization=True, data_config=data or None)

@@ -39,25 +39,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_explore(args: argparse.Namespace) -> int:
-    from ..analysis import create_analysis_model, model_name
+    from ..analysis import model_name
     from ..analysis.explore import explore_page
     from ..data import load_image
     from ..engine import resolve_device
     from ..errors import UserError
     from ..files import atomic_write, check_outputs
+    from .visualize import _load
 
     if not args.output.lower().endswith((".html", ".htm")):
         raise UserError(f"--output '{args.output}' must end in .html: the page is one HTML file.")
     check_outputs([args.output], args.images, args.overwrite, "choose another -o", "input image")
-    device = resolve_device(args.device)
+    args.device = resolve_device(args.device)
     args.vit = model_name(args.vit, args.vit_checkpoint, "deit_base_patch16_224")
     args.fcvit = model_name(args.fcvit, args.fcvit_checkpoint, "fcvit_b12")
     images = [(os.path.basename(path), load_image(path)) for path in args.images]
-    vit, vit_weights = create_analysis_model(args.vit, checkpoint=args.vit_checkpoint, pretrained=args.vit_pretrained,
-                                             flag="--vit-")
-    fcvit, fcvit_weights = create_analysis_model(args.fcvit, checkpoint=args.fcvit_checkpoint,
-                                                 pretrained=args.fcvit_pretrained, flag="--fcvit-")
-    html = explore_page(images, vit.to(device), args.vit, vit_weights, fcvit.to(device), args.fcvit, fcvit_weights,
+    vit, vit_weights = _load(args, args.vit, "vit_")
+    fcvit, fcvit_weights = _load(args, args.fcvit, "fcvit_")
+    html = explore_page(images, vit, args.vit, vit_weights, fcvit, args.fcvit, fcvit_weights,
                         vit_blocks=args.blocks, fcvit_blocks=args.fcvit_blocks)
     atomic_write(args.output, html)
     print(f"{args.output} ({len(html.encode()) / 2 ** 20:.1f} MB, {len(images)} image(s))")

@@ -22,10 +22,12 @@ from .configs import MODEL_CONFIGS
 from .fcvit import FCViT, remap_state_dict, strip_wrapper_prefixes
 
 __all__ = ["read_checkpoint", "checkpoint_args", "UnreadableCheckpoint", "extract_state_dict", "guess_variant",
-           "load_weights", "checkpoint_kind", "expect_kind", "model_name_for", "classifier_kwargs", "CLASSIFIER_KINDS"]
+           "load_weights", "checkpoint_kind", "expect_kind", "model_name_for", "stored_arch", "stored_preprocessing",
+           "classifier_kwargs", "CLASSIFIER_KINDS", "DATA_CONFIG_KEYS"]
 
 _logger = logging.getLogger(__name__)
 _STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+DATA_CONFIG_KEYS = ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std")
 
 
 class UnreadableCheckpoint(UserError):
@@ -248,17 +250,29 @@ def expect_kind(checkpoint: Mapping[str, object], kinds: Tuple[str, ...], name: 
 def model_name_for(checkpoint: Mapping[str, object], default: str) -> str:
     """The model a checkpoint holds when --model is absent: its 'arch' (a hub folder's architecture), else the
     FCViT variant its weights' shapes match (as ``fcvit convert`` infers it), else ``default``; said when inferred."""
-    arch = checkpoint.get("arch")
-    if isinstance(arch, str) and arch:
+    arch = stored_arch(checkpoint)
+    if arch:
         if checkpoint.get("hub_folder"):
-            _logger.info("Model %s, the architecture in '%s'.", arch.split(".")[0],
+            _logger.info("Model %s, the architecture in '%s'.", arch,
                          os.path.join(str(checkpoint["hub_folder"]), "config.json"))
-        return arch.split(".")[0]  # without a pretrained tag such as '.in1k'
+        return arch
     guessed = guess_variant(_weights(checkpoint)) if checkpoint else None
     if guessed:
         _logger.info("Model %s: the checkpoint names none and its weights have that variant's shapes (--model "
                      "chooses another).", guessed)
     return guessed or default
+
+
+def stored_arch(checkpoint: Mapping[str, object]) -> Optional[str]:
+    """The model a checkpoint's ``arch`` names, without a pretrained tag such as '.in1k'; None for none."""
+    arch = checkpoint.get("arch")
+    return arch.split(".")[0] if isinstance(arch, str) and arch else None
+
+
+def stored_preprocessing(checkpoint: Mapping[str, object]) -> Dict[str, object]:
+    """The preprocessing (``DATA_CONFIG_KEYS``) a run stored in ``data_config``, unset values left out."""
+    stored = checkpoint.get("data_config")
+    return {k: stored[k] for k in DATA_CONFIG_KEYS if stored.get(k) is not None} if isinstance(stored, Mapping) else {}
 
 
 def classifier_kwargs(checkpoint: Mapping[str, object], state_dict: Mapping[str, torch.Tensor],

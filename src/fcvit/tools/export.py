@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..files import atomic_write
+from ..models.checkpoint import DATA_CONFIG_KEYS, stored_preprocessing
 from ..ops.onnx_forms import onnx_symbolics
 
 __all__ = ["FORMATS", "export_onnx", "export_torchscript", "export_safetensors", "check_onnx", "default_suffix",
@@ -84,14 +85,12 @@ def onnx_metadata(model: nn.Module, checkpoint: Optional[Mapping[str, Any]] = No
     from timm.data import resolve_data_config
 
     checkpoint = checkpoint or {}
-    stored = checkpoint.get("data_config") or {}
-    keys = ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std")
-    config = resolve_data_config({k: v for k, v in stored.items() if k in keys and v is not None}, model=model)
+    config = resolve_data_config(stored_preprocessing(checkpoint), model=model)
     if input_size is not None:
         config["input_size"] = tuple(input_size)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     out = {"model": name or cfg.get("architecture") or type(model).__name__}
-    for key in keys:
+    for key in DATA_CONFIG_KEYS:
         if config.get(key) is not None:
             value = config[key]
             out[key] = json.dumps([float(v) if key in ("mean", "std") else v for v in value]) \

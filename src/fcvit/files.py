@@ -14,13 +14,13 @@ import os
 import shutil
 import socket
 import tempfile
-from typing import Any, BinaryIO, Callable, Iterable, List, Optional, Sequence, Union
+from typing import AbstractSet, Any, BinaryIO, Callable, Iterable, List, Optional, Sequence, Union
 
 from .errors import UserError
 
 __all__ = ["atomic_write", "atomic_save", "atomic_copy", "json_text", "write_json", "remove_stale_temporaries",
-           "check_outputs", "replaced_note", "make_folder", "check_output_folder", "unique_stems", "RunLock",
-           "write_error"]
+           "check_outputs", "check_image_outputs", "replaced_note", "warn_replaced", "make_folder",
+           "check_output_folder", "unique_stems", "RunLock", "write_error"]
 
 _logger = logging.getLogger(__name__)
 Content = Union[str, bytes, Callable[[BinaryIO], Any]]
@@ -172,6 +172,18 @@ def replaced_note(replaced: Iterable[PathLike]) -> Optional[str]:
     """The line a command prints after --overwrite replaced files; None when it replaced none."""
     names = [os.fspath(p) for p in replaced]
     return f"replaced {len(names)} existing file(s) (--overwrite): {', '.join(names)}" if names else None
+
+
+def check_image_outputs(outputs: Iterable[PathLike], images: Iterable[PathLike], overwrite: bool) -> List[str]:
+    """:func:`check_outputs` for the files a predict command draws from its input images into --output."""
+    return check_outputs(outputs, images, overwrite, "choose another --output folder", "input image")
+
+
+def warn_replaced(logger: logging.Logger, replaced: Iterable[str], written: AbstractSet[str]) -> None:
+    """Log :func:`replaced_note` for the replaced files written again (a skipped image's old ones stay)."""
+    note = replaced_note([p for p in replaced if p in written])
+    if note:
+        logger.warning(note)
 
 
 def unique_stems(paths: Sequence[PathLike]) -> List[str]:

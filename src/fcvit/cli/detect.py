@@ -153,12 +153,11 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from ..data import ImageReader, expand_image_paths
     from ..engine import resolve_device
-    from ..files import check_outputs
+    from ..files import check_image_outputs
     from ..tasks.detection.predict import load_detector, planned_outputs, predict_images
 
     reader = ImageReader(expand_image_paths(args.images))  # bad paths and outputs fail before the model is built
-    check_outputs(planned_outputs(reader.paths, args.output), reader.paths, args.overwrite,
-                  choose="choose another --output folder", input_name="input image")
+    check_image_outputs(planned_outputs(reader.paths, args.output), reader.paths, args.overwrite)
     device = resolve_device(args.device)
     model, categories, _ = load_detector(args.checkpoint, device, args.min_size, args.max_size)
     results = predict_images(model, categories, reader, args.output, args.score_threshold, device, args.overwrite)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from itertools import islice
+from typing import Callable
 
 from .options import add_device, positive_int
 
@@ -26,11 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def class_names_for(num_classes: int, checkpoint: dict | None = None) -> list[str]:
-    """Names stored by ``fcvit train`` in the checkpoint, else ImageNet's for 1000 classes, else numbers."""
+def class_names_for(num_classes: int, checkpoint: dict | None = None,
+                    default: Callable[[int], list[str]] | None = None) -> list[str]:
+    """Names stored by training in the checkpoint, else ``default(num_classes)``: by default ImageNet's for 1000
+    classes, else numbers."""
     names = (checkpoint or {}).get("class_names")
     if isinstance(names, (list, tuple)) and len(names) == num_classes:
         return [str(n) for n in names]
+    if default is not None:
+        return default(num_classes)
     if num_classes == 1000:
         from timm.data import ImageNetInfo
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import Any, List, Tuple
 
 from .options import (add_backbone, add_batch_size, add_device, add_images, add_overwrite, add_results,
                       add_runtime_options, add_training_options, check_results_file, note, positive_float, positive_int,
@@ -120,7 +121,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from ..engine import cleanup_distributed, eval_loader, init_distributed, resolve_amp
     from ..tasks.segmentation.data import SegmentationFolder
-    from ..tasks.segmentation.evaluate import class_names_from, evaluate, load_segmenter
+    from ..tasks.segmentation.evaluate import evaluate
     from ..files import json_text, write_json
     from ..tasks.segmentation.metrics import format_class_table
     from ..tasks.segmentation.transforms import eval_transforms
@@ -128,11 +129,8 @@ def run_eval(args: argparse.Namespace) -> int:
     check_results_file(args)
     ctx = init_distributed(args.device)
     try:
-        model, checkpoint = load_segmenter(args.checkpoint, ctx.device)
+        model, names, short_side, antialias = _load_segmenter(args.checkpoint, ctx.device, args.short_side)
         num_classes = model.num_classes
-        names = class_names_from(checkpoint, num_classes)
-        short_side = args.short_side or int(checkpoint.get("eval_short_side") or 512)
-        antialias = bool(checkpoint.get("eval_antialias", False))  # the resize the model was trained with
         dataset = SegmentationFolder(args.data, args.split, num_classes, not args.no_reduce_zero_label,
                                      eval_transforms(short_side, 4 * short_side, antialias=antialias))
         amp = resolve_amp(ctx.device, args.amp, args.amp_dtype)
@@ -151,21 +149,29 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_segmenter(path: str, device: Any, short_side: int | None = None) -> Tuple[Any, List[str], int, bool]:
+    """The model, its class names and the evaluation resize: ``short_side``, else the trained one, and antialias."""
+    from ..tasks.segmentation.data import default_class_names
+    from ..tasks.segmentation.evaluate import load_segmenter
+    from .predict import class_names_for
+
+    model, checkpoint = load_segmenter(path, device)
+    names = class_names_for(model.num_classes, checkpoint, default_class_names)
+    short_side = short_side or int(checkpoint.get("eval_short_side") or 512)
+    return model, names, short_side, bool(checkpoint.get("eval_antialias", False))
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from ..data import ImageReader, expand_image_paths
     from ..engine import resolve_device
-    from ..files import check_outputs
-    from ..tasks.segmentation.evaluate import class_names_from, load_segmenter
+    from ..files import check_image_outputs
     from ..tasks.segmentation.predict import planned_outputs, predict_images
 
     reader = ImageReader(expand_image_paths(args.images))  # bad paths and outputs fail before the model is built
-    check_outputs([p for pair in planned_outputs(reader.paths, args.output) for p in pair], reader.paths,
-                  args.overwrite, choose="choose another --output folder", input_name="input image")
+    check_image_outputs([p for pair in planned_outputs(reader.paths, args.output) for p in pair], reader.paths,
+                        args.overwrite)
     device = resolve_device(args.device)
-    model, checkpoint = load_segmenter(args.checkpoint, device)
-    names = class_names_from(checkpoint, model.num_classes)
-    short_side = int(checkpoint.get("eval_short_side") or 512)
-    antialias = bool(checkpoint.get("eval_antialias", False))
+    model, names, short_side, antialias = _load_segmenter(args.checkpoint, device)
     results = predict_images(model, reader, args.output, names, device, args.alpha, short_side, antialias,
                              overwrite=args.overwrite)
     if args.json:

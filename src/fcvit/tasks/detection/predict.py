@@ -14,7 +14,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ...data import ImageReader
-from ...files import atomic_write, check_outputs, make_folder, replaced_note, unique_stems, write_json
+from ...files import atomic_write, check_image_outputs, make_folder, unique_stems, warn_replaced, write_json
 from ...errors import UserError
 from ...models import extract_state_dict, read_checkpoint
 from ...models.checkpoint import expect_kind
@@ -103,8 +103,7 @@ def predict_images(model: nn.Module, categories: Sequence[Category],
     reader = images if isinstance(images, ImageReader) else ImageReader(images)
     output_dir = os.fspath(output_dir)
     outputs = planned_outputs(reader.paths, output_dir)
-    replaced = check_outputs(outputs, reader.paths, overwrite, choose="choose another --output folder",
-                             input_name="input image")
+    replaced = check_image_outputs(outputs, reader.paths, overwrite)
     make_folder(output_dir)
     names = ["background"] + [c.name for c in categories]
     out_path_of = dict(zip(reader.paths, outputs))
@@ -126,8 +125,5 @@ def predict_images(model: nn.Module, categories: Sequence[Category],
                         "best_score": round(float(scores.max()), 4) if len(scores) else None})
         _logger.info("%s: %d detections at score >= %.2f -> %s", path, len(detections), score_threshold, out_path)
     write_json(outputs[-1], results)
-    written = {r["output"] for r in results} | {outputs[-1]}
-    note = replaced_note([p for p in replaced if p in written])  # a skipped image's old drawing stays
-    if note:
-        _logger.warning(note)
+    warn_replaced(_logger, replaced, {r["output"] for r in results} | {outputs[-1]})
     return results

@@ -5,7 +5,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -18,11 +18,10 @@ from ...engine.workers import user_errors_from_workers
 from ...errors import UserError
 from ...models import extract_state_dict, load_weights, read_checkpoint
 from ...models.checkpoint import expect_kind
-from .data import default_class_names
 from .metrics import ConfusionMatrix
 from .model import SemanticFPN, create_segmenter
 
-__all__ = ["CONFIG_KEY", "stored_config", "infer_logits", "evaluate", "load_segmenter", "class_names_from"]
+__all__ = ["CONFIG_KEY", "stored_config", "infer_logits", "evaluate", "load_segmenter"]
 
 _logger = logging.getLogger(__name__)
 
@@ -85,11 +84,3 @@ def load_segmenter(path: str | os.PathLike, device: torch.device | str = "cpu") 
     load_weights(model, extract_state_dict(checkpoint, use_ema=False), f"Semantic FPN ({config['backbone']})")
     model.to(device).eval()
     return model, checkpoint
-
-
-def class_names_from(checkpoint: Mapping[str, Any], num_classes: int) -> List[str]:
-    """Names stored at training time, else ADE20K's (150 classes) or numbers."""
-    names = checkpoint.get("class_names")
-    if isinstance(names, (list, tuple)) and len(names) == num_classes:
-        return [str(n) for n in names]
-    return default_class_names(num_classes)

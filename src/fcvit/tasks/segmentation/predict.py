@@ -13,7 +13,7 @@ from torch import nn
 from torchvision import tv_tensors
 
 from ...data import ImageReader
-from ...files import atomic_write, check_outputs, make_folder, replaced_note, unique_stems
+from ...files import atomic_write, check_image_outputs, make_folder, unique_stems, warn_replaced
 from .evaluate import infer_logits
 from .transforms import IGNORE_INDEX, eval_transforms
 
@@ -91,8 +91,7 @@ def predict_images(model: nn.Module, images: ImageReader | Sequence[str | os.Pat
     input, nor over an existing file unless ``overwrite``."""
     reader = images if isinstance(images, ImageReader) else ImageReader(images)
     outputs = dict(zip(reader.paths, planned_outputs(reader.paths, output_dir)))
-    replaced = check_outputs([p for pair in outputs.values() for p in pair], reader.paths, overwrite,
-                             choose="choose another --output folder", input_name="input image")
+    replaced = check_image_outputs([p for pair in outputs.values() for p in pair], reader.paths, overwrite)
     make_folder(output_dir)
     model.eval()
     results = []
@@ -107,8 +106,5 @@ def predict_images(model: nn.Module, images: ImageReader | Sequence[str | os.Pat
         for drawn, out_path in ((mask, mask_path), (drawn_overlay, overlay_path)):
             atomic_write(out_path, lambda f: drawn.save(f, format="PNG"))
         results.append(dict(image=path, mask=str(mask_path), overlay=str(overlay_path), classes=found))
-    written = {p for r in results for p in (r["mask"], r["overlay"])}
-    note = replaced_note([p for p in map(str, replaced) if p in written])  # a skipped image's old files stay
-    if note:
-        _logger.warning(note)
+    warn_replaced(_logger, replaced, {p for r in results for p in (r["mask"], r["overlay"])})
     return results

@@ -38,18 +38,31 @@ def _ranks(launcher_pid: int) -> list:
     return sorted(int(pid) for pid, ppid, args in children if int(ppid) in torchrun and "train.py" in args)
 
 
-@pytest.mark.timeout(600)
-def test_ctrl_c_to_the_launcher_saves_and_ends_in_one_line(tmp_path):
-    out = tmp_path / "run"
+def _interrupted_run(out: Path, interrupt) -> tuple:
+    """Launch a 2-process run, call ``interrupt(launcher)`` once it trains, and return (exit status, output)."""
     run = _launch(out)
     try:
         _training(run, out)
-        os.killpg(run.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the launcher and both ranks
+        interrupt(run)
         output, _ = run.communicate(timeout=300)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
-    assert run.returncode == 0, output
+    return run.returncode, output
+
+
+def _kill_rank_1(run: subprocess.Popen) -> None:
+    ranks = _ranks(run.pid)
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[1], signal.SIGKILL)
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_to_the_launcher_saves_and_ends_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    # as a terminal's Ctrl-C: the launcher and both ranks
+    returncode, output = _interrupted_run(out, lambda run: os.killpg(run.pid, signal.SIGINT))
+    assert returncode == 0, output
     assert "Traceback" not in output and "SignalException" not in output, output
     assert "stopped by SIGINT; rerun the same command" in output
     assert (out / "last.pth.tar").exists()
@@ -57,18 +70,8 @@ def test_ctrl_c_to_the_launcher_saves_and_ends_in_one_line(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_a_killed_rank_leaves_one_line_on_the_other(tmp_path):
-    out = tmp_path / "run"
-    run = _launch(out)
-    try:
-        _training(run, out)
-        ranks = _ranks(run.pid)
-        assert len(ranks) == 2, ranks
-        os.kill(ranks[1], signal.SIGKILL)
-        output, _ = run.communicate(timeout=300)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-    assert run.returncode != 0
+    returncode, output = _interrupted_run(tmp_path / "run", _kill_rank_1)
+    assert returncode != 0
     assert "Traceback" not in output, output
     assert "another process of this run stopped" in output and "ended with exit status -9" in output
 

@@ -5,7 +5,7 @@ Usage (from the repository root):
     python benchmarks/compare_original.py --model fcvit_tiny --compare convnext_atto,poolformer_s12 \
         --mode infer --threads 2 --json benchmarks/results/tiny_infer.json
 
-Candidates, measured round-robin in this one process (see fcvit.benchmark.run_benchmark):
+Candidates, measured round-robin in this one process (see fcvit.tools.benchmark.run_benchmark):
 the timm peers; ``MODEL`` (the default model, fast paths on); ``MODEL plain`` (the same
 model with the fast paths switched off, i.e. plain PyTorch ops); ``MODEL previous`` (the default model
 of the first release: no channel-mixer batch slices, oneDNN's own depth-wise weight gradient); ``MODEL original`` (the original code
@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fcvit  # noqa: E402,F401  (registers the models)
 import timm  # noqa: E402
-from fcvit.benchmark import Candidate, format_table, run_benchmark, timm_candidate  # noqa: E402
+from fcvit.tools.benchmark import Candidate, format_table, run_benchmark, timm_candidate  # noqa: E402
 from original_fcvit import create_original  # noqa: E402
 
 
 def fcvit_candidates(name: str, variants: list[str]) -> list[Candidate]:
-    reference = timm.create_model(name)
-    state = reference.state_dict()
+    # the original's published-layout keys (network.N); FCViT remaps them when it loads
+    state = create_original(name, channels_last=False).state_dict()
 
     def new_model() -> torch.nn.Module:
         model = timm.create_model(name)

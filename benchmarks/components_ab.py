@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fcvit.models import fast_paths  # noqa: E402
+from fcvit.ops import set_fused_ops  # noqa: E402
 from fcvit.models.layers import ChannelMixer, GlobalContext, GroupNorm1, TokenMixer  # noqa: E402
 from original_fcvit import GlobalContext as OriginalGC, Mlp, TokenMixer as OriginalTM  # noqa: E402
 
@@ -38,22 +38,22 @@ def main() -> None:
         ocm.load_state_dict(cm.state_dict())
         tm, otm = TokenMixer(dim).eval(), OriginalTM(dim).eval()
         otm.load_state_dict(tm.state_dict())
+        previous = set_fused_ops(False)  # modules read the switch when they are built
+        plain_tm = TokenMixer(dim).eval()
+        set_fused_ops(previous)
+        plain_tm.load_state_dict(tm.state_dict())
         ocm, otm = ocm.to(memory_format=cl), otm.to(memory_format=cl)
         scale = torch.ones(dim)
         norm = GroupNorm1(dim).eval()
 
-        def token_mixer_fast(x: torch.Tensor) -> torch.Tensor:
-            y = fast_paths.conv_mlp(tm.gc1.add_context(x), tm.dw1, tm.fc1[0], tm.fc1[2])
-            return fast_paths.conv_mlp(tm.gc2.add_context(y), tm.dw2, tm.fc2[0], tm.fc2[2])
-
         variants = {
             ("global context + residual", "new"): lambda: gc.add_context(x),
             ("global context + residual", "original-cl"): lambda: x + ogc(x),
-            ("norm + channel mixer", "new, fast path"): lambda: fast_paths.channel_mixer(x, norm, cm, scale),
-            ("norm + channel mixer", "new, plain"): lambda: cm(norm(x), scale),
+            ("norm + channel mixer", "new, fast path"): lambda: cm.fused_forward(x, norm, scale),
+            ("norm + channel mixer", "new, plain"): lambda: scale.reshape(-1, 1, 1) * cm(norm(x)),
             ("norm + channel mixer", "original-cl"): lambda: ocm(norm(x)),
-            ("token mixer", "new, fast path"): lambda: token_mixer_fast(x),
-            ("token mixer", "new, plain"): lambda: tm(x),
+            ("token mixer", "new, fast path"): lambda: tm.fused_forward(x),
+            ("token mixer", "new, plain"): lambda: plain_tm(x),
             ("token mixer", "original-cl"): lambda: otm(x),
         }
         times = {k: [] for k in variants}

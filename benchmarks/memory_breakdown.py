@@ -16,7 +16,7 @@ import timm
 import torch
 
 import fcvit  # noqa: F401  (registers the models)
-from fcvit.models.fast_paths import set_fast_paths
+from fcvit.ops import set_fused_ops
 from fcvit.tools.profile import SavedTensor, saved_activations
 
 MB = 2 ** 20
@@ -26,7 +26,7 @@ def _per_stage(records: List[SavedTensor]) -> Dict[str, float]:
     totals: Dict[str, float] = defaultdict(float)
     for r in records:
         parts = r.module.split(".")
-        key = ".".join(parts[:2]) if parts[0] == "network" else (parts[0] or "(top level)")
+        key = ".".join(parts[:2]) if parts[0] == "stages" else (parts[0] or "(top level)")
         totals[key] += r.nbytes / MB
     return dict(totals)
 
@@ -36,17 +36,17 @@ def main() -> None:
     parser.add_argument("--model", default="fcvit_tiny")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--block", default="network.0.0", help="the block whose tensors are listed")
+    parser.add_argument("--block", default="stages.0.blocks.0", help="the block whose tensors are listed")
     args = parser.parse_args()
-    model = timm.create_model(args.model).train()
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     runs = {}
     for label, enabled in (("plain ops (fast paths off)", False), ("fast paths", True)):
-        previous = set_fast_paths(enabled)
+        previous = set_fused_ops(enabled)  # modules read the switch when they are built
         try:
-            runs[label] = saved_activations(model, x, depth=6)
+            model = timm.create_model(args.model).train()
         finally:
-            set_fast_paths(previous)
+            set_fused_ops(previous)
+        runs[label] = saved_activations(model, x, depth=6)
     stages = {label: _per_stage(records) for label, records in runs.items()}
     labels = list(runs)
     print(f"## {args.model}, batch {args.batch_size}, {args.img_size} px: MB saved for backward\n")

@@ -29,7 +29,7 @@ from fcvit.tools.export import export_onnx
 
 def conv_kind_and_macs(shapes: list, output_shape: list) -> Tuple[str, int]:
     """The kind of a Conv node and its multiply-adds, from its input, weight and output shapes."""
-    (_, channels, _, _), (out_chs, in_per_group, kh, kw) = shapes[0], shapes[1]
+    (_, channels, _, _), (_, in_per_group, kh, kw) = shapes[0], shapes[1]
     kind = "depth-wise conv" if in_per_group == 1 and channels > 1 else ("1x1 conv" if kh == kw == 1 else "other conv")
     return kind, math.prod(output_shape) * in_per_group * kh * kw
 

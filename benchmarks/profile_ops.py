@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import timm  # noqa: E402
 import fcvit  # noqa: E402,F401
-from fcvit.models.fast_paths import set_fast_paths  # noqa: E402
+from fcvit.ops import set_fused_ops  # noqa: E402
 from original_fcvit import create_original  # noqa: E402
 
 
@@ -61,17 +61,23 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     x = torch.randn(16, 3, 224, 224)
-    state = timm.create_model(args.model).state_dict()
     original = create_original(args.model, channels_last=True)
-    original.load_state_dict(state)
-    fast = timm.create_model(args.model)
-    fast.load_state_dict(state)
-    variants = [("original, channels-last", original.to(memory_format=torch.channels_last), True),
-                ("fcvit (default model)", fast, True)]
+    state = original.state_dict()  # published-layout keys; FCViT remaps them when it loads
+
+    def fcvit_model(fused: bool) -> torch.nn.Module:
+        previous = set_fused_ops(fused)  # modules read the switch when they are built
+        try:
+            model = timm.create_model(args.model)
+        finally:
+            set_fused_ops(previous)
+        model.load_state_dict(state)
+        return model
+
+    variants = [("original, channels-last", original.to(memory_format=torch.channels_last)),
+                ("fcvit (default model)", fcvit_model(True))]
     if args.mode == "infer":
-        variants.append(("fcvit, fused path off", fast, False))
-    for title, model, fused in variants:
-        set_fast_paths(fused)
+        variants.append(("fcvit, fused path off", fcvit_model(False)))
+    for title, model in variants:
         print(f"\n#### {args.model} {args.mode}: {title}\n")
         print(op_table(model, x, args.mode, args.rows))
 

@@ -7,7 +7,7 @@ fast paths as training runs them) the block's first norm, one global context, on
 the round that carries the residual, the channel mixer and the whole block, and prints them with the
 stage's depth and the channel mixer's arithmetic rate: the multiply-adds of its two 1x1 products
 forward, twice that backward, plus the first product again where backward recomputes it
-(``fast_paths.keep_mixer_hidden``). docs/benchmarks.md reads the rates: the early stages' mixers,
+(``fcvit.ops.mixers.keep_mixer_hidden``). docs/benchmarks.md reads the rates: the early stages' mixers,
 whose products have 32-128 channels on one side, run at about half the rate of the later ones.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 import timm
 import fcvit  # noqa: F401  (registers the models)
 from fcvit.engine.allocator import keep_freed_memory
-from fcvit.models.fast_paths import channel_mixer, conv_mlp, keep_mixer_hidden
+from fcvit.ops import conv_mlp
+from fcvit.ops.mixers import keep_mixer_hidden
 from fcvit.models.layers import FCViTBlock
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     totals: Dict[str, float] = {}
     size = 224 // 4
-    for index, stage in enumerate(s for s in model.network if any(isinstance(m, FCViTBlock) for m in s.modules())):
+    for index, stage in enumerate(model.stages):
         blocks = [m for m in stage.modules() if isinstance(m, FCViTBlock)]
         block, depth = blocks[0], len(blocks)
         dim = block.norm1.num_channels
@@ -64,10 +65,10 @@ def main() -> None:
         pieces = {
             "norm1": lambda t: block.norm1(t),
             "global context": lambda t: tm.gc1.add_context(t),
-            "token round": lambda t: conv_mlp(t, tm.dw1, tm.fc1[0], tm.fc1[2]),
-            "token round + residual": lambda t: conv_mlp(t, tm.dw2, tm.fc2[0], tm.fc2[2], residual=t,
+            "token round": lambda t: conv_mlp(t, *tm._round_weights(tm.dw1, tm.fc1)),
+            "token round + residual": lambda t: conv_mlp(t, *tm._round_weights(tm.dw2, tm.fc2), residual=t,
                                                          scale=block.layer_scale_1),
-            "channel mixer": lambda t: channel_mixer(t, block.norm2, mixer, block.layer_scale_2),
+            "channel mixer": lambda t: mixer.fused_forward(t, block.norm2, block.layer_scale_2),
             "block": lambda t: block(t),
         }
         ms = {name: time_step(fn, x, args.rounds) for name, fn in pieces.items()}

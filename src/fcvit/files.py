@@ -201,11 +201,8 @@ def unique_stems(paths: Sequence[PathLike]) -> List[str]:
 
 
 class RunLock:
-    """One writer per run folder: an exclusive ``flock`` on ``FOLDER/.fcvit.lock``, which names its holder.
-
-    The kernel drops a dead process's lock, so a killed run's lock is taken over; a live holder is refused. Keep the
-    object while the run lasts: collecting it closes the file and so drops the lock.
-    """
+    """One writer per run folder: an exclusive ``flock`` on ``FOLDER/.fcvit.lock``, naming its holder. The kernel
+    drops a dead process's lock (taken over then); keep the object while the run lasts, collecting it drops the lock."""
 
     NAME = ".fcvit.lock"
 

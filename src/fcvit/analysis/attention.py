@@ -1,9 +1,7 @@
 """Reading attention maps out of timm's ViT/DeiT models and FCViT's similarity maps, ready to draw or measure.
 
-timm computes attention with ``F.scaled_dot_product_attention`` when it can, which never forms the attention matrix.
-:class:`ViTAttention` turns each ``Attention``'s ``fused_attn`` switch off (explicit ``q @ k.T``, softmax,
-``attn_drop``) and hooks the ``attn_drop`` outputs, in eval mode the softmax probabilities themselves; the models'
-code and outputs stay the same.
+timm's fused ``F.scaled_dot_product_attention`` never forms the attention matrix: :class:`ViTAttention` turns
+``fused_attn`` off (same outputs) and hooks ``attn_drop``, whose eval-mode outputs are the softmax probabilities.
 """
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ from torch import nn
 
 from ..errors import UserError
 
-__all__ = ["ViTAttention", "is_vit", "split_prefix", "patch_index", "fcvit_similarity", "resolve_block"]
+__all__ = ["ViTAttention", "is_vit", "split_prefix", "patch_index", "fcvit_similarity", "resolve_blocks"]
 
 
 def is_vit(model: nn.Module) -> bool:
@@ -23,12 +21,13 @@ def is_vit(model: nn.Module) -> bool:
     return isinstance(model, VisionTransformer)
 
 
-def resolve_block(block: int, n: int) -> int:
-    """A block index (negative from the end) checked against ``n`` blocks."""
-    if not -n <= block < n:
-        raise UserError(f"Block {block} does not exist: the model has {n} blocks, so use 0..{n - 1} "
-                        "or -1 for the last.")
-    return block % n
+def resolve_blocks(blocks: Optional[Sequence[int]], n: int) -> List[int]:
+    """Sorted distinct indices (negative from the end; ``None``: all) checked against ``n`` blocks."""
+    for block in blocks or ():
+        if not -n <= block < n:
+            raise UserError(f"Block {block} does not exist: the model has {n} blocks, so use 0..{n - 1} "
+                            "or -1 for the last.")
+    return sorted(range(n) if blocks is None else {block % n for block in blocks})
 
 
 class ViTAttention:
@@ -42,8 +41,7 @@ class ViTAttention:
             raise UserError(f"{type(model).__name__} is not one of timm's ViT/DeiT models (VisionTransformer): choose "
                             "one such as vit_base_patch16_224 or deit_base_patch16_224, or FCViT for similarity maps.")
         self.model = model
-        n = len(model.blocks)
-        self.blocks: List[int] = sorted(range(n) if blocks is None else {resolve_block(b, n) for b in blocks})
+        self.blocks = resolve_blocks(blocks, len(model.blocks))
         names = [f"blocks.{i}.attn.attn_drop" for i in self.blocks]
         modules = dict(model.named_modules())
         if missing := [name for name in names if name not in modules]:
@@ -53,10 +51,6 @@ class ViTAttention:
             model.blocks[i].attn.fused_attn = False  # explicit softmax path: same result, attention matrix formed
         self.extractor = AttentionExtract(model, names=names, method="hook")
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
-
-    def grid(self, x: torch.Tensor) -> Tuple[int, int]:
-        """Patch rows and columns for an input ``x``."""
-        return self.model.patch_embed.dynamic_feat_size(x.shape[-2:])
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
@@ -94,6 +88,6 @@ def fcvit_similarity(model: nn.Module, x: torch.Tensor, block: int = -1) -> Tupl
     n = len(fcvit_blocks(model))
     if n == 0:
         raise UserError(f"{type(model).__name__} is not an FCViT model: similarity maps exist only for fcvit_* models.")
-    index = resolve_block(block, n)
+    [index] = resolve_blocks([block], n)
     _, maps = similarity_maps(model, x, blocks=[index])
     return index, {k: v.float() for k, v in maps[index].items()}

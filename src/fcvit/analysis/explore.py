@@ -1,9 +1,7 @@
-"""One self-contained HTML page to move the query and watch the maps (the paper's Figures 1 and 3).
-
-Photographs, maps and measures are embedded: no server, no network. The attention maps of every patch query of the
-chosen ViT blocks, per head and mean over heads, are quantised to uint8 against their own maximum (kept as float32),
-so the page can draw a map on its own scale or on the one shared by the block's queries. FCViT's group similarity
-maps do not depend on a query; they are quantised between their own minimum and maximum.
+"""One self-contained HTML page (no server, no network) to move the query and watch the maps (the paper's Figures 1
+and 3). ViT attention maps of every patch query, per head and mean over heads, are uint8 against their own maximum
+(kept as float32), so the page can draw a map on its own scale or on the block's; FCViT's query-independent group
+maps are uint8 between their own minimum and maximum.
 """
 from __future__ import annotations
 
@@ -18,9 +16,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .attention import ViTAttention, resolve_block, split_prefix
+from .attention import ViTAttention, resolve_blocks, split_prefix
 from .loading import image_to_tensor, input_size_of
-from .measures import attention_measures, mean_pairwise_cosine, normalized_entropy, similarity_measures, top_mass
+from .measures import attention_measures, head_irrelevance, normalized_entropy, similarity_measures, top_mass
 
 __all__ = ["explore_page"]
 
@@ -37,8 +35,7 @@ def _finite(values: Dict[str, float]) -> Dict[str, Optional[float]]:
 
 
 def _vit_block(attn: torch.Tensor, num_prefix_tokens: int) -> Dict[str, object]:
-    """Maps and measures of one block's ``heads x N x N`` float32 attention, over patch queries and keys: each
-    measure per head and query (``heads x P``), and head irrelevance per query."""
+    """Maps and per-query measures (``heads x P``) of one block's ``heads x N x N`` attention over the patches."""
     spatial, prefix = split_prefix(attn, num_prefix_tokens)
     p = spatial.shape[-1]
     heads = torch.cat([spatial, spatial.mean(0, keepdim=True)])  # the mean over heads as one more head
@@ -49,7 +46,7 @@ def _vit_block(attn: torch.Tensor, num_prefix_tokens: int) -> Dict[str, object]:
     per_query = {"query_irrelevance": ((gram.sum(-1) - gram.diagonal(dim1=-2, dim2=-1)) / max(p - 1, 1)).float(),
                  "top1pct_mass": top_mass(spatial, 0.01), "top5pct_mass": top_mass(spatial, 0.05),
                  "entropy": normalized_entropy(spatial)}
-    head_irr = mean_pairwise_cosine(spatial.transpose(0, 1)) if spatial.shape[0] > 1 else torch.full((p,), float("nan"))
+    head_irr = head_irrelevance(spatial) if spatial.shape[0] > 1 else torch.full((p,), float("nan"))
     columns = {k: torch.cat([v, v.mean(0, keepdim=True)]) for k, v in per_query.items()}  # the mean column: over heads
     return {"maps": _b64(quantised.numpy()), "peak": _b64(peak.float().numpy()),
             "query": {k: _b64(v.numpy()) for k, v in columns.items()}, "head_irrelevance": _b64(head_irr.numpy()),
@@ -65,7 +62,6 @@ def _fcvit_block(maps: Dict[str, torch.Tensor]) -> Dict[str, object]:
             "average": {name: _finite(similarity_measures(maps[name])) for name in ("gc1", "gc2")}}
 
 
-@torch.no_grad()
 def _image_entry(name: str, image, vit: ViTAttention, fcvit: nn.Module, fcvit_blocks: Sequence[int],
                  device: torch.device) -> Dict[str, object]:
     from PIL import Image
@@ -95,18 +91,17 @@ def explore_page(images: Sequence[tuple], vit_model: nn.Module, vit_name: str, v
 
     device = next(vit_model.parameters()).device
     reader = ViTAttention(vit_model, blocks=vit_blocks)
-    n = len(all_fcvit_blocks(fcvit_model))
-    if not n:
+    if not (fcvit_modules := all_fcvit_blocks(fcvit_model)):
         raise UserError(f"{fcvit_name} is not an FCViT model: the page's right panel needs one, "
                         "e.g. --fcvit fcvit_b12.")
-    chosen = sorted(range(n) if fcvit_blocks is None else {resolve_block(b, n) for b in fcvit_blocks})
+    chosen = resolve_blocks(fcvit_blocks, len(fcvit_modules))
     lut = colormaps[OVERLAY_CMAP](np.linspace(0.0, 1.0, 256))[:, :3]
     data = {
         "vit": {"name": vit_name, "weights": vit_weights, "blocks": reader.blocks,
                 "grid": list(vit_model.patch_embed.grid_size), "heads": int(vit_model.blocks[0].attn.num_heads),
                 "prefix_tokens": reader.num_prefix_tokens},
         "fcvit": {"name": fcvit_name, "weights": fcvit_weights, "blocks": chosen,
-                  "groups": int(all_fcvit_blocks(fcvit_model)[0].token_mixer.gc1.num_groups)},
+                  "groups": int(fcvit_modules[0].token_mixer.gc1.num_groups)},
         "measures": list(_QUERY_MEASURES), "cmap": _b64(np.round(lut * 255).astype(np.uint8)), "alpha": OVERLAY_ALPHA,
         "images": [_image_entry(name, image, reader, fcvit_model, chosen, device) for name, image in images],
     }

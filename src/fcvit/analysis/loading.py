@@ -73,8 +73,7 @@ def _create_pretrained(name: str, **kwargs) -> Tuple[nn.Module, str]:
 
 
 def read_once(path: str) -> Dict[str, Any]:
-    """The checkpoint at ``path`` (:func:`fcvit.models.read_checkpoint`), read once while it is unchanged: the
-    model name, the training size and the weights of one command come from one read."""
+    """The checkpoint at ``path``, read once while unchanged: a command's model name, size and weights share it."""
     try:
         stat = os.stat(path)
         version = (stat.st_mtime_ns, stat.st_size)
@@ -102,12 +101,8 @@ def model_name(name: Optional[str], checkpoint: Optional[str], default: str) -> 
 
 def create_analysis_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = False, flag: str = "--",
                           **kwargs) -> Tuple[nn.Module, str]:
-    """The model in eval mode and a phrase naming its weights (shown in figures and results).
-
-    A local ``checkpoint`` always works offline; ``pretrained`` uses timm's hub (or its cache) and fails at once, in
-    one sentence, without it; with neither the weights are random and a warning says so. ``flag`` begins the option
-    names messages give (``--vit-`` where a command loads two models).
-    """
+    """The model in eval mode and a phrase naming its weights; without ``checkpoint`` or ``pretrained`` (timm's hub
+    or its cache) they are random and a warning says so. ``flag`` begins the option names in messages (``--vit-``)."""
     import timm
 
     from ..models import check_model_name, create_classifier
@@ -136,9 +131,8 @@ def is_fcvit(model: nn.Module) -> bool:
 
 def input_size_of(model: nn.Module, img_size: Optional[int] = None,
                   image_size: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
-    """(height, width) the image is resized to: a ViT's own fixed size; for the fully convolutional FCViT, given the
-    photograph's ``image_size`` (width, height), its aspect ratio with the shorter side ``img_size`` (default: the
-    model's 224) and both sides rounded to multiples of its stride of 32."""
+    """(height, width) the image is resized to: a ViT's own size; for FCViT, the aspect ratio of ``image_size``
+    (width, height), shorter side ``img_size`` (default: the model's 224), sides rounded to multiples of 32."""
     if getattr(getattr(model, "patch_embed", None), "img_size", None) is not None and not is_fcvit(model):
         return tuple(int(s) for s in model.patch_embed.img_size)
     if img_size is None:
@@ -151,11 +145,12 @@ def input_size_of(model: nn.Module, img_size: Optional[int] = None,
 
 
 def image_to_tensor(image: Image.Image, model: nn.Module, size: Tuple[int, int]) -> torch.Tensor:
-    """The whole image resized (not cropped: every pixel shown has a place on the maps drawn stretched back over it)
-    to ``size`` and normalised with the model's mean and std."""
+    """The whole image resized to ``size`` (not cropped: the maps are drawn stretched back over all of it) and
+    normalised with the model's mean and std."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
     std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)
     resized = image.convert("RGB").resize((size[1], size[0]), Image.BICUBIC)
+    # left channels-last in memory: FCViT's kernels round differently on a contiguous NCHW input
     x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return ((x - mean[:, None, None]) / std[:, None, None]).unsqueeze(0)

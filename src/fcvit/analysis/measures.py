@@ -1,8 +1,8 @@
 """Numbers for what attention and similarity maps look like (formulas in docs/analysis.md).
 
-Attention tensors here are ``... x heads x queries x keys`` with every row a probability distribution over the keys.
-FCViT's similarity maps are ``... x groups x positions`` of real values: read through a softmax over positions (what
-attention would make of them) for sparsity, compared directly (Pearson correlation) for diversity between groups.
+Attention rows (``... x heads x queries x keys``) are distributions; FCViT's real-valued similarity maps go through
+a softmax over positions (what attention would make of them) for sparsity, and are compared directly (Pearson
+correlation) for diversity between groups.
 """
 from __future__ import annotations
 
@@ -76,8 +76,8 @@ def normalized_entropy(dist: torch.Tensor) -> torch.Tensor:
 def mean_pairwise_correlation(maps: torch.Tensor) -> torch.Tensor:
     """Mean Pearson correlation over pairs of rows of ``... x n x d``: cosine of the centred rows. A constant row,
     whose correlation is undefined, counts as uncorrelated (a centred row of zeros)."""
-    centred = maps.double() - maps.double().mean(dim=-1, keepdim=True)
-    return mean_pairwise_cosine(centred).to(maps.dtype)
+    values = maps.double()
+    return mean_pairwise_cosine(values - values.mean(dim=-1, keepdim=True)).to(maps.dtype)
 
 
 def attention_measures(attn: torch.Tensor, prefix_mass: torch.Tensor | None = None) -> Dict[str, float]:

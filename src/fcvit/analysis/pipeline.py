@@ -57,18 +57,14 @@ def _select_heads(maps: torch.Tensor, head: Head) -> Tuple[torch.Tensor, List[st
     return maps[head:head + 1], [f"head {head}"]
 
 
-@torch.no_grad()
 def query_attention(reader: ViTAttention, x: torch.Tensor, block: int, image_size: Tuple[int, int],
                     points: Optional[Sequence[Tuple[float, float]]] = None, random_queries: int = 0,
                     head: Head = "mean", seed: int = 0,
                     ) -> Tuple[List[Tuple[float, float]], List[torch.Tensor], List[str], float]:
-    """Attention maps of chosen query points in one block for image ``x`` (batch of one).
-
-    ``points`` are ``(x, y)`` pixels of an image of ``image_size = (width, height)``; random queries are distinct
-    patches drawn with ``seed``, placed at their centres. Returns the points, per point a ``columns x rows x cols``
-    map, the column labels, and the mean share of the queries' attention that went to prefix tokens (not drawn).
-    """
-    rows, cols = grid = reader.grid(x)
+    """One block's attention for image ``x`` (batch of one) of ``points`` (pixels of an image of ``image_size``) and of
+    ``random_queries`` distinct patches drawn with ``seed`` (at their centres): the points, a ``columns x rows x cols``
+    map per point, the column labels and the mean share of attention that went to prefix tokens (not drawn)."""
+    rows, cols = grid = reader.model.patch_embed.dynamic_feat_size(x.shape[-2:])
     width, height = image_size
     points = list(points or [])
     indices = [patch_index(px, py, image_size, grid) for px, py in points]
@@ -103,21 +99,18 @@ def _mean_rows(per_image: List[List[dict]], keys: Sequence[str]) -> List[dict]:
     return out
 
 
-@torch.no_grad()
 def analyze_attention(model: nn.Module, inputs: Iterable[torch.Tensor]) -> List[dict]:
     """Per block of a ViT/DeiT: the attention measures, averaged over the images (each ``1 x 3 x H x W``)."""
     reader = ViTAttention(model)
     n = reader.num_prefix_tokens
     per_image = []
     for x in inputs:
-        maps = reader(x)
-        splits = [(block, *split_prefix(maps[block], n)) for block in reader.blocks]
+        splits = {block: split_prefix(attn, n) for block, attn in reader(x).items()}
         per_image.append([dict(block=b, **attention_measures(spatial, prefix if n else None))
-                          for b, spatial, prefix in splits])
+                          for b, (spatial, prefix) in splits.items()])
     return _mean_rows(per_image, list(ATTENTION_MEASURES))
 
 
-@torch.no_grad()
 def analyze_similarity(model: nn.Module, inputs: Iterable[torch.Tensor]) -> List[dict]:
     """Per FCViT block and global-context module: the group measures, averaged over the images."""
     from ..models.similarity import similarity_maps

@@ -1,11 +1,10 @@
-"""Figures: FCViT's group similarity maps, ViT attention maps per query, both side by side, measures over depth.
+"""Figures of FCViT's group similarity maps, ViT attention maps per query, both side by side, measures over depth.
 
-Maps are drawn at their own resolution with ``extent`` over the photograph and bilinear interpolation at render time,
-so each overlay's array is exactly the model's map. Figures are ``Figure`` objects (no pyplot state), saved atomically.
+Each overlay's array is exactly the model's map, stretched over the photograph by ``extent`` and bilinear
+interpolation at render time. Figures are ``Figure`` objects (no pyplot state).
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import textwrap
@@ -107,8 +106,7 @@ def draw_similarity(image: np.ndarray, maps: Dict[str, torch.Tensor], title: str
 
 
 def _wrap(fig: Figure, text: str, fontsize: int) -> str:
-    """``text`` wrapped to the figure's width, so that narrow figures do not cut it off, into lines of even
-    length (never one word left alone on a line)."""
+    """``text`` wrapped to the figure's width (narrow figures would cut it off) in lines of even length."""
     chars, lines = max(30, int(fig.get_figwidth() * 72 / (0.6 * fontsize))), []
     for line in text.splitlines():
         n = max(1, math.ceil(len(line) / chars))
@@ -152,10 +150,9 @@ def _uniform_note(fig: Figure, arrays: Sequence[np.ndarray], per_map: bool) -> N
 
 def draw_attention(image: np.ndarray, points: Sequence[Tuple[float, float]], maps: Sequence[torch.Tensor],
                    column_labels: Sequence[str], title: str = "", scale: str = "map") -> Figure:
-    """Per query row: the photograph with the query (pixels in ``image``) marked, then its maps (``columns x rows x
-    cols`` each: the query's share of attention per patch). ``scale`` 'map' draws each map from its own minimum to its
-    maximum (the paper's "normalized attention maps"), 'figure' all on one scale from 0; a note says when every map
-    is nearly uniform."""
+    """Per query row: the photograph with the query (pixels in ``image``) marked, then its ``columns x rows x cols``
+    maps. ``scale`` 'map' draws each from its own minimum to its maximum (the paper's "normalized attention maps"),
+    'figure' all on one scale from 0."""
     arrays = [_as_numpy(m) for m in maps]
     per_map, vmax = scale == "map", max(float(a.max()) for a in arrays)
     fig, axes = _figure(image, len(points), len(arrays[0]), 1.9, (0.9, 0.7), title, column_labels)
@@ -178,17 +175,16 @@ def draw_compare(image: np.ndarray, points: Sequence[Tuple[float, float]], vit_m
     FCViT's group maps (bottom, ``fcvit_maps`` ``groups x h x w``); ``scale`` as in :func:`draw_attention`."""
     vit, fc, per_map = _as_numpy(vit_maps), _as_numpy(fcvit_maps), scale == "map"
     fig, axes = _figure(image, 2, max(len(vit), len(fc)), 1.7, (1.2, 1.0), title)
-    for i, (x, y) in enumerate(points):
-        _mark(axes[0, 0], x, y, i + 1)
     axes[0, 0].set_title(vit_label, fontsize=8)
     axes[1, 0].set_title(fcvit_label, fontsize=8)
-    for c, heat in enumerate(vit):
-        vit_mappable = _overlay(axes[0, c + 1], image, *_scaled(heat, per_map, float(vit.max())))
-        _mark(axes[0, c + 1], *points[c], c + 1)
-        axes[0, c + 1].set_title(f"query {c + 1}", fontsize=9)
-    for c, heat in enumerate(fc):
-        fc_mappable = _overlay(axes[1, c + 1], image, heat, float(fc.min()), float(fc.max()))
-        axes[1, c + 1].set_title(f"group {c + 1}", fontsize=9)
+    for c, (ax, heat, point) in enumerate(zip(axes[0, 1:], vit, points), 1):
+        _mark(axes[0, 0], *point, c)
+        vit_mappable = _overlay(ax, image, *_scaled(heat, per_map, float(vit.max())))
+        _mark(ax, *point, c)
+        ax.set_title(f"query {c}", fontsize=9)
+    for c, (ax, heat) in enumerate(zip(axes[1, 1:], fc), 1):
+        fc_mappable = _overlay(ax, image, heat, float(fc.min()), float(fc.max()))
+        ax.set_title(f"group {c}", fontsize=9)
     for ax in [*axes[0, len(vit) + 1:], *axes[1, len(fc) + 1:]]:
         ax.set_axis_off()
     fig.colorbar(vit_mappable, ax=axes[0, :], shrink=0.9, label="attention,\nmin to max" if per_map else "attention")
@@ -199,9 +195,8 @@ def draw_compare(image: np.ndarray, points: Sequence[Tuple[float, float]], vit_m
 
 def draw_measures(rows: List[dict], measures: Sequence[str], title: str = "",
                   baselines: Optional[Sequence[Dict[str, float]]] = None) -> Figure:
-    """Each measure over block depth, a panel each in rows of three; rows with a ``module`` (FCViT's gc1/gc2)
-    get a line per module; ``baselines`` (one :func:`uniform_values` per row) a dashed line at what uniform
-    attention gives."""
+    """Each measure over block depth in panels three to a row, a line per ``module`` (FCViT's gc1/gc2) if rows have
+    one; ``baselines`` (one :func:`uniform_values` per row) add a dashed line at what uniform attention gives."""
     cols = min(3, len(measures))
     fig = Figure(figsize=(3.6 * cols, 2.7 * math.ceil(len(measures) / cols) + 0.5), layout="constrained")
     axes = list(fig.subplots(math.ceil(len(measures) / cols), cols, squeeze=False).flat)
@@ -248,7 +243,6 @@ def check_figure_path(path: str) -> str:
 def save_figure(fig: Figure, path: str, dpi: int = 100) -> str:
     """Write the figure to ``path`` (format from its extension) through a temporary file and a rename."""
     path = os.fspath(path)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=check_figure_path(path), dpi=dpi)
-    atomic_write(path, buffer.getvalue())
+    fmt = check_figure_path(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
     return path

@@ -75,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
     models, compare = ([n.strip() for n in text.split(",") if n.strip()] for text in (args.model, args.compare))
     if not models:
         raise UserError("--model is empty: name at least one model, e.g. --model fcvit_tiny.")
-    if isinstance(args.batch_size, int):  # a Namespace built in Python with one batch size
-        args.batch_size = [args.batch_size]
     if args.compile and args.runtime:
         raise UserError("--compile is the older spelling of --runtime compile-default: give --runtime alone.")
     runtimes = parse_runtimes(args.runtime) if args.runtime else ["compile-default" if args.compile else "eager"]

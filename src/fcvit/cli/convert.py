@@ -7,6 +7,7 @@ import logging
 import os
 from typing import List, Mapping, Optional
 
+from ..errors import UserError
 from .options import add_overwrite
 
 OUTPUT_FILES = ("model.safetensors", "config.json", "README.md")
@@ -55,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_output(checkpoint: str, output: str, overwrite: bool) -> List[str]:
     """Refuse what cannot be the folder before any work; return the files that will be replaced."""
-    from ..errors import UserError
     from ..files import check_outputs
 
     if os.path.exists(output) and not os.path.isdir(output):
@@ -84,7 +84,6 @@ def _metadata_arch(path: str) -> Optional[str]:
 def _model_name(path: str, checkpoint: Mapping[str, object], state_dict: Mapping[str, object],
                 requested: Optional[str]) -> str:
     """``--model``, else the checkpoint's ``arch``, else the variant with the weights' shapes."""
-    from ..errors import UserError
     from ..models import MODEL_CONFIGS, check_model_name, guess_variant
     from ..models.checkpoint import stored_arch
 
@@ -155,12 +154,10 @@ def model_card(model, checkpoint: str, cfg: Optional[Mapping[str, object]] = Non
 
     cfg = dict(model.pretrained_cfg, **(cfg or {}))
     name = model.pretrained_cfg["architecture"]
-    digest, sha = hashlib.sha256(), ""
+    sha = ""
     if os.path.isfile(checkpoint):  # a hub folder given as the checkpoint has no one file to hash
         with open(checkpoint, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        sha = f" (sha256 `{digest.hexdigest()}`)"
+            sha = f" (sha256 `{hashlib.file_digest(f, 'sha256').hexdigest()}`)"
     params = sum(p.numel() for p in model.parameters()) / 1e6
     size = f"{cfg['input_size'][1]}x{cfg['input_size'][2]}"
     norm = ("ImageNet mean and std" if (list(cfg["mean"]), list(cfg["std"])) == (
@@ -210,8 +207,6 @@ def _check_folder(model, folder: str) -> float:
     """Load ``folder`` the way a user would and return the largest logit difference to ``model``."""
     import timm
     import torch
-
-    from ..errors import UserError
 
     timm_logger = logging.getLogger("timm")
     level = timm_logger.level

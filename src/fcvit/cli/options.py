@@ -174,9 +174,9 @@ def add_batch_size(p: Any, default: int, note: str = "") -> None:
                    help=f"images per step per process (default {default}{note}); the global batch is -b x processes")
 
 
-def add_workers(p: Any, default: int = WORKERS) -> None:
-    p.add_argument("-j", "--workers", type=non_negative_int, default=default,
-                   help=f"data loading processes per process (default {default}; 0 loads in the main process)")
+def add_workers(p: Any) -> None:
+    p.add_argument("-j", "--workers", type=non_negative_int, default=WORKERS,
+                   help=f"data loading processes per process (default {WORKERS}; 0 loads in the main process)")
 
 
 def cap_workers(args: argparse.Namespace, argv: Sequence[str]) -> None:
@@ -197,7 +197,7 @@ def add_device(p: Any) -> None:
                         "takes its own GPU")
 
 
-def add_overwrite(p: Any, what: str = "existing output files") -> None:
+def add_overwrite(p: Any, what: str) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help=f"replace {what} (without it the command refuses; an input file is never written over)")
 

@@ -262,10 +262,7 @@ def load_config(path: str, parser: CommandParser) -> Dict[str, Any]:
 
 
 def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
-    resolve_data_source(args)
-    if args.dataset in ("", "folder", "imagefolder") and not args.data:
-        raise UserError("No DATA folder given: pass a folder holding train/<class>/* and val/<class>/*, "
-                        "or --dataset digits for the built-in dataset.")
+    resolve_data_source(args, "train/<class>/* and val/<class>/*, or --dataset digits for the built-in dataset")
     notes = resolve_original_flags(args, "train")
     if args.finetune:
         notes.append("--finetune: " + ", ".join(f"--{k.replace('_', '-')} {getattr(args, k):g}" for k in FINETUNE_PRESET)
@@ -287,14 +284,17 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def resolve_data_source(args: argparse.Namespace) -> None:
-    """DATA and --data-dir are one setting, and the built-in digits read no folder: contradictions are refused."""
+def resolve_data_source(args: argparse.Namespace, holding: str) -> None:
+    """DATA and --data-dir are one setting, and the built-in digits read no folder: contradictions are refused, and
+    an image folder dataset without DATA (which ``holding`` describes)."""
     if args.data and args.data_dir and os.path.abspath(args.data) != os.path.abspath(args.data_dir):
         raise UserError(f"DATA '{args.data}' and --data-dir '{args.data_dir}' name two folders: pass one of them.")
     args.data = args.data or args.data_dir
     if args.dataset == "digits" and args.data:
         raise UserError(f"--dataset digits is built in and reads no folder, but DATA '{args.data}' is given too: "
                         "leave out --dataset digits to use the folder, or DATA to use the digits.")
+    if args.dataset in ("", "folder", "imagefolder") and not args.data:
+        raise UserError(f"No DATA folder given: pass a folder holding {holding}.")
 
 
 def _check_schedule_options(args: argparse.Namespace) -> list:

@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Any, Dict
 
+from ..errors import UserError
 from .options import add_batch_size, add_results, check_results_file, is_main_process
 from .original_flags import add_original_flags, resolve_original_flags
 from .train import add_data_arguments, resolve_data_source
@@ -49,14 +50,11 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
 
     from ..engine import cleanup_distributed, init_distributed, resolve_amp, setup_logging, unwrap_model
     from ..tasks.classification.train import build_eval_loader, check_classes, create_model, evaluate
-    from ..errors import UserError
     from ..models import extract_state_dict, load_weights, read_checkpoint
     from ..models.checkpoint import CLASSIFIER_KINDS, classifier_kwargs, expect_kind, model_name_for
 
     notes = resolve_original_flags(args, "validate")
-    resolve_data_source(args)
-    if args.dataset in ("", "folder", "imagefolder") and not args.data:
-        raise UserError("No DATA folder given: pass a folder holding val/<class>/*, or --dataset digits.")
+    resolve_data_source(args, "val/<class>/*, or --dataset digits")
     if not args.checkpoint:
         raise UserError("No --checkpoint given: pass the weights to evaluate (random weights would score chance).")
     check_results_file(args)
@@ -109,8 +107,6 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _check_test_pool(args: argparse.Namespace, model: Any, tf_args: Dict[str, Any]) -> None:
     """``--test-pool`` changes nothing at the model's own input size (timm pooled only for larger inputs)."""
-    from ..errors import UserError
-
     if not getattr(args, "test_pool", False):
         return
     own = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))

@@ -95,12 +95,13 @@ def _model_names(args: argparse.Namespace) -> None:
 
 
 def _open_image(args: argparse.Namespace) -> Any:
-    """The image, once the figure path is known to be writable."""
+    """The models' names, then the image once the figure path is known to be writable."""
     from ..analysis.plots import check_figure_path
     from ..data import load_image
     from ..engine import resolve_device
     from ..files import check_outputs
 
+    _model_names(args)
     args.device = resolve_device(args.device)
     check_figure_path(args.output)
     check_outputs([args.output], [args.image], args.overwrite, "choose another -o", "input image")
@@ -166,7 +167,6 @@ def _vit_maps(args, name: str, image, block_arg: int, head, points, k, prefix: s
 def run_similarity(args: argparse.Namespace) -> int:
     from ..analysis.plots import display_image, draw_similarity, save_figure
 
-    _model_names(args)
     image = _open_image(args)
     block, maps, weights = _fcvit_maps(args, args.model, image)
     fig = draw_similarity(display_image(image), maps,
@@ -197,7 +197,6 @@ def run_attention(args: argparse.Namespace) -> int:
 
     head = parse_head(args.head)
     points, k = _query_points(args, default_random=4)
-    _model_names(args)
     image = _open_image(args)
     block, points, maps, labels, prefix, weights = _vit_maps(args, args.model, image, args.block, head, points, k)
     shown = display_image(image)
@@ -216,7 +215,6 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..analysis.plots import display_image, draw_compare, save_figure
 
     points, k = _query_points(args, default_random=8)
-    _model_names(args)
     image = _open_image(args)
     vit_block, points, maps, _, _, vit_weights = _vit_maps(args, args.vit, image, args.vit_block, "mean", points, k,
                                                            "vit_")

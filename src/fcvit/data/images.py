@@ -158,11 +158,8 @@ def expand_image_paths(paths: Sequence[str | os.PathLike]) -> List[str]:
 
 
 class ImageReader:
-    """Decodes ``paths`` one at a time, reporting each unreadable file on stderr in one line and skipping it.
-
-    Missing and non-image files are found at construction, by their headers; truncated ones when decoded.
-    A single image that cannot be read, or a list of which none can, is a ``UserError``.
-    """
+    """Decodes ``paths`` one at a time, reporting each unreadable file on stderr in one line and skipping it (missing
+    and non-image ones already at construction); one unreadable image, or none readable of many, is a UserError."""
 
     def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
         self.paths = [os.fspath(p) for p in paths]  # a path given twice is read twice (unique_stems names its outputs)
@@ -177,14 +174,11 @@ class ImageReader:
         try:
             return read(path)
         except UserError as exc:
-            self._skip(path, exc)
+            if len(self.paths) == 1:
+                raise
+            self.skipped.append((path, str(exc)))
+            print(f"skipped: {exc}", file=sys.stderr, flush=True)
             return None
-
-    def _skip(self, path: str, exc: UserError) -> None:
-        if len(self.paths) == 1:
-            raise exc
-        self.skipped.append((path, str(exc)))
-        print(f"skipped: {exc}", file=sys.stderr, flush=True)
 
     def _raise_none_read(self) -> None:
         raise UserError(f"None of the {len(self.paths)} images could be read (each is named above): replace or "

@@ -1,8 +1,5 @@
-"""Samplers every task trains with: an order fixed by (seed, epoch), resumable at any batch.
-
-Each sample is loaded and augmented with the RNGs seeded from (seed, epoch, position), not from the number of workers
-or where a run was interrupted, so a resumed run sees exactly the batches an uninterrupted one would.
-"""
+"""Samplers every task trains with: an order fixed by (seed, epoch), resumable at any batch, each sample augmented
+with RNGs seeded from (seed, epoch, position), so a resumed run sees exactly the batches an uninterrupted one would."""
 from __future__ import annotations
 
 import math

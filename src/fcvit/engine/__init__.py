@@ -6,7 +6,7 @@ from .amp import AmpSettings, backward_step, resolve_amp
 from .checkpoint import (BEST_NAME, LAST_NAME, CheckpointSaver, atomic_copy, atomic_save, build_train_state,
                          load_train_state, plain_args, rank_value, resolve_resume, restore_train_state)
 from .control import GracefulStop, NonFiniteLossError, check_finite, check_step
-from .distributed import (DistContext, all_reduce, all_reduce_mean, barrier, batchnorm_statistics, broadcast_object,
+from .distributed import (DistContext, all_reduce, barrier, batchnorm_statistics, broadcast_object,
                           cleanup_distributed, convert_sync_batchnorm, distribute_bn, gather_objects, init_distributed,
                           resolve_device, run_distributed, unwrap_model, wrap_ddp)
 from .logs import ProgressBar, SummaryLog, setup_logging
@@ -19,7 +19,7 @@ __all__ = [
     "BEST_NAME", "LAST_NAME", "CheckpointSaver", "atomic_copy", "atomic_save", "build_train_state",
     "load_train_state", "plain_args", "rank_value", "resolve_resume", "restore_train_state",
     "GracefulStop", "NonFiniteLossError", "check_finite", "check_step",
-    "DistContext", "all_reduce", "all_reduce_mean", "barrier", "batchnorm_statistics", "broadcast_object",
+    "DistContext", "all_reduce", "barrier", "batchnorm_statistics", "broadcast_object",
     "cleanup_distributed", "convert_sync_batchnorm", "distribute_bn", "gather_objects", "init_distributed",
     "resolve_device", "run_distributed", "unwrap_model", "wrap_ddp",
     "ProgressBar", "SummaryLog", "setup_logging",

@@ -16,6 +16,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..files import atomic_copy, atomic_save, remove_stale_temporaries
+from ..models.checkpoint import UnreadableCheckpoint, extract_state_dict, load_weights
+from ..models.checkpoint import read_checkpoint as load_train_state  # weights_only=True; a bad file is one sentence
 from .distributed import DistContext, batchnorm_statistics, gather_objects, unwrap_model
 from .rng import get_rng_state, set_rng_state
 
@@ -40,8 +42,7 @@ def _plain(value: Any) -> Any:
 
 
 def plain_args(args: Any) -> Optional[Dict[str, Any]]:
-    """The run's arguments (a namespace or a mapping) as plain values (objects become text), so that the
-    checkpoint opens with ``torch.load(path, weights_only=True)``."""
+    """The run's arguments as plain values (objects become text), so the checkpoint loads with weights_only=True."""
     if args is None:
         return None
     items = dict(args) if isinstance(args, Mapping) else vars(args)
@@ -83,20 +84,11 @@ def rank_value(state: Mapping[str, Any], key: str, ctx: Optional[DistContext] = 
     return state.get(key)
 
 
-def load_train_state(path: str | os.PathLike) -> Dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; a truncated or unsafe file gives one clear sentence."""
-    from ..models.checkpoint import read_checkpoint
-
-    return read_checkpoint(path)
-
-
 def restore_train_state(state: Mapping[str, Any], model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                         scheduler: Any = None, scaler: Any = None, model_ema: Optional[nn.Module] = None,
                         restore_rng: bool = True, ctx: Optional[DistContext] = None) -> Dict[str, int]:
     """Load what :func:`build_train_state` stored into live objects; returns ``epoch`` and ``global_step``.
     Plain weights (no optimizer or schedule) load with a warning; weights that do not fit are a UserError."""
-    from ..models.checkpoint import extract_state_dict, load_weights
-
     target = unwrap_model(model)
     model_name = getattr(target, "default_cfg", {}).get("architecture", type(target).__name__)
     load_weights(target, extract_state_dict(state, use_ema=False), model_name)
@@ -145,8 +137,6 @@ def resolve_resume(resume: Optional[str], output_dir: str | os.PathLike) -> Opti
 def load_resume_state(path: str, resume: Optional[str]) -> Dict[str, Any]:
     """The state to resume from; under ``--resume auto`` an unreadable ``last.pth.tar`` (a full disk) is refused
     with the way to continue, and left in place."""
-    from ..models.checkpoint import UnreadableCheckpoint
-
     try:
         return load_train_state(path)
     except UnreadableCheckpoint as exc:

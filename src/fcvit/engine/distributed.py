@@ -11,13 +11,14 @@ from typing import Any, Callable, List, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
+from timm.utils import unwrap_model  # the plain module under DDP, ModelEma and torch.compile wrappers
 from torch import nn
 
 from ..errors import UserError
 
-__all__ = ["DistContext", "init_distributed", "resolve_device", "all_reduce", "all_reduce_mean", "barrier",
-           "broadcast_object", "gather_objects", "cleanup_distributed", "run_distributed", "wrap_ddp", "unwrap_model",
-           "distribute_bn", "convert_sync_batchnorm", "batchnorm_statistics"]
+__all__ = ["DistContext", "init_distributed", "resolve_device", "all_reduce", "barrier", "broadcast_object",
+           "gather_objects", "cleanup_distributed", "run_distributed", "wrap_ddp", "unwrap_model", "distribute_bn",
+           "convert_sync_batchnorm", "batchnorm_statistics"]
 
 _logger = logging.getLogger(__name__)
 
@@ -88,11 +89,6 @@ def all_reduce(tensor: torch.Tensor, ctx: DistContext, op: str = "sum") -> torch
         out = out.to(ctx.device)
         dist.all_reduce(out, op=getattr(dist.ReduceOp, op.upper()))
     return out
-
-
-def all_reduce_mean(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """The mean over ranks (for per-rank averages with equal weight, such as a step's loss)."""
-    return all_reduce(tensor, ctx, "sum") / ctx.world_size
 
 
 def barrier(ctx: DistContext) -> None:
@@ -187,17 +183,6 @@ def convert_sync_batchnorm(model: nn.Module, ctx: DistContext, required: bool = 
                         "leave it out; --dist-bn reduce (the default) still averages BatchNorm statistics "
                         "over the processes after every epoch.")
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under DDP, timm's ModelEma and torch.compile wrappers (its state dict has no prefixes)."""
-    while True:
-        if isinstance(getattr(model, "module", None), nn.Module):  # DDP, DataParallel, ModelEmaV2/V3
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def lost_peer(exc: BaseException) -> bool:

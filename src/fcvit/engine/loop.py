@@ -1,8 +1,5 @@
-"""The one training loop: a task says what is its own (a :class:`Task`), the loop does what every run needs:
-the exact data position (so a resumed run repeats the uninterrupted one), the cadence of logs, evaluations and
-saves, the best-k ranking, stops, non-finite losses, out-of-memory in one sentence, ``summary.csv`` and the
-schedule's stepping. Runs are counted in epochs or in iterations.
-"""
+"""The one training loop: a :class:`Task` says what is its own; the loop does what every run needs, in epochs or
+iterations: the exact data position (a resumed run repeats the uninterrupted one), evaluations, saves and stops."""
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +24,7 @@ from .amp import AmpSettings, backward_step
 from .checkpoint import (CheckpointSaver, build_train_state, load_resume_state, plain_args, rank_value,
                          resolve_resume, restore_train_state)
 from .control import GracefulStop, check_step
-from .distributed import DistContext, all_reduce_mean, barrier, wrap_ddp
+from .distributed import DistContext, all_reduce, barrier, wrap_ddp
 from .logs import ProgressBar, SummaryLog, rate
 from .workers import ignore_stop_signals, user_errors_from_workers
 
@@ -40,11 +37,8 @@ StepOutput = Tuple[torch.Tensor, Mapping[str, torch.Tensor], int]
 
 
 class Task:
-    """What a task gives the loop: its objects, the loss of one batch and its evaluation; hooks default to nothing.
-
-    ``train_loader``'s batch sampler seeks like :class:`fcvit.data.samplers.SeekableBatches`. The best checkpoints
-    are ranked by ``metric`` (higher is better with ``mode`` 'max'); a run lasts ``length`` ``unit``s.
-    """
+    """A task's objects, the loss of one batch and its evaluation; its loader's batch sampler seeks like
+    :class:`fcvit.data.samplers.SeekableBatches`, and checkpoints rank by ``metric`` (``mode`` 'max': higher)."""
 
     describe = ""  # the start banner's detail
     oom_hint = "or --amp"  # what else frees memory, after a smaller -b
@@ -87,12 +81,8 @@ class Task:
 
 @dataclass
 class Settings:
-    """How the user runs it, translated by the task from its flags (the engine never sees them).
-
-    ``args`` is stored in every checkpoint; ``run_shaping`` maps the arguments whose change makes a resumed run
-    another run to their flags: other values are refused unless ``resume_override`` (which applies them, except
-    ``new_run_only``).
-    """
+    """How the user runs it, from the task's flags. ``run_shaping`` maps the ``args`` whose change makes a resumed
+    run another run to their flags: a change is refused unless ``resume_override`` (never for ``new_run_only``)."""
 
     output: str
     amp: AmpSettings
@@ -169,7 +159,7 @@ class _Window:
         names = sorted(self.losses)
         means = torch.tensor([self.losses[k] / max(self.steps, 1) for k in names], dtype=torch.float64)
         if names:
-            means = all_reduce_mean(means.to(ctx.device), ctx).cpu()
+            means = (all_reduce(means.to(ctx.device), ctx) / ctx.world_size).cpu()
         row: Dict[str, float] = {("train_loss" if k == "loss" else k): float(v) for k, v in zip(names, means)}
         seconds = max(self.seconds, 1e-9)
         row.update(train_img_per_sec=self.images / seconds,
@@ -304,10 +294,11 @@ class _Run:
         task, settings = self.task, self.settings
         task.model.train()
         lr = task.optimizer.param_groups[0]["lr"]  # the one this step trains with
+        last = self.saver.last_path if os.path.isfile(self.saver.last_path) else None  # named if the loss fails
         with out_of_memory_as_user_error(self.batch_size, self.ctx.device, task.oom_hint):
             with settings.amp.autocast():
                 loss, parts, images = task.step(self.model, batch)
-            value, stop_now = check_step(loss, self.step + 1, stop, self.ctx, self._last())
+            value, stop_now = check_step(loss, self.step + 1, stop, self.ctx, last)
             task.optimizer.zero_grad(set_to_none=True)
             backward_step(loss, task.optimizer, settings.amp, settings.clip_grad, settings.clip_mode,
                           task.clip_parameters)
@@ -331,23 +322,23 @@ class _Run:
 
     def boundary(self, stop_now: bool) -> bool:
         """The one cadence decision after each step: evaluate, close an epoch's row, or save; then stop if asked."""
-        epoch_end = self.done >= self.per_epoch
+        by_epoch, epoch_end = self.task.unit == "epoch", self.done >= self.per_epoch
+        every, interval = self.settings.eval_interval, self.settings.save_interval
         if self.step >= self.total:
             due = True
-        elif self.task.unit == "epoch":
-            due = epoch_end and self.settings.eval_interval > 0 and (self.epoch + 1) % self.settings.eval_interval == 0
+        elif by_epoch:
+            due = epoch_end and every > 0 and (self.epoch + 1) % every == 0
         else:
-            due = self.settings.eval_interval > 0 and self.step % self.settings.eval_interval == 0
-        interval = self.settings.save_interval
+            due = every > 0 and self.step % every == 0
         if due and stop_now:  # an evaluation can outlast the notice before a kill: save, evaluate on resume
             self.save(self.step, with_window=True, pending=True)
         elif due:
             self.evaluate()
-        elif self.task.unit == "epoch" and epoch_end:
+        elif by_epoch and epoch_end:
             self.bar.close()
             self.write_row({}, self.ranking)
             self.save(self.epoch)
-        elif stop_now or (interval and (self.done if self.task.unit == "epoch" else self.step) % interval == 0):
+        elif stop_now or (interval and (self.done if by_epoch else self.step) % interval == 0):
             self.save(self.step, with_window=True)
         return stop_now
 
@@ -393,9 +384,6 @@ class _Run:
             task=task.name, batches_per_epoch=self.per_epoch,
             pending_evaluation={"epoch": self.epoch, "done": self.done} if pending else None,
             **task.checkpoint_fields())
-
-    def _last(self) -> Optional[str]:
-        return self.saver.last_path if os.path.isfile(self.saver.last_path) else None
 
     def banner(self, pending: Optional[Mapping[str, Any]]) -> None:
         task, ctx, unit = self.task, self.ctx, self.units

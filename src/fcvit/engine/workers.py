@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import signal
 import weakref
 from typing import Iterable, Iterator, TypeVar
@@ -44,24 +45,18 @@ def user_errors_from_workers(loader: Iterable[T]) -> Iterator[T]:
     """Iterate ``loader``; a worker's UserError comes back as its one sentence (without the worker's folded
     traceback). An iteration ended early shuts its workers down at once, as they ignore SIGTERM."""
     iterator = iter(loader)
-    try:
+    with contextlib.suppress(TypeError):  # an iterator without weak references holds no worker processes
         _LIVE_ITERATORS.add(iterator)
-    except TypeError:  # an iterator without weak references holds no worker processes
-        pass
     marker, finished = "UserError: ", False
     try:
-        while True:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                finished = True
-                return
-            except UserError as exc:
-                text = str(exc)
-                if "Traceback" in text and marker in text:
-                    raise UserError(text.rsplit(marker, 1)[1].strip()) from None
-                raise
+        for batch in iterator:
             yield batch
+        finished = True
+    except UserError as exc:
+        text = str(exc)
+        if "Traceback" in text and marker in text:
+            raise UserError(text.rsplit(marker, 1)[1].strip()) from None
+        raise
     finally:
         if not finished:
             _shut_down(iterator)

@@ -64,7 +64,7 @@ def read_checkpoint(path: str | os.PathLike) -> Dict[str, object]:
         raise UnreadableCheckpoint(path, "is empty (0 bytes), as a write cut short (e.g. by a full disk) leaves "
                                    "it", _COPY_AGAIN)
     if path.endswith(".safetensors"):
-        return _read_safetensors(path)
+        return _read_safetensors(path, head)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -86,15 +86,13 @@ def read_checkpoint(path: str | os.PathLike) -> Dict[str, object]:
                                "save model.state_dict() instead of the object")
 
 
-def _read_safetensors(path: str) -> Dict[str, object]:
+def _read_safetensors(path: str, head: bytes) -> Dict[str, object]:
     from safetensors.torch import load_file
 
     try:
         return dict(load_file(path, device="cpu"))
     except Exception:  # safetensors raises its own error types
-        with open(path, "rb") as f:
-            head = f.read(4)
-        if head == b"PK\x03\x04":  # a zip: torch.save's format under a .safetensors name
+        if head.startswith(b"PK\x03\x04"):  # a zip: torch.save's format under a .safetensors name
             raise UnreadableCheckpoint(path, "is a PyTorch (torch.save) file, not safetensors",
                                        "rename it to end in .pth or .pt") from None
         raise UnreadableCheckpoint(path, "is not a complete safetensors file (it may be truncated)",
@@ -142,23 +140,16 @@ def _not_loadable(path: str, head: bytes, size: int) -> UnreadableCheckpoint:
     if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
         return UnreadableCheckpoint(path, "holds safetensors data without the .safetensors extension",
                                     "rename it to end in .safetensors")
-    start = _text_start(head)
-    if start is not None:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
+        start = text.strip().splitlines()[0][:16] if text.strip() else ""
         return UnreadableCheckpoint(path, f"is a text file (it starts with {start!r}), not a checkpoint, as a "
                                           "failed download can leave", "download or copy the checkpoint again")
     return UnreadableCheckpoint(path, f"is not a PyTorch checkpoint (it starts with bytes {head[:8].hex(' ')})",
                                 "pass a file written by torch.save or a .safetensors file")
-
-
-def _text_start(head: bytes) -> Optional[str]:
-    """The first line (at most 16 characters) of a text file's first bytes; None for binary ones."""
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if not all(c.isprintable() or c in "\r\n\t" for c in text):
-        return None
-    return text.strip().splitlines()[0][:16] if text.strip() else ""
 
 
 def checkpoint_args(checkpoint: Mapping[str, object]) -> Dict[str, object]:
@@ -313,15 +304,13 @@ def guess_variant(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
     return None
 
 
-def _describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> str:
-    own = model.state_dict()
-    differing = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
-                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
+def _describe_mismatch(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], name: str,
+                       wrong_shape: List[str], missing: List[str]) -> str:
+    differing = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in wrong_shape]
     more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
     detail = f"differing shapes (file vs model): {', '.join(differing[:3])}{more}" if differing else ""
     shape = _shape_of(state_dict)
     if _shape_of(own) is None:  # not an FCViT model (e.g. a timm ViT): describe keys and shapes only
-        missing = [k for k in own if k not in state_dict]
         detail = detail or f"it lacks {len(missing)} of the model's keys ({', '.join(missing[:3])})"
         return f"The checkpoint does not fit {name}: {detail}. Pass a checkpoint saved from {name}."
     variant = guess_variant(state_dict)
@@ -347,7 +336,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], model
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     if wrong_shape or (missing and not allow_partial) or (allow_partial and len(missing) == len(own)):
-        raise UserError(_describe_mismatch(model, state_dict, model_name))
+        raise UserError(_describe_mismatch(own, state_dict, model_name, wrong_shape, missing))
     if not allow_partial and unexpected:
         listed = ", ".join(unexpected[:3]) + (" ..." if len(unexpected) > 3 else "")
         raise UserError(f"The checkpoint does not fit {model_name}: it has keys the model lacks ({listed}).")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .depthwise import depthwise_conv_backward, depthwise_input_grad
+from .depthwise import depthwise_conv_backward, depthwise_input_grad, depthwise_weight_grad
 
 __all__ = ["add_global_context", "conv_mlp", "channel_mixer", "batch_slices", "keep_mixer_hidden",
            "HAS_ONEDNN", "KEEP_HIDDEN_FROM_CHANNELS", "CPU_SLICE_BYTES"]
@@ -113,11 +113,11 @@ def _linear_nhwc(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return F.linear(_nhwc(x), weight, bias)
 
 
-def _onednn_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: List[int], attr: str) -> Tensor:
-    """Stride-1 depth-wise convolution through oneDNN with ``attr`` ('none' or 'gelu') fused; channels-last."""
+def _onednn_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], attr: str) -> Tensor:
+    """Stride-1 "same" depth-wise convolution through oneDNN with ``attr`` ('none' or 'gelu') fused; channels-last."""
     return torch.ops.mkldnn._convolution_pointwise(
-        x.contiguous(memory_format=torch.channels_last), weight, bias, padding, [1, 1], [1, 1], weight.shape[0],
-        attr, [], "none" if attr == "gelu" else "")
+        x.contiguous(memory_format=torch.channels_last), weight, bias, [weight.shape[-1] // 2] * 2, [1, 1], [1, 1],
+        weight.shape[0], attr, [], "none" if attr == "gelu" else "")
 
 
 def _strided_like(t: Tensor, ref: Tensor) -> Tensor:
@@ -243,7 +243,7 @@ _conv_mlp.register_autograd(_conv_mlp_grad, setup_context=_conv_mlp_setup)
 def _conv_mlp_infer(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
     """The same function keeping nothing; oneDNN with the GELUs fused on CPU float32."""
     if _use_onednn(x, w0):
-        conv = _onednn_conv(x, wdw, bdw, [wdw.shape[-1] // 2] * 2, "none")
+        conv = _onednn_conv(x, wdw, bdw, "none")
         return _onednn_pointwise(_onednn_pointwise(conv, w0, b0, "gelu"), w1, b1, "gelu")
     return _nchw(F.gelu(F.linear(F.gelu(F.linear(_nhwc(_depthwise(x, wdw, bdw)), w0, b0)), w1, b1)))
 
@@ -259,7 +259,7 @@ def _(x: Tensor, wdw: Tensor, bdw: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b
 def _mixer_act(h1: Tensor, wdw: Tensor, bdw: Tensor) -> Tensor:
     """GELU of the depth-wise 3x3 convolution (NHWC in, NCHW channels-last out); one oneDNN kernel on CPU float32."""
     if _use_onednn(h1, wdw):
-        return _onednn_conv(_nchw(h1), wdw, bdw, [wdw.shape[-1] // 2] * 2, "gelu")
+        return _onednn_conv(_nchw(h1), wdw, bdw, "gelu")
     return F.gelu(_depthwise(_nchw(h1), wdw, bdw))
 
 
@@ -309,7 +309,7 @@ def _channel_mixer_backward(
     ``kept``, the 3x3 convolution and the GELU); the weight gradients accumulate over the slices."""
     b, c, h, w = x.shape
     hidden_channels = w1.shape[0]
-    pad = [wdw.shape[-1] // 2] * 2
+    pad = (wdw.shape[-1] // 2,) * 2
     grad_rows = _rows(_nhwc(grad.to(w2.dtype)))
     z_rows = _rows(_nhwc(_group_norm(x, norm_w, norm_b, groups, eps)[0].to(w1.dtype)))
     grad_w1, grad_b1 = torch.zeros_like(w1), w1.new_zeros(hidden_channels)
@@ -327,10 +327,8 @@ def _channel_mixer_backward(
         del hidden
         grad_bdw += grad_hidden.sum(0)  # the bias gradient apart from convolution_backward: faster
         grad_hidden = _nchw(grad_hidden.view(stop - start, h, w, hidden_channels))
-        grad_wdw += torch.ops.aten.convolution_backward(
-            grad_hidden, h1, wdw, None, [1, 1], pad, [1, 1], False, [0, 0], hidden_channels,
-            [False, True, False])[1]
-        grad_h1 = _rows(_nhwc(depthwise_input_grad(h1, grad_hidden, wdw, (pad[0], pad[1]))))
+        grad_wdw += depthwise_weight_grad(h1, grad_hidden, wdw, pad, "native")
+        grad_h1 = _rows(_nhwc(depthwise_input_grad(h1, grad_hidden, wdw, pad)))
         del grad_hidden, h1
         grad_w1.addmm_(grad_h1.t(), z_rows[rows])
         grad_b1 += grad_h1.sum(0)
@@ -376,7 +374,7 @@ def _channel_mixer_infer_part(z: Tensor, w1: Tensor, b1: Tensor, wdw: Tensor, bd
     """The mixer after its normalisation, on one batch slice."""
     if _use_onednn(z, w1):
         h1 = _onednn_pointwise(z, w1, b1, "none")
-        act = _onednn_conv(h1, wdw, bdw, [wdw.shape[-1] // 2] * 2, "gelu")
+        act = _onednn_conv(h1, wdw, bdw, "gelu")
         return _onednn_pointwise(act, w2, b2, "none")
     act = F.gelu(_depthwise(_nchw(F.linear(_nhwc(z), w1, b1)), wdw, bdw))
     return _nchw(F.linear(_nhwc(act), w2, b2))

@@ -1,15 +1,11 @@
 """Throughput of FCViT against timm peers: inference or training steps, interleaved in one process.
 
-Timings on a shared or throttling machine drift; measuring every model in turn, round after round, in the
-same process and reporting medians and ratios to a peer measured the same way keeps the comparison fair
-where absolute numbers are not. ``fcvit benchmark`` is the command line of :func:`run_benchmark`.
-
-Each candidate runs in one of :data:`RUNTIMES` (issue 22): PyTorch eager; ``torch.compile`` with inductor's
-defaults, or in its CPU inference mode with frozen weights (as PyTorch documents for CPU inference); or ONNX
-Runtime (CPU) on the file ``fcvit export --format onnx`` writes. Every runtime gets a model instance of its
-own: torch.compile shares compiled graphs between instances of one class, and a frozen graph holds its
-instance's weights. ONNX Runtime's threads do not spin-wait, which on a shared machine takes the cores the
-next model needs.
+Timings on a shared or throttling machine drift; measuring every model in turn, round after round, and
+reporting medians and ratios to a peer measured the same way keeps the comparison fair where absolute
+numbers are not. Each candidate runs in one of :data:`RUNTIMES` (issue 22): PyTorch eager, ``torch.compile``
+(inductor's defaults, or its CPU inference mode with frozen weights) or ONNX Runtime (CPU) on the file
+``fcvit export --format onnx`` writes, each on a model instance of its own: torch.compile shares compiled
+graphs between instances of one class, and a frozen graph holds its instance's weights.
 """
 from __future__ import annotations
 
@@ -43,12 +39,9 @@ _RUNTIME_ALIASES = {"compile": ("compile-default", "compile-frozen"), "ort": ("o
 
 @dataclass
 class Candidate:
-    """A model to measure: a label and how to build it (called once, before the rounds).
-
-    ``fast_paths`` builds it with FCViT's fast paths (:mod:`fcvit.ops`) on or off (``None``: as the switch
-    stands); ``cpu_shortcuts=False`` runs it without the CPU batch slices and the faster depth-wise weight
-    gradient (:mod:`fcvit.ops`' tuning constants patched meanwhile), to show what they are worth.
-    """
+    """A model to measure: a label and how to build it (called once, before the rounds). ``fast_paths``
+    builds it with :mod:`fcvit.ops`' fast paths on or off (``None``: as the switch stands);
+    ``cpu_shortcuts=False`` runs it without the CPU batch slices and the faster depth-wise weight gradient."""
 
     label: str
     build: Callable[[], nn.Module]
@@ -138,23 +131,19 @@ def _cpu_shortcuts_setting(value: Optional[bool]) -> Iterator[None]:
 
 
 class _Runner:
-    """One candidate ready to run: model on the device, fixed inputs, and a ``step`` closure."""
+    """One candidate ready to run: its model (kept across batch sizes, as is its ONNX file) on the device,
+    fixed inputs, and a ``step``."""
 
     def __init__(self, candidate: Candidate, model: nn.Module, onnx_path: str, mode: str, batch_size: int,
                  img_size: int, device: torch.device, amp: bool, channels_last: bool, compile_model: bool,
                  num_classes: int) -> None:
-        """``model`` is the candidate's instance, kept across batch sizes, as is its ONNX file ``onnx_path``."""
         self.candidate, self.device, self.mode = candidate, device, mode
         self.runtime = "compile-default" if compile_model and candidate.runtime == "eager" else candidate.runtime
-        model = model.to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.module = model
+        layout = torch.channels_last if channels_last else torch.preserve_format
+        self.module = model = model.to(device, memory_format=layout)
         self.params = count_params(model)
         self.gmacs = count_gmacs(model, (3, img_size, img_size))
-        self.inputs = torch.randn(batch_size, 3, img_size, img_size, device=device)
-        if channels_last:
-            self.inputs = self.inputs.contiguous(memory_format=torch.channels_last)
+        self.inputs = torch.randn(batch_size, 3, img_size, img_size, device=device).to(memory_format=layout)
         self.targets = torch.randint(0, num_classes, (batch_size,), device=device)
         self.frozen = self.runtime == "compile-frozen"
         model.train(mode == "train")
@@ -262,11 +251,8 @@ def _quiet_native_output() -> Iterator[None]:
 
 
 def _cpu_peak_memory_mb(step: Callable[[], None]) -> Optional[float]:
-    """Peak of the CPU allocator's running total during ``step``, read from the profiler's memory events.
-
-    The profiler is the one CPU allocator statistic PyTorch offers; its native trace lines are kept
-    from the output (:func:`_quiet_native_output`).
-    """
+    """Peak of the CPU allocator's running total during ``step``, from the profiler's memory events (the one
+    CPU allocator statistic PyTorch offers)."""
     from torch.profiler import ProfilerActivity, profile
 
     with tempfile.TemporaryDirectory() as folder:
@@ -283,7 +269,8 @@ def _cpu_peak_memory_mb(step: Callable[[], None]) -> Optional[float]:
 
 
 def _onnx_session(path: str):
-    """An ONNX Runtime CPU session with PyTorch's thread count and no spin-waiting (see the module's doc)."""
+    """An ONNX Runtime CPU session with PyTorch's thread count and no spin-waiting, which on a shared machine
+    takes the cores the next model needs."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -420,8 +407,8 @@ def _set_ratios(results: List[BenchmarkResult], peer: Optional[str]) -> None:
             r.ratio_best = round(base.step_ms_best / r.step_ms_best, 3)
 
 
-def _round(value: Optional[float], digits: int = 1) -> Optional[float]:
-    return None if value is None else round(value, digits)
+def _round(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 1)
 
 
 def _cell(value: Optional[float], spec: str) -> str:

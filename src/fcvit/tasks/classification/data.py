@@ -81,12 +81,9 @@ def find_split_dir(root: str, split: str) -> str:
 
 
 class CheckedImageFolder(Dataset):
-    """``<split>/<class>/**/<image>``; an empty class folder is refused (it would shift every class index).
-
-    An undecodable image raises :class:`BadImageError`, or with ``skip_bad_images`` is logged and replaced by
-    the next readable one; in ``evaluation`` (where that would count one twice) by a blank image with target
-    :data:`SKIPPED_TARGET`, which the evaluation leaves out of every count.
-    """
+    """``<split>/<class>/**/<image>``; an empty class folder is refused (it would shift every class index). A bad
+    image raises :class:`BadImageError`, or with ``skip_bad_images`` the next readable one replaces it; in
+    ``evaluation`` (where that would count one twice) a blank image with target :data:`SKIPPED_TARGET` does."""
 
     def __init__(self, split_dir: str, transform: Optional[Callable] = None, skip_bad_images: bool = False,
                  class_names: Optional[Sequence[str]] = None, evaluation: bool = False) -> None:

@@ -456,13 +456,12 @@ class ClassificationTask(Task):
 
     def evaluate(self, model: nn.Module) -> Tuple[Dict[str, float], Dict[str, Any]]:
         metrics = evaluate(model, self.val_loader, self.amp, self.ctx, self.args.channels_last, "eval")
-        row: Dict[str, Any] = {"eval_loss": metrics["loss"], "eval_top1": metrics["top1"],
-                               "eval_top5": metrics["top5"], "eval_img_per_sec": metrics["img_per_sec"]}
+        row: Dict[str, Any] = {f"eval_{k}": metrics[k] for k in ("loss", "top1", "top5", "img_per_sec")}
         ranked = metrics
         if self.model_ema is not None and self.ema_evaluated:
             ranked = evaluate(self.model_ema.module, self.val_loader, self.amp, self.ctx, self.args.channels_last,
                               "eval ema")
-            row.update(ema_eval_loss=ranked["loss"], ema_eval_top1=ranked["top1"], ema_eval_top5=ranked["top5"])
+            row.update({f"ema_eval_{k}": ranked[k] for k in ("loss", "top1", "top5")})
         _logger.info("val top-1 %.2f%% top-5 %.2f%% loss %.4f%s", metrics["top1"], metrics["top5"], metrics["loss"],
                      f" (EMA top-1 {ranked['top1']:.2f}%)" if ranked is not metrics else "")
         return ranked, row

@@ -9,7 +9,7 @@ import io
 import json
 import logging
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch.distributed as dist
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torchvision.ops import box_convert
 
 from ...files import atomic_write, make_folder
 from .dataset import Category, check_segmentation
@@ -36,7 +37,7 @@ def to_coco_results(image_id: int, prediction: Mapping[str, torch.Tensor], categ
     boxes = prediction["boxes"].detach().float().cpu()
     if boxes.numel() == 0:
         return []
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    xywh = box_convert(boxes, "xyxy", "xywh").tolist()
     scores = prediction["scores"].detach().float().cpu().tolist()
     labels = prediction["labels"].detach().cpu().tolist()
     rles: List[Optional[Dict[str, Any]]] = [None] * len(scores)
@@ -54,13 +55,13 @@ class CocoEvaluator:
     """Collects Mask R-CNN predictions for a ground-truth ``COCO`` index and computes COCO AP; the ground
     truth's segmentations are checked first, since pycocotools fails on bad ones with a bare TypeError."""
 
-    def __init__(self, coco_gt: COCO, categories: Sequence[Category], iou_types: Iterable[str] = IOU_TYPES) -> None:
+    def __init__(self, coco_gt: COCO, categories: Sequence[Category]) -> None:
         for ann in coco_gt.dataset.get("annotations", []):
             if "segmentation" in ann:
                 image = coco_gt.imgs[ann["image_id"]]
                 check_segmentation(ann, (float(image["height"]), float(image["width"])),
                                    getattr(coco_gt, "annotation_file", "the ground truth"))
-        self.coco_gt, self.categories, self.iou_types = coco_gt, list(categories), tuple(iou_types)
+        self.coco_gt, self.categories = coco_gt, list(categories)
         self.results: Dict[int, List[Dict[str, Any]]] = {}
 
     def update(self, predictions: Sequence[Mapping[str, torch.Tensor]], image_ids: Sequence[int]) -> None:
@@ -87,26 +88,23 @@ class CocoEvaluator:
         atomic_write(path, json.dumps(self.detections()))
 
     def _load_detections(self, iou_type: str) -> COCO:
-        entries = self.detections()
-        if iou_type == "segm":
-            entries = [e for e in entries if "segmentation" in e]
-        if entries:
-            with contextlib.redirect_stdout(io.StringIO()):
+        entries = [e for e in self.detections() if iou_type != "segm" or "segmentation" in e]
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            if entries:
                 return self.coco_gt.loadRes(copy.deepcopy(entries))
-        # loadRes cannot take an empty list; no detections is a valid outcome and scores 0 AP
-        empty = COCO()
-        empty.dataset = {"images": list(self.coco_gt.dataset["images"]),
-                         "categories": copy.deepcopy(self.coco_gt.dataset["categories"]), "annotations": []}
-        with contextlib.redirect_stdout(io.StringIO()):
+            # loadRes cannot take an empty list; no detections is a valid outcome and scores 0 AP
+            empty = COCO()
+            empty.dataset = dict(images=self.coco_gt.dataset["images"], categories=self.coco_gt.dataset["categories"],
+                                 annotations=[])
             empty.createIndex()
-        return empty
+            return empty
 
     def summarize(self, image_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
         """COCOeval over the collected images: ``{'bbox_AP': ..., 'segm_APl': ...}`` in [0, 1], -1 where COCO
         defines none (e.g. APs when no ground-truth object is small)."""
         metrics: Dict[str, float] = {}
         ids = sorted(self.results) if image_ids is None else list(image_ids)
-        for iou_type in self.iou_types:
+        for iou_type in IOU_TYPES:
             coco_dt = self._load_detections(iou_type)
             evaluator = COCOeval(self.coco_gt, coco_dt, iouType=iou_type)
             evaluator.params.imgIds = ids

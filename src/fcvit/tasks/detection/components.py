@@ -74,17 +74,15 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
     """MMDetection's ``SingleRoIExtractor``: ``aligned=True``, adaptive sampling, level
     ``floor(log2(sqrt(area) / 56))`` clamped, at the given ``strides`` (no scale inferred from image sizes)."""
 
-    def __init__(self, featmap_names: List[str], output_size: int, strides: Sequence[int],
-                 finest_scale: int = FINEST_SCALE) -> None:
+    def __init__(self, featmap_names: List[str], output_size: int, strides: Sequence[int]) -> None:
         super().__init__(featmap_names, output_size, sampling_ratio=0)
         self.strides = tuple(int(s) for s in strides)
-        self.finest_scale = finest_scale
         self.aligned = True
 
     def levels(self, boxes: Tensor) -> Tensor:
         """Pyramid level (0 = stride 4) of each box, by the square root of its area."""
         scale = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-        level = torch.floor(torch.log2(scale / self.finest_scale + 1e-6))
+        level = torch.floor(torch.log2(scale / FINEST_SCALE + 1e-6))
         return level.clamp(0, len(self.strides) - 1).to(torch.int64)
 
     def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
@@ -199,9 +197,8 @@ class MaskRoIHeads(RoIHeads):
 
     def mask_loss(self, mask_logits: Tensor, proposals: List[Tensor], gt_masks: List[Tensor],
                   gt_labels: List[Tensor], matched_idxs: List[Tensor]) -> Tensor:
-        if self.mask_targets == "legacy":
-            return maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, matched_idxs)
-        return aligned_mask_loss(mask_logits, proposals, gt_masks, gt_labels, matched_idxs)
+        loss = maskrcnn_loss if self.mask_targets == "legacy" else aligned_mask_loss
+        return loss(mask_logits, proposals, gt_masks, gt_labels, matched_idxs)
 
     def forward(self, features: Dict[str, Tensor], proposals: List[Tensor], image_shapes: List[Tuple[int, int]],
                 targets: Optional[List[Dict[str, Tensor]]] = None

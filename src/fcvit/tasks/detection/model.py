@@ -124,14 +124,10 @@ def build_mask_rcnn(
 ) -> MaskRCNN:
     """Mask R-CNN + FPN on ``fcvit.create_backbone(backbone)``, set up as the paper's MMDetection config.
 
-    ``num_classes`` excludes the background (COCO: 80). ``pretrained_backbone`` is an ImageNet FCViT checkpoint;
-    images are normalised with the ImageNet statistics it was trained with. Smaller ``fpn_channels`` (256) and
-    ``representation_size`` (1024) make quick test models. The paper's settings and torchvision's alternatives:
-    ``box_loss`` 'l1' / 'smooth_l1' (beta 1/9); ``roi_align`` 'aligned' (adaptive, binary mask targets) /
-    'legacy' (unaligned, 2 samples, soft targets); ``matcher`` 'mmdet' (low-quality matches at IoU >= 0.3 for
-    the RPN, >= 0.5 for the RoI head) / 'torchvision'; ``anchors`` 'mmdet' (fractional, fixed strides) /
-    'torchvision'; ``proposals_train`` 1000 / 2000; ``fpn_init`` 'xavier' / 'kaiming'; ``head_init`` 'mmdet' /
-    'torchvision'. ``backbone_kwargs`` and ``mask_rcnn_kwargs`` pass through to ``create_backbone`` and ``MaskRCNN``.
+    ``num_classes`` excludes the background (COCO: 80); images are normalised with the ImageNet statistics the
+    ``pretrained_backbone`` was trained with. ``box_loss`` .. ``head_init`` take the paper's values (the defaults,
+    ``PAPER_SETTINGS``) or torchvision's (``TORCHVISION_SETTINGS``), each explained in :mod:`.components`.
+    ``backbone_kwargs`` and ``mask_rcnn_kwargs`` pass through to ``create_backbone`` and ``MaskRCNN``.
     """
     settings = dict(box_loss=box_loss, roi_align=roi_align, matcher=matcher, anchors=anchors,
                     proposals_train=proposals_train, fpn_init=fpn_init, head_init=head_init)

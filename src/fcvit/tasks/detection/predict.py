@@ -21,7 +21,7 @@ from ...models.checkpoint import expect_kind
 from .dataset import Category
 from .model import build_mask_rcnn, with_legacy_settings
 
-__all__ = ["load_detector", "detect", "draw_detections", "predict_images", "planned_outputs", "class_colours"]
+__all__ = ["load_detector", "draw_detections", "predict_images", "planned_outputs", "class_colours"]
 
 _logger = logging.getLogger(__name__)
 
@@ -48,14 +48,6 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu",
                         f"describes ({str(exc).splitlines()[0][:160]}): the file was altered; use the file "
                         "that training wrote.") from None
     return model.eval().to(device), categories, checkpoint
-
-
-@torch.inference_mode()
-def detect(model: nn.Module, images: Sequence[torch.Tensor], device: torch.device | str = "cpu"
-           ) -> List[Dict[str, torch.Tensor]]:
-    """Mask R-CNN outputs (on the CPU) for float images in [0, 1]; boxes are in the images' own pixels."""
-    outputs = model([img.to(device) for img in images])
-    return [{k: v.cpu() for k, v in out.items()} for out in outputs]
 
 
 def class_colours(num_classes: int) -> List[Tuple[int, int, int]]:
@@ -110,7 +102,8 @@ def predict_images(model: nn.Module, categories: Sequence[Category],
     results = []
     for path, image in reader:
         pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
-        prediction = detect(model, [pixels.float() / 255.0], device)[0]
+        with torch.inference_mode():  # boxes come back in the image's own pixels
+            prediction = {k: v.cpu() for k, v in model([(pixels.float() / 255.0).to(device)])[0].items()}
         drawn = draw_detections(pixels, prediction, names, score_threshold)
         out_path = out_path_of[path]
         atomic_write(out_path, lambda f: Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(f, format="PNG"))

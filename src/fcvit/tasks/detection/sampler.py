@@ -35,13 +35,9 @@ class AspectRatioBatchSampler(Sampler[List[int]]):
         sampler's order, so with a seeded sampler the rest are exactly those an uninterrupted pass makes."""
         self._skip = max(int(batches), 0)
 
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
     def set_position(self, epoch: int, batches_done: int) -> None:
         """The training loop's way to seek: the next pass yields ``epoch``'s batches after ``batches_done``."""
-        self.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
         self.skip_next(batches_done)
 
     def __iter__(self) -> Iterator[List[int]]:

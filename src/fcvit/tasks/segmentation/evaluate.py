@@ -82,5 +82,4 @@ def load_segmenter(path: str | os.PathLike, device: torch.device | str = "cpu") 
     config = dict(config, backbone_kwargs=dict(config.get("backbone_kwargs") or {}))
     model = create_segmenter(**config)
     load_weights(model, extract_state_dict(checkpoint, use_ema=False), f"Semantic FPN ({config['backbone']})")
-    model.to(device).eval()
-    return model, checkpoint
+    return model.to(device).eval(), checkpoint

@@ -106,9 +106,8 @@ def create_segmenter(
     """A Semantic FPN with the named FCViT backbone (optionally from a checkpoint); ``config`` keeps these
     arguments so a checkpoint can rebuild it. ``drop_path_rate`` 0 is the published configs'; ``backbone_kwargs``
     overrides the variant's shape (``depths``, ``dims``, ``mlp_ratios``), for tiny test networks."""
-    kwargs = dict(backbone_kwargs or {})
-    kwargs.setdefault("drop_path_rate", drop_path_rate)
-    net = create_backbone(backbone, checkpoint_path=backbone_checkpoint, **kwargs)
+    net = create_backbone(backbone, checkpoint_path=backbone_checkpoint,
+                          **{"drop_path_rate": drop_path_rate, **(backbone_kwargs or {})})
     model = SemanticFPN(net, num_classes, fpn_channels, head_channels, dropout, norm)
     model.config = dict(backbone=backbone, num_classes=num_classes, drop_path_rate=drop_path_rate,
                         fpn_channels=fpn_channels, head_channels=head_channels, dropout=dropout, norm=norm,

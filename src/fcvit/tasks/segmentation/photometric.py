@@ -164,8 +164,7 @@ class PhotometricDistortion(v2.Transform):
                     saturation=saturation, hue=hue)
 
     def transform(self, inpt: Any, params: Dict[str, Any]) -> Any:
-        output = photometric_distortion(inpt.as_subclass(torch.Tensor), **params)
-        return tv_tensors.wrap(output, like=inpt)
+        return tv_tensors.wrap(photometric_distortion(inpt.as_subclass(torch.Tensor), **params), like=inpt)
 
 
 class TorchvisionPhotometricDistortion(v2.Compose):

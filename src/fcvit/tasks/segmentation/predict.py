@@ -17,7 +17,7 @@ from ...files import atomic_write, check_image_outputs, make_folder, unique_stem
 from .evaluate import infer_logits
 from .transforms import IGNORE_INDEX, eval_transforms
 
-__all__ = ["color_palette", "colorize", "overlay", "draw_legend", "segment_image", "predict_images", "planned_outputs"]
+__all__ = ["color_palette", "colorize", "draw_legend", "segment_image", "predict_images", "planned_outputs"]
 
 _logger = logging.getLogger(__name__)
 
@@ -37,11 +37,6 @@ def colorize(classes: np.ndarray, num_classes: int) -> Image.Image:
     mask = Image.fromarray(values).convert("P")
     mask.putpalette(color_palette(256).flatten().tolist())
     return mask
-
-
-def overlay(image: Image.Image, mask: Image.Image, alpha: float = 0.5) -> Image.Image:
-    """The image with the colour mask blended over it (``alpha`` = weight of the mask)."""
-    return Image.blend(image.convert("RGB"), mask.convert("RGB"), alpha)
 
 
 def draw_legend(image: Image.Image, classes: Sequence[int], class_names: Sequence[str]) -> Image.Image:
@@ -102,7 +97,8 @@ def predict_images(model: nn.Module, images: ImageReader | Sequence[str | os.Pat
         ids, counts = np.unique(classes, return_counts=True)
         found = [dict(index=int(ids[i]), name=class_names[int(ids[i])], fraction=float(counts[i] / classes.size))
                  for i in np.argsort(-counts)]
-        drawn_overlay = draw_legend(overlay(image, mask, alpha), [c["index"] for c in found], class_names)
+        blended = Image.blend(image.convert("RGB"), mask.convert("RGB"), alpha)  # alpha: the mask's weight
+        drawn_overlay = draw_legend(blended, [c["index"] for c in found], class_names)
         for drawn, out_path in ((mask, mask_path), (drawn_overlay, overlay_path)):
             atomic_write(out_path, lambda f: drawn.save(f, format="PNG"))
         results.append(dict(image=path, mask=str(mask_path), overlay=str(overlay_path), classes=found))

@@ -130,11 +130,7 @@ def eval_size(height: int, width: int, short_side: int = 512, max_long_side: int
     """Shorter side ``short_side`` (long side at most ``max_long_side``), ratio kept, rounded to whole pixels
     and then up to multiples of ``size_divisor`` so every FPN level aligns (the configs' ``AlignResize``)."""
     new_h, new_w = keep_ratio_size(height, width, (max_long_side, short_side))
-    return _aligned(new_h, size_divisor), _aligned(new_w, size_divisor)
-
-
-def _aligned(side: int, size_divisor: int) -> int:
-    return max(size_divisor, math.ceil(side / size_divisor) * size_divisor)
+    return tuple(max(size_divisor, math.ceil(side / size_divisor) * size_divisor) for side in (new_h, new_w))
 
 
 class EvalResize(v2.Transform):
@@ -152,9 +148,8 @@ class EvalResize(v2.Transform):
     def transform(self, inpt: Any, params: Dict[str, Any]) -> Any:
         height, width = F.get_size(inpt)
         fitted = keep_ratio_size(height, width, (self.max_long_side, self.short_side))
-        image = F.resize(inpt, list(fitted), antialias=self.antialias)
-        aligned = [_aligned(side, self.size_divisor) for side in fitted]
-        return F.resize(image, aligned, antialias=self.antialias)
+        aligned = eval_size(height, width, self.short_side, self.max_long_side, self.size_divisor)
+        return F.resize(F.resize(inpt, list(fitted), antialias=self.antialias), list(aligned), antialias=self.antialias)
 
 
 def eval_transforms(short_side: int = 512, max_long_side: int = 2048, size_divisor: int = 32,
